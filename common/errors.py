@@ -1,0 +1,80 @@
+"""The project's exception tree.
+
+Every error the toolkit raises on purpose derives from :class:`FedAlignError`; the CLIs map
+these classes to exit codes in one table (``common.cli_errors``) and print one line.
+
+    FedAlignError
+    ├── ConfigError (ValueError)          a config file or option is invalid (names file and field)
+    ├── DataError (ValueError)            a bad data record (names file and line)
+    ├── ModelLoadError                    a model path or hub id cannot be loaded
+    ├── PrivacyError
+    │   └── PrivacyBudgetExceeded         the next round would exceed (epsilon, delta): fail closed
+    ├── ProtocolError                     a message out of place (names silo and stage)
+    │   ├── WireFormatError (ValueError)  a frame that does not match its declared spec
+    │   └── RoundAborted                  too few silos survived a step; nothing was revealed
+    ├── InsecureModeRefused               an insecure mode was asked for without every permission
+    └── CheckpointError                   a checkpoint or ledger cannot be read or written
+
+Cryptographic failures live in ``crypto.errors`` (crypto imports nothing from here) and are
+opaque on purpose: one type, no detail an attacker could use.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FedAlignError",
+    "ConfigError",
+    "DataError",
+    "ModelLoadError",
+    "PrivacyError",
+    "PrivacyBudgetExceeded",
+    "ProtocolError",
+    "WireFormatError",
+    "RoundAborted",
+    "InsecureModeRefused",
+    "CheckpointError",
+]
+
+
+class FedAlignError(Exception):
+    """Root of every error the toolkit raises on purpose."""
+
+
+class ConfigError(FedAlignError, ValueError):
+    """A configuration file or option is invalid; the message names the file and the field."""
+
+
+class DataError(FedAlignError, ValueError):
+    """A data record is bad; the message names the file and the line."""
+
+
+class ModelLoadError(FedAlignError):
+    """A model path or hub id cannot be loaded (missing, wrong architecture, not offline)."""
+
+
+class PrivacyError(FedAlignError):
+    """A differential-privacy setting or charge is invalid."""
+
+
+class PrivacyBudgetExceeded(PrivacyError):
+    """The next charge would exceed the silo's (epsilon, delta) budget; nothing was sent."""
+
+
+class ProtocolError(FedAlignError):
+    """A message arrived out of place; the message names the silo and the stage."""
+
+
+class WireFormatError(ProtocolError, ValueError):
+    """A frame does not match the spec its header declared."""
+
+
+class RoundAborted(ProtocolError):
+    """A round step ended with fewer survivors than the threshold; nothing was revealed."""
+
+
+class InsecureModeRefused(FedAlignError):
+    """An insecure mode (plain sums, plaintext transport) lacks the policy or the flag."""
+
+
+class CheckpointError(FedAlignError):
+    """A checkpoint or ledger cannot be read or written."""

@@ -1,0 +1,99 @@
+"""The strategy interface: how a round turns silo updates into a new global projector through sums.
+
+A strategy runs ``n_phases`` secure sums per round (FedAvg: 1, Fed-CMP: 2). In phase ``p``
+every surviving silo computes a contribution from its own update and the public values the
+aggregator broadcast so far; the secure sum hands the aggregator only the element-wise sum of
+those contributions (a :class:`Sums`); the aggregator derives the next public values from it,
+and after the last phase the new global parameters and the carried server state.
+
+Everything here is pure torch: no I/O, no networking, no randomness without a ``generator``.
+The round engine (networked or simulated) owns the order of calls; strategies own the math.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Protocol, runtime_checkable
+
+import torch
+
+__all__ = ["Tensors", "Sums", "PhaseOutcome", "Strategy"]
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Sums:
+    """Element-wise sums of one phase's contributions over ``n_silos`` silos.
+
+    The only input aggregator-side math accepts: a per-silo list cannot be passed where a
+    ``Sums`` is expected, and a ``Sums`` over fewer than one silo cannot be built.
+    """
+
+    tensors: Mapping[str, torch.Tensor]
+    n_silos: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tensors, (list, tuple)) or not isinstance(self.tensors, Mapping):
+            raise TypeError(
+                f"Sums.tensors must be a mapping name -> summed tensor, got {type(self.tensors).__name__}"
+            )
+        if not isinstance(self.n_silos, int) or self.n_silos < 1:
+            raise ValueError(f"Sums.n_silos must be a positive int, got {self.n_silos!r}")
+        for name, t in self.tensors.items():
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"Sums.tensors[{name!r}] must be a torch.Tensor, got {type(t).__name__}")
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+
+@dataclass(frozen=True)
+class PhaseOutcome:
+    """What the aggregator derives from one phase's sums.
+
+    ``public`` is broadcast to the silos before the next phase (or, after the last phase,
+    carried into the next round's start). ``params`` and ``server_state`` (the aggregator's
+    own carried state, e.g. FedAdam moments: derived from sums, never broadcast) are set only
+    after the last phase.
+    """
+
+    public: Tensors = field(default_factory=dict)
+    params: Tensors | None = None
+    server_state: Tensors | None = None
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """A federated optimisation method expressed through sums only."""
+
+    name: str
+    n_phases: int
+    prox_mu: float  # FedProx proximal weight for local training; 0 for every other strategy
+
+    def init_public(self, params: Tensors) -> Tensors:
+        """Carried public state at round 0 (broadcast to silos with the parameters)."""
+
+    def init_server_state(self, params: Tensors) -> Tensors:
+        """The aggregator's own carried state at round 0 (never broadcast)."""
+
+    def init_silo_state(self, params: Tensors) -> Tensors:
+        """A silo's private carried state at round 0 (e.g. error-feedback residuals)."""
+
+    def contribution_spec(self, phase: int, params: Tensors) -> dict[str, tuple[int, ...]]:
+        """Names and shapes of what each silo sends in ``phase`` (for payload sizes and masking)."""
+
+    def silo_contribution(
+        self,
+        phase: int,
+        delta: Tensors,
+        weight: float,
+        public: Tensors,
+        silo_state: Tensors,
+    ) -> tuple[Tensors, Tensors]:
+        """One silo's contribution to ``phase`` and its updated private state."""
+
+    def aggregate(
+        self, phase: int, sums: Sums, params: Tensors, public: Tensors, server_state: Tensors
+    ) -> PhaseOutcome:
+        """The aggregator's step after ``phase`` from the phase's sums only."""
