@@ -1,1 +1,46 @@
-"""Secure aggregation: a small recipe API over a hazmat layer (needs no torch)."""
+"""Secure aggregation: a small recipe API over a hazmat layer (needs no torch).
+
+Recipes (this module): ``SecureSumConfig``, ``SiloSecureSum``, ``AggregatorSecureSum``,
+``secure_sum_inprocess``, identities and rosters, the message vocabulary, the errors.
+``crypto.hazmat`` holds the sharp primitives underneath; do not use them alone.
+See docs/secure-aggregation.md for the protocol and SECURITY.md for the threat model.
+"""
+
+from crypto.config import MODES, SecureSumConfig
+from crypto.errors import (
+    CryptoError,
+    EncodingOverflow,
+    InsecurePlaintextRefused,
+    SecAggAborted,
+    SecureSumError,
+    SecureSumUsageError,
+)
+from crypto.identity import AGGREGATOR, IdentityKey, Roster, generate_identity, load_identity, save_identity
+from crypto.inprocess import secure_sum_inprocess
+from crypto.messages import MESSAGE_TYPES, Message, Stage, check_wire_types
+from crypto.secure_sum import AggregatorSecureSum, SecureSumResult, SiloSecureSum
+
+__all__ = [
+    "MODES",
+    "SecureSumConfig",
+    "SiloSecureSum",
+    "AggregatorSecureSum",
+    "SecureSumResult",
+    "secure_sum_inprocess",
+    "IdentityKey",
+    "Roster",
+    "AGGREGATOR",
+    "generate_identity",
+    "save_identity",
+    "load_identity",
+    "Message",
+    "Stage",
+    "MESSAGE_TYPES",
+    "check_wire_types",
+    "SecureSumError",
+    "CryptoError",
+    "SecAggAborted",
+    "SecureSumUsageError",
+    "EncodingOverflow",
+    "InsecurePlaintextRefused",
+]

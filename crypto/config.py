@@ -1,0 +1,100 @@
+"""Configuration of one secure sum: mode, threshold, declared range, SecAgg+ graph, CKKS sizes."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+from crypto.errors import InsecurePlaintextRefused, SecureSumUsageError
+from crypto.hazmat.encoding import canonical
+from crypto.hazmat.fixedpoint import auto_fractional_bits, check_headroom
+from crypto.hazmat.graph import neighbours as _neighbours
+
+__all__ = ["MODES", "SecureSumConfig"]
+
+MODES = ("secagg", "ckks", "plain")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecureSumConfig:
+    """How to sum: ``mode`` "secagg" (default choice), "ckks", or "plain" (insecure, debug only).
+
+    threshold: Shamir threshold t / minimum survivors of every step. In secagg it must be a
+        strict majority of each silo's group (all silos, or a silo and its neighbours).
+    clip: the declared bound |x| <= clip on every input value; larger values raise.
+    allow_insecure_plaintext: must be passed explicitly; True is required for mode "plain".
+    fractional_bits: fixed-point bits; None picks the most that keep the sum exact.
+    neighbours: None for the complete graph (SecAgg), or k for the SecAgg+ k-regular graph.
+    graph_seed: public bytes mixed into the graph's shuffle (with round and instance ids).
+    ckks_poly_modulus / ckks_scale_bits: CKKS parameters; slots per chunk = poly_modulus / 2.
+    """
+
+    mode: str
+    threshold: int
+    clip: float
+    allow_insecure_plaintext: bool
+    fractional_bits: int | None = None
+    neighbours: int | None = None
+    graph_seed: bytes = b""
+    ckks_poly_modulus: int = 8192
+    ckks_scale_bits: int = 40
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise SecureSumUsageError(f"SecureSumConfig.mode must be one of {MODES}, got {self.mode!r}")
+        if not isinstance(self.allow_insecure_plaintext, bool):
+            raise SecureSumUsageError("SecureSumConfig.allow_insecure_plaintext must be a bool")
+        if self.mode == "plain":
+            if not self.allow_insecure_plaintext:
+                raise InsecurePlaintextRefused(
+                    'SecureSumConfig: mode "plain" sends every silo\'s update in the clear; '
+                    "it needs allow_insecure_plaintext=True"
+                )
+            warnings.warn(
+                "INSECURE: secure sum in plain mode, the aggregator sees every silo's input",
+                stacklevel=3,
+            )
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int) or self.threshold < 1:
+            raise SecureSumUsageError(f"SecureSumConfig.threshold must be an int >= 1, got {self.threshold!r}")
+        if not (isinstance(self.clip, (int, float)) and self.clip > 0 and math.isfinite(self.clip)):
+            raise SecureSumUsageError(f"SecureSumConfig.clip must be a positive finite number, got {self.clip!r}")
+        if self.neighbours is not None and (not isinstance(self.neighbours, int) or self.neighbours < 2):
+            raise SecureSumUsageError(f"SecureSumConfig.neighbours must be None or an int >= 2, got {self.neighbours!r}")
+        if self.fractional_bits is not None and not (isinstance(self.fractional_bits, int) and 0 <= self.fractional_bits <= 30):
+            raise SecureSumUsageError(f"SecureSumConfig.fractional_bits must be None or 0..30, got {self.fractional_bits!r}")
+        if not isinstance(self.graph_seed, bytes):
+            raise SecureSumUsageError("SecureSumConfig.graph_seed must be bytes")
+        if self.ckks_poly_modulus not in (8192, 16384) or not 20 <= self.ckks_scale_bits <= 50:
+            raise SecureSumUsageError("SecureSumConfig: ckks_poly_modulus in {8192, 16384}, ckks_scale_bits in 20..50")
+
+    def frac_bits(self, n_silos: int) -> int:
+        """Fractional bits for a roster of ``n_silos``; raises EncodingOverflow without headroom."""
+        if self.fractional_bits is None:
+            return auto_fractional_bits(float(self.clip), n_silos)
+        check_headroom(float(self.clip), self.fractional_bits, n_silos)
+        return self.fractional_bits
+
+    def graph(self, ids, round_id: int, instance_id: int) -> dict[str, frozenset[str]]:
+        """The public neighbour graph of this instance (complete when ``neighbours`` is None)."""
+        seed = canonical(b"fedalign/secagg+/graph", self.graph_seed, round_id, instance_id)
+        return _neighbours(ids, self.neighbours, seed)
+
+    def check_roster(self, ids, round_id: int, instance_id: int) -> dict[str, frozenset[str]]:
+        """Validate the threshold against the roster; return the graph."""
+        n = len(ids)
+        if n < 1:
+            raise SecureSumUsageError("roster is empty")
+        if self.threshold > n:
+            raise SecureSumUsageError(f"threshold {self.threshold} exceeds the roster size {n}")
+        graph = self.graph(ids, round_id, instance_id)
+        if self.mode == "secagg":
+            self.frac_bits(n)
+            smallest = min(len(v) for v in graph.values()) + 1
+            largest = max(len(v) for v in graph.values()) + 1
+            if self.threshold > smallest or 2 * self.threshold <= largest:
+                raise SecureSumUsageError(
+                    f"threshold {self.threshold} must be a strict majority of every silo's group "
+                    f"(a silo and its neighbours: {smallest}..{largest} silos)"
+                )
+        return graph
