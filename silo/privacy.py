@@ -1,0 +1,275 @@
+"""Record-level differential privacy for the projector: Opacus clipping and noise, and accounting.
+
+Training (:class:`DPProjectorTrainer`): Opacus wraps *only the projector*. The frozen LM is
+run once per step on a detached copy of the projector output ``z``; its backward gives
+``G_i = dL_i/dz_i`` per sample (sample i's loss depends on row i only). The surrogate
+``s_i = <z_i, G_i>`` has exactly ``dL_i/dθ`` as its gradient, so Opacus' per-sample clipping
+(ghost clipping by default, or materialised per-sample gradients) runs its two backward passes
+through the projector alone and the LM's backward is paid once, as in a non-private step.
+
+Accounting (:class:`PrivacyAccountant`), one-pass aware: each round trains on a fresh shard
+with Poisson sampling at ``q = batch / shard size`` for ``T`` steps, so each record is charged
+``(σ, q, T)`` for its own shard only. Shards of one pass are disjoint (parallel composition:
+the pass costs its worst shard, dominated by ``(min σ, max q, max T)``); passes compose
+sequentially. The accountant (Opacus RDP or PRV) computes ε from that history; the budget is
+checked before any update leaves the silo and :class:`PrivacyBudgetExceeded` stops it.
+
+Randomness: DP noise and Poisson sampling come from generators seeded by ``os.urandom``. The
+run's reproducibility seed reaches them only through ``insecure_seeded_noise`` (tests), which
+warns loudly. Opacus' ``secure_mode`` needs torchcsprng (not installable here): the generator
+is torch's Mersenne Twister, OS-seeded, not a CSPRNG (see docs/silo.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+from torch import nn
+
+from common.errors import PrivacyBudgetExceeded, PrivacyError
+from common.ledger import Ledger
+from common.atomic import atomic_write_json
+
+# Opacus' hooks sit on the projector, whose input (cached tower features) needs no gradient.
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
+
+__all__ = [
+    "RoundCharge",
+    "PrivacyAccountant",
+    "DPProjectorTrainer",
+    "os_seeded_generator",
+    "dp_generator",
+    "poisson_batches",
+    "compute_epsilon",
+]
+
+
+def os_seeded_generator(device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch generator seeded with 64 bits from the OS (never from the run's seed)."""
+    return torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(8), "little"))
+
+
+def dp_generator(insecure_seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator for DP noise / sampling: OS-seeded, or ``insecure_seed`` with a loud warning."""
+    if insecure_seed is None:
+        return os_seeded_generator(device)
+    warnings.warn("INSECURE: DP noise and sampling are seeded from the run seed "
+                  "(privacy.insecure_seeded_noise); the noise can be subtracted. Tests only.",
+                  RuntimeWarning, stacklevel=2)
+    return torch.Generator(device=device).manual_seed(int(insecure_seed))
+
+
+def poisson_batches(n: int, sample_rate: float, steps: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """``steps`` Poisson batches over ``range(n)``: each index joins each batch with prob ``q``.
+
+    Batches vary in size and may be empty; that is what the accountant's amplification assumes.
+    """
+    if not 0 < sample_rate <= 1:
+        raise PrivacyError(f"sample rate must be in (0, 1], got {sample_rate}")
+    draws = torch.rand(steps, n, generator=generator) < sample_rate
+    return [row.nonzero().flatten() for row in draws]
+
+
+@dataclass(frozen=True)
+class RoundCharge:
+    """One round's DP mechanism on one shard: every record of the shard gets exactly this."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    pass_index: int = 0
+    shard_index: int = 0
+    shard_size: int = 0
+
+
+def compute_epsilon(history: list[tuple[float, float, int]], delta: float,
+                    accountant: Literal["rdp", "prv"] = "rdp") -> float:
+    """ε of a composed history of (noise_multiplier, sample_rate, steps), by Opacus' accountant."""
+    if not history:
+        return 0.0
+    return _epsilon(tuple((float(s), float(q), int(t)) for s, q, t in history), float(delta), accountant)
+
+
+@functools.lru_cache(maxsize=256)
+def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
+    acc.history = list(history)
+    try:
+        eps = float(acc.get_epsilon(delta=delta))
+    except Exception as exc:  # PRV's domain checks raise ValueError / RuntimeError
+        raise PrivacyError(f"{accountant} accountant failed for history {history}: {exc}") from exc
+    return eps
+
+
+class PrivacyAccountant:
+    """The silo's budget: per-pass worst shard, composed over passes; checked before release.
+
+    ``state_path`` (JSON, atomic) makes it survive restarts; ``ledger`` records every charge.
+    """
+
+    def __init__(self, epsilon: float, delta: float, *, accountant: Literal["rdp", "prv"] = "rdp",
+                 state_path: str | Path | None = None, ledger: Ledger | None = None):
+        if epsilon <= 0 or not 0 < delta < 1:
+            raise PrivacyError(f"budget needs epsilon > 0 and 0 < delta < 1, got ({epsilon}, {delta})")
+        self.epsilon_budget = float(epsilon)
+        self.delta = float(delta)
+        self.accountant = accountant
+        self.state_path = Path(state_path) if state_path else None
+        self.ledger = ledger
+        self.passes: dict[int, tuple[float, float, int]] = {}
+        self.charges: list[RoundCharge] = []
+        if self.state_path and self.state_path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        assert self.state_path is not None
+        try:
+            st = json.loads(self.state_path.read_text())
+            if st["accountant"] != self.accountant or st["delta"] != self.delta:
+                raise PrivacyError(f"{self.state_path}: saved with accountant={st['accountant']}, "
+                                   f"delta={st['delta']}; config says {self.accountant}, {self.delta}")
+            self.passes = {int(k): tuple(v) for k, v in st["passes"].items()}  # type: ignore[misc]
+            self.charges = [RoundCharge(**c) for c in st["charges"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PrivacyError(f"{self.state_path}: unreadable accountant state: {exc}") from None
+
+    def _history(self, extra: RoundCharge | None = None) -> list[tuple[float, float, int]]:
+        passes = self._merged(extra) if extra is not None else self.passes
+        return [passes[k] for k in sorted(passes)]
+
+    @property
+    def spent(self) -> float:
+        """ε spent so far at ``delta`` (record level)."""
+        return compute_epsilon(self._history(), self.delta, self.accountant)
+
+    def epsilon_after(self, charge: RoundCharge) -> float:
+        return compute_epsilon(self._history(charge), self.delta, self.accountant)
+
+    def check(self, charge: RoundCharge) -> float:
+        """ε after ``charge``; PrivacyBudgetExceeded if it would pass the budget."""
+        eps = self.epsilon_after(charge)
+        if eps > self.epsilon_budget:
+            raise PrivacyBudgetExceeded(
+                f"privacy budget exhausted: round on shard {charge.shard_index} (pass {charge.pass_index}) "
+                f"would bring epsilon to {eps:.4g} > budget {self.epsilon_budget:g} at delta "
+                f"{self.delta:g}; already spent {self.spent:.4g}; the silo stops, nothing was sent")
+        return eps
+
+    def check_feasible(self, charge: RoundCharge) -> float:
+        """Fail before training when not even one round fits the budget (an impossible budget)."""
+        eps = compute_epsilon([(charge.noise_multiplier, charge.sample_rate, charge.steps)],
+                              self.delta, self.accountant)
+        if eps > self.epsilon_budget:
+            raise PrivacyBudgetExceeded(
+                f"impossible privacy budget: one round ({charge.steps} steps, sample rate "
+                f"{charge.sample_rate:.4g}, noise multiplier {charge.noise_multiplier:g}) already costs "
+                f"epsilon {eps:.4g} > privacy.epsilon {self.epsilon_budget:g} (delta {self.delta:g}); "
+                "raise privacy.noise_multiplier or epsilon, or use fewer local steps / a smaller batch")
+        return eps
+
+    def charge(self, charge: RoundCharge, *, now: float | None = None) -> float:
+        """Check, then commit ``charge`` (state file, then ledger); returns ε spent after it."""
+        eps = self.check(charge)
+        self.passes = self._merged(charge)
+        self.charges.append(charge)
+        if self.state_path:
+            atomic_write_json(self.state_path, {
+                "accountant": self.accountant, "delta": self.delta,
+                "passes": {str(k): list(v) for k, v in self.passes.items()},
+                "charges": [asdict(c) for c in self.charges]})
+        if self.ledger is not None:
+            import time
+
+            self.ledger.append("privacy_charge", {**asdict(charge), "epsilon_spent": eps,
+                                                  "epsilon_budget": self.epsilon_budget,
+                                                  "delta": self.delta, "accountant": self.accountant},
+                               now=time.time() if now is None else now)
+        return eps
+
+    def _merged(self, charge: RoundCharge) -> dict[int, tuple[float, float, int]]:
+        """Per-pass histories with ``charge`` folded into its pass's dominating mechanism."""
+        passes = dict(self.passes)
+        cur = passes.get(charge.pass_index)
+        new = (charge.noise_multiplier, charge.sample_rate, charge.steps)
+        passes[charge.pass_index] = new if cur is None else (
+            min(cur[0], new[0]), max(cur[1], new[1]), max(cur[2], new[2]))
+        return passes
+
+
+class DPProjectorTrainer:
+    """Opacus on the projector only: per-sample clipping, Gaussian noise, one optimizer step.
+
+    ``clipping='ghost'`` uses Opacus' ghost clipping (norms without per-sample gradients);
+    ``'per_sample'`` materialises per-sample gradients (Opacus hooks). Both see the surrogate
+    loss described in the module docstring, so the frozen LM is traversed once per step.
+    """
+
+    def __init__(self, projector: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
+                 max_grad_norm: float, expected_batch_size: int, generator: torch.Generator,
+                 clipping: Literal["ghost", "per_sample"] = "ghost"):
+        from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
+        from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+
+        self.clipping = clipping
+        self.params = [p for p in projector.parameters() if p.requires_grad]
+        kw = dict(noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                  expected_batch_size=expected_batch_size, loss_reduction="mean", generator=generator)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Opacus warns that secure_mode is off; docs/silo.md says why
+            if clipping == "ghost":
+                self.module = GradSampleModuleFastGradientClipping(
+                    projector, batch_first=True, loss_reduction="sum", max_grad_norm=max_grad_norm,
+                    use_ghost_clipping=True)
+                self.optimizer = DPOptimizerFastGradientClipping(optimizer, **kw)
+            elif clipping == "per_sample":
+                self.module = GradSampleModule(projector, batch_first=True, loss_reduction="sum")
+                self.optimizer = DPOptimizer(optimizer, **kw)
+            else:
+                raise PrivacyError(f"privacy.clipping must be 'ghost' or 'per_sample', got {clipping!r}")
+
+    def backward(self, features: torch.Tensor, nll_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Clipped per-sample gradients into the projector; returns the per-sample losses.
+
+        ``nll_fn(z)`` maps projector outputs (B, N, d) to per-sample losses (B,).
+        """
+        from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
+        p = self.params[0]
+        z = self.module(features.to(p.device, p.dtype))
+        z_leaf = z.detach().requires_grad_(True)
+        losses = nll_fn(z_leaf)
+        (g,) = torch.autograd.grad(losses.sum(), z_leaf)
+        surrogate = (z * g).flatten(1).sum(1)  # d s_i / dθ == d L_i / dθ
+        if self.clipping == "ghost":
+            DPTensorFastGradientClipping(self.module, self.optimizer, surrogate, "sum").backward()
+        else:
+            surrogate.sum().backward()
+        return losses.detach()
+
+    def empty_batch(self) -> None:
+        """A Poisson batch with no records still takes a (pure-noise) step."""
+        for q in self.params:
+            q.grad = torch.zeros_like(q)
+            if self.clipping == "per_sample":
+                q.grad_sample = torch.zeros((0, *q.shape), device=q.device, dtype=q.dtype)
+
+    def step(self, extra_grad: Callable[[], None] | None = None) -> None:
+        """Noise, scale and step; ``extra_grad`` adds data-independent terms (FedProx) after noise."""
+        if self.optimizer.pre_step():
+            if extra_grad is not None:
+                extra_grad()
+            self.optimizer.original_optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def close(self) -> None:
+        """Remove Opacus' hooks so the projector is a plain module again."""
+        self.module._close()

@@ -1,0 +1,100 @@
+"""Where a silo's data and frozen models come from: files named in silo.toml, or the embedded world.
+
+``load_inputs(cfg)`` returns the training records, the held-out captions, the probe items and
+the LM's text-only prompt form; ``model_paths(cfg)`` turns ``"embedded"`` into the world's
+saved model folders (built and cached on first use), so both paths load through
+``from_pretrained`` alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from common.config.silo import EMBEDDED, SiloConfig
+from common.errors import ConfigError
+from silo.data import Sample, read_eval_items, read_records
+from silo.evaluate import remove_image
+
+__all__ = ["SiloInputs", "load_inputs", "model_paths", "world_spec"]
+
+
+@dataclass
+class SiloInputs:
+    train: list[Sample]
+    heldout: list[Sample]
+    items: list[Any]
+    text_only_prompt: Callable[[str], str] = remove_image
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def world_spec(cfg: SiloConfig):
+    from silo.world import TINY_SPEC, WorldSpec
+
+    return TINY_SPEC if cfg.data.world.spec == "tiny" else WorldSpec()
+
+
+def model_paths(cfg: SiloConfig) -> tuple[str, str]:
+    """(vision tower, LLM) ids or paths; ``embedded`` builds or finds the world's models."""
+    m = cfg.model
+    if EMBEDDED not in (m.vision_tower, m.llm):
+        return _local(cfg, m.vision_tower), _local(cfg, m.llm)
+    from silo.world import build_world
+
+    w = cfg.data.world
+    art = build_world(world_spec(cfg), cfg.resolve(w.cache_dir))
+    return (str(art.vision_path) if m.vision_tower == EMBEDDED else _local(cfg, m.vision_tower),
+            str(art.lm_path) if m.llm == EMBEDDED else _local(cfg, m.llm))
+
+
+def _local(cfg: SiloConfig, name: str) -> str:
+    """A relative path that exists next to the config wins over a hub id of the same spelling."""
+    p = cfg.resolve(__import__("pathlib").Path(name))
+    return str(p) if p is not None and p.exists() else name
+
+
+def _world_inputs(cfg: SiloConfig) -> SiloInputs:
+    from silo.world import CAPTION_PROMPT, make_eval_items, make_scenario, text_only_prompt
+
+    w = cfg.data.world
+    opts = dict(w.options)
+    if w.scenario != "unreliable":  # the builder validates these even when the scenario ignores them
+        opts.setdefault("n_unreliable", 0)
+        opts.setdefault("min_samples", 1)
+    try:
+        sc = make_scenario(w.scenario, w.n_silos, w.seed, samples_per_silo=w.samples_per_silo,
+                           test_size=w.test_size, alpha=w.alpha, **opts)
+    except TypeError as exc:  # an unknown key in options
+        raise ConfigError(f"data.world.options: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"data.world: {exc}") from None
+    silos = range(w.n_silos) if w.silo_index is None else [w.silo_index]
+    train = [Sample(s.image, CAPTION_PROMPT, s.caption, f"world:{w.scenario}:silo{k}:{i}")
+             for k in silos for i, s in enumerate(sc.silos[k])]
+    heldout = [Sample(s.image, CAPTION_PROMPT, s.caption, f"world:test:{i}") for i, s in enumerate(sc.test)]
+    items = make_eval_items(sc.test[: w.probe_samples], w.seed) if w.probe_samples else []
+    report = {"source": "world", "scenario": w.scenario, "n_silos": w.n_silos, "silo_index": w.silo_index,
+              "unreliable_silos": list(sc.unreliable), "kept": len(train), "skipped": 0}
+    # the world's LM was pretrained on placeholder prefixes: its fair no-image form; others drop the marker
+    text_only = text_only_prompt if cfg.model.llm == EMBEDDED else remove_image
+    return SiloInputs(train, heldout, items, text_only, report)
+
+
+def _file_inputs(cfg: SiloConfig) -> SiloInputs:
+    d = cfg.data
+    root = cfg.resolve(d.image_root)
+    train, rep = read_records(cfg.resolve(d.train), image_root=root, fmt=d.format, policy=d.bad_records)
+    heldout: list[Sample] = []
+    if d.eval is not None:
+        heldout, _ = read_records(cfg.resolve(d.eval), image_root=root, fmt=d.format, policy=d.bad_records)
+    items = read_eval_items(cfg.resolve(d.eval_items), image_root=root) if d.eval_items else []
+    return SiloInputs(train, heldout, items, remove_image, {"source": "files", **rep.as_dict()})
+
+
+def load_inputs(cfg: SiloConfig) -> SiloInputs:
+    """Read (files) or generate (world) everything this silo trains and evaluates on."""
+    if cfg.data.source == "world":
+        return _world_inputs(cfg)
+    if cfg.data.source == "files":
+        return _file_inputs(cfg)
+    raise ConfigError(f"data.source must be 'world' or 'files', got {cfg.data.source!r}")

@@ -1,0 +1,248 @@
+"""Local training of the projector on one round's shard: the unit the federation calls.
+
+``LocalTrainer.train_round(global_params, shard)`` loads θ_t, trains on the shard (plain or
+DP), and returns Δ = θ_k − θ_t with the sample count, metrics and ε spent. No file or network
+I/O happens inside; the frozen tower's features are computed once per shard
+(:func:`prepare_shard`) and batches are row slices of pre-tokenised tensors. The same class
+gives the centralized and local-only references (:func:`train_rounds`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+import torch
+
+from common.errors import PrivacyError
+from silo.data import Sample, open_image
+from silo.model import AlignmentModel, TokenBatch
+from silo.privacy import DPProjectorTrainer, PrivacyAccountant, RoundCharge, dp_generator, poisson_batches
+
+__all__ = ["TrainSettings", "DPSettings", "ShardData", "RoundResult", "LocalTrainer", "prepare_shard",
+           "train_rounds", "Params"]
+
+Params = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    batch_size: int = 32
+    lr: float = 2e-3
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = 0.0
+    local_steps: int | None = None
+    local_epochs: float = 1.0
+    prox_mu: float = 0.0
+
+    def steps_for(self, n: int) -> int:
+        """Optimizer steps for a shard of ``n`` records."""
+        if self.local_steps is not None:
+            return self.local_steps
+        return max(1, math.ceil(self.local_epochs * n / self.batch_size))
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    noise_multiplier: float
+    max_grad_norm: float
+    clipping: Literal["ghost", "per_sample"] = "ghost"
+    insecure_seed: int | None = None  # INSECURE: tests only; None = OS-seeded noise and sampling
+
+
+@dataclass
+class ShardData:
+    """One shard ready for training: cached tower features and pre-tokenised rows."""
+
+    features: torch.Tensor  # (n, N, d_v) on the model's device
+    tokens: TokenBatch  # (n, L_max), on the model's device
+    lengths: torch.Tensor  # (n,) true row lengths (CPU)
+    pass_index: int = 0
+    shard_index: int = 0
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, TokenBatch]:
+        """Rows ``idx`` trimmed to their longest row (right padding only)."""
+        L = int(self.lengths[idx.cpu()].max())
+        idx = idx.to(self.features.device)
+        t = self.tokens
+        return self.features[idx], TokenBatch(t.input_ids[idx, :L], t.attention_mask[idx, :L],
+                                              t.image_mask[idx, :L], t.target_mask[idx, :L])
+
+
+def _as_image(x: Any, origin: str):
+    return x if isinstance(x, np.ndarray) else open_image(x, origin)
+
+
+def prepare_shard(model: AlignmentModel, samples: Sequence[Sample], *, pass_index: int = 0,
+                  shard_index: int = 0, batch_size: int = 64) -> ShardData:
+    """Decode images, run the frozen tower once (the cache), tokenise every record."""
+    images = [_as_image(s.image, s.origin) for s in samples]
+    feats = model.encode_images(images, batch_size=batch_size)
+    texts = [model.encode_text(s.prompt, s.caption) for s in samples]
+    tokens = model.collate(texts)
+    return ShardData(feats, tokens, tokens.attention_mask.sum(1).cpu(), pass_index, shard_index)
+
+
+@dataclass
+class RoundResult:
+    """What a round hands back: the update, how many records it used, metrics, privacy spent.
+
+    Only ``delta`` (and what is computed from it) is covered by DP; ``metrics`` such as
+    ``train_loss`` are computed on raw records and must stay on the silo.
+    """
+
+    delta: Params
+    n_samples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    epsilon: float | None = None
+    charge: RoundCharge | None = None
+
+
+class LocalTrainer:
+    """Trains the model's projector from given global parameters on one shard at a time.
+
+    With ``dp`` set, an ``accountant`` is required: the round's charge is checked before any
+    compute and committed before the update is returned (fail closed: on
+    :class:`PrivacyBudgetExceeded` no update exists outside this call).
+    """
+
+    def __init__(self, model: AlignmentModel, settings: TrainSettings, *, dp: DPSettings | None = None,
+                 accountant: PrivacyAccountant | None = None, generator: torch.Generator | None = None):
+        if dp is not None and accountant is None:
+            raise PrivacyError("DP training needs a PrivacyAccountant (the budget must be checked)")
+        self.model = model
+        self.settings = settings
+        self.dp = dp
+        self.accountant = accountant
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self._dp_gen = dp_generator(dp.insecure_seed, model.device) if dp else None
+        self._sample_gen = dp_generator(None if dp.insecure_seed is None else dp.insecure_seed + 1) if dp else None
+
+    # -- planning -------------------------------------------------------------------------
+    def plan(self, n: int, *, pass_index: int = 0, shard_index: int = 0) -> RoundCharge | None:
+        """The DP charge a round on ``n`` records would make (None without DP)."""
+        if self.dp is None:
+            return None
+        return RoundCharge(self.dp.noise_multiplier, min(1.0, self.settings.batch_size / n),
+                           self.settings.steps_for(n), pass_index, shard_index, n)
+
+    def _batches(self, n: int, steps: int) -> list[torch.Tensor]:
+        if self.dp is not None:  # Poisson sampling: what the accountant assumes
+            assert self._sample_gen is not None
+            return poisson_batches(n, min(1.0, self.settings.batch_size / n), steps, self._sample_gen)
+        out: list[torch.Tensor] = []
+        B = min(self.settings.batch_size, n)
+        perm = torch.randperm(n, generator=self.generator)
+        pos = 0
+        while len(out) < steps:  # shuffled fixed-size batches, a fresh order each epoch
+            if pos + B > n:
+                perm, pos = torch.randperm(n, generator=self.generator), 0
+            out.append(perm[pos : pos + B])
+            pos += B
+        return out
+
+    def _optimizer(self, params) -> torch.optim.Optimizer:
+        s = self.settings
+        if s.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=s.lr, weight_decay=s.weight_decay)
+        return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+
+    # -- the round --------------------------------------------------------------------------
+    def train_round(self, global_params: Params, shard: ShardData) -> RoundResult:
+        """Train from ``global_params`` on ``shard``; return Δ, count, metrics, ε (charged)."""
+        model, s = self.model, self.settings
+        n = len(shard)
+        steps = s.steps_for(n)
+        charge = self.plan(n, pass_index=shard.pass_index, shard_index=shard.shard_index)
+        if charge is not None:
+            assert self.accountant is not None
+            self.accountant.check(charge)  # before spending compute on a round that cannot be sent
+        model.load_projector_state(global_params)
+        anchor = model.projector_state()  # clones: the parameters change in place below
+        params = [p for p in model.projector.parameters()]
+        for p in params:
+            p.requires_grad_(True)
+        opt = self._optimizer(params)
+        named = list(model.projector.named_parameters())
+        prox = self._prox(named, anchor) if s.prox_mu > 0 else None
+        dp = None
+        if self.dp is not None:
+            assert self._dp_gen is not None
+            dp = DPProjectorTrainer(model.projector, opt, noise_multiplier=self.dp.noise_multiplier,
+                                    max_grad_norm=self.dp.max_grad_norm,
+                                    expected_batch_size=min(s.batch_size, n), generator=self._dp_gen,
+                                    clipping=self.dp.clipping)
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=model.device)
+        seen = 0
+        try:
+            for idx in self._batches(n, steps):
+                if dp is not None and len(idx) == 0:
+                    dp.empty_batch()
+                    dp.step(prox)
+                    continue
+                feats, batch = shard.batch(idx)
+                if dp is None:
+                    losses = model.loss_per_sample(feats, batch)
+                    losses.mean().backward()
+                    if prox is not None:
+                        prox()
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                else:
+                    losses = dp.backward(feats, lambda z: model.caption_nll(batch, z))
+                    dp.step(prox)
+                loss_sum += losses.detach().sum()
+                seen += len(idx)
+        finally:
+            if dp is not None:
+                dp.close()
+        elapsed = time.perf_counter() - t0
+        final = model.projector_state()
+        delta = {k: final[k] - anchor[k] for k in final}
+        metrics = {"train_loss": float(loss_sum) / max(seen, 1), "steps": float(steps),
+                   "examples_processed": float(seen), "seconds": elapsed,
+                   "examples_per_second": seen / elapsed if elapsed > 0 else 0.0}
+        eps = None
+        if charge is not None:
+            assert self.accountant is not None
+            eps = self.accountant.charge(charge)  # committed before the update is handed out
+        return RoundResult(delta, n, metrics, eps, charge)
+
+    def _prox(self, named, anchor) -> Callable[[], None]:
+        mu = self.settings.prox_mu
+
+        def add() -> None:  # FedProx: ∇ μ/2 ||θ − θ_t||², data-independent (safe after DP noise)
+            with torch.no_grad():
+                for name, p in named:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    p.grad.add_(p.detach() - anchor[name], alpha=mu)
+
+        return add
+
+
+def train_rounds(trainer: LocalTrainer, params: Params, shards: Callable[[], ShardData | None], *,
+                 rounds: int, on_round: Callable[[int, RoundResult, Params], None] | None = None
+                 ) -> tuple[Params, list[RoundResult]]:
+    """Centralized / local-only training: rounds of ``train_round`` applied as θ ← θ + Δ.
+
+    ``shards()`` returns the next fresh shard (None when the data is spent).
+    """
+    results = []
+    for r in range(rounds):
+        shard = shards()
+        if shard is None:
+            break
+        res = trainer.train_round(params, shard)
+        params = {k: params[k] + res.delta[k].to(params[k].device) for k in params}
+        results.append(res)
+        if on_round is not None:
+            on_round(r, res, params)
+    return params, results
