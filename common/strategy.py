@@ -8,6 +8,17 @@ and after the last phase the new global parameters and the carried server state.
 
 Everything here is pure torch: no I/O, no networking, no randomness without a ``generator``.
 The round engine (networked or simulated) owns the order of calls; strategies own the math.
+
+Round protocol the engine follows (docs/fedcmp.md has the full contract)::
+
+    public = strategy.init_public(params)            # round 0; later: last phase's outcome.public
+    for phase in range(strategy.n_phases):
+        c_k, state_k' = strategy.silo_contribution(phase, delta_k, w_k, public, state_k)
+        out = strategy.aggregate(phase, secure_sum(c_k over silos), params, public, server_state)
+        if phase < n_phases - 1: public = {**public, **out.public}   # broadcast, then next phase
+    params, server_state, public = out.params, out.server_state, out.public  # next round
+
+A silo commits ``state_k'`` of the last phase only once the round completes.
 """
 
 from __future__ import annotations
@@ -17,7 +28,7 @@ from typing import Mapping, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["Tensors", "Sums", "PhaseOutcome", "Strategy"]
+__all__ = ["Tensors", "Sums", "PhaseOutcome", "Strategy", "silo_weight", "payload_numbers"]
 
 Tensors = dict[str, torch.Tensor]
 
@@ -61,6 +72,7 @@ class PhaseOutcome:
     public: Tensors = field(default_factory=dict)
     params: Tensors | None = None
     server_state: Tensors | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # diagnostics from sums, for logs only
 
 
 @runtime_checkable
@@ -97,3 +109,28 @@ class Strategy(Protocol):
         self, phase: int, sums: Sums, params: Tensors, public: Tensors, server_state: Tensors
     ) -> PhaseOutcome:
         """The aggregator's step after ``phase`` from the phase's sums only."""
+
+
+def silo_weight(n_samples: int, cap: int) -> float:
+    """A silo's aggregation weight: its sample count clipped to ``cap`` and divided by it.
+
+    The result lies in [0, 1], so weighted contributions have a declared range for fixed-point
+    secure sums and one large silo cannot dominate beyond ``cap`` samples.
+    """
+    if not isinstance(cap, int) or cap < 1:
+        raise ValueError(f"silo_weight: cap must be a positive int, got {cap!r}")
+    if not isinstance(n_samples, int) or n_samples < 0:
+        raise ValueError(f"silo_weight: n_samples must be a non-negative int, got {n_samples!r}")
+    return min(n_samples, cap) / cap
+
+
+def payload_numbers(strategy: Strategy, params: Tensors) -> int:
+    """Numbers one silo uploads per round under ``strategy`` (sum over phases of its spec)."""
+    total = 0
+    for phase in range(strategy.n_phases):
+        for shape in strategy.contribution_spec(phase, params).values():
+            n = 1
+            for d in shape:
+                n *= int(d)
+            total += n
+    return total

@@ -1,0 +1,73 @@
+"""What a simulation writes to --out: metrics.jsonl (one record per round), final.json, curves.png."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+__all__ = ["JsonlWriter", "write_final", "plot_curves", "CURVE_METRICS"]
+
+CURVE_METRICS = ("nll", "mc_accuracy", "presence_f1", "train_loss")
+
+
+def _clean(obj):
+    """JSON has no NaN: write null instead."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+class JsonlWriter:
+    """Appends one JSON object per line and flushes, so a killed run keeps its finished rounds."""
+
+    def __init__(self, path: str | os.PathLike, extra: Mapping | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.extra = dict(extra or {})
+        self.path.write_text("")
+
+    def __call__(self, record: Mapping) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(_clean({**self.extra, **record}), sort_keys=True) + "\n")
+
+
+def write_final(path: str | os.PathLike, final: Mapping) -> None:
+    """final.json, written atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_clean(dict(final)), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def plot_curves(curves: Mapping[str, Sequence[Mapping]], path: str | os.PathLike, title: str = "") -> None:
+    """One panel per metric present, one line per label (records with ``round`` and metric keys)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in CURVE_METRICS if any(m in r for recs in curves.values() for r in recs)]
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(4.2 * max(1, len(metrics)), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for label, recs in curves.items():
+            pts = [(r["round"], r[metric]) for r in recs if r.get(metric) is not None and math.isfinite(r[metric])]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", markersize=2.5, label=label)
+        ax.set_xlabel("round")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
