@@ -1,0 +1,446 @@
+"""The aggregator's round state machine (DESIGN §3) over any :class:`ServerTransport`.
+
+One round: wait for at least ``min_silos`` live silos; send :class:`RoundStart`; collect
+:class:`UpdateReady` until the training deadline; then for each of the strategy's phases run
+one secure-sum instance (fresh keys, its own instance id) among the silos still standing,
+with a deadline per protocol step (silent silos become dropouts); hand the strategy only the
+:class:`Sums`; after the last phase commit: checkpoint, ledger, :class:`RoundEnd`. A round
+that falls below ``min_silos`` anywhere is abandoned and retried; nothing of it is kept.
+
+Messages for a closed phase or an old round are ignored and logged. The same code runs over
+the in-memory transport in tests and ZeroMQ in production; time comes from ``clock``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from common.errors import ProtocolError, RoundAborted
+from common.eventlog import EventLog
+from common.ledger import Ledger
+from common.messages import Heartbeat, LeaveNotice, RoundEnd, RoundStart, RunEnd, SumScheme, SumStart, UpdateReady
+from common.strategy import Strategy, Sums, Tensors
+from common.transport import AGGREGATOR, ServerTransport
+from common.wire import Envelope
+from aggregator.checkpoint import CheckpointStore, RunState
+
+from crypto.config import SecureSumConfig
+from crypto.errors import CryptoError, SecAggAborted, SecureSumUsageError
+from crypto.identity import Roster
+from crypto.messages import CkksInput, MaskedInput, Message as CryptoMessage, PlainInput
+from crypto.secure_sum import AggregatorSecureSum
+
+__all__ = ["RoundPolicy", "Coordinator", "round_seed", "sum_threshold", "to_numpy", "to_torch"]
+
+
+@dataclass(frozen=True)
+class RoundPolicy:
+    """How rounds run; mirrors ``[run]`` and ``[secure_sum]`` of aggregator.toml."""
+
+    rounds: int
+    min_silos: int = 3
+    train_deadline_s: float = 600.0
+    step_deadline_s: float = 60.0
+    heartbeat_timeout_s: float = 30.0
+    roster_wait_s: float = 600.0
+    roster_grace_s: float = 2.0
+    max_failed_rounds: int = 3
+    seed: int = 0
+    scheme: SumScheme = SumScheme.SECAGG
+    clip: float = 16.0
+    neighbours: int | None = None
+    ckks_poly_modulus: int = 8192
+    allow_insecure_plaintext: bool = False
+
+
+def round_seed(seed: int, round_id: int) -> bytes:
+    """The public seed of a round (32 bytes): a hash of the run seed and the round."""
+    return hashlib.sha256(b"fedalign/round-seed/" + str(seed).encode() + b"/" + str(round_id).encode()).digest()
+
+
+def sum_threshold(n: int, min_silos: int, neighbours: int | None) -> int:
+    """Survivors every step needs: a strict majority of each group, and never under ``min_silos``."""
+    group = n if neighbours is None else min(n, neighbours + 1)
+    return min(n, max(group // 2 + 1, min_silos))
+
+
+def to_numpy(t: Tensors) -> dict[str, np.ndarray]:
+    return {k: v.detach().to("cpu").contiguous().numpy() for k, v in t.items()}
+
+
+def to_torch(a: Mapping[str, np.ndarray], dtype: torch.dtype | None = None) -> Tensors:
+    out = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in a.items()}
+    return {k: v.to(dtype) for k, v in out.items()} if dtype is not None else out
+
+
+def _payload_nbytes(m: CryptoMessage) -> int:
+    """Bytes of the summed values themselves in a silo's input message (masked, encrypted, plain)."""
+    if isinstance(m, MaskedInput):
+        return int(m.masked.nbytes)
+    if isinstance(m, PlainInput):
+        return int(m.values.nbytes)
+    if isinstance(m, CkksInput):
+        return sum(len(c) for c in m.chunks)
+    return 0
+
+
+class _Abandon(Exception):
+    """This round cannot complete; it is dropped and retried."""
+
+
+@dataclass
+class _RoundRecord:
+    round: int
+    survivors: tuple[str, ...] = ()
+    ready: tuple[str, ...] = ()
+    dropped: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    payload_bytes: dict[str, int] = field(default_factory=dict)
+    wire_up: dict[str, int] = field(default_factory=dict)
+    wire_down: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    sum_seconds: float = 0.0
+    epsilon: dict[str, float] = field(default_factory=dict)
+
+
+class Coordinator:
+    """Runs the federation from a :class:`RunState` to ``policy.rounds`` committed rounds."""
+
+    def __init__(
+        self,
+        transport: ServerTransport,
+        strategy: Strategy,
+        *,
+        strategy_name: str,
+        strategy_options: Mapping[str, Any],
+        identities: Mapping[str, str],
+        policy: RoundPolicy,
+        state: RunState,
+        store: CheckpointStore | None = None,
+        events: EventLog | None = None,
+        ledger: Ledger | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_round: Callable[[RunState, dict[str, Any]], None] | None = None,
+    ) -> None:
+        if policy.scheme == SumScheme.PLAIN_INSECURE and not policy.allow_insecure_plaintext:
+            from common.errors import InsecureModeRefused
+
+            raise InsecureModeRefused("plain sums need allow_insecure_plaintext (site policy and flag)")
+        self.t = transport
+        self.strategy = strategy
+        self.strategy_name = strategy_name
+        self.strategy_options = dict(strategy_options)
+        self.identities = dict(identities)
+        self.policy = policy
+        self.state = state
+        self.store = store
+        self.events = events or EventLog(None, source=AGGREGATOR)
+        self.ledger = ledger
+        self.clock = clock
+        self.on_round = on_round
+        self.last_seen: dict[str, float] = {}
+        self.committed_by: dict[str, int] = {}
+        self.left: set[str] = set()
+        self._instance = secrets.randbelow(1 << 30)  # fresh per process: instance ids never repeat
+        self._dtype = next(iter(state.params.values())).dtype if state.params else torch.float32
+
+    # ------------------------------------------------------------------ receiving
+    def _next(self, deadline: float) -> Envelope | None:
+        """The next envelope that needs the caller, or None at ``deadline``; heartbeats handled here."""
+        while True:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                return None
+            try:
+                env = self.t.recv(min(remaining, 0.25))
+            except ProtocolError as e:
+                self.events.emit("message_dropped", reason=str(e))
+                continue
+            if env is None:
+                continue
+            if env.sender not in self.identities:
+                self.events.emit("message_dropped", reason=f"sender {env.sender!r} is not on the roster")
+                continue
+            self.last_seen[env.sender] = self.clock()
+            m = env.message
+            if isinstance(m, Heartbeat):
+                self.committed_by[env.sender] = m.last_committed
+                continue
+            if isinstance(m, LeaveNotice):
+                self.left.add(env.sender)
+                self.events.emit("silo_left", silo=env.sender, reason=m.reason)
+                continue
+            return env
+
+    def _late(self, env: Envelope, where: str) -> None:
+        self.events.emit(
+            "late_message_ignored",
+            silo=env.sender,
+            type=type(env.message).__name__,
+            round=env.round,
+            instance=env.instance,
+            phase=env.phase,
+            now=where,
+        )
+
+    def _live(self) -> list[str]:
+        now = self.clock()
+        return sorted(
+            s
+            for s, seen in self.last_seen.items()
+            if now - seen <= self.policy.heartbeat_timeout_s and s not in self.left
+        )
+
+    def _send(self, to: str, round_id: int, msg: Any, *, instance: int = -1, phase: int = -1) -> int:
+        return self.t.send(to, Envelope(round_id, instance, phase, AGGREGATOR, msg))
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> RunState:
+        """Run rounds until ``policy.rounds`` are committed; then tell the silos the run is over."""
+        failed = 0
+        self.events.emit("run_started", round=self.state.round, rounds=self.policy.rounds,
+                         strategy=self.strategy.name, scheme=str(self.policy.scheme))
+        while self.state.round < self.policy.rounds:
+            try:
+                self.state = self._round(self.state)
+                failed = 0
+            except _Abandon as e:
+                failed += 1
+                self.events.emit("round_abandoned", round=self.state.round, reason=str(e), consecutive=failed)
+                if failed >= self.policy.max_failed_rounds:
+                    raise RoundAborted(
+                        f"round {self.state.round}: {failed} consecutive attempts failed; last: {e}"
+                    ) from None
+        self._finish()
+        return self.state
+
+    def _finish(self) -> None:
+        """Send RunEnd to every silo heard from; after a resume of a finished run, wait for them briefly."""
+        end = RunEnd(self.state.round, to_numpy(self.state.params), "completed")
+        told: set[str] = set()
+        deadline = self.clock() + min(self.policy.roster_wait_s, self.policy.heartbeat_timeout_s)
+        while True:
+            for s in sorted(set(self.last_seen) - self.left - told):
+                self._send(s, self.state.round, end)
+                told.add(s)
+            if told >= set(self.identities) - self.left or self.clock() >= deadline:
+                break
+            env = self._next(min(deadline, self.clock() + 0.25))
+            if env is not None:
+                self._late(env, "run finished")
+        self.events.emit("run_finished", rounds=self.state.round, told=sorted(told))
+
+    def _await_roster(self, round_id: int) -> list[str]:
+        """Live silos once all are live, or once ``min_silos`` are and a grace period passed."""
+        p = self.policy
+        start = self.clock()
+        deadline = start + p.roster_wait_s
+        enough_since: float | None = None
+        while True:
+            live = self._live()
+            everyone = set(self.identities) - self.left
+            if len(live) >= p.min_silos:
+                enough_since = enough_since if enough_since is not None else self.clock()
+                if set(live) >= everyone or self.clock() - enough_since >= p.roster_grace_s:
+                    return live
+            else:
+                enough_since = None
+            if self.clock() >= deadline:
+                raise RoundAborted(
+                    f"round {round_id}: only {len(live)} silo(s) live ({', '.join(live) or 'none'}) "
+                    f"after {p.roster_wait_s:g}s; run.min_silos is {p.min_silos}"
+                )
+            env = self._next(min(deadline, self.clock() + 0.25))
+            if env is not None:
+                self._late(env, "waiting for silos")
+
+    def _round(self, state: RunState) -> RunState:
+        t0 = self.clock()
+        t = state.round
+        p, strat = self.policy, self.strategy
+        roster = self._await_roster(t)
+        seed = round_seed(p.seed, t)
+        rec = _RoundRecord(round=t)
+        before = self.t.traffic.snapshot()
+        prev_survivors = tuple(state.history[-1]["survivors"]) if state.history else ()
+        start = RoundStart(
+            t, to_numpy(state.params), to_numpy(state.public), tuple(roster), seed, self.strategy_name,
+            self.strategy_options, strat.n_phases, p.train_deadline_s, prev_survivors,
+        )
+        for s in roster:
+            self._send(s, t, start)
+        self.events.emit("round_started", round=t, roster=roster)
+
+        # local training
+        ready: dict[str, float] = {}
+        deadline = self.clock() + p.train_deadline_s
+        silent: list[str] = []
+        while True:
+            # silos heartbeat while they train: one silent past heartbeat_timeout_s is a dropout now
+            now = self.clock()
+            silent = sorted(s for s in roster if s not in ready
+                            and now - self.last_seen.get(s, -1e18) > p.heartbeat_timeout_s)
+            if set(ready) | set(silent) | self.left >= set(roster):
+                break
+            env = self._next(min(deadline, now + 0.25))
+            if env is None:
+                if self.clock() >= deadline:
+                    break
+                continue
+            m = env.message
+            if isinstance(m, UpdateReady) and m.round == t and env.sender in roster:
+                ready[env.sender] = float(m.epsilon)
+            else:
+                self._late(env, f"round {t} training")
+        rec.ready = tuple(sorted(ready))
+        rec.epsilon = ready
+        missing = sorted(set(roster) - set(ready))
+        if missing:
+            rec.dropped += missing
+            self.events.emit("dropouts", round=t, stage="train", silos=missing,
+                             silent=[s for s in missing if s in silent],
+                             left=[s for s in missing if s in self.left])
+        if len(ready) < p.min_silos:
+            raise _Abandon(f"{len(ready)} silo(s) finished training, run.min_silos is {p.min_silos}")
+
+        # the phases, each one secure sum
+        participants = sorted(ready)
+        public = dict(state.public)
+        phase_public: Tensors = {}
+        outcome = None
+        ts = self.clock()
+        for phase in range(strat.n_phases):
+            sums, included = self._secure_sum(t, phase, participants, phase_public, seed, rec)
+            gone = sorted(set(participants) - set(included))
+            if gone:
+                rec.dropped += gone
+                self.events.emit("dropouts", round=t, stage=f"sum phase {phase}", silos=gone)
+            if len(included) < p.min_silos:
+                raise _Abandon(f"phase {phase} summed {len(included)} silo(s), run.min_silos is {p.min_silos}")
+            outcome = strat.aggregate(
+                phase, Sums(to_torch(sums, self._dtype), n_silos=len(included)), state.params, public,
+                state.server_state,
+            )
+            rec.metrics.update({k: float(v) for k, v in getattr(outcome, "metrics", {}).items()})
+            if phase < strat.n_phases - 1:
+                public = {**public, **outcome.public}
+                phase_public = {**phase_public, **outcome.public}
+            participants = list(included)
+        rec.sum_seconds = self.clock() - ts
+        assert outcome is not None and outcome.params is not None, "the last phase must return params"
+        rec.survivors = tuple(participants)
+
+        after = self.t.traffic.snapshot()
+        for s in roster:
+            rec.wire_up[s] = after["received"].get(s, 0) - before["received"].get(s, 0)
+            rec.wire_down[s] = after["sent"].get(s, 0) - before["sent"].get(s, 0)
+        rec.seconds = self.clock() - t0
+        record = {
+            "round": t,
+            "survivors": list(rec.survivors),
+            "dropped": sorted(set(rec.dropped)),
+            "metrics": rec.metrics,
+            "payload_bytes": rec.payload_bytes,
+            "wire_up_bytes": rec.wire_up,
+            "wire_down_bytes": rec.wire_down,
+            "epsilon": rec.epsilon,
+            "seconds": round(rec.seconds, 3),
+            "sum_seconds": round(rec.sum_seconds, 3),
+        }
+        new = RunState(
+            round=t + 1,
+            params={k: v.detach().clone() for k, v in outcome.params.items()},
+            public=dict(outcome.public),
+            server_state=dict(outcome.server_state) if outcome.server_state is not None else state.server_state,
+            meta=state.meta,
+            history=[*state.history, record],
+        )
+        self._commit(new, record)
+        return new
+
+    def _commit(self, new: RunState, record: dict[str, Any]) -> None:
+        if self.store is not None:
+            self.store.save(new)
+        if self.ledger is not None:
+            self.ledger.append("round_committed", {k: record[k] for k in ("round", "survivors", "dropped", "epsilon")},
+                               now=time.time())
+        end = RoundEnd(record["round"], True, "committed", tuple(record["survivors"]))
+        for s in self._live():
+            self._send(s, record["round"], end)
+        self.events.emit("round_committed", **record)
+        if self.on_round is not None:
+            self.on_round(new, record)
+
+    # ------------------------------------------------------------------ one secure sum
+    def _secure_sum(
+        self, t: int, phase: int, participants: list[str], phase_public: Tensors, seed: bytes, rec: _RoundRecord
+    ) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+        p = self.policy
+        self._instance += 1
+        inst = self._instance
+        threshold = sum_threshold(len(participants), p.min_silos, p.neighbours)
+        cfg = SecureSumConfig(
+            mode=str(p.scheme),
+            threshold=threshold,
+            clip=p.clip,
+            allow_insecure_plaintext=p.scheme == SumScheme.PLAIN_INSECURE,
+            neighbours=p.neighbours,
+            graph_seed=seed,
+            ckks_poly_modulus=p.ckks_poly_modulus,
+        )
+        try:
+            agg = AggregatorSecureSum(Roster({s: self.identities[s] for s in participants}), t, inst, cfg)
+        except SecureSumUsageError as e:
+            raise _Abandon(f"phase {phase}: cannot open a secure sum over {participants}: {e}") from e
+        msg = SumStart(t, phase, inst, p.scheme, tuple(participants), threshold, p.clip, p.neighbours or 0,
+                       p.ckks_poly_modulus, to_numpy(phase_public))
+        for s in participants:
+            self._send(s, t, msg, instance=inst, phase=phase)
+        self.events.emit("sum_started", round=t, phase=phase, instance=inst, participants=participants,
+                         threshold=threshold)
+
+        def forward(out: list[tuple[str, CryptoMessage]]) -> None:
+            for dest, m in out:
+                self._send(dest, t, m, instance=inst, phase=phase)
+
+        stage = agg.stage
+        deadline = self.clock() + p.step_deadline_s
+        try:
+            while not agg.done:
+                env = self._next(deadline)
+                if env is None:
+                    self.events.emit("step_deadline", round=t, phase=phase, instance=inst, stage=str(agg.stage),
+                                     silent=sorted(agg.waiting_for))
+                    forward(agg.close_step())
+                    stage, deadline = agg.stage, self.clock() + p.step_deadline_s
+                    continue
+                elif isinstance(env.message, CryptoMessage) and env.message.round_id == t \
+                        and env.message.instance_id == inst and env.sender in participants:
+                    m = env.message
+                    try:
+                        out = agg.handle(env.sender, m)
+                    except CryptoError as e:
+                        self.events.emit("sum_message_rejected", silo=env.sender, round=t, phase=phase,
+                                         stage=str(agg.stage), reason=str(e))
+                        continue
+                    n = _payload_nbytes(m)
+                    if n:
+                        rec.payload_bytes[env.sender] = rec.payload_bytes.get(env.sender, 0) + n
+                    forward(out)
+                else:
+                    self._late(env, f"round {t} phase {phase} instance {inst}")
+                    continue
+                if agg.stage != stage:
+                    stage = agg.stage
+                    deadline = self.clock() + p.step_deadline_s
+        except SecAggAborted as e:
+            raise _Abandon(f"phase {phase}: secure sum aborted: {e}") from None
+        res = agg.result
+        return res.sums, tuple(res.included)

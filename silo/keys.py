@@ -1,0 +1,47 @@
+"""``silo keygen``: a silo's CURVE transport key pair and its Ed25519 identity, plus its roster entry.
+
+The CURVE pair (``<name>.key``, ``<name>.key_secret``) authenticates the connection; the
+identity (``<name>.identity``, PKCS#8 PEM) signs the silo's fresh keys in every secure sum.
+All three files are written with mode 0600 and never overwritten without ``overwrite``. The
+printed roster entry is what the federation's ``roster.toml`` needs (public keys only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.config.roster import roster_entry_toml
+from common.errors import ConfigError
+from common.keys import load_public, write_keypair
+from crypto.errors import SecureSumUsageError
+from crypto.identity import generate_identity, load_identity, save_identity
+
+__all__ = ["SiloKeys", "keygen_silo"]
+
+
+@dataclass(frozen=True)
+class SiloKeys:
+    public_key: Path
+    secret_key: Path
+    identity: Path
+    roster_entry: str
+
+
+def keygen_silo(out_dir: Path | str, name: str, *, overwrite: bool = False) -> SiloKeys:
+    """Write the silo's key files into ``out_dir`` and return their paths and its roster entry."""
+    d = Path(out_dir)
+    ident = d / f"{name}.identity"
+    if ident.exists():
+        if not overwrite:
+            raise ConfigError(f"{ident} exists; pass --overwrite to replace it (the old identity stops working)")
+        ident.unlink()
+    pub, sec = write_keypair(d, name, role="silo", overwrite=overwrite)
+    identity = generate_identity()
+    try:
+        save_identity(identity, ident)
+    except SecureSumUsageError as e:
+        raise ConfigError(str(e)) from e
+    entry = roster_entry_toml(name, load_public(pub), load_identity(ident).public_hex)
+    (d / f"{name}.roster.toml").write_text(entry, encoding="ascii")
+    return SiloKeys(pub, sec, ident, entry)

@@ -1,0 +1,150 @@
+"""Test support: a whole federation in one process over InMemoryNetwork, silos in threads.
+
+Silos train the synthetic toy problem of ``simulation.toy`` (real local SGD, deterministic per
+silo and round), so a networked run can be compared with the in-process simulator.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from aggregator.checkpoint import CheckpointStore, RunState
+from aggregator.rounds import Coordinator, RoundPolicy
+from common.eventlog import EventLog
+from common.messages import SumScheme, wire_registry
+from common.strategies import make_strategy
+from common.transport import InMemoryNetwork
+from crypto.identity import generate_identity
+from silo.runtime import SiloOutcome, SiloParticipant, SiloPolicy, TrainedUpdate
+from simulation.toy import ToyFederation, make_toy
+
+MAX_WEIGHT = 64.0
+
+
+def toy(n_silos: int, seed: int = 0) -> ToyFederation:
+    prob = make_toy(m=6, n=5, n_silos=n_silos, per_silo=32, generator=torch.Generator().manual_seed(seed))
+    return ToyFederation(prob, seed=seed, steps=3, lr=0.05, batch=8)
+
+
+class ToyTrainer:
+    def __init__(self, fed: ToyFederation, index: int) -> None:
+        self.fed, self.index = fed, index
+
+    def train(self, round_id: int, params):
+        res = self.fed.local_update(params, self.index, round_id, 0.0)
+        return TrainedUpdate(res.delta, res.n_samples, None)
+
+
+class RecordingStrategy:
+    """Delegates to a real strategy and records every Sums the aggregator handed it."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.name, self.n_phases, self.prox_mu = inner.name, inner.n_phases, inner.prox_mu
+        self.sums: list[tuple[int, Any]] = []
+
+    def __getattr__(self, k):
+        return getattr(self.inner, k)
+
+    def aggregate(self, phase, sums, params, public, server_state):
+        self.sums.append((phase, sums))
+        return self.inner.aggregate(phase, sums, params, public, server_state)
+
+
+@dataclass
+class Result:
+    state: RunState | None
+    silos: dict[str, SiloOutcome | BaseException]
+    events: list[dict]
+    contributions: dict[tuple[int, int, str], dict[str, np.ndarray]]
+    strategy: RecordingStrategy
+    error: BaseException | None = None
+
+
+def run_federation(
+    n_silos: int = 3,
+    rounds: int = 2,
+    *,
+    strategy: str = "fedcmp",
+    options: dict | None = None,
+    scheme: SumScheme = SumScheme.SECAGG,
+    policy_overrides: dict | None = None,
+    tmp: Path | None = None,
+    state: RunState | None = None,
+    wrap_client: Callable[[str, Any, InMemoryNetwork], Any] | None = None,
+    silo_policy: dict | None = None,
+    names: list[str] | None = None,
+    identities: dict | None = None,
+    fed: ToyFederation | None = None,
+) -> Result:
+    names = names or [f"silo-{i}" for i in range(n_silos)]
+    fed = fed or toy(len(names))
+    ids = identities or {s: generate_identity() for s in names}
+    trusted = {s: k.public_hex for s, k in ids.items()}
+    net = InMemoryNetwork(wire_registry())
+    strat = RecordingStrategy(make_strategy(strategy, **(options or {})))
+    if state is None:
+        params = fed.init_params()
+        state = RunState(0, params, strat.init_public(params), strat.init_server_state(params))
+    events: list[dict] = []
+
+    class Log(EventLog):
+        def emit(self, event, **f):
+            rec = super().emit(event, **f)
+            events.append(rec)
+            return rec
+
+    pol = dict(rounds=rounds, min_silos=3, train_deadline_s=20, step_deadline_s=1.5, heartbeat_timeout_s=5,
+               roster_wait_s=10, roster_grace_s=0.3, scheme=scheme,
+               allow_insecure_plaintext=scheme == SumScheme.PLAIN_INSECURE)
+    pol.update(policy_overrides or {})
+    store = CheckpointStore(tmp / "ckpt") if tmp is not None else None
+    coord = Coordinator(net.server(), strat, strategy_name=strategy, strategy_options=options or {},
+                        identities=trusted, policy=RoundPolicy(**pol), state=state, store=store,
+                        events=Log(None, source="aggregator"))
+    contributions: dict = {}
+    lock = threading.Lock()
+    outcomes: dict[str, Any] = {}
+    stop = threading.Event()
+
+    def silo(i: int, name: str) -> None:
+        client = net.client(name)
+        if wrap_client is not None:
+            client = wrap_client(name, client, net)
+
+        def record(r, ph, inputs, name=name):
+            with lock:
+                contributions[(r, ph, name)] = {k: v.copy() for k, v in inputs.items()}
+
+        sp = dict(min_silos=pol["min_silos"], heartbeat_interval_s=0.2, aggregator_timeout_s=30,
+                  max_weight=MAX_WEIGHT, allow_insecure_plaintext=scheme == SumScheme.PLAIN_INSECURE)
+        sp.update(silo_policy or {})
+        p = SiloParticipant(name, client, ToyTrainer(fed, i), identity=ids[name], trusted=trusted,
+                            policy=SiloPolicy(**sp), state_dir=(tmp / name) if tmp is not None else None,
+                            events=Log(None, source=name), on_contribution=record, stop=stop)
+        try:
+            outcomes[name] = p.run()
+        except BaseException as e:  # noqa: BLE001 - reported to the test
+            outcomes[name] = e
+
+    threads = [threading.Thread(target=silo, args=(i, s), daemon=True) for i, s in enumerate(names)]
+    for th in threads:
+        th.start()
+    err = None
+    final = None
+    try:
+        final = coord.run()
+    except BaseException as e:  # noqa: BLE001
+        err = e
+        for s in names:
+            net.disconnect(s)
+    stop.set()  # silos stop once idle: the rest handle RunEnd first, dropped ones just leave
+    for th in threads:
+        th.join(timeout=10)
+    return Result(final, outcomes, events, contributions, strat, err)

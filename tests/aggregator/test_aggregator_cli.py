@@ -1,0 +1,152 @@
+"""The aggregator CLI in process (Typer's CliRunner) and its checkpoints: keys, bad input as one
+line with the right exit code, insecure modes gated twice, status, tamper-evident checkpoints."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from aggregator.checkpoint import CheckpointStore, RunState
+from aggregator.cli import build_app
+from common.errors import CheckpointError
+from common.keys import load_keypair
+
+runner = CliRunner()
+
+
+def _run(*args):
+    r = runner.invoke(build_app(), list(args))
+    return r.exit_code, r.output  # stdout and stderr together
+
+
+def _federation(tmp_path, **sections):
+    """Keys for the aggregator and three silos, a roster, and an aggregator.toml."""
+    from silo.keys import keygen_silo
+
+    code, _ = _run("keygen", "--out", str(tmp_path / "keys"))
+    assert code == 0
+    (tmp_path / "roster.toml").write_text("\n".join(keygen_silo(tmp_path / "keys", f"s{i}").roster_entry
+                                                    for i in range(3)))
+    body = {"server": {"bind": '"tcp://127.0.0.1:0"', "secret_key": '"keys/aggregator.key_secret"'},
+            "run": {"rounds": 1, "roster_wait_s": 0.5},
+            "init": {"d_vision": 4, "d_model": 6, "projector": '"linear"'}}
+    for sec, kv in sections.items():
+        body.setdefault(sec, {}).update(kv)
+    text = "\n".join(f"[{s}]\n" + "\n".join(f"{k} = {v}" for k, v in kv.items()) for s, kv in body.items())
+    (tmp_path / "aggregator.toml").write_text(text)
+    return tmp_path / "aggregator.toml"
+
+
+def test_keygen_writes_0600_files_and_refuses_to_overwrite(tmp_path):
+    code, out = _run("keygen", "--out", str(tmp_path))
+    assert code == 0 and "public key" in out
+    sec = tmp_path / "aggregator.key_secret"
+    assert stat.S_IMODE(sec.stat().st_mode) == 0o600 and stat.S_IMODE((tmp_path / "aggregator.key").stat().st_mode) == 0o600
+    assert load_keypair(sec).public in out
+    code, out = _run("keygen", "--out", str(tmp_path))
+    assert code == 2 and out.strip().count("\n") == 0 and "exists" in out
+
+
+def test_bad_config_is_one_line_naming_the_field(tmp_path):
+    cfg = _federation(tmp_path, run={"min_silos": 1})
+    code, out = _run("serve", "--config", str(cfg))
+    assert code == 2, out
+    assert out.strip().count("\n") == 0 and "run.min_silos" in out and "aggregator.toml" in out
+    code, out = _run("serve", "--config", str(tmp_path / "missing.toml"))
+    assert code == 2 and "not found" in out
+
+
+def test_roster_smaller_than_min_silos_is_refused(tmp_path):
+    cfg = _federation(tmp_path, run={"min_silos": 4})
+    code, out = _run("serve", "--config", str(cfg))
+    assert code == 2 and "3 silo(s) listed, run.min_silos is 4" in out
+
+
+@pytest.mark.parametrize("policy,flag", [(False, False), (True, False), (False, True)])
+def test_plain_sums_need_policy_and_flag(tmp_path, policy, flag):
+    cfg = _federation(tmp_path, server={"allow_insecure_plaintext": str(policy).lower()},
+                      secure_sum={"scheme": '"plain"'})
+    code, out = _run("serve", "--config", str(cfg), *(["--insecure-plaintext"] if flag else []))
+    assert code == 10, out
+    assert "InsecureModeRefused" in out
+    assert ("site policy" in out) == (not policy) and ("--insecure-plaintext on the command line" in out) == (not flag)
+
+
+def test_serve_without_silos_gives_up_after_the_roster_wait(tmp_path):
+    cfg = _federation(tmp_path)
+    code, out = _run("serve", "--config", str(cfg), "--quiet")
+    assert code == 8 and "only 0 silo(s) live" in out  # RoundAborted
+
+
+def test_status_reads_the_checkpoint(tmp_path):
+    cfg = _federation(tmp_path)
+    code, out = _run("status", "--config", str(cfg))
+    assert code == 0 and "0 of 1 rounds" in out
+    store = CheckpointStore(tmp_path / "aggregator-out" / "checkpoints")
+    store.save(RunState(1, {"w": torch.ones(2)}, {}, {}, meta={"strategy": "fedavg", "scheme": "secagg"},
+                        history=[{"round": 0, "survivors": ["s0", "s1", "s2"], "dropped": [], "seconds": 1.5}]))
+    code, out = _run("status", "--config", str(cfg))
+    assert code == 0 and "1 of 1 rounds committed (fedavg, secagg)" in out and "s0, s1, s2" in out
+
+
+def test_checkpoint_round_trip_prunes_and_detects_tampering(tmp_path):
+    store = CheckpointStore(tmp_path, keep=2)
+    assert store.load() is None
+    for r in range(1, 4):
+        store.save(RunState(r, {"w": torch.full((3,), float(r))}, {"q": torch.eye(2)}, {"m": torch.zeros(1)},
+                            meta={"k": r}, history=[{"round": i} for i in range(r)]))
+    st = store.load()
+    assert st.round == 3 and torch.equal(st.params["w"], torch.full((3,), 3.0)) and torch.equal(st.public["q"], torch.eye(2))
+    assert st.meta == {"k": 3} and len(st.history) == 3 and set(st.server_state) == {"m"}
+    assert sorted(p.name for p in tmp_path.glob("round-*.safetensors")) == ["round-000002.safetensors", "round-000003.safetensors"]
+    assert not list(tmp_path.glob(".*tmp*"))
+    f = tmp_path / "round-000003.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 1
+    f.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        store.load()
+    doc = json.loads(store.state_path.read_text())
+    doc["version"] = 99
+    store.state_path.write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match="version"):
+        store.load()
+
+
+def test_a_crash_before_the_commit_point_keeps_the_previous_round(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path)
+    store.save(RunState(1, {"w": torch.ones(1)}, {}, {}))
+    import aggregator.checkpoint as ck
+
+    real = ck._atomic_write
+
+    def crash_on_state(path, write):
+        if path.name == "state.json":
+            raise OSError("simulated crash")
+        real(path, write)
+
+    monkeypatch.setattr(ck, "_atomic_write", crash_on_state)
+    with pytest.raises(OSError):
+        store.save(RunState(2, {"w": torch.full((1,), 2.0)}, {}, {}))
+    monkeypatch.undo()
+    st = store.load()
+    assert st.round == 1 and float(st.params["w"]) == 1.0
+
+
+def test_silo_keygen_entry_is_what_the_roster_expects(tmp_path):
+    from common.config.roster import load_roster
+    from crypto.identity import load_identity
+    from silo.cli import app as silo_app
+
+    r = runner.invoke(silo_app, ["keygen", "--name", "clinic.north", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    for suffix in (".key", ".key_secret", ".identity"):
+        assert stat.S_IMODE((tmp_path / f"clinic.north{suffix}").stat().st_mode) == 0o600
+    (tmp_path / "roster.toml").write_text((tmp_path / "clinic.north.roster.toml").read_text())
+    entry = load_roster(tmp_path / "roster.toml").silos["clinic.north"]
+    assert entry.curve_public_key == load_keypair(tmp_path / "clinic.north.key_secret").public
+    assert entry.identity_public_key == load_identity(tmp_path / "clinic.north.identity").public_hex

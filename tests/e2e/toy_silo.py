@@ -1,0 +1,98 @@
+"""A silo process for the end-to-end tests: the real runtime, ZeroMQ and crypto, a toy trainer.
+
+    python tests/e2e/toy_silo.py --config silo.toml --index 0 --n-silos 4 [--die-after EncryptedShares:1]
+                                 [--stall-sum 1:3]
+
+It trains ``simulation.toy`` (deterministic per silo and round), writes each contribution it
+feeds into a secure sum to ``<out>/contrib-<round>-<phase>.npz`` (its own data, for the test to
+check the aggregator's sums), and with ``--die-after TYPE:PHASE`` SIGKILLs itself right after
+sending that message in round 0, so it dies in the middle of a secure sum; ``--stall-sum R:S``
+makes it wait S seconds before joining round R's first sum, so that sum is surely in flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from toy_problem import toy  # noqa: E402
+
+
+class ToyTrainer:
+    def __init__(self, index: int, n_silos: int) -> None:
+        self.fed, self.index = toy(n_silos), index
+
+    def train(self, round_id, params):
+        from silo.runtime import TrainedUpdate
+
+        res = self.fed.local_update(params, self.index, round_id, 0.0)
+        return TrainedUpdate(res.delta, res.n_samples, None, {"train_loss": float(res.train_loss)})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--index", type=int, required=True)
+    ap.add_argument("--n-silos", type=int, required=True)
+    ap.add_argument("--die-after", default=None)
+    ap.add_argument("--stall-sum", default=None, help="ROUND:SECONDS: wait this long before joining that round's sums")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+
+    import silo.client
+    from common.config.silo import load_silo_config
+    from common.cli_errors import run_cli
+    from silo.runtime import run_federated
+
+    cfg = load_silo_config(a.config)
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+
+    if a.die_after:
+        kind, phase = a.die_after.split(":")
+        real_send = silo.client.ZmqClient.send
+
+        def send(self, env):
+            n = real_send(self, env)
+            if type(env.message).__name__ == kind and env.phase == int(phase) and env.round == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return n
+
+        silo.client.ZmqClient.send = send
+
+    if a.stall_sum:
+        import time
+
+        import silo.runtime
+
+        rnd, secs = a.stall_sum.split(":")
+        real_join = silo.runtime.SiloParticipant._on_sum_start
+        stalled = []
+
+        def join(self, env, m):
+            if m.round == int(rnd) and m.phase == 0 and not stalled:  # once
+                stalled.append(1)
+                time.sleep(float(secs))
+            return real_join(self, env, m)
+
+        silo.runtime.SiloParticipant._on_sum_start = join
+
+    def dump(round_id, phase, inputs):
+        np.savez(out / f"contrib-{round_id}-{phase}.npz", **inputs)
+
+    res = run_cli(lambda: run_federated(cfg, trainer=ToyTrainer(a.index, a.n_silos), on_contribution=dump))
+    print(f"{cfg.federation.silo_id}: {res.reason}, rounds_done {res.rounds_done}, committed {res.committed}")
+
+
+if __name__ == "__main__":
+    main()
