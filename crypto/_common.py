@@ -29,6 +29,14 @@ def check_envelope(msg: object, cls: type[Message], round_id: int, instance_id: 
         raise CryptoError(f"message rejected (from {sender!r}, expected {cls.__name__} at stage {cls.STAGE.value})")
 
 
+def check_own_identity(identity, silo_id: str, roster) -> None:
+    """A silo-side instance may start only for a roster member holding that member's identity key."""
+    if silo_id not in roster:
+        raise SecureSumUsageError(f"silo {silo_id!r} is not in the roster")
+    if roster.members[silo_id] != identity.public_bytes:
+        raise SecureSumUsageError(f"silo {silo_id!r}: identity key does not match the roster entry")
+
+
 def check_ids(value: object, allowed, *, what: str) -> tuple[str, ...]:
     """A sorted tuple of distinct ids, all in ``allowed``; CryptoError otherwise."""
     if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):

@@ -15,7 +15,7 @@ from typing import Mapping
 
 import numpy as np
 
-from crypto._common import Layout, StepMachine, check_envelope, check_ids
+from crypto._common import Layout, StepMachine, check_envelope, check_ids, check_own_identity
 from crypto.config import SecureSumConfig
 from crypto.errors import CryptoError, EncodingOverflow, SecAggAborted, SecureSumUsageError
 from crypto.hazmat import aead, ckks, keys, signing
@@ -73,10 +73,7 @@ class CkksSilo:
 
     def __init__(self, identity: IdentityKey, silo_id: str, roster: Roster, round_id: int, instance_id: int, config: SecureSumConfig):
         self.inst = _Instance(roster, round_id, instance_id, config)
-        if silo_id not in roster:
-            raise SecureSumUsageError(f"silo {silo_id!r} is not in the roster")
-        if roster.members[silo_id] != identity.public_bytes:
-            raise SecureSumUsageError(f"silo {silo_id!r}: identity key does not match the roster entry")
+        check_own_identity(identity, silo_id, roster)
         self.identity, self.me = identity, silo_id
         self.stage = Stage.ADVERTISE_KEYS
         self._inputs = None
