@@ -158,7 +158,11 @@ def report(out: Path, rounds: int, started: float) -> None:
     history = json.loads((agg / "history.json").read_text())
     final = load_file(str(agg / "final_projector.safetensors"))
     init = load_file(str(out / "init_projector.safetensors"))
-    formula = 4 * payload_formula_numbers(init, rank=8, reliability=False)  # uint32 per number
+    from common.config.aggregator import load_aggregator_config
+    from common.strategies import FedCMPConfig
+
+    fc = FedCMPConfig(**load_aggregator_config(out / "aggregator.toml").strategy.options)  # this run's
+    formula = 4 * payload_formula_numbers(init, rank=fc.rank, reliability=fc.reliability != "off")  # uint32
     full = 4 * sum(v.numel() for v in init.values())
 
     train_loss: dict[int, list[float]] = {}
