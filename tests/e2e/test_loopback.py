@@ -173,6 +173,19 @@ def _sum(fed: Federation, members, rnd: int, phase: int) -> Sums:
     return Sums({k: torch.from_numpy(sum(p[k] for p in parts)).float() for k in parts[0]}, n_silos=len(parts))
 
 
+def assert_final_equals_simulator(fed, rounds: int, strategy: str, **options) -> None:
+    """The aggregator's final projector equals the in-process simulator's over the same shards."""
+    strat = make_strategy(strategy, **options)
+    st = init_state(strat, fed.fed.init_params(), 3)
+    for r in range(rounds):
+        res = [fed.fed.local_update(st.params, k, r, 0.0) for k in range(3)]
+        st, _ = run_round(strat, st, [x.delta for x in res], [min(x.n_samples, SHARD) / SHARD for x in res],
+                          plain_sum_insecure)
+    got = load_file(str(fed.root / "agg" / "final_projector.safetensors"))
+    for k in got:
+        torch.testing.assert_close(got[k], st.params[k], atol=1e-5, rtol=1e-4)
+
+
 def test_silo_killed_during_a_secure_sum(federation):
     fed = federation(4, 1, "fedcmp", {"rank": 2})
     agg = fed.aggregator()
@@ -222,15 +235,7 @@ def test_aggregator_killed_and_restarted_resumes(federation):
     resumed = [e for e in fed.events() if e["event"] == "listening"]
     assert [e["resumed_round"] for e in resumed] == [0, 1]
     # same result as the simulator: no round lost, none applied twice
-    strat = make_strategy("fedavg")
-    st = init_state(strat, fed.fed.init_params(), 3)
-    for r in range(rounds):
-        res = [fed.fed.local_update(st.params, k, r, 0.0) for k in range(3)]
-        st, _ = run_round(strat, st, [x.delta for x in res], [min(x.n_samples, SHARD) / SHARD for x in res],
-                          plain_sum_insecure)
-    got = load_file(str(fed.root / "agg" / "final_projector.safetensors"))
-    for k in got:
-        torch.testing.assert_close(got[k], st.params[k], atol=1e-5, rtol=1e-4)
+    assert_final_equals_simulator(fed, rounds, "fedavg")
     # each silo reused its round-1 update after the restart instead of training (and charging) again
     for s in fed.names:
         ev = read_events(fed.root / s / f"{s}.jsonl")
@@ -258,12 +263,4 @@ def test_silo_killed_and_restarted_rejoins(federation):
     # never saw is committed from its pending state when the next RoundStart lists it a survivor)
     assert [e["round"] for e in ev if e["event"] == "round_committed"] == list(range(rounds))
     # the same parameters as the simulator: the killed silo's error-feedback state survived
-    strat = make_strategy("fedcmp", rank=2)
-    st = init_state(strat, fed.fed.init_params(), 3)
-    for r in range(rounds):
-        res = [fed.fed.local_update(st.params, k, r, 0.0) for k in range(3)]
-        st, _ = run_round(strat, st, [x.delta for x in res], [min(x.n_samples, SHARD) / SHARD for x in res],
-                          plain_sum_insecure)
-    got = load_file(str(fed.root / "agg" / "final_projector.safetensors"))
-    for k in got:
-        torch.testing.assert_close(got[k], st.params[k], atol=1e-5, rtol=1e-4)
+    assert_final_equals_simulator(fed, rounds, "fedcmp", rank=2)
