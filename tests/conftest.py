@@ -1,12 +1,8 @@
 """Test-wide settings: one torch thread per process (2 cores here; more threads thrash)."""
 
-import os
+from common.process import apply_process_defaults
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+apply_process_defaults()
 
 try:
     import torch

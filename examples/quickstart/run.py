@@ -24,9 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-for k, v in {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
-    os.environ.setdefault(k, v)
+from common.process import apply_process_defaults  # noqa: E402
+
+apply_process_defaults()
 
 MARKER = ".fedalign-quickstart"
 SILOS = ["hospital-a", "hospital-b", "hospital-c"]
