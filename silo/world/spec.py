@@ -26,9 +26,10 @@ class WorldSpec:
     vit_layers: int = 3
     vit_heads: int = 4
     vit_intermediate: int = 192
-    vision_steps: int = 900
-    vision_batch: int = 96
-    vision_lr: float = 2e-3
+    # more small steps beat fewer large ones: small shapes read 33% (900 x 96) -> 54% (3600 x 48)
+    vision_steps: int = 3600
+    vision_batch: int = 48
+    vision_lr: float = 3e-3
     # causal LM: Llama with the world's word-level tokenizer
     lm_hidden: int = 128
     lm_layers: int = 2

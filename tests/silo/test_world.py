@@ -262,9 +262,15 @@ def test_build_is_cached_and_loads_through_auto_classes(tiny_world, monkeypatch)
 
 
 def test_build_is_deterministic_and_seeded(tiny_world, tmp_path):
+    """Same spec, same weights, whether built in one process or with the ViT in a second one."""
     _, art = tiny_world
-    other = build_world(TINY_SPEC, cache_dir=tmp_path / "second")
+    from silo.world.build import default_build_jobs
+
+    assert default_build_jobs(TINY_SPEC) == 1  # a toy world is not worth a spawned process
+    other = build_world(TINY_SPEC, cache_dir=tmp_path / "second", jobs=2)
     assert other.built and other.vision_path != art.vision_path
+    assert json.loads((other.vision_path.parent / "build.json").read_text())["build_jobs"] == 2
+    assert json.loads((art.vision_path.parent / "build.json").read_text())["build_jobs"] == 1
     fa, la = _first_logits(art)
     fb, lb = _first_logits(other)
     torch.testing.assert_close(fa, fb, rtol=0, atol=0)
