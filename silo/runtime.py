@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from common.atomic import atomic_write
 from common.errors import CheckpointError, DataError, InsecureModeRefused, PrivacyBudgetExceeded, ProtocolError
@@ -126,22 +126,27 @@ class _Store:
             directory.mkdir(parents=True, exist_ok=True)
 
     def save_state(self, committed: int, state: Tensors) -> None:
+        """The committed round travels inside the state file (one atomic write, so a crash
+        never pairs a round with another round's state); federation.json mirrors it for people."""
         if self.dir is None:
             return
         atomic_write(self.dir / "silo_state.safetensors", lambda p: save_file(
-            {k: v.contiguous() for k, v in state.items()} or {"__empty__": torch.zeros(0)}, str(p)))
+            {k: v.contiguous() for k, v in state.items()} or {"__empty__": torch.zeros(0)}, str(p),
+            metadata={"committed_round": str(committed)}))
         atomic_write(self.dir / "federation.json", lambda p: p.write_text(json.dumps({"committed_round": committed})))
 
     def load_state(self) -> tuple[int, Tensors | None]:
-        if self.dir is None or not (self.dir / "federation.json").exists():
+        if self.dir is None or not (self.dir / "silo_state.safetensors").exists():
             return -1, None
+        from safetensors import safe_open
+
         try:
-            doc = json.loads((self.dir / "federation.json").read_text())
-            t = load_file(str(self.dir / "silo_state.safetensors"))
+            with safe_open(str(self.dir / "silo_state.safetensors"), framework="pt") as f:
+                committed = int((f.metadata() or {})["committed_round"])
+                t = {k: f.get_tensor(k) for k in f.keys() if k != "__empty__"}
         except Exception as e:  # noqa: BLE001 - any damage is one clear error
             raise CheckpointError(f"{self.dir}: cannot read the silo's federation state: {e}") from e
-        t.pop("__empty__", None)
-        return int(doc["committed_round"]), t
+        return committed, t
 
     def save_update(self, round_id: int, digest: str, upd: TrainedUpdate) -> None:
         if self.dir is None:
