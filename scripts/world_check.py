@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,7 +156,9 @@ def _central_md(result: dict) -> str:
         "# Embedded world check",
         "",
         f"World: `{result['world_dir']}` (spec seed {result['spec']['seed']}, built in "
-        f"{result['build'].get('vision_seconds', float('nan')):.0f} s + {result['build'].get('lm_seconds', float('nan')):.0f} s).",
+        f"{result['build'].get('build_wall_seconds', float('nan')):.0f} s wall with "
+        f"{result['build'].get('build_jobs', 1)} process(es): ViT {result['build'].get('vision_seconds', float('nan')):.0f} s, "
+        f"LM {result['build'].get('lm_seconds', float('nan')):.0f} s).",
         f"Centralized projector ({result['args']['projector']}), {result['args']['steps']} steps of batch "
         f"{result['args']['batch_size']} on {result['args']['train_size']} samples; "
         f"{result['args']['test_size']} held-out samples; seeds {result['args']['seeds']}; mean ± std.",
@@ -203,6 +207,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--train-size", type=int, default=16000)
     ap.add_argument("--test-size", type=int, default=400)
+    ap.add_argument("--jobs", type=int, default=2, help="centralized seeds run side by side (<= 2 here)")
     ap.add_argument("--no-scenarios", action="store_true")
     ap.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     ap.add_argument("--scenario-seeds", type=int, nargs="+", default=[0])
@@ -219,9 +224,16 @@ def main(argv=None) -> int:
     build_seconds = time.perf_counter() - t0
     build = json.loads((art.vision_path.parent / "build.json").read_text())
     runs = []
-    for seed in args.seeds:
-        runs.append(central_run(art, seed, args))
-        print(json.dumps(runs[-1]), flush=True)
+    if args.jobs > 1 and len(args.seeds) > 1:  # one process per seed, each on one torch thread
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
+            for run in pool.map(central_run, [art] * len(args.seeds), args.seeds, [args] * len(args.seeds)):
+                runs.append(run)
+                print(json.dumps(run), flush=True)
+    else:
+        for seed in args.seeds:
+            runs.append(central_run(art, seed, args))
+            print(json.dumps(runs[-1]), flush=True)
     keys = ["nll_cut_vs_no_image", "heldout_nll_image", "heldout_nll_no_image_placeholders",
             "heldout_nll_no_image_no_prefix", "mc_accuracy", "presence_accuracy", "presence_f1",
             "presence_yes_rate", "colour_accuracy", "shape_accuracy", "count_accuracy", "train_seconds"]
