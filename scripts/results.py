@@ -91,6 +91,8 @@ REFERENCES = [
     Config("centralized", "centralized", group="reference"),
     Config("local-only", "local-only", group="reference"),
 ]
+# not run: read off the local-only runs (the silo with the lowest held-out NLL, per seed)
+BEST_SILO = Config("best single silo", "local-only", group="reference")
 ORACLE = [Config("oracle: FedAvg without unreliable silos", "fedavg", group="oracle", oracle=True)]
 DP_CONFIGS = [
     Config("DP FedAvg", "fedavg", dp=True, group="dp"),
@@ -254,6 +256,36 @@ def run(jobs: int = typer.Option(2, help="worker processes at once (≤ 2 on thi
 # --------------------------------------------------------------------------- tables
 
 
+def _best_single_silo(local: dict) -> dict:
+    """The local-only run's best silo as a row of its own (same seed, its own metrics)."""
+    row = {k: v for k, v in local.items() if not k.startswith("best_silo") and k != "per_silo"}
+    row.update({k[len("best_silo_"):]: v for k, v in local.items() if k.startswith("best_silo_")})
+    return {**row, "label": BEST_SILO.label, "silo": local["best_silo"]}
+
+
+def _separates(groups: dict, sc: str) -> str:
+    """Can the scenario tell methods apart? FedAvg must be worse than centralized and better
+    than the best single silo alone, by more than the seed spread. Seeds are paired (same data
+    and initialisation), and seeds differ in how hard their draw is, so the spread that counts
+    is that of the per-seed difference; the spread of the two rows' NLL is printed beside it."""
+    out = []
+    for other, want in (("centralized", "worse"), (BEST_SILO.label, "better")):
+        a = {r["seed"]: r.get("nll") for r in groups.get((sc, False, "FedAvg"), [])}
+        b = {r["seed"]: r.get("nll") for r in groups.get((sc, False, other), [])}
+        seeds = sorted(k for k in a if k in b and a[k] is not None and b[k] is not None)
+        if len(seeds) < 2:
+            out.append(f"vs {other}: fewer than 2 paired seeds")
+            continue
+        gaps = [(a[k] - b[k]) if want == "worse" else (b[k] - a[k]) for k in seeds]
+        gap, sd, _ = _stats(gaps)
+        rows_sd = max(_stats([a[k] for k in seeds])[1], _stats([b[k] for k in seeds])[1])
+        ok = gap > sd and all(g > 0 for g in gaps)
+        out.append(f"FedAvg {want} than {other} by {gap:+.4f} ± {sd:.4f} NLL (per-seed gap, {len(seeds)} seeds, "
+                   f"{'all' if all(g > 0 for g in gaps) else 'not all'} {want}; the rows' own spread "
+                   f"{rows_sd:.4f}{'' if gap > rows_sd else ', larger than the gap'}): {'yes' if ok else '**NO**'}")
+    return "Scenario check: " + "; ".join(out) + "."
+
+
 def _rows(runs: Path) -> list[dict]:
     rows = []
     for p in sorted(runs.glob("*.jsonl")):
@@ -314,11 +346,13 @@ def payload_table() -> str:
 def table(runs: Path = RUNS, out: Path = RESULTS) -> None:
     """Write results/fedcmp_results.{md,csv} from the run lines."""
     rows = _rows(runs)
+    rows += [_best_single_silo(r) for r in rows if r["label"] == "local-only" and "best_silo_nll" in r]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["scenario"], bool(r.get("dp")), r["label"]), []).append(r)
     ranked = sorted(RANKS + RANKS_LABEL_ONLY, key=lambda c: c.options["rank"])
-    order = {c.label: i for i, c in enumerate(BASELINES + [FEDCMP] + ABLATIONS + [CONSENSUS] + ranked + REFERENCES + ORACLE + DP_CONFIGS)}
+    order = {c.label: i for i, c in enumerate(BASELINES + [FEDCMP] + ABLATIONS + [CONSENSUS] + ranked + REFERENCES
+                                              + [BEST_SILO] + ORACLE + DP_CONFIGS)}
     csv_rows = []
     for (sc, dp, label), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], SCENARIOS.index(kv[0][0]) if kv[0][0] in SCENARIOS else 9, order.get(kv[0][2], 99))):
         rec = {"scenario": sc, "dp": dp, "config": label, "group": rs[0]["group"], "seeds": len(rs)}
@@ -443,6 +477,8 @@ def _markdown(csv_rows: list[dict], groups: dict) -> str:
                              f"{_display(FEDCMP.label)}; negative = the variant is better):")
                 lines += [f"- {lab}: {_paired(groups, sc, dp, lab, FEDCMP.label)}" for lab in abl]
                 lines.append("")
+        if not dp and "FedAvg" in stat:
+            lines += [_separates(groups, sc), ""]
         if ORACLE[0].label in stat and "FedAvg" in stat:
             (mo, so, _), (mf, sf, _) = stat[ORACLE[0].label], stat["FedAvg"]
             lines += [f"Oracle (FedAvg without the unreliable silos) vs FedAvg: NLL {mo:.4f} vs {mf:.4f}, gain "

@@ -84,6 +84,30 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+def parse_scenario_options(items: list[str]) -> dict:
+    """``["purity=0.8", "unreliable_largest=false"]`` -> ``{"purity": 0.8, "unreliable_largest": False}``
+    (true/false, then int, then float, else the word); an unknown key is one clear error, and
+    ``make_scenario`` checks each value's range."""
+    from simulation.world import SCENARIO_KEYS
+
+    keys = [k for k in SCENARIO_KEYS if k != "counts"]  # a tuple: not a KEY=VALUE option
+    out: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or key not in keys:
+            raise ConfigError(f"--scenario-option {item!r}: expected KEY=VALUE with KEY one of {keys}")
+        low = raw.strip().lower()
+        if low in ("true", "false"):
+            out[key] = low == "true"
+            continue
+        try:
+            out[key] = int(low) if low.lstrip("-").isdigit() else float(low)
+        except ValueError:
+            out[key] = raw.strip()
+    return out
+
+
 def simulate(
     scenario: str = typer.Option("label", help="label | domain | style | unreliable | toy"),
     silos: int = typer.Option(5, help="number of silos K"),
@@ -100,6 +124,9 @@ def simulate(
     n_unreliable: Optional[int] = typer.Option(None, help="unreliable: number of bad silos"),
     samples_per_round: Optional[int] = typer.Option(None, help="samples per silo per round"),
     drop_unreliable: bool = typer.Option(False, "--oracle-drop-unreliable", help="oracle: leave the known-bad silos out"),
+    scenario_option: list[str] = typer.Option([], "--scenario-option", help="KEY=VALUE passed to the world's "
+                                              "make_scenario, repeatable: purity, quantity_alpha, min_samples, "
+                                              "skew_attribute, unreliable_largest, domain_purity"),
     world: str = typer.Option("default", help="embedded world size: default | tiny (seconds to build; for tests)"),
     test_size: Optional[int] = typer.Option(None, help="held-out samples (default 300)"),
     seeds: str = typer.Option("0", help="comma-separated seeds, e.g. 0,1,2"),
@@ -122,6 +149,7 @@ def simulate(
     from simulation.scenarios import ProblemOptions, build_problem
 
     seed_list = _seeds(seeds)
+    scenario_extra = parse_scenario_options(scenario_option)
     sum_fn, sum_label = make_sum(sum_kind, clip=sum_clip, allow_insecure_plain_sums=allow_insecure_plain_sums)
     dp_opts = dict(noise_multiplier=dp_noise, max_grad_norm=dp_clip, epsilon=dp_epsilon, delta=dp_delta) if dp else None
     writer = JsonlWriter(out / "metrics.jsonl")
@@ -131,7 +159,8 @@ def simulate(
                                kappa=kappa, beta=beta, server_lr=server_lr, seed=seed)
         opts = ProblemOptions(n_silos=silos, rounds=rounds, seed=seed, alpha=alpha, corruption=corruption,
                               n_unreliable=n_unreliable, samples_per_round=samples_per_round, dp=dp_opts,
-                              extra={"world": world, **({"test_size": test_size} if test_size else {})})
+                              extra={"world": world, **({"test_size": test_size} if test_size else {}),
+                                     **scenario_extra})
         problem = build_problem(scenario, opts)
         keep = [k for k in range(problem.n_silos) if k not in problem.unreliable] if drop_unreliable else None
         writer.extra = {"seed": seed, "strategy": strat.name, "scenario": scenario}

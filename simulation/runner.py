@@ -102,12 +102,19 @@ def simulate_problem(
 
 
 def local_only(problem: FederatedProblem, rounds: int, eval_every: int | None = None) -> SimulationResult:
-    """Each silo trains alone on its own shards (one pass); metrics are the mean over silos."""
+    """Each silo trains alone on its own shards (one pass); metrics are the mean over silos,
+    ``per_silo`` holds each silo's, and ``best_silo_*`` the silo with the lowest held-out NLL
+    (the "best single silo alone" a federation has to beat)."""
     per = [simulate_problem(problem, FedAvg(), rounds, silos=[k], eval_every=eval_every or rounds)
            for k in range(problem.n_silos)]
     keys = [k for k, v in per[0].final.items() if isinstance(v, float)]
     final = {"strategy": "local-only", "rounds": rounds, "n_silos": problem.n_silos,
              **{k: _mean([p.final[k] for p in per]) for k in keys}, "upload_bytes_per_silo_per_round": 0.0}
+    final["per_silo"] = [{k: p.final[k] for k in keys} for p in per]
+    if "nll" in keys:
+        best = min(range(len(per)), key=lambda i: per[i].final["nll"])
+        final["best_silo"] = best
+        final.update({f"best_silo_{k}": per[best].final[k] for k in keys})
     return SimulationResult(records=[], final=final)
 
 

@@ -18,7 +18,7 @@ from common.errors import ConfigError
 from common.strategy import Tensors
 from simulation.problem import LocalResult
 
-__all__ = ["WorldFederation", "build_world_problem", "SCENARIO_NAMES", "DEFAULTS"]
+__all__ = ["WorldFederation", "build_world_problem", "SCENARIO_NAMES", "SCENARIO_KEYS", "DEFAULTS"]
 
 SCENARIO_NAMES = {"label": "label_skew", "domain": "domain_skew", "style": "style_skew", "unreliable": "unreliable"}
 
@@ -72,7 +72,7 @@ class WorldFederation:
             kw["n_unreliable"] = opts.n_unreliable
         if opts.corruption is not None:
             kw["corrupt_fraction"] = opts.corruption
-        kw.update({k: v for k, v in cfg.items() if k in _SCENARIO_KEYS})
+        kw.update({k: v for k, v in cfg.items() if k in SCENARIO_KEYS})
         sc = make_scenario(
             SCENARIO_NAMES[scenario], n_silos=opts.n_silos, seed=opts.seed,
             samples_per_silo=cfg["samples_per_round"] * opts.rounds, test_size=cfg["test_size"], **kw,
@@ -148,7 +148,8 @@ class WorldFederation:
         return _evaluate(self, params)
 
 
-_SCENARIO_KEYS = ("skew_attribute", "purity", "quantity_alpha", "min_samples", "unreliable_largest", "counts")
+SCENARIO_KEYS = ("skew_attribute", "purity", "quantity_alpha", "min_samples", "unreliable_largest", "domain_purity",
+                  "counts")
 _EVAL_KINDS = ("caption_mc", "presence")
 
 # silo.evaluate's names -> the simulator's

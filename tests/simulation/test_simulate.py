@@ -7,7 +7,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from common.errors import InsecureModeRefused
+from common.errors import ConfigError, InsecureModeRefused
 from common.strategies import FedAvg, make_strategy
 from simulation.cli import build_strategy, make_sum, simulate
 from simulation.runner import centralized, local_only, simulate_problem
@@ -74,6 +74,12 @@ def test_oracle_local_only_and_centralized_references():
     cen = centralized(prob, 4)
     assert loc.final["strategy"] == "local-only" and cen.final["strategy"] == "centralized"
     assert cen.final["nll"] < loc.final["nll"]
+    # the best single silo is one silo's own run, the lowest NLL of them; the mean is over all
+    per = [s["nll"] for s in loc.final["per_silo"]]
+    assert len(per) == 4 and loc.final["best_silo_nll"] == min(per) == per[loc.final["best_silo"]]
+    assert loc.final["nll"] == pytest.approx(sum(per) / 4)
+    alone = simulate_problem(prob, FedAvg(), 4, silos=[loc.final["best_silo"]])
+    assert alone.final["nll"] == pytest.approx(loc.final["best_silo_nll"])
 
 
 def test_dp_defaults_for_fedcmp_and_option_errors():
@@ -82,3 +88,15 @@ def test_dp_defaults_for_fedcmp_and_option_errors():
     assert build_strategy("fedcmp", dp=True, beta=0.3).config.beta == 0.3
     with pytest.raises(ValueError, match="fedcmp only"):
         build_strategy("fedavg", rank=4)
+
+
+def test_scenario_options_parse_and_reject_unknown_keys():
+    from simulation.cli import parse_scenario_options
+
+    got = parse_scenario_options(["purity=0.8", "unreliable_largest=false", "min_samples=30",
+                                  "skew_attribute=colour", "domain_purity=0.7"])
+    assert got == {"purity": 0.8, "unreliable_largest": False, "min_samples": 30, "skew_attribute": "colour",
+                   "domain_purity": 0.7}
+    for bad in ("purity", "colour=red", "counts=1"):
+        with pytest.raises(ConfigError, match="--scenario-option"):
+            parse_scenario_options([bad])
