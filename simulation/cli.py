@@ -86,7 +86,7 @@ def _seeds(text: str) -> list[int]:
 
 def parse_scenario_options(items: list[str]) -> dict:
     """``["purity=0.8", "unreliable_largest=false"]`` -> ``{"purity": 0.8, "unreliable_largest": False}``
-    (true/false, then int, then float, else the word); an unknown key is one clear error, and
+    (none/null, true/false, then int, then float, else the word); an unknown key is one clear error, and
     ``make_scenario`` checks each value's range."""
     from simulation.world import SCENARIO_KEYS
 
@@ -98,6 +98,9 @@ def parse_scenario_options(items: list[str]) -> dict:
         if not sep or key not in keys:
             raise ConfigError(f"--scenario-option {item!r}: expected KEY=VALUE with KEY one of {keys}")
         low = raw.strip().lower()
+        if low in ("none", "null"):
+            out[key] = None
+            continue
         if low in ("true", "false"):
             out[key] = low == "true"
             continue

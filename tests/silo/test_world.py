@@ -176,6 +176,13 @@ def test_each_scenario_skews_what_it_says():
         assert all(m for m, s in zip(matches, silo) if not s.corrupted)
         bad_matches = [m for m, s in zip(matches, silo) if s.corrupted]
         assert not bad_matches or np.mean(bad_matches) < 0.1  # a random caption rarely fits
+    # the corruption rate changes the mismatched captions only: images and clean silos stay
+    milder = make_scenario("unreliable", n_unreliable=2, corrupt_fraction=0.3, **kw)
+    for a, b in zip(bad.silos, milder.silos):
+        assert [s.scene for s in a] == [s.scene for s in b]
+        assert sum(s.corrupted for s in b) < sum(s.corrupted for s in a) or not any(s.corrupted for s in a)
+    clean = [k for k in range(len(bad.silos)) if k not in bad.unreliable]
+    assert all([s.caption for s in bad.silos[k]] == [s.caption for s in milder.silos[k]] for k in clean)
 
 
 def test_label_skew_weakens_as_alpha_grows():

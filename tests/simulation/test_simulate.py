@@ -94,9 +94,9 @@ def test_scenario_options_parse_and_reject_unknown_keys():
     from simulation.cli import parse_scenario_options
 
     got = parse_scenario_options(["purity=0.8", "unreliable_largest=false", "min_samples=30",
-                                  "skew_attribute=colour", "domain_purity=0.7"])
+                                  "skew_attribute=colour", "domain_purity=None"])
     assert got == {"purity": 0.8, "unreliable_largest": False, "min_samples": 30, "skew_attribute": "colour",
-                   "domain_purity": 0.7}
+                   "domain_purity": None}
     for bad in ("purity", "colour=red", "counts=1"):
         with pytest.raises(ConfigError, match="--scenario-option"):
             parse_scenario_options([bad])
