@@ -260,7 +260,7 @@ def _best_single_silo(local: dict) -> dict:
     """The local-only run's best silo as a row of its own (same seed, its own metrics)."""
     row = {k: v for k, v in local.items() if not k.startswith("best_silo") and k != "per_silo"}
     row.update({k[len("best_silo_"):]: v for k, v in local.items() if k.startswith("best_silo_")})
-    return {**row, "label": BEST_SILO.label, "silo": local["best_silo"]}
+    return {**row, "label": BEST_SILO.label, "silo": local["best_silo"], "upload_bytes_per_silo_per_round": 0.0}
 
 
 def _separates(groups: dict, sc: str) -> str:
