@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from common.errors import ConfigError
 from common.strategies import FedAvg
 from common.strategy import Strategy, Tensors, payload_numbers, silo_weight
 from simulation.engine import init_state, run_round
@@ -118,17 +119,24 @@ def local_only(problem: FederatedProblem, rounds: int, eval_every: int | None = 
     return SimulationResult(records=[], final=final)
 
 
-def centralized(problem: FederatedProblem, rounds: int) -> SimulationResult:
-    """All silos' round-t shards pooled and trained in one pass (problem.centralized_update if any)."""
+def centralized(problem: FederatedProblem, rounds: int, lr: float | None = None) -> SimulationResult:
+    """All silos' round-t shards pooled and trained in one pass (problem.centralized_update if any).
+
+    ``lr``: the centralized run's own learning rate (default: the silos'); many sequential
+    steps on pooled data may want a smaller one than a few local steps per round do."""
     params = problem.init_params()
     pooled = getattr(problem, "centralized_update", None)
+    if lr is not None and pooled is None:
+        raise ConfigError("centralized: this problem has no pooled update, so it cannot take its own lr")
     for t in range(rounds):
         if pooled is not None:
-            params = {k: params[k] + v for k, v in pooled(params, t).items()}
+            delta = pooled(params, t) if lr is None else pooled(params, t, lr=lr)
+            params = {k: params[k] + v for k, v in delta.items()}
         else:  # sequential pass over the silos' shards: same data, same number of steps, no averaging
             for k in range(problem.n_silos):
                 d = problem.local_update(params, k, t, 0.0).delta
                 params = {n: params[n] + d[n] for n in params}
-    final = {"strategy": "centralized", "rounds": rounds, **problem.evaluate(params),
+    final = {"strategy": "centralized", "rounds": rounds, **({"lr": lr} if lr is not None else {}),
+             **problem.evaluate(params),
              "upload_bytes_per_silo_per_round": 0.0}
     return SimulationResult(records=[], final=final, params=params)

@@ -108,11 +108,11 @@ class WorldFederation:
     def init_params(self) -> Tensors:
         return {k: v.clone() for k, v in self._init.items()}
 
-    def _trainer(self, silo: int, prox_mu: float):
-        key = (silo, prox_mu)
+    def _trainer(self, silo: int, prox_mu: float, lr: float | None = None):
+        key = (silo, prox_mu, lr)
         if key not in self._trainers:
             gen = torch.Generator().manual_seed(self.seed * 7919 + silo)
-            settings = replace(self._settings, prox_mu=prox_mu)
+            settings = replace(self._settings, prox_mu=prox_mu, **({"lr": lr} if lr is not None else {}))
             accountant = None
             if self._dp is not None:
                 from silo.privacy import PrivacyAccountant
@@ -130,12 +130,13 @@ class WorldFederation:
         res = trainer.train_round(params, shard)
         return LocalResult(res.delta, res.n_samples, res.metrics.get("train_loss", math.nan))
 
-    def centralized_update(self, params: Tensors, round: int) -> Tensors:
-        """One pass over every silo's round-``round`` shard pooled and shuffled (the centralized reference)."""
+    def centralized_update(self, params: Tensors, round: int, lr: float | None = None) -> Tensors:
+        """One pass over every silo's round-``round`` shard pooled and shuffled (the centralized
+        reference), at the silos' learning rate or ``lr``."""
         if round not in self._pooled:
             pooled = [r for row in self._chunks for r in row[round % self.rounds]]
             self._pooled[round] = self._prepare_shard(self.model, pooled, shard_index=round)
-        trainer = self._trainer(-1, 0.0)
+        trainer = self._trainer(-1, 0.0, lr)
         trainer.generator.manual_seed(self.seed * 1_000_003 + round)
         return trainer.train_round(params, self._pooled[round]).delta
 
