@@ -135,18 +135,24 @@ class _Store:
             metadata={"committed_round": str(committed)}))
         atomic_write(self.dir / "federation.json", lambda p: p.write_text(json.dumps({"committed_round": committed})))
 
-    def load_state(self) -> tuple[int, Tensors | None]:
-        if self.dir is None or not (self.dir / "silo_state.safetensors").exists():
-            return -1, None
+    def _read(self, name: str, round_key: str, what: str) -> tuple[int, Tensors] | None:
+        """A state file's round (from its metadata) and tensors; None if absent."""
+        path = self.dir / name if self.dir is not None else None
+        if path is None or not path.exists():
+            return None
         from safetensors import safe_open
 
         try:
-            with safe_open(str(self.dir / "silo_state.safetensors"), framework="pt") as f:
-                committed = int((f.metadata() or {})["committed_round"])
+            with safe_open(str(path), framework="pt") as f:
+                r = int((f.metadata() or {})[round_key])
                 t = {k: f.get_tensor(k) for k in f.keys() if k != "__empty__"}
         except Exception as e:  # noqa: BLE001 - any damage is one clear error
-            raise CheckpointError(f"{self.dir}: cannot read the silo's federation state: {e}") from e
-        return committed, t
+            raise CheckpointError(f"{self.dir}: cannot read the silo's {what}: {e}") from e
+        return r, t
+
+    def load_state(self) -> tuple[int, Tensors | None]:
+        got = self._read("silo_state.safetensors", "committed_round", "federation state")
+        return got if got is not None else (-1, None)
 
     def save_update(self, round_id: int, digest: str, upd: TrainedUpdate) -> None:
         if self.dir is None:
@@ -165,17 +171,7 @@ class _Store:
             metadata={"round": str(round_id)}))
 
     def load_pending(self) -> tuple[int, Tensors] | None:
-        if self.dir is None or not (self.dir / "pending_state.safetensors").exists():
-            return None
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(self.dir / "pending_state.safetensors"), framework="pt") as f:
-                r = int((f.metadata() or {})["round"])
-                t = {k: f.get_tensor(k) for k in f.keys() if k != "__empty__"}
-        except Exception as e:  # noqa: BLE001 - any damage is one clear error
-            raise CheckpointError(f"{self.dir}: cannot read the silo's pending state: {e}") from e
-        return r, t
+        return self._read("pending_state.safetensors", "round", "pending state")
 
     def mark_exposed(self, round_id: int, digest: str) -> None:
         """Record (before the input leaves) that this round's update went into a sum."""
