@@ -15,6 +15,7 @@ from typing import Optional
 
 import typer
 
+from common.cli_errors import run_cli
 from common.errors import ConfigError, InsecureModeRefused
 from common.strategies import make_strategy
 from common.strategy import Strategy
@@ -145,56 +146,61 @@ def simulate(
     engine: str = typer.Option("inprocess", help="inprocess (round loop over the Strategy + secure sums) | "
                                "network (the runtime's Coordinator and silos over an in-memory transport)"),
     out: Path = typer.Option(Path("runs/simulate"), help="output folder"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Simulate K silos × R rounds in one process over the real strategy and secure-sum code."""
-    from simulation.outputs import JsonlWriter, plot_curves, write_final
-    from simulation.runner import simulate_problem
-    from simulation.scenarios import ProblemOptions, build_problem
 
-    seed_list = _seeds(seeds)
-    scenario_extra = parse_scenario_options(scenario_option)
-    sum_fn, sum_label = make_sum(sum_kind, clip=sum_clip, allow_insecure_plain_sums=allow_insecure_plain_sums)
-    dp_opts = dict(noise_multiplier=dp_noise, max_grad_norm=dp_clip, epsilon=dp_epsilon, delta=dp_delta) if dp else None
-    writer = JsonlWriter(out / "metrics.jsonl")
-    finals, curves = [], {}
-    for seed in seed_list:
-        strat = build_strategy(strategy, dp=dp, rank=rank, error_feedback=error_feedback, reliability=reliability,
-                               kappa=kappa, beta=beta, server_lr=server_lr, seed=seed)
-        opts = ProblemOptions(n_silos=silos, rounds=rounds, seed=seed, alpha=alpha, corruption=corruption,
-                              n_unreliable=n_unreliable, samples_per_round=samples_per_round, dp=dp_opts,
-                              extra={"world": world, **({"test_size": test_size} if test_size else {}),
-                                     **scenario_extra})
-        problem = build_problem(scenario, opts)
-        keep = [k for k in range(problem.n_silos) if k not in problem.unreliable] if drop_unreliable else None
-        writer.extra = {"seed": seed, "strategy": strat.name, "scenario": scenario}
-        typer.echo(f"seed {seed}: {strat.name} on {scenario}, {silos} silos × {rounds} rounds, engine {engine}, "
-                   f"sums: {sum_kind if engine == 'network' else sum_label}")
-        if engine == "network":
-            if keep is not None:
-                raise ConfigError("--oracle-drop-unreliable works with --engine inprocess only")
-            from simulation.network import simulate_networked
+    def go() -> None:
+        from simulation.outputs import JsonlWriter, plot_curves, write_final
+        from simulation.runner import simulate_problem
+        from simulation.scenarios import ProblemOptions, build_problem
 
-            res = simulate_networked(problem, strategy, strat, rounds, scheme=sum_kind, clip=sum_clip,
-                                     allow_insecure_plaintext=allow_insecure_plain_sums)
-            for rec in res.records:
-                writer(rec)
-            sum_label = res.final["secure_sum"]
-        elif engine == "inprocess":
-            res = simulate_problem(problem, strat, rounds, secure_sum=sum_fn, secure_sum_label=sum_label,
-                                   silos=keep, eval_every=eval_every, on_record=writer)
-        else:
-            raise ConfigError(f"--engine: expected inprocess or network, got {engine!r}")
-        final = {"scenario": scenario, "seed": seed, "dp": dp_opts, **res.final}
-        finals.append(final)
-        curves[f"seed {seed}"] = res.records
-        typer.echo("  " + ", ".join(f"{m}={final[m]:.4g}" for m in METRICS if isinstance(final.get(m), float)))
-    summary = {"strategy": finals[0]["strategy"], "scenario": scenario, "seeds": seed_list,
-               "secure_sum": sum_label, "rounds": rounds, "n_silos": finals[0]["n_silos"], "dp": dp_opts,
-               **summarise_seeds(finals), "runs": finals}
-    write_final(out / "final.json", summary)
-    plot_curves(curves, out / "curves.png", title=f"{summary['strategy']} on {scenario} ({sum_label})")
-    typer.echo(f"wrote {out / 'metrics.jsonl'}, {out / 'final.json'}, {out / 'curves.png'}")
+        seed_list = _seeds(seeds)
+        scenario_extra = parse_scenario_options(scenario_option)
+        sum_fn, sum_label = make_sum(sum_kind, clip=sum_clip, allow_insecure_plain_sums=allow_insecure_plain_sums)
+        dp_opts = dict(noise_multiplier=dp_noise, max_grad_norm=dp_clip, epsilon=dp_epsilon, delta=dp_delta) if dp else None
+        writer = JsonlWriter(out / "metrics.jsonl")
+        finals, curves = [], {}
+        for seed in seed_list:
+            strat = build_strategy(strategy, dp=dp, rank=rank, error_feedback=error_feedback, reliability=reliability,
+                                   kappa=kappa, beta=beta, server_lr=server_lr, seed=seed)
+            opts = ProblemOptions(n_silos=silos, rounds=rounds, seed=seed, alpha=alpha, corruption=corruption,
+                                  n_unreliable=n_unreliable, samples_per_round=samples_per_round, dp=dp_opts,
+                                  extra={"world": world, **({"test_size": test_size} if test_size else {}),
+                                         **scenario_extra})
+            problem = build_problem(scenario, opts)
+            keep = [k for k in range(problem.n_silos) if k not in problem.unreliable] if drop_unreliable else None
+            writer.extra = {"seed": seed, "strategy": strat.name, "scenario": scenario}
+            typer.echo(f"seed {seed}: {strat.name} on {scenario}, {silos} silos × {rounds} rounds, engine {engine}, "
+                       f"sums: {sum_kind if engine == 'network' else sum_label}")
+            if engine == "network":
+                if keep is not None:
+                    raise ConfigError("--oracle-drop-unreliable works with --engine inprocess only")
+                from simulation.network import simulate_networked
 
+                res = simulate_networked(problem, strategy, strat, rounds, scheme=sum_kind, clip=sum_clip,
+                                         allow_insecure_plaintext=allow_insecure_plain_sums)
+                for rec in res.records:
+                    writer(rec)
+                sum_label = res.final["secure_sum"]
+            elif engine == "inprocess":
+                res = simulate_problem(problem, strat, rounds, secure_sum=sum_fn, secure_sum_label=sum_label,
+                                       silos=keep, eval_every=eval_every, on_record=writer)
+            else:
+                raise ConfigError(f"--engine: expected inprocess or network, got {engine!r}")
+            final = {"scenario": scenario, "seed": seed, "dp": dp_opts, **res.final}
+            finals.append(final)
+            curves[f"seed {seed}"] = res.records
+            typer.echo("  " + ", ".join(f"{m}={final[m]:.4g}" for m in METRICS if isinstance(final.get(m), float)))
+        summary = {"strategy": finals[0]["strategy"], "scenario": scenario, "seeds": seed_list,
+                   "secure_sum": sum_label, "rounds": rounds, "n_silos": finals[0]["n_silos"], "dp": dp_opts,
+                   **summarise_seeds(finals), "runs": finals}
+        write_final(out / "final.json", summary)
+        plot_curves(curves, out / "curves.png", title=f"{summary['strategy']} on {scenario} ({sum_label})")
+        typer.echo(f"wrote {out / 'metrics.jsonl'}, {out / 'final.json'}, {out / 'curves.png'}")
+
+
+    run_cli(go, debug=debug)
 
 if __name__ == "__main__":  # python -m simulation.cli
     typer.run(simulate)

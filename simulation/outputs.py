@@ -25,15 +25,19 @@ def _clean(obj):
 
 
 class JsonlWriter:
-    """Appends one JSON object per line and flushes, so a killed run keeps its finished rounds."""
+    """Appends one JSON object per line and flushes, so a killed run keeps its finished rounds.
+    Nothing is written before the first record (a run refused at its inputs leaves no file)."""
 
     def __init__(self, path: str | os.PathLike, extra: Mapping | None = None) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.extra = dict(extra or {})
-        self.path.write_text("")
+        self._started = False
 
     def __call__(self, record: Mapping) -> None:
+        if not self._started:  # a fresh file per run
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("")
+            self._started = True
         with self.path.open("a") as f:
             f.write(json.dumps(_clean({**self.extra, **record}), sort_keys=True) + "\n")
 

@@ -46,10 +46,24 @@ def test_cli_tiny_run_writes_metrics_final_and_png(tmp_path):
 
 
 def test_cli_refuses_plain_sums_without_flag(tmp_path):
-    res = CliRunner().invoke(_app(), ["--scenario", "toy", "--sum", "plain", "--out", str(tmp_path)])
-    assert res.exit_code != 0 and isinstance(res.exception, InsecureModeRefused)
+    res = CliRunner().invoke(_app(), ["--scenario", "toy", "--sum", "plain", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 10  # insecure mode refused (common/cli_errors.py)
+    assert "InsecureModeRefused" in res.output and "Traceback" not in res.output
     with pytest.raises(InsecureModeRefused):
         make_sum("plain", clip=1.0, allow_insecure_plain_sums=False)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--corruption", "2"], "corrupt_fraction must lie in [0.0, 1.0]"),
+    (["--scenario-option", "colour=red"], "--scenario-option 'colour=red'"),
+])
+def test_cli_bad_scenario_input_is_one_line_and_writes_nothing(tmp_path, args, says):
+    out = tmp_path / "o"
+    res = CliRunner().invoke(_app(), ["--scenario", "unreliable", "--world", "tiny", "--out", str(out), *args])
+    assert res.exit_code == 2, res.output
+    lines = [x for x in res.output.splitlines() if x.strip()]
+    assert lines == [next(x for x in lines if x.startswith("error: ConfigError"))] and says in lines[0]
+    assert not out.exists()
 
 
 def test_secagg_sums_match_plain_up_to_quantization():
