@@ -274,17 +274,15 @@ def _separates(groups: dict, sc: str) -> str:
     is that of the per-seed difference; the spread of the two rows' NLL is printed beside it."""
     out = []
     for other, want in (("centralized", "worse"), (BEST_SILO.label, "better")):
-        a = {r["seed"]: r.get("nll") for r in groups.get((sc, False, "FedAvg"), [])}
-        b = {r["seed"]: r.get("nll") for r in groups.get((sc, False, other), [])}
-        seeds = sorted(k for k in a if k in b and a[k] is not None and b[k] is not None)
-        if len(seeds) < 2:
+        pairs = _paired_nll(groups, sc, False, "FedAvg", other)
+        if len(pairs) < 2:
             out.append(f"vs {other}: fewer than 2 paired seeds")
             continue
-        gaps = [(a[k] - b[k]) if want == "worse" else (b[k] - a[k]) for k in seeds]
+        gaps = [(x - y) if want == "worse" else (y - x) for x, y in pairs]
         gap, sd, _ = _stats(gaps)
-        rows_sd = max(_stats([a[k] for k in seeds])[1], _stats([b[k] for k in seeds])[1])
+        rows_sd = max(_stats([x for x, _ in pairs])[1], _stats([y for _, y in pairs])[1])
         ok = gap > sd and all(g > 0 for g in gaps)
-        out.append(f"FedAvg {want} than {other} by {gap:+.4f} ± {sd:.4f} NLL (per-seed gap, {len(seeds)} seeds, "
+        out.append(f"FedAvg {want} than {other} by {gap:+.4f} ± {sd:.4f} NLL (per-seed gap, {len(pairs)} seeds, "
                    f"{'all' if all(g > 0 for g in gaps) else 'not all'} {want}; the rows' own spread "
                    f"{rows_sd:.4f}{'' if gap > rows_sd else ', larger than the gap'}): {'yes' if ok else '**NO**'}")
     return "Scenario check: " + "; ".join(out) + "."
@@ -388,14 +386,19 @@ def _display(label: str) -> str:
     return label
 
 
-def _paired(groups: dict, sc: str, dp: bool, a: str, b: str) -> str:
-    """Per-seed NLL difference a − b (same data and initialisation per seed): mean ± std, and a's wins."""
+def _paired_nll(groups: dict, sc: str, dp: bool, a: str, b: str) -> list[tuple[float, float]]:
+    """(NLL of a, NLL of b) for every seed both rows ran (same data and initialisation), in seed order."""
     na = {r["seed"]: r.get("nll") for r in groups.get((sc, dp, a), [])}
     nb = {r["seed"]: r.get("nll") for r in groups.get((sc, dp, b), [])}
-    seeds = sorted(k for k in na if k in nb and na[k] is not None and nb[k] is not None)
-    if not seeds:
+    return [(na[k], nb[k]) for k in sorted(na) if k in nb and na[k] is not None and nb[k] is not None]
+
+
+def _paired(groups: dict, sc: str, dp: bool, a: str, b: str) -> str:
+    """Per-seed NLL difference a − b: mean ± std, and a's wins."""
+    pairs = _paired_nll(groups, sc, dp, a, b)
+    if not pairs:
         return "no paired seeds"
-    d = [na[k] - nb[k] for k in seeds]
+    d = [x - y for x, y in pairs]
     m, sd, _ = _stats(d)
     return f"paired ΔNLL {m:+.4f} ± {sd:.4f}, lower in {sum(x < 0 for x in d)}/{len(d)} seeds"
 
