@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from common.atomic import atomic_write
-from common.errors import CheckpointError
-from common.strategy import Tensors
+from fedalign.host.atomic import atomic_write
+from fedalign.protocol.errors import CheckpointError
+from fedalign.fedcmp.strategy import Tensors
 
 __all__ = ["RunState", "CheckpointStore", "CHECKPOINT_VERSION"]
 

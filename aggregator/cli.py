@@ -1,7 +1,7 @@
 """``aggregator``: serve a federation (``serve``), make its CURVE keys (``keygen``), report a run
-(``status``), and run in-process experiments (``simulate``, mounted from ``simulation.cli``).
+(``status``). In-process experiments are ``fedalign-lab simulate`` (:mod:`fedalign.lab.cli`).
 
-Every command prints one clear line and exits non-zero on bad input (``common.cli_errors``);
+Every command prints one clear line and exits non-zero on bad input (``fedalign.host.cli_errors``);
 ``--debug`` shows tracebacks.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import typer
 
-from common.cli_errors import run_cli
+from fedalign.host.cli_errors import run_cli
 
 __all__ = ["app", "main", "build_app", "initial_params", "serve_from_config"]
 
@@ -32,7 +32,7 @@ def initial_params(cfg) -> dict:
     """
     import torch
 
-    from common.errors import ConfigError
+    from fedalign.protocol.errors import ConfigError
 
     init = cfg.init
     if init.params is not None:
@@ -54,7 +54,7 @@ def initial_params(cfg) -> dict:
 
 
 def _insecure_allowed(cfg, flag: bool, what: str) -> bool:
-    from common.errors import InsecureModeRefused
+    from fedalign.protocol.errors import InsecureModeRefused
 
     if not (cfg.server.allow_insecure_plaintext and flag):
         missing = [m for m, ok in (("server.allow_insecure_plaintext = true in the config (site policy)",
@@ -69,17 +69,17 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
     """Load ``aggregator.toml`` and run (or resume) the federation to its last round."""
     import torch
 
-    from aggregator.checkpoint import CheckpointStore, RunState
-    from aggregator.rounds import Coordinator, RoundPolicy
-    from aggregator.server import ZmqServer
-    from common.config.aggregator import load_aggregator_config
-    from common.config.roster import load_roster
-    from common.errors import CheckpointError, ConfigError
-    from common.eventlog import EventLog
-    from common.keys import load_keypair
-    from common.ledger import Ledger
-    from common.messages import SumScheme, wire_registry
-    from common.strategies import make_strategy
+    from fedalign.aggregator.checkpoint import CheckpointStore, RunState
+    from fedalign.aggregator.rounds import Coordinator, RoundPolicy
+    from fedalign.aggregator.server import ZmqServer
+    from fedalign.protocol.config.aggregator import load_aggregator_config
+    from fedalign.protocol.config.roster import load_roster
+    from fedalign.protocol.errors import CheckpointError, ConfigError
+    from fedalign.protocol.eventlog import EventLog
+    from fedalign.protocol.keys import load_keypair
+    from fedalign.protocol.ledger import Ledger
+    from fedalign.protocol.messages import SumScheme, wire_registry
+    from fedalign.fedcmp.strategies import make_strategy, strategy_options
 
     torch.set_num_threads(1)
     cfg = load_aggregator_config(config, overrides)
@@ -96,12 +96,12 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
         insecure = _insecure_allowed(cfg, insecure_plaintext, "server.secret_key unset (plaintext transport)")
     else:
         keypair = load_keypair(cfg.resolve(cfg.server.secret_key))
-    strategy = make_strategy(cfg.strategy.name, **cfg.strategy.options)
+    strategy = make_strategy(cfg.strategy.name, dp=cfg.strategy.dp, **cfg.strategy.options)
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     store = CheckpointStore(out / "checkpoints")
     state = store.load()
-    meta = {"strategy": cfg.strategy.name, "strategy_options": cfg.strategy.options, "scheme": str(scheme)}
+    meta = {"strategy": cfg.strategy.name, "strategy_options": strategy_options(strategy), "scheme": str(scheme)}
     if state is None:
         params = initial_params(cfg)
         state = RunState(0, params, strategy.init_public(params), strategy.init_server_state(params), meta=meta)
@@ -122,7 +122,7 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
     events.emit("listening", endpoint=server.endpoint, resumed_round=state.round)
     progress = _Progress(cfg.run.rounds, state.round, quiet=quiet)
     try:
-        coord = Coordinator(server, strategy, strategy_name=cfg.strategy.name, strategy_options=cfg.strategy.options,
+        coord = Coordinator(server, strategy, strategy_name=cfg.strategy.name, strategy_options=strategy_options(strategy),
                             identities=roster.identities(), policy=policy, state=state, store=store, events=events,
                             ledger=ledger, on_round=progress.update)
         with progress:
@@ -178,7 +178,7 @@ def serve(
     debug: bool = _debug_option(),
 ) -> None:
     """Run the federation in aggregator.toml (resuming from its last checkpoint)."""
-    from common.config import parse_override
+    from fedalign.protocol.config import parse_override
 
     def go():
         overrides = dict(parse_override(s) for s in (set_ or []))
@@ -195,7 +195,7 @@ def keygen(
     debug: bool = _debug_option(),
 ) -> None:
     """Write the aggregator's CURVE key pair (<name>.key public, <name>.key_secret; both 0600)."""
-    from common.keys import load_public, write_keypair
+    from fedalign.protocol.keys import load_public, write_keypair
 
     def go():
         pub, sec = write_keypair(out, name, role="aggregator", overwrite=overwrite)
@@ -210,8 +210,8 @@ def status(
     debug: bool = _debug_option(),
 ) -> None:
     """Show the committed rounds of the run in aggregator.toml, from its checkpoint."""
-    from aggregator.checkpoint import CheckpointStore
-    from common.config.aggregator import load_aggregator_config
+    from fedalign.aggregator.checkpoint import CheckpointStore
+    from fedalign.protocol.config.aggregator import load_aggregator_config
 
     def go():
         cfg = load_aggregator_config(config)
@@ -234,12 +234,6 @@ def build_app() -> typer.Typer:
     app.command("serve")(serve)
     app.command("keygen")(keygen)
     app.command("status")(status)
-    try:
-        from simulation.cli import simulate
-    except ImportError as e:  # the simulator is optional for a production install
-        log.debug("simulate unavailable: %s", e)
-    else:
-        app.command("simulate")(simulate)
     return app
 
 
@@ -248,7 +242,7 @@ def main() -> None:
     build_app()()
 
 
-def __getattr__(name: str) -> Any:  # ``aggregator.cli.app`` is built on first use (simulate is heavy)
+def __getattr__(name: str) -> Any:  # ``aggregator.cli.app`` is built on first use
     if name == "app":
         return build_app()
     raise AttributeError(name)

@@ -22,20 +22,21 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from common.errors import ProtocolError, RoundAborted
-from common.eventlog import EventLog
-from common.ledger import Ledger
-from common.messages import Heartbeat, LeaveNotice, RoundEnd, RoundStart, RunEnd, SumScheme, SumStart, UpdateReady
-from common.strategy import Strategy, Sums, Tensors
-from common.transport import AGGREGATOR, ServerTransport
-from common.wire import Envelope
-from aggregator.checkpoint import CheckpointStore, RunState
+from fedalign.protocol.errors import ProtocolError, RoundAborted
+from fedalign.protocol.eventlog import EventLog
+from fedalign.protocol.ledger import Ledger
+from fedalign.protocol.messages import Heartbeat, LeaveNotice, RoundEnd, RoundStart, RunEnd, SumScheme, SumStart, UpdateReady
+from fedalign.fedcmp.phases import PhaseSum, run_phases, sums_from_arrays
+from fedalign.fedcmp.strategy import Strategy, Tensors
+from fedalign.protocol.transport import AGGREGATOR, ServerTransport
+from fedalign.protocol.wire import Envelope
+from fedalign.aggregator.checkpoint import CheckpointStore, RunState
 
-from crypto.config import SecureSumConfig
-from crypto.errors import CryptoError, SecAggAborted, SecureSumUsageError
-from crypto.identity import Roster
-from crypto.messages import CkksInput, MaskedInput, Message as CryptoMessage, PlainInput
-from crypto.secure_sum import AggregatorSecureSum
+from fedalign.crypto.config import SecureSumConfig
+from fedalign.crypto.errors import CryptoError, SecAggAborted, SecureSumUsageError
+from fedalign.crypto.identity import Roster
+from fedalign.crypto.messages import CkksInput, MaskedInput, Message as CryptoMessage, PlainInput
+from fedalign.crypto.secure_sum import AggregatorSecureSum
 
 __all__ = ["RoundPolicy", "Coordinator", "round_seed", "sum_threshold", "to_numpy", "to_torch"]
 
@@ -130,7 +131,7 @@ class Coordinator:
         on_round: Callable[[RunState, dict[str, Any]], None] | None = None,
     ) -> None:
         if policy.scheme == SumScheme.PLAIN_INSECURE and not policy.allow_insecure_plaintext:
-            from common.errors import InsecureModeRefused
+            from fedalign.protocol.errors import InsecureModeRefused
 
             raise InsecureModeRefused("plain sums need allow_insecure_plaintext (site policy and flag)")
         self.t = transport
@@ -310,13 +311,11 @@ class Coordinator:
         if len(ready) < p.min_silos:
             raise _Abandon(f"{len(ready)} silo(s) finished training, run.min_silos is {p.min_silos}")
 
-        # the phases, each one secure sum
+        # the phases, each one secure sum, through the one phase loop the simulator also runs
         participants = sorted(ready)
-        public = dict(state.public)
-        phase_public: Tensors = {}
-        outcome = None
-        ts = self.clock()
-        for phase in range(strat.n_phases):
+
+        def sum_phase(phase: int, public: Tensors, phase_public: Tensors) -> PhaseSum:
+            nonlocal participants
             sums, included = self._secure_sum(t, phase, participants, phase_public, seed, rec)
             gone = sorted(set(participants) - set(included))
             if gone:
@@ -324,17 +323,13 @@ class Coordinator:
                 self.events.emit("dropouts", round=t, stage=f"sum phase {phase}", silos=gone)
             if len(included) < p.min_silos:
                 raise _Abandon(f"phase {phase} summed {len(included)} silo(s), run.min_silos is {p.min_silos}")
-            outcome = strat.aggregate(
-                phase, Sums(to_torch(sums, self._dtype), n_silos=len(included)), state.params, public,
-                state.server_state,
-            )
-            rec.metrics.update({k: float(v) for k, v in getattr(outcome, "metrics", {}).items()})
-            if phase < strat.n_phases - 1:
-                public = {**public, **outcome.public}
-                phase_public = {**phase_public, **outcome.public}
             participants = list(included)
+            return PhaseSum(sums_from_arrays(sums, len(included), dtype=self._dtype), tuple(included))
+
+        ts = self.clock()
+        outcome = run_phases(strat, state.params, state.public, state.server_state, sum_phase)
+        rec.metrics.update(outcome.metrics)
         rec.sum_seconds = self.clock() - ts
-        assert outcome is not None and outcome.params is not None, "the last phase must return params"
         rec.survivors = tuple(participants)
 
         after = self.t.traffic.snapshot()
@@ -356,9 +351,9 @@ class Coordinator:
         }
         new = RunState(
             round=t + 1,
-            params={k: v.detach().clone() for k, v in outcome.params.items()},
-            public=dict(outcome.public),
-            server_state=dict(outcome.server_state) if outcome.server_state is not None else state.server_state,
+            params=outcome.params,
+            public=outcome.public,
+            server_state=outcome.server_state,
             meta=state.meta,
             history=[*state.history, record],
         )

@@ -16,10 +16,10 @@ from typing import Any, Mapping
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from common.errors import InsecureModeRefused, ProtocolError
-from common.keys import KeyPair
-from common.transport import Traffic, check_sender
-from common.wire import DEFAULT_MAX_BYTES, MAX_HEADER_BYTES, Envelope, decode, encode, payload_nbytes, peek_header
+from fedalign.protocol.errors import InsecureModeRefused, ProtocolError
+from fedalign.protocol.keys import KeyPair
+from fedalign.protocol.transport import Traffic, check_sender
+from fedalign.protocol.wire import DEFAULT_MAX_BYTES, MAX_HEADER_BYTES, Envelope, decode, encode, payload_nbytes, peek_header
 
 __all__ = ["ZmqServer", "INSECURE_PLAINTEXT_WARNING"]
 

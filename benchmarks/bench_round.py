@@ -21,17 +21,16 @@ import warnings
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from aggregator.checkpoint import RunState  # noqa: E402
-from aggregator.rounds import Coordinator, RoundPolicy  # noqa: E402
-from common.messages import SumScheme, wire_registry  # noqa: E402
-from common.strategies import make_strategy  # noqa: E402
-from common.transport import InMemoryNetwork  # noqa: E402
-from crypto.identity import generate_identity  # noqa: E402
-from silo.runtime import SiloParticipant, SiloPolicy, TrainedUpdate  # noqa: E402
+from fedalign.aggregator.checkpoint import RunState  # noqa: E402
+from fedalign.aggregator.rounds import Coordinator, RoundPolicy  # noqa: E402
+from fedalign.protocol.messages import SumScheme, wire_registry  # noqa: E402
+from fedalign.fedcmp.strategies import make_strategy  # noqa: E402
+from fedalign.protocol.transport import InMemoryNetwork  # noqa: E402
+from fedalign.crypto.identity import generate_identity  # noqa: E402
+from fedalign.silo.participant import SiloParticipant, SiloPolicy, TrainedUpdate  # noqa: E402
 
 
 class FixedUpdate:

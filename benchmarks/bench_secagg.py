@@ -100,7 +100,7 @@ def _flower(ks, shapes, reps):
 
 
 def _roster(n):
-    from crypto import Roster, generate_identity
+    from fedalign.crypto import Roster, generate_identity
 
     ids = {f"silo{i:02d}": generate_identity() for i in range(n)}
     return ids, Roster({s: i.public_bytes for s, i in ids.items()})
@@ -108,7 +108,7 @@ def _roster(n):
 
 def _to_masked_input_step(k, n, t, round_id):
     """Silos and aggregator of one instance after key sharing: (cfg, silos, agg, relays)."""
-    from crypto import AggregatorSecureSum, SecureSumConfig, SiloSecureSum
+    from fedalign.crypto import AggregatorSecureSum, SecureSumConfig, SiloSecureSum
 
     cfg = SecureSumConfig(mode="secagg", threshold=t, clip=1.0, allow_insecure_plaintext=False, neighbours=k)
     idents, roster = _roster(n)
@@ -137,7 +137,7 @@ def client_masking(k, shapes, reps):
 
 def aggregator_unmask(k, shapes, n_drop):
     """Seconds the aggregator takes to end the unmask step (reconstruct + remove masks)."""
-    from crypto import Stage
+    from fedalign.crypto import Stage
 
     x = _inputs(shapes)
     t = (k + 1) // 2 + 1
@@ -185,7 +185,7 @@ def keystream_time(n_words, reps):
 
 
 def quantization_time(shapes, reps):
-    from crypto.hazmat.fixedpoint import encode_into
+    from fedalign.crypto.hazmat.fixedpoint import encode_into
 
     x = _inputs(shapes)
     out = np.empty(sum(a.size for a in x.values()), np.uint32)
@@ -201,7 +201,7 @@ def quantization_time(shapes, reps):
 
 
 def ckks_encrypt(n_values):
-    from crypto.hazmat import ckks
+    from fedalign.crypto.hazmat import ckks
 
     ctx = ckks.new_context(8192, 40)
     x = np.random.default_rng(0).uniform(-1, 1, n_values)
@@ -224,7 +224,6 @@ def main(argv=None):
     if args.flower_only:
         print(json.dumps({k: flower_masking(k, shapes, args.reps) for k in args.ks}))
         return
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     n_params = sum(int(np.prod(s)) for s in shapes.values())
     print(f"shapes {shapes}: {n_params / 1e6:.1f}M parameters; {N_SILOS} silos; median of {args.reps} runs")
 

@@ -22,21 +22,20 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
-from silo.data import Sample  # noqa: E402
-from silo.model import AlignmentModel, build_projector, load_alignment_model  # noqa: E402
-from silo.privacy import PrivacyAccountant  # noqa: E402
-from silo.trainer import DPSettings, LocalTrainer, ShardData, TrainSettings, prepare_shard  # noqa: E402
+from fedalign.silo.data import Sample  # noqa: E402
+from fedalign.silo.model import AlignmentModel, build_projector, load_alignment_model  # noqa: E402
+from fedalign.silo.privacy import PrivacyAccountant  # noqa: E402
+from fedalign.silo.trainer import DPSettings, LocalTrainer, ShardData, TrainSettings, prepare_shard  # noqa: E402
 
 
 def _world_model(tiny: bool, world_dir: str | None) -> tuple[AlignmentModel, list[Sample]]:
-    from silo.world import CAPTION_PROMPT, TINY_SPEC, WorldSpec, build_world, make_scenario
+    from fedalign.world import CAPTION_PROMPT, TINY_SPEC, WorldSpec, build_world, make_scenario
 
     if world_dir:  # an already built world folder (holding vision/ and lm/)
         vision, lm = f"{world_dir}/vision", f"{world_dir}/lm"

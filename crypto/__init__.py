@@ -6,8 +6,8 @@ Recipes (this module): ``SecureSumConfig``, ``SiloSecureSum``, ``AggregatorSecur
 See docs/secure-aggregation.md for the protocol and SECURITY.md for the threat model.
 """
 
-from crypto.config import MODES, SecureSumConfig
-from crypto.errors import (
+from fedalign.crypto.config import MODES, SecureSumConfig
+from fedalign.crypto.errors import (
     CryptoError,
     EncodingOverflow,
     InsecurePlaintextRefused,
@@ -15,10 +15,10 @@ from crypto.errors import (
     SecureSumError,
     SecureSumUsageError,
 )
-from crypto.identity import AGGREGATOR, IdentityKey, Roster, generate_identity, load_identity, save_identity
-from crypto.inprocess import secure_sum_inprocess
-from crypto.messages import MESSAGE_TYPES, Message, Stage, check_wire_types
-from crypto.secure_sum import AggregatorSecureSum, SecureSumResult, SiloSecureSum
+from fedalign.crypto.identity import AGGREGATOR, IdentityKey, Roster, generate_identity, load_identity, save_identity
+from fedalign.crypto.inprocess import secure_sum_inprocess
+from fedalign.crypto.messages import MESSAGE_TYPES, Message, Stage, check_wire_types
+from fedalign.crypto.secure_sum import AggregatorSecureSum, SecureSumResult, SiloSecureSum
 
 __all__ = [
     "MODES",

@@ -8,8 +8,8 @@ from typing import Mapping
 
 import numpy as np
 
-from crypto.errors import CryptoError, SecureSumUsageError
-from crypto.messages import Message
+from fedalign.crypto.errors import CryptoError, SecureSumUsageError
+from fedalign.crypto.messages import Message
 
 __all__ = ["check_envelope", "check_ids", "Layout", "StepMachine"]
 
@@ -124,7 +124,7 @@ class StepMachine:
         return self.expected - set(self.answers)
 
     def handle(self, sender: str, msg: object) -> list[tuple[str, Message]]:
-        from crypto.messages import Stage
+        from fedalign.crypto.messages import Stage
 
         if self.failed or self.stage == Stage.DONE or sender not in self.expected or sender in self.answers:
             raise CryptoError(f"message rejected (from {sender!r} at stage {self.stage.value})")
@@ -136,8 +136,8 @@ class StepMachine:
 
     def close_step(self) -> list[tuple[str, Message]]:
         """End the current step with whoever answered; the silent ones are dropouts."""
-        from crypto.errors import SecAggAborted
-        from crypto.messages import Stage
+        from fedalign.crypto.errors import SecAggAborted
+        from fedalign.crypto.messages import Stage
 
         if self.failed:
             raise SecAggAborted("secure sum was aborted; nothing was revealed")

@@ -15,12 +15,12 @@ from typing import Mapping
 
 import numpy as np
 
-from crypto._common import Layout, StepMachine, check_envelope, check_ids, check_own_identity
-from crypto.config import SecureSumConfig
-from crypto.errors import CryptoError, EncodingOverflow, SecAggAborted, SecureSumUsageError
-from crypto.hazmat import aead, ckks, keys, signing
-from crypto.identity import AGGREGATOR, IdentityKey, Roster
-from crypto.messages import (
+from fedalign.crypto._common import Layout, StepMachine, check_envelope, check_ids, check_own_identity
+from fedalign.crypto.config import SecureSumConfig
+from fedalign.crypto.errors import CryptoError, EncodingOverflow, SecAggAborted, SecureSumUsageError
+from fedalign.crypto.hazmat import aead, ckks, keys, signing
+from fedalign.crypto.identity import AGGREGATOR, IdentityKey, Roster
+from fedalign.crypto.messages import (
     CkksContextRelay,
     CkksContextShare,
     CkksDecryptedSum,

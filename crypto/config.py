@@ -6,10 +6,10 @@ import math
 import warnings
 from dataclasses import dataclass
 
-from crypto.errors import InsecurePlaintextRefused, SecureSumUsageError
-from crypto.hazmat.encoding import canonical
-from crypto.hazmat.fixedpoint import auto_fractional_bits, check_headroom
-from crypto.hazmat.graph import neighbours as _neighbours
+from fedalign.crypto.errors import InsecurePlaintextRefused, SecureSumUsageError
+from fedalign.crypto.hazmat.encoding import canonical
+from fedalign.crypto.hazmat.fixedpoint import auto_fractional_bits, check_headroom
+from fedalign.crypto.hazmat.graph import neighbours as _neighbours
 
 __all__ = ["MODES", "SecureSumConfig"]
 

@@ -17,7 +17,7 @@ from typing import Mapping
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from crypto.errors import SecureSumUsageError
+from fedalign.crypto.errors import SecureSumUsageError
 
 __all__ = [
     "AGGREGATOR",

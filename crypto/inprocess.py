@@ -10,11 +10,11 @@ from typing import Mapping
 
 import numpy as np
 
-from crypto.config import SecureSumConfig
-from crypto.errors import SecAggAborted
-from crypto.identity import IdentityKey, Roster, generate_identity
-from crypto.messages import MESSAGE_TYPES, Message, Stage, check_wire_types
-from crypto.secure_sum import AggregatorSecureSum, SecureSumResult, SiloSecureSum
+from fedalign.crypto.config import SecureSumConfig
+from fedalign.crypto.errors import SecAggAborted
+from fedalign.crypto.identity import IdentityKey, Roster, generate_identity
+from fedalign.crypto.messages import MESSAGE_TYPES, Message, Stage, check_wire_types
+from fedalign.crypto.secure_sum import AggregatorSecureSum, SecureSumResult, SiloSecureSum
 
 __all__ = ["secure_sum_inprocess"]
 

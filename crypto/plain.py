@@ -9,11 +9,11 @@ from typing import Mapping
 
 import numpy as np
 
-from crypto._common import Layout, StepMachine, check_envelope
-from crypto.config import SecureSumConfig
-from crypto.errors import CryptoError, SecureSumUsageError
-from crypto.identity import Roster
-from crypto.messages import Message, PlainInput, Stage
+from fedalign.crypto._common import Layout, StepMachine, check_envelope
+from fedalign.crypto.config import SecureSumConfig
+from fedalign.crypto.errors import CryptoError, SecureSumUsageError
+from fedalign.crypto.identity import Roster
+from fedalign.crypto.messages import Message, PlainInput, Stage
 
 __all__ = ["PlainSilo", "PlainAggregator"]
 
@@ -37,7 +37,7 @@ class PlainSilo:
         layout = Layout.of_inputs(inputs)
         flat = layout.flatten(inputs, np.float64)
         if not np.all(np.abs(flat) <= self.config.clip):
-            from crypto.errors import EncodingOverflow
+            from fedalign.crypto.errors import EncodingOverflow
 
             raise EncodingOverflow(f"silo {self.me!r}: inputs exceed the declared clip {self.config.clip}")
         self._inputs = (layout, flat)

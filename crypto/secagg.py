@@ -19,15 +19,15 @@ from typing import Mapping
 
 import numpy as np
 
-from crypto._common import Layout, StepMachine, check_envelope, check_ids, check_own_identity
-from crypto.config import SecureSumConfig
-from crypto.errors import CryptoError, SecAggAborted, SecureSumUsageError
-from crypto.hazmat import aead, keys, shamir, signing
-from crypto.hazmat.encoding import canonical
-from crypto.hazmat.fixedpoint import decode_sum, encode_into
-from crypto.hazmat.prg import apply_masks
-from crypto.identity import AGGREGATOR, IdentityKey, Roster
-from crypto.messages import (
+from fedalign.crypto._common import Layout, StepMachine, check_envelope, check_ids, check_own_identity
+from fedalign.crypto.config import SecureSumConfig
+from fedalign.crypto.errors import CryptoError, SecAggAborted, SecureSumUsageError
+from fedalign.crypto.hazmat import aead, keys, shamir, signing
+from fedalign.crypto.hazmat.encoding import canonical
+from fedalign.crypto.hazmat.fixedpoint import decode_sum, encode_into
+from fedalign.crypto.hazmat.prg import apply_masks
+from fedalign.crypto.identity import AGGREGATOR, IdentityKey, Roster
+from fedalign.crypto.messages import (
     ConsistencyRequest,
     ConsistencySignature,
     EncryptedShares,

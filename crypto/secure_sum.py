@@ -12,10 +12,10 @@ from typing import Mapping
 
 import numpy as np
 
-from crypto.config import SecureSumConfig
-from crypto.errors import SecureSumUsageError
-from crypto.identity import IdentityKey, Roster
-from crypto.messages import Message, Stage
+from fedalign.crypto.config import SecureSumConfig
+from fedalign.crypto.errors import SecureSumUsageError
+from fedalign.crypto.identity import IdentityKey, Roster
+from fedalign.crypto.messages import Message, Stage
 
 __all__ = ["SecureSumResult", "SiloSecureSum", "AggregatorSecureSum"]
 
@@ -30,14 +30,14 @@ class SecureSumResult:
 
 def _protocols(mode: str):
     if mode == "secagg":
-        from crypto.secagg import SecAggAggregator, SecAggSilo
+        from fedalign.crypto.secagg import SecAggAggregator, SecAggSilo
 
         return SecAggSilo, SecAggAggregator
     if mode == "ckks":
-        from crypto.ckks import CkksAggregator, CkksSilo
+        from fedalign.crypto.ckks import CkksAggregator, CkksSilo
 
         return CkksSilo, CkksAggregator
-    from crypto.plain import PlainAggregator, PlainSilo
+    from fedalign.crypto.plain import PlainAggregator, PlainSilo
 
     return PlainSilo, PlainAggregator
 

@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from common.process import apply_process_defaults  # noqa: E402
+from fedalign.host.process import apply_process_defaults  # noqa: E402
 
 apply_process_defaults()
 
@@ -64,7 +63,7 @@ RUN_DEFAULT_RANK = 8
 FEDCMP = Config("Fed-CMP (default)", "fedcmp", {"rank": RUN_DEFAULT_RANK}, "fedcmp")
 def _ablations() -> list[Config]:
     """Each switch flipped from Fed-CMP's default, one at a time."""
-    from common.strategies import FedCMPConfig
+    from fedalign.fedcmp.strategies import FedCMPConfig
 
     d = FedCMPConfig()
     r = {"rank": RUN_DEFAULT_RANK}
@@ -162,9 +161,9 @@ def _done(path: Path) -> set[str]:
 
 
 def _run_config(problem, cfg: Config, setup: Setup, seed: int) -> dict:
-    from simulation.cli import build_strategy
-    from simulation.runner import centralized, local_only, simulate_problem
-    from simulation.sums import PLAIN_LABEL, plain_sum_insecure
+    from fedalign.lab.cli import build_strategy
+    from fedalign.lab.runner import centralized, local_only, simulate_problem
+    from fedalign.lab.sums import PLAIN_LABEL, plain_sum_insecure
 
     t0 = time.perf_counter()
     if cfg.strategy == "centralized":
@@ -189,7 +188,7 @@ def worker(scenario: str, seed: int, dp: bool = False, silos: int = Setup.silos,
     import torch
 
     torch.set_num_threads(1)
-    from simulation.scenarios import ProblemOptions, build_problem
+    from fedalign.lab.scenarios import ProblemOptions, build_problem
 
     setup = Setup(silos=silos, rounds=rounds, samples_per_round=samples_per_round)
     path = out / f"{_job_name(scenario, seed, dp)}.jsonl"
@@ -227,10 +226,10 @@ def run(jobs: int = typer.Option(2, help="worker processes at once (≤ 2 on thi
         only: str = typer.Option("all", help="all | core (the verdict rows first, for every seed)")) -> None:
     """All jobs, seed-major (every scenario's seed 0 first), ``jobs`` at a time; then the tables."""
     seed_list = [int(s) for s in seeds.split(",") if s]
-    from silo.world.build import build_world  # build the world once, before the workers race to
+    from fedalign.world.build import build_world  # build the world once, before the workers race to
 
     t_build = time.time()
-    from silo.world.spec import TINY_SPEC
+    from fedalign.world.spec import TINY_SPEC
 
     art = build_world(TINY_SPEC if world == "tiny" else None)
     print(f"world {art.vision_path.parent.name} ready ({'built' if art.built else 'cached'}, "
@@ -328,8 +327,8 @@ def payload_table() -> str:
     """Upload per silo per round for LLaVA-1.5's projector (mlp2x_gelu, 1024→4096→4096), by rank."""
     import torch
 
-    from common.strategies import FedAvg, FedCMP, FedCMPConfig
-    from common.strategy import payload_numbers
+    from fedalign.fedcmp.strategies import FedAvg, FedCMP, FedCMPConfig
+    from fedalign.fedcmp.strategy import payload_numbers
 
     params = {"0.weight": torch.empty(4096, 1024, device="meta"), "0.bias": torch.empty(4096, device="meta"),
               "2.weight": torch.empty(4096, 4096, device="meta"), "2.bias": torch.empty(4096, device="meta")}
@@ -376,7 +375,7 @@ def table(runs: Path = RUNS, out: Path = RESULTS) -> None:
 
 def _display(label: str) -> str:
     """Row names in the Markdown: say which rank the default rows had, and which is the default now."""
-    now = __import__("common.strategies", fromlist=["FedCMPConfig"]).FedCMPConfig().rank
+    now = __import__("fedalign.fedcmp.strategies", fromlist=["FedCMPConfig"]).FedCMPConfig().rank
     if label == "DP Fed-CMP (EF off, β=0)":
         return f"DP Fed-CMP r={RUN_DEFAULT_RANK} (EF off, β=0)"
     if label == FEDCMP.label:

@@ -25,22 +25,21 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from common.process import apply_process_defaults  # noqa: E402
+from fedalign.host.process import apply_process_defaults  # noqa: E402
 
 apply_process_defaults()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from silo.evaluate import evaluate, prepare_eval, remove_image  # noqa: E402
-from silo.model import load_alignment_model  # noqa: E402
-from silo.trainer import LocalTrainer, TrainSettings, prepare_shard, train_rounds  # noqa: E402
-from silo.world import (  # noqa: E402
+from fedalign.silo.evaluate import evaluate, prepare_eval, remove_image  # noqa: E402
+from fedalign.silo.model import load_alignment_model  # noqa: E402
+from fedalign.silo.sources import world_records  # noqa: E402
+from fedalign.silo.trainer import LocalTrainer, TrainSettings, prepare_shard, train_rounds  # noqa: E402
+from fedalign.world import (  # noqa: E402
     SCENARIOS,
     WorldSpec,
-    as_records,
     build_world,
     make_eval_items,
     make_samples,
@@ -56,7 +55,7 @@ def train_projector(model, samples, *, steps: int, seed: int, lr: float, batch_s
     project's trainer, the learning rate multiplied by ``decay`` after each; returns the
     parameters (the model is left holding them)."""
     params = {k: v.clone() for k, v in model.projector_state().items()}
-    shard = prepare_shard(model, as_records(samples))
+    shard = prepare_shard(model, world_records(samples, "world_check"))
     gen = torch.Generator().manual_seed(seed)
     for phase in range(phases):
         settings = TrainSettings(batch_size=batch_size, lr=lr * decay**phase, local_steps=max(1, steps // phases))
@@ -77,8 +76,8 @@ def central_run(art, seed: int, args) -> dict:
     train = make_samples(args.train_size, rng)
     test = make_samples(args.test_size, np.random.default_rng([seed, 12]))
     items = make_eval_items(test, seed=seed)
-    ev = prepare_eval(model, as_records(test), items, text_only_prompt=text_only_prompt)
-    ev_drop = prepare_eval(model, as_records(test), (), text_only_prompt=remove_image)
+    ev = prepare_eval(model, world_records(test, "world_check:test"), items, text_only_prompt=text_only_prompt)
+    ev_drop = prepare_eval(model, world_records(test, "world_check:test"), (), text_only_prompt=remove_image)
     t0 = time.perf_counter()
     params = train_projector(model, train, steps=args.steps, seed=seed, lr=args.lr, batch_size=args.batch_size)
     seconds = time.perf_counter() - t0
@@ -109,7 +108,7 @@ def scenario_run(art, name: str, seed: int, args) -> dict:
                        test_size=args.scenario_test_size)
     model = fresh_model(art, seed, args.projector)
     init = model.projector_state()
-    ev = prepare_eval(model, as_records(sc.test), make_eval_items(sc.test, seed=seed, kinds=("caption_mc",)),
+    ev = prepare_eval(model, world_records(sc.test, "world_check:test"), make_eval_items(sc.test, seed=seed, kinds=("caption_mc",)),
                       text_only_prompt=text_only_prompt)
 
     def score(samples) -> dict:

@@ -2,7 +2,7 @@
 
 ``--local`` trains without an aggregator and writes ``metrics.json`` and the exported
 projector to ``output.dir`` (each file atomically, only after training and evaluation
-succeeded). Without ``--local`` the networked runtime (``silo.runtime.run_federated``) runs.
+succeeded). Without ``--local`` the networked runtime (``fedalign.silo.federation.run_federated``) runs.
 Errors print one line and exit non-zero (table in ``common.cli_errors``); ``--debug`` adds the
 traceback. Other modules add commands with ``@app.command()``.
 """
@@ -16,8 +16,8 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from common.cli_errors import run_cli
-from common.config import parse_override
+from fedalign.host.cli_errors import run_cli
+from fedalign.protocol.config import parse_override
 
 __all__ = ["app", "main", "config_overrides", "run_command", "load_config_from_cli"]
 
@@ -58,14 +58,14 @@ def config_overrides(sets: list[str] | None, **named: Any) -> dict[str, Any]:
 
 
 def load_config_from_cli(config: Optional[Path], overrides: dict[str, Any]):
-    from common.config.silo import load_silo_config
+    from fedalign.protocol.config.silo import load_silo_config
 
     return load_silo_config(config, overrides)
 
 
 def _write_outputs(cfg, params, summary) -> dict[str, Path]:
-    from common.atomic import atomic_write_json
-    from silo.export import export_projector
+    from fedalign.host.atomic import atomic_write_json
+    from fedalign.silo.export import export_projector
 
     out = cfg.out_dir
     files = export_projector(params, out, metadata={"mm_hidden_size": str(params["0.weight"].shape[1])})
@@ -77,7 +77,7 @@ def _write_outputs(cfg, params, summary) -> dict[str, Path]:
 
 
 def _train_local(cfg) -> dict[str, Any]:
-    from silo.session import SiloSession, run_local
+    from fedalign.silo.session import SiloSession, run_local
 
     session = SiloSession(cfg)
 
@@ -96,7 +96,7 @@ def _train_local(cfg) -> dict[str, Any]:
 
 
 def _train_federated(cfg, debug: bool, insecure_plaintext: bool = False):
-    from silo.runtime import federated_train  # the networked runtime; imported only when used
+    from fedalign.silo.federation import federated_train  # the networked runtime; imported only when used
 
     summary = federated_train(cfg, insecure_plaintext=insecure_plaintext)
     ev = summary.get("eval", {})
@@ -151,7 +151,7 @@ def keygen(
     debug: bool = DebugOpt,
 ) -> None:
     """Write this silo's CURVE key pair and Ed25519 identity (0600) and print its roster entry."""
-    from silo.keys import keygen_silo
+    from fedalign.silo.keys import keygen_silo
 
     def body():
         k = keygen_silo(out, name, overwrite=overwrite)
@@ -171,7 +171,7 @@ def status(
 
     def body():
         cfg = load_config_from_cli(config, config_overrides(sets))
-        from silo.runtime import federation_status
+        from fedalign.silo.federation import federation_status
 
         for k, v in federation_status(cfg).items():
             typer.echo(f"{k}: {v}")

@@ -13,10 +13,10 @@ from typing import Any, Mapping
 
 import zmq
 
-from common.errors import InsecureModeRefused
-from common.keys import KeyPair
-from common.transport import AGGREGATOR, Traffic
-from common.wire import DEFAULT_MAX_BYTES, MAX_HEADER_BYTES, Envelope, decode, encode, payload_nbytes
+from fedalign.protocol.errors import InsecureModeRefused
+from fedalign.protocol.keys import KeyPair
+from fedalign.protocol.transport import AGGREGATOR, Traffic
+from fedalign.protocol.wire import DEFAULT_MAX_BYTES, MAX_HEADER_BYTES, Envelope, decode, encode, payload_nbytes
 
 __all__ = ["ZmqClient"]
 

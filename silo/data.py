@@ -20,9 +20,9 @@ from typing import Any, Literal, Sequence
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from common.errors import DataError
-from common.atomic import atomic_write_json
-from silo.model import IMAGE_TOKEN
+from fedalign.protocol.errors import DataError
+from fedalign.host.atomic import atomic_write_json
+from fedalign.silo.model import IMAGE_TOKEN
 
 __all__ = [
     "IMAGE_TOKEN",
@@ -321,3 +321,15 @@ def read_eval_items(path: str | Path, *, image_root: str | Path | None = None) -
         _check_image(Path(item.image), origin)
         items.append(item)
     return items
+
+
+def cursor_status(path: str | Path) -> dict[str, str]:
+    """What ``silo status`` shows of a :class:`ShardCursor` file (this module writes it)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+        return {"data cursor": ", ".join(f"{k}={v}" for k, v in doc.items() if not isinstance(v, (list, dict)))}
+    except ValueError:
+        return {"data cursor": "unreadable"}

@@ -16,8 +16,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from silo.data import Sample, open_image
-from silo.model import IMAGE_TOKEN, AlignmentModel, EncodedText
+from fedalign.silo.data import Sample, open_image
+from fedalign.silo.model import IMAGE_TOKEN, AlignmentModel, EncodedText
 
 __all__ = ["EvalSet", "prepare_eval", "evaluate", "remove_image", "presence_metrics"]
 

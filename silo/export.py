@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save
 
-from common.errors import ConfigError
-from common.atomic import atomic_write_bytes
+from fedalign.protocol.errors import ConfigError
+from fedalign.host.atomic import atomic_write_bytes
 
 __all__ = ["to_llava_layout", "to_hf_llava_layout", "from_llava_layout", "export_projector", "load_projector_file"]
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.config.roster import roster_entry_toml
-from common.errors import ConfigError
-from common.keys import load_public, write_keypair
-from crypto.errors import SecureSumUsageError
-from crypto.identity import generate_identity, load_identity, save_identity
+from fedalign.protocol.config.roster import roster_entry_toml
+from fedalign.protocol.errors import ConfigError
+from fedalign.protocol.keys import load_public, write_keypair
+from fedalign.crypto.errors import SecureSumUsageError
+from fedalign.crypto.identity import generate_identity, load_identity, save_identity
 
 __all__ = ["SiloKeys", "keygen_silo"]
 

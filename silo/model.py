@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.errors import ConfigError, ModelLoadError
+from fedalign.protocol.errors import ConfigError, ModelLoadError
 
 __all__ = [
     "IMAGE_TOKEN",

@@ -33,9 +33,9 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 
-from common.errors import PrivacyBudgetExceeded, PrivacyError
-from common.ledger import Ledger
-from common.atomic import atomic_write_json
+from fedalign.protocol.errors import PrivacyBudgetExceeded, PrivacyError
+from fedalign.protocol.ledger import Ledger
+from fedalign.host.atomic import atomic_write_json
 
 # Opacus' hooks sit on the projector, whose input (cached tower features) needs no gradient.
 warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
@@ -273,3 +273,18 @@ class DPProjectorTrainer:
     def close(self) -> None:
         """Remove Opacus' hooks so the projector is a plain module again."""
         self.module._close()
+
+
+def privacy_status(state_path: str | Path) -> dict[str, str]:
+    """What ``silo status`` shows of the accountant's state file (this module writes it): ε spent."""
+    path = Path(state_path)
+    if not path.exists():
+        return {}
+    try:
+        st = json.loads(path.read_text())
+        history = [tuple(st["passes"][k]) for k in sorted(st["passes"], key=int)]
+        eps = compute_epsilon(history, float(st["delta"]), st["accountant"])
+        return {"privacy spent": f"epsilon {eps:.4g} at delta {st['delta']:g} ({st['accountant']}, "
+                                 f"{len(st.get('charges', []))} charges)"}
+    except (ValueError, KeyError, TypeError, PrivacyError) as exc:
+        return {"privacy spent": f"unreadable ({path}: {exc})"}

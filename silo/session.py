@@ -14,15 +14,15 @@ from typing import Any, Callable
 
 import torch
 
-from common.config.silo import SiloConfig
-from common.errors import DataError
-from common.ledger import Ledger
-from silo.data import ShardCursor, fingerprint
-from silo.evaluate import EvalSet, evaluate, prepare_eval
-from silo.model import AlignmentModel, build_projector, load_alignment_model
-from silo.privacy import PrivacyAccountant, RoundCharge
-from silo.sources import SiloInputs, load_inputs, model_paths
-from silo.trainer import DPSettings, LocalTrainer, Params, RoundResult, TrainSettings, prepare_shard
+from fedalign.protocol.config.silo import SiloConfig
+from fedalign.protocol.errors import DataError
+from fedalign.protocol.ledger import Ledger
+from fedalign.silo.data import ShardCursor, fingerprint
+from fedalign.silo.evaluate import EvalSet, evaluate, prepare_eval
+from fedalign.silo.model import AlignmentModel, build_projector, load_alignment_model
+from fedalign.silo.privacy import PrivacyAccountant, RoundCharge
+from fedalign.silo.sources import SiloInputs, load_inputs, model_paths
+from fedalign.silo.trainer import DPSettings, LocalTrainer, Params, RoundResult, TrainSettings, prepare_shard
 
 __all__ = ["SiloSession", "run_local"]
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from common.config.silo import EMBEDDED, SiloConfig
-from common.errors import ConfigError
-from silo.data import Sample, read_eval_items, read_records
-from silo.evaluate import remove_image
+from fedalign.protocol.config.silo import EMBEDDED, SiloConfig
+from fedalign.protocol.errors import ConfigError
+from fedalign.silo.data import Sample, read_eval_items, read_records
+from fedalign.silo.evaluate import remove_image
 
 __all__ = ["SiloInputs", "load_inputs", "model_paths", "world_spec"]
 
@@ -29,7 +29,7 @@ class SiloInputs:
 
 
 def world_spec(cfg: SiloConfig):
-    from silo.world import TINY_SPEC, WorldSpec
+    from fedalign.world import TINY_SPEC, WorldSpec
 
     return TINY_SPEC if cfg.data.world.spec == "tiny" else WorldSpec()
 
@@ -39,7 +39,7 @@ def model_paths(cfg: SiloConfig) -> tuple[str, str]:
     m = cfg.model
     if EMBEDDED not in (m.vision_tower, m.llm):
         return _local(cfg, m.vision_tower), _local(cfg, m.llm)
-    from silo.world import build_world
+    from fedalign.world import build_world
 
     w = cfg.data.world
     art = build_world(world_spec(cfg), cfg.resolve(w.cache_dir))
@@ -54,7 +54,7 @@ def _local(cfg: SiloConfig, name: str) -> str:
 
 
 def _world_inputs(cfg: SiloConfig) -> SiloInputs:
-    from silo.world import CAPTION_PROMPT, make_eval_items, make_scenario, text_only_prompt
+    from fedalign.world import make_eval_items, make_scenario, text_only_prompt
 
     w = cfg.data.world
     opts = dict(w.options)
@@ -69,9 +69,8 @@ def _world_inputs(cfg: SiloConfig) -> SiloInputs:
     except ConfigError as exc:
         raise ConfigError(f"data.world: {exc}") from None
     silos = range(w.n_silos) if w.silo_index is None else [w.silo_index]
-    train = [Sample(s.image, CAPTION_PROMPT, s.caption, f"world:{w.scenario}:silo{k}:{i}")
-             for k in silos for i, s in enumerate(sc.silos[k])]
-    heldout = [Sample(s.image, CAPTION_PROMPT, s.caption, f"world:test:{i}") for i, s in enumerate(sc.test)]
+    train = [r for k in silos for r in world_records(sc.silos[k], f"world:{w.scenario}:silo{k}")]
+    heldout = world_records(sc.test, "world:test")
     items = make_eval_items(sc.test[: w.probe_samples], w.seed) if w.probe_samples else []
     report = {"source": "world", "scenario": w.scenario, "n_silos": w.n_silos, "silo_index": w.silo_index,
               "unreliable_silos": list(sc.unreliable), "kept": len(train), "skipped": 0}
@@ -89,6 +88,13 @@ def _file_inputs(cfg: SiloConfig) -> SiloInputs:
         heldout, _ = read_records(cfg.resolve(d.eval), image_root=root, fmt=d.format, policy=d.bad_records)
     items = read_eval_items(cfg.resolve(d.eval_items), image_root=root) if d.eval_items else []
     return SiloInputs(train, heldout, items, remove_image, {"source": "files", **rep.as_dict()})
+
+
+def world_records(samples, source: str) -> list[Sample]:
+    """The embedded world's samples as this silo's data records (``source:i`` names each one)."""
+    from fedalign.world import CAPTION_PROMPT
+
+    return [Sample(s.image, CAPTION_PROMPT, s.caption, f"{source}:{i}") for i, s in enumerate(samples)]
 
 
 def load_inputs(cfg: SiloConfig) -> SiloInputs:

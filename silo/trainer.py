@@ -17,10 +17,10 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 import torch
 
-from common.errors import PrivacyError
-from silo.data import Sample, open_image
-from silo.model import AlignmentModel, TokenBatch
-from silo.privacy import DPProjectorTrainer, PrivacyAccountant, RoundCharge, dp_generator, poisson_batches
+from fedalign.protocol.errors import PrivacyError
+from fedalign.silo.data import Sample, open_image
+from fedalign.silo.model import AlignmentModel, TokenBatch
+from fedalign.silo.privacy import DPProjectorTrainer, PrivacyAccountant, RoundCharge, dp_generator, poisson_batches
 
 __all__ = ["TrainSettings", "DPSettings", "ShardData", "RoundResult", "LocalTrainer", "prepare_shard",
            "train_rounds", "Params"]

@@ -1,6 +1,6 @@
 """Test-wide settings: one torch thread per process (2 cores here; more threads thrash)."""
 
-from common.process import apply_process_defaults
+from fedalign.host.process import apply_process_defaults
 
 apply_process_defaults()
 

@@ -11,8 +11,8 @@ import hashlib
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from crypto.errors import CryptoError
-from crypto.hazmat.encoding import canonical
+from fedalign.crypto.errors import CryptoError
+from fedalign.crypto.hazmat.encoding import canonical
 
 __all__ = ["seal", "open_sealed"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import tenseal as ts
 
-from crypto.errors import CryptoError
+from fedalign.crypto.errors import CryptoError
 
 __all__ = ["chunk_slots", "new_context", "secret_context_bytes", "public_context_bytes", "load_context",
            "encrypt_chunks", "load_vector", "decrypt_chunks"]

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from crypto.errors import EncodingOverflow
+from fedalign.crypto.errors import EncodingOverflow
 
 __all__ = ["MAX_SUM", "auto_fractional_bits", "check_headroom", "encode_into", "decode_sum"]
 

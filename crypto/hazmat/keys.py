@@ -6,8 +6,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from crypto.errors import CryptoError
-from crypto.hazmat.encoding import canonical
+from fedalign.crypto.errors import CryptoError
+from fedalign.crypto.hazmat.encoding import canonical
 
 __all__ = [
     "new_x25519",

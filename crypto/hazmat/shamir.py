@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from typing import Callable, Iterable, Sequence
 
-from crypto.errors import CryptoError
+from fedalign.crypto.errors import CryptoError
 
 __all__ = ["PRIME", "SHARE_BYTES", "split", "combine", "share_to_bytes", "share_from_bytes"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from crypto.errors import CryptoError
-from crypto.hazmat.encoding import canonical
+from fedalign.crypto.errors import CryptoError
+from fedalign.crypto.hazmat.encoding import canonical
 
 __all__ = ["sign", "verify"]
 

@@ -23,8 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-from common.process import apply_process_defaults  # noqa: E402
+from fedalign.host.process import apply_process_defaults  # noqa: E402
 
 apply_process_defaults()
 
@@ -56,11 +55,11 @@ def prepare(out: Path, rounds: int, shard: int, world: str) -> dict:
     from safetensors.torch import save_file
     from transformers import AutoConfig
 
-    from common.keys import write_keypair
-    from silo.keys import keygen_silo
-    from silo.model import build_projector
-    from silo.world import TINY_SPEC, WorldSpec
-    from silo.world.build import build_world
+    from fedalign.protocol.keys import write_keypair
+    from fedalign.silo.keys import keygen_silo
+    from fedalign.silo.model import build_projector
+    from fedalign.world import TINY_SPEC, WorldSpec
+    from fedalign.world.build import build_world
 
     torch.set_num_threads(1)
     t0 = time.time()
@@ -91,10 +90,10 @@ def launch(out: Path, timeout: float) -> None:
     """Start aggregator and silos; wait; on any failure stop everyone and show the log tails."""
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmds = {"aggregator": [sys.executable, "-m", "aggregator.cli", "serve", "--config", "aggregator.toml", "--quiet"]}
+    env = dict(os.environ)  # the installed fedalign package (pip install -e . or a wheel)
+    cmds = {"aggregator": [sys.executable, "-m", "fedalign.aggregator.cli", "serve", "--config", "aggregator.toml", "--quiet"]}
     for s in SILOS:
-        cmds[s] = [sys.executable, "-m", "silo.cli", "train", "--config", f"{s}.toml"]
+        cmds[s] = [sys.executable, "-m", "fedalign.silo.cli", "train", "--config", f"{s}.toml"]
     procs: dict[str, subprocess.Popen] = {}
     files = []
     try:
@@ -133,7 +132,7 @@ def launch(out: Path, timeout: float) -> None:
 def payload_formula_numbers(params: dict, rank: int, reliability: bool) -> int:
     """Numbers one silo uploads per Fed-CMP round: r(m+n) per matrix (+ r·n+1 with
     reliability), the small tensors, and its weight."""
-    from common.fedcmp import effective_rank, matrix_payload_numbers
+    from fedalign.fedcmp.core import effective_rank, matrix_payload_numbers
 
     total = 1
     for v in params.values():
@@ -151,15 +150,15 @@ def report(out: Path, rounds: int, started: float) -> None:
     from rich.table import Table
     from safetensors.torch import load_file
 
-    from common.eventlog import read_events
+    from fedalign.protocol.eventlog import read_events
 
     con = Console(width=132)
     agg = out / "aggregator-out"
     history = json.loads((agg / "history.json").read_text())
     final = load_file(str(agg / "final_projector.safetensors"))
     init = load_file(str(out / "init_projector.safetensors"))
-    from common.config.aggregator import load_aggregator_config
-    from common.strategies import FedCMPConfig
+    from fedalign.protocol.config.aggregator import load_aggregator_config
+    from fedalign.fedcmp.strategies import FedCMPConfig
 
     fc = FedCMPConfig(**load_aggregator_config(out / "aggregator.toml").strategy.options)  # this run's
     formula = 4 * payload_formula_numbers(init, rank=fc.rank, reliability=fc.reliability != "off")  # uint32

@@ -16,7 +16,6 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 
 from smollm2 import smollm2_path  # noqa: E402
@@ -34,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--debug", action="store_true")
     a = ap.parse_args(argv)
 
-    from silo.cli import app
+    from fedalign.silo.cli import app
 
     llm = smollm2_path()
     args = ["train", "--local", "--out", a.out, "--rounds", str(a.rounds),

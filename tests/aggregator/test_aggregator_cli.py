@@ -10,10 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from aggregator.checkpoint import CheckpointStore, RunState
-from aggregator.cli import build_app
-from common.errors import CheckpointError
-from common.keys import load_keypair
+from fedalign.aggregator.checkpoint import CheckpointStore, RunState
+from fedalign.aggregator.cli import build_app
+from fedalign.protocol.errors import CheckpointError
+from fedalign.protocol.keys import load_keypair
 
 runner = CliRunner()
 
@@ -25,7 +25,7 @@ def _run(*args):
 
 def _federation(tmp_path, **sections):
     """Keys for the aggregator and three silos, a roster, and an aggregator.toml."""
-    from silo.keys import keygen_silo
+    from fedalign.silo.keys import keygen_silo
 
     code, _ = _run("keygen", "--out", str(tmp_path / "keys"))
     assert code == 0
@@ -120,7 +120,7 @@ def test_checkpoint_round_trip_prunes_and_detects_tampering(tmp_path):
 def test_a_crash_before_the_commit_point_keeps_the_previous_round(tmp_path, monkeypatch):
     store = CheckpointStore(tmp_path)
     store.save(RunState(1, {"w": torch.ones(1)}, {}, {}))
-    import aggregator.checkpoint as ck
+    import fedalign.aggregator.checkpoint as ck
 
     real = ck._atomic_write
 
@@ -138,9 +138,9 @@ def test_a_crash_before_the_commit_point_keeps_the_previous_round(tmp_path, monk
 
 
 def test_silo_keygen_entry_is_what_the_roster_expects(tmp_path):
-    from common.config.roster import load_roster
-    from crypto.identity import load_identity
-    from silo.cli import app as silo_app
+    from fedalign.protocol.config.roster import load_roster
+    from fedalign.crypto.identity import load_identity
+    from fedalign.silo.cli import app as silo_app
 
     r = runner.invoke(silo_app, ["keygen", "--name", "clinic.north", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output

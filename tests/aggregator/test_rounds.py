@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from aggregator.checkpoint import CheckpointStore
-from common.errors import InsecureModeRefused, RoundAborted
-from common.messages import SumScheme
-from common.strategies import make_strategy
-from crypto.messages import EncryptedShares, MaskedInput
+from fedalign.aggregator.checkpoint import CheckpointStore
+from fedalign.protocol.errors import InsecureModeRefused, RoundAborted
+from fedalign.protocol.messages import SumScheme
+from fedalign.fedcmp.strategies import make_strategy
+from fedalign.crypto.messages import EncryptedShares, MaskedInput
 from federation import MAX_WEIGHT, run_federation, toy
-from simulation.engine import init_state, run_round
-from simulation.sums import plain_sum_insecure
+from fedalign.lab.engine import init_state, run_round
+from fedalign.lab.sums import plain_sum_insecure
 
 
 def _reference(strategy, options, n_silos, rounds):
@@ -130,7 +130,7 @@ class Replayer:
         self.saved = None
 
     def send(self, env):
-        from common.messages import UpdateReady
+        from fedalign.protocol.messages import UpdateReady
 
         if isinstance(env.message, UpdateReady):
             if env.round == 0:
@@ -155,7 +155,7 @@ def test_late_message_from_a_closed_round_is_ignored_and_logged():
 
 
 def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path):
-    from crypto.identity import generate_identity
+    from fedalign.crypto.identity import generate_identity
 
     names = [f"silo-{i}" for i in range(3)]
     ids = {s: generate_identity() for s in names}
@@ -191,7 +191,7 @@ class DiesOnRoundEnd:
         return self.inner.send(env)
 
     def recv(self, t):
-        from common.messages import RoundEnd
+        from fedalign.protocol.messages import RoundEnd
 
         env = self.inner.recv(t)
         if env is not None and isinstance(env.message, RoundEnd):
@@ -237,7 +237,7 @@ def test_an_update_that_went_into_an_aborted_sum_is_never_reused():
     # silo-0's consistency signature is lost: 2 of 3 answer, threshold 3, the sum aborts after
     # every masked input arrived. The retried round must use fresh updates, not the exposed ones
     # (two sums over the same inputs and different silo sets would reveal a difference).
-    from crypto.messages import ConsistencySignature
+    from fedalign.crypto.messages import ConsistencySignature
 
     res = run_federation(3, rounds=1, options={"rank": 2},
                          wrap_client=lambda n, c, net: DropsOnce(c, ConsistencySignature) if n == "silo-0" else c)

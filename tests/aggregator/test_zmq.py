@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aggregator.server import ZmqServer
-from common.errors import InsecureModeRefused, ProtocolError, WireFormatError
-from common.keys import generate
-from common.messages import MESSAGE_TYPES, Heartbeat, Stage, SumScheme, SumStart
-from common.transport import AGGREGATOR
-from common.wire import Envelope
-from silo.client import ZmqClient
+from fedalign.aggregator.server import ZmqServer
+from fedalign.protocol.errors import InsecureModeRefused, ProtocolError, WireFormatError
+from fedalign.protocol.keys import generate
+from fedalign.protocol.messages import MESSAGE_TYPES, Heartbeat, Stage, SumScheme, SumStart
+from fedalign.protocol.transport import AGGREGATOR
+from fedalign.protocol.wire import Envelope
+from fedalign.silo.client import ZmqClient
 
 EP = "tcp://127.0.0.1:*"
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from crypto import SecureSumConfig
+from fedalign.crypto import SecureSumConfig
 
 
 @pytest.fixture

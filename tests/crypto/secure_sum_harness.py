@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from crypto import AggregatorSecureSum, Roster, SiloSecureSum, generate_identity
+from fedalign.crypto import AggregatorSecureSum, Roster, SiloSecureSum, generate_identity
 
 __all__ = ["Run"]
 

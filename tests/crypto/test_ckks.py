@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from secure_sum_harness import Run
 
-from crypto import CryptoError, SecAggAborted, SecureSumConfig, Stage, secure_sum_inprocess
-from crypto.messages import CkksContextRelay, CkksDecryptRequest
+from fedalign.crypto import CryptoError, SecAggAborted, SecureSumConfig, Stage, secure_sum_inprocess
+from fedalign.crypto.messages import CkksContextRelay, CkksDecryptRequest
 
 
 def _cfg(t=2):

@@ -5,8 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-import crypto.messages as M
-from crypto import MESSAGE_TYPES, SecureSumConfig, check_wire_types, secure_sum_inprocess
+import fedalign.crypto.messages as M
+from fedalign.crypto import MESSAGE_TYPES, SecureSumConfig, check_wire_types, secure_sum_inprocess
 
 
 def test_registry_covers_every_message_class():
@@ -27,7 +27,7 @@ def test_every_message_of_a_run_is_wire_clean(mode, monkeypatch):
         real(msg)
         seen.append(msg)
 
-    monkeypatch.setattr("crypto.inprocess.check_wire_types", spy)
+    monkeypatch.setattr("fedalign.crypto.inprocess.check_wire_types", spy)
     cfg = SecureSumConfig(mode=mode, threshold=2, clip=1.0, allow_insecure_plaintext=False)
     secure_sum_inprocess({f"s{i}": {"x": np.zeros(3, np.float32)} for i in range(3)}, cfg, round_id=4, instance_id=2)
     assert {type(m).__name__ for m in seen} >= ({"KeyAdvertisement", "UnmaskResponse"} if mode == "secagg" else {"CkksInput"})
@@ -66,7 +66,7 @@ def _msgpack_round_trip(msg):
 
 @pytest.mark.parametrize("mode", ["secagg", "ckks"])
 def test_protocol_runs_over_msgpack(mode, monkeypatch):
-    monkeypatch.setattr("crypto.inprocess._over_the_wire", _msgpack_round_trip)
+    monkeypatch.setattr("fedalign.crypto.inprocess._over_the_wire", _msgpack_round_trip)
     cfg = SecureSumConfig(mode=mode, threshold=2, clip=1.0, allow_insecure_plaintext=False)
     rng = np.random.default_rng(3)
     inputs = {f"s{i}": {"x": rng.uniform(-1, 1, (2, 3)).astype(np.float32), "y": rng.uniform(-1, 1, 4)} for i in range(3)}

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from crypto import Roster, SecureSumUsageError, generate_identity, load_identity, save_identity
+from fedalign.crypto import Roster, SecureSumUsageError, generate_identity, load_identity, save_identity
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -5,8 +5,9 @@ import pytest
 from secure_sum_harness import Run
 from scipy.stats import chisquare
 
-import crypto.secagg
-from crypto.hazmat.prg import apply_masks
+from fedalign import crypto  # noqa: E402
+import fedalign.crypto.secagg  # noqa: F401
+from fedalign.crypto.hazmat.prg import apply_masks
 
 
 def _masked_upload(secagg, n_words=1 << 16):

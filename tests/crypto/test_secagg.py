@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from secure_sum_harness import Run
 
-from crypto import (
+from fedalign.crypto import (
     AGGREGATOR,
     CryptoError,
     SecAggAborted,
@@ -15,7 +15,7 @@ from crypto import (
     Stage,
     secure_sum_inprocess,
 )
-from crypto.messages import EncryptedShares, KeyAdvertisement, UnmaskRequest
+from fedalign.crypto.messages import EncryptedShares, KeyAdvertisement, UnmaskRequest
 
 SILO_STEPS = [Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY, Stage.UNMASK]
 
@@ -131,7 +131,7 @@ def test_share_relayed_to_the_wrong_silo_is_refused(secagg):
     run = Run(3, secagg(2))
     relays = dict(run.to_agg(run.to_silos(run.to_agg(run.start()))))
     # silo0's ciphertext for silo1, presented to silo2 as if silo0 had sent it to silo2.
-    from crypto.messages import SharesRelay
+    from fedalign.crypto.messages import SharesRelay
 
     shares_for_1 = relays["silo1"].shares
     wrong = SharesRelay(round_id=0, instance_id=0, sender=AGGREGATOR, shares={"silo0": shares_for_1["silo0"], "silo1": relays["silo2"].shares["silo1"]})
@@ -244,10 +244,10 @@ def test_inputs_outside_the_clip_are_refused(secagg):
 
 
 def test_threshold_must_be_a_majority_of_each_group(secagg):
-    from crypto import Roster, generate_identity
+    from fedalign.crypto import Roster, generate_identity
 
     roster = Roster({f"s{i}": generate_identity().public_bytes for i in range(6)})
-    from crypto import AggregatorSecureSum
+    from fedalign.crypto import AggregatorSecureSum
 
     with pytest.raises(SecureSumUsageError, match="majority"):
         AggregatorSecureSum(roster, 0, 0, secagg(3))

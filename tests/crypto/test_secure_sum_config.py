@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from crypto import (
+from fedalign.crypto import (
     EncodingOverflow,
     InsecurePlaintextRefused,
     SecureSumConfig,

@@ -23,13 +23,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from common.eventlog import read_events
-from common.keys import write_keypair
-from common.strategies import make_strategy
-from common.strategy import Sums
-from silo.keys import keygen_silo
-from simulation.engine import init_state, run_round
-from simulation.sums import plain_sum_insecure
+from fedalign.protocol.eventlog import read_events
+from fedalign.protocol.keys import write_keypair
+from fedalign.fedcmp.strategies import make_strategy
+from fedalign.fedcmp.strategy import Sums
+from fedalign.silo.keys import keygen_silo
+from fedalign.lab.engine import init_state, run_round
+from fedalign.lab.sums import plain_sum_insecure
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -54,7 +54,7 @@ class Federation:
         self.names = [f"silo-{i}" for i in range(n_silos)]
         self.procs: list[subprocess.Popen] = []
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                    "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+                    }
         keys = root / "keys"
         write_keypair(keys, "aggregator", role="aggregator")
         (root / "roster.toml").write_text("\n".join(keygen_silo(keys, s).roster_entry for s in self.names))
@@ -108,7 +108,7 @@ aggregator_timeout_s = 60
         return p
 
     def aggregator(self) -> subprocess.Popen:
-        return self.start([sys.executable, "-m", "aggregator.cli", "serve", "--config", "aggregator.toml", "--quiet"],
+        return self.start([sys.executable, "-m", "fedalign.aggregator.cli", "serve", "--config", "aggregator.toml", "--quiet"],
                           "aggregator.log")
 
     def silo(self, i: int, *extra: str) -> subprocess.Popen:

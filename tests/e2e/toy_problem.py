@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from simulation.toy import ToyFederation, make_toy
+from fedalign.lab.toy import ToyFederation, make_toy
 
 
 def toy(n_silos: int, seed: int = 0) -> ToyFederation:

@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
@@ -33,7 +32,7 @@ class ToyTrainer:
         self.fed, self.index = toy(n_silos), index
 
     def train(self, round_id, params):
-        from silo.runtime import TrainedUpdate
+        from fedalign.silo.store import TrainedUpdate
 
         res = self.fed.local_update(params, self.index, round_id, 0.0)
         return TrainedUpdate(res.delta, res.n_samples, None, {"train_loss": float(res.train_loss)})
@@ -49,10 +48,11 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
 
-    import silo.client
-    from common.config.silo import load_silo_config
-    from common.cli_errors import run_cli
-    from silo.runtime import run_federated
+    import fedalign.silo.client
+    from fedalign import silo
+    from fedalign.protocol.config.silo import load_silo_config
+    from fedalign.host.cli_errors import run_cli
+    from fedalign.silo.federation import run_federated
 
     cfg = load_silo_config(a.config)
     out = cfg.out_dir
@@ -73,10 +73,11 @@ def main() -> None:
     if a.stall_sum:
         import time
 
-        import silo.runtime
+        import fedalign.silo.participant
+        from fedalign import silo
 
         rnd, secs = a.stall_sum.split(":")
-        real_join = silo.runtime.SiloParticipant._on_sum_start
+        real_join = silo.participant.SiloParticipant._on_sum_start
         stalled = []
 
         def join(self, env, m):
@@ -85,7 +86,7 @@ def main() -> None:
                 time.sleep(float(secs))
             return real_join(self, env, m)
 
-        silo.runtime.SiloParticipant._on_sum_start = join
+        silo.participant.SiloParticipant._on_sum_start = join
 
     def dump(round_id, phase, inputs):
         np.savez(out / f"contrib-{round_id}-{phase}.npz", **inputs)

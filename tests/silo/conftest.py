@@ -85,7 +85,7 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_dir):
-    from silo.model import load_alignment_model
+    from fedalign.silo.model import load_alignment_model
 
     return load_alignment_model(str(tiny_dir / "vit"), str(tiny_dir / "llama"), device="cpu",
                                 generator=torch.Generator().manual_seed(0))

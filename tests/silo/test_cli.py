@@ -5,9 +5,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from common.cli_errors import EXIT_CODES
-from common.errors import ConfigError, DataError, ModelLoadError, PrivacyBudgetExceeded
-from silo.cli import app
+from fedalign.host.cli_errors import EXIT_CODES
+from fedalign.protocol.errors import ConfigError, DataError, ModelLoadError, PrivacyBudgetExceeded
+from fedalign.silo.cli import app
 
 runner = CliRunner()
 
@@ -94,7 +94,7 @@ def test_debug_shows_the_traceback(tmp_path, tiny_dir, data_files):
 
 
 def test_world_options_are_cli_overrides(tmp_path):
-    pytest.importorskip("silo.world")
+    pytest.importorskip("fedalign.world")
     r = runner.invoke(app, ["train", "--local", "--scenario", "label_skew", "--n-silos", "3", "--silo-index", "5",
                             "--out", str(tmp_path / "out")])
     _fails_cleanly(r, ConfigError, "silo_index 5 must be < n_silos 3", tmp_path=tmp_path)
@@ -102,7 +102,7 @@ def test_world_options_are_cli_overrides(tmp_path):
 
 def test_embedded_world_default_path(tmp_path):
     """No config file: the embedded world (tiny spec here) through the same from_pretrained path."""
-    pytest.importorskip("silo.world")
+    pytest.importorskip("fedalign.world")
     r = runner.invoke(app, ["train", "--local", "--out", str(tmp_path / "out"), "--rounds", "2",
                             "--scenario", "label_skew", "--n-silos", "3", "--silo-index", "1",
                             "--set", 'data.world.spec="tiny"', "--set", "data.world.samples_per_silo=48",

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from common.errors import DataError
-from silo.data import DEFAULT_PROMPT, ShardCursor, fingerprint, read_records
+from fedalign.protocol.errors import DataError
+from fedalign.silo.data import DEFAULT_PROMPT, ShardCursor, fingerprint, read_records
 
 
 @pytest.mark.parametrize("name", ["train.jsonl", "train.json"])

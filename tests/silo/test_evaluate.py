@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from silo.data import Sample
-from silo.evaluate import evaluate, prepare_eval, presence_metrics
-from silo.model import IMAGE_TOKEN
+from fedalign.silo.data import Sample
+from fedalign.silo.evaluate import evaluate, prepare_eval, presence_metrics
+from fedalign.silo.model import IMAGE_TOKEN
 from tests.silo.conftest import make_samples
 
 

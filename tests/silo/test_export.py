@@ -4,9 +4,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from common.errors import ConfigError
-from silo.export import export_projector, load_projector_file, to_hf_llava_layout
-from silo.model import VisionTower, build_projector
+from fedalign.protocol.errors import ConfigError
+from fedalign.silo.export import export_projector, load_projector_file, to_hf_llava_layout
+from fedalign.silo.model import VisionTower, build_projector
 from tests.silo.conftest import make_samples
 
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from common.errors import ModelLoadError
-from silo.model import (IMAGE_TOKEN, build_projector, collate, encode_text, load_llm, load_vision_tower)
+from fedalign.protocol.errors import ModelLoadError
+from fedalign.silo.model import (IMAGE_TOKEN, build_projector, collate, encode_text, load_llm, load_vision_tower)
 from tests.silo.conftest import make_samples
 
 

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from common.errors import PrivacyBudgetExceeded
-from common.ledger import read_ledger, Ledger
-from silo.model import IMAGE_TOKEN
-from silo.privacy import (DPProjectorTrainer, PrivacyAccountant, RoundCharge, compute_epsilon,
+from fedalign.protocol.errors import PrivacyBudgetExceeded
+from fedalign.protocol.ledger import read_ledger, Ledger
+from fedalign.silo.model import IMAGE_TOKEN
+from fedalign.silo.privacy import (DPProjectorTrainer, PrivacyAccountant, RoundCharge, compute_epsilon,
                           poisson_batches)
 from tests.silo.conftest import make_samples
 

@@ -24,15 +24,15 @@ def smol_model(tiny_dir):
         from smollm2 import smollm2_path
     finally:
         sys.path.remove(str(EXAMPLE))
-    from silo.model import load_alignment_model
+    from fedalign.silo.model import load_alignment_model
 
     return load_alignment_model(str(tiny_dir / "vit"), str(smollm2_path()), device="cpu",
                                 generator=torch.Generator().manual_seed(0))
 
 
 def test_smollm2_per_sample_loss_and_a_training_step(smol_model):
-    from silo.data import DEFAULT_PROMPT, Sample
-    from silo.trainer import LocalTrainer, TrainSettings, prepare_shard
+    from fedalign.silo.data import DEFAULT_PROMPT, Sample
+    from fedalign.silo.trainer import LocalTrainer, TrainSettings, prepare_shard
     from tests.silo.conftest import make_samples
 
     m = smol_model

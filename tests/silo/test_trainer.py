@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from common.errors import PrivacyBudgetExceeded
-from silo.data import Sample
-from silo.model import IMAGE_TOKEN
-from silo.privacy import PrivacyAccountant
-from silo.trainer import DPSettings, LocalTrainer, TrainSettings, prepare_shard, train_rounds
+from fedalign.protocol.errors import PrivacyBudgetExceeded
+from fedalign.silo.data import Sample
+from fedalign.silo.model import IMAGE_TOKEN
+from fedalign.silo.privacy import PrivacyAccountant
+from fedalign.silo.trainer import DPSettings, LocalTrainer, TrainSettings, prepare_shard, train_rounds
 from tests.silo.conftest import make_samples
 
 
@@ -26,7 +26,7 @@ def _heldout_loss(model, params, shard):
 
 
 def _init(model):
-    from silo.model import build_projector
+    from fedalign.silo.model import build_projector
     p = build_projector("mlp2x_gelu", 24, 32, generator=torch.Generator().manual_seed(5))
     return {k: v.clone() for k, v in p.state_dict().items()}
 

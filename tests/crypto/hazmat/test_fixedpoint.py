@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from crypto.errors import EncodingOverflow
-from crypto.hazmat.fixedpoint import MAX_SUM, auto_fractional_bits, check_headroom, decode_sum, encode_into
+from fedalign.crypto.errors import EncodingOverflow
+from fedalign.crypto.hazmat.fixedpoint import MAX_SUM, auto_fractional_bits, check_headroom, decode_sum, encode_into
 
 
 @settings(max_examples=50, deadline=None)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from crypto.hazmat.graph import neighbours
+from fedalign.crypto.hazmat.graph import neighbours
 
 
 @pytest.mark.parametrize("n,k", [(10, 3), (10, 4), (11, 3), (11, 4), (30, 9), (5, 2)])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from crypto.hazmat.prg import apply_masks, keystream
+from fedalign.crypto.hazmat.prg import apply_masks, keystream
 
 
 def _reference(key: bytes, n: int) -> np.ndarray:

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crypto.errors import CryptoError
-from crypto.hazmat import shamir
-from crypto.hazmat.shamir import PRIME, combine, split
+from fedalign.crypto.errors import CryptoError
+from fedalign.crypto.hazmat import shamir
+from fedalign.crypto.hazmat.shamir import PRIME, combine, split
 
 
 def _fixed(coeffs):

@@ -1,0 +1,1 @@
+"""What every fedalign process needs: atomic file writes, process defaults, the exit-code table."""

@@ -1,0 +1,214 @@
+"""``fedalign-lab simulate``: K silos × R rounds of any strategy on any scenario, in one process.
+
+The lab's own entry point (the aggregator never imports the lab: the lab drives the aggregator's
+code, so mounting it there would be an import loop between folders). Writes to --out: metrics.jsonl (one record per round and seed), final.json (per seed and the
+mean/std over seeds) and curves.png.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fedalign.host.cli_errors import run_cli
+from fedalign.protocol.errors import ConfigError, InsecureModeRefused
+from fedalign.fedcmp.strategies import make_strategy
+from fedalign.fedcmp.strategy import Strategy
+
+__all__ = ["simulate", "build_strategy", "make_sum", "summarise_seeds", "METRICS", "build_app", "main"]
+
+METRICS = ("nll", "mc_accuracy", "presence_f1", "upload_bytes_per_silo_per_round")
+
+
+def build_strategy(
+    name: str, *, dp: bool = False, rank: int | None = None, error_feedback: bool | None = None,
+    reliability: str | None = None, kappa: float | None = None, beta: float | None = None,
+    server_lr: float | None = None, seed: int = 0,
+) -> Strategy:
+    """A strategy from CLI-style options; Fed-CMP switches left as None take their defaults (DP ones under DP)."""
+    if name != "fedcmp":
+        given = {k: v for k, v in dict(rank=rank, error_feedback=error_feedback, reliability=reliability,
+                                       kappa=kappa, beta=beta, server_lr=server_lr).items() if v is not None}
+        if given:
+            raise ConfigError(f"--strategy {name}: options {sorted(given)} apply to fedcmp only")
+        return make_strategy(name)
+    opts = {k: v for k, v in dict(rank=rank, error_feedback=error_feedback, reliability=reliability,
+                                  kappa=kappa, beta=beta, server_lr=server_lr).items() if v is not None}
+    if dp and (opts.get("error_feedback") or opts.get("beta")):
+        warnings.warn("Fed-CMP under DP with error feedback or β > 0: DESIGN §4 advises against both", stacklevel=2)
+    return make_strategy("fedcmp", dp=dp, seed=seed, **opts)
+
+
+def make_sum(kind: str, *, clip: float, allow_insecure_plain_sums: bool):
+    """(sum function, label) for ``--sum``: secagg / ckks through crypto/, or plain behind its flag."""
+    from fedalign.lab import sums
+
+    if kind == "plain":
+        if not allow_insecure_plain_sums:
+            raise InsecureModeRefused("--sum plain shows every silo's contribution; add --allow-insecure-plain-sums")
+        warnings.warn("INSECURE: plain sums (simulation only), no secure aggregation", stacklevel=2)
+        return sums.plain_sum_insecure, sums.PLAIN_LABEL
+    if kind not in ("secagg", "ckks"):
+        raise ConfigError(f"--sum: expected secagg, ckks or plain, got {kind!r}")
+    return sums.crypto_secure_sum(kind, clip=clip), sums.secure_sum_label(kind, clip)
+
+
+def summarise_seeds(finals: list[dict]) -> dict:
+    """Mean and sample std over seeds of every numeric metric (std 0 for one seed)."""
+    out: dict = {}
+    for m in METRICS:
+        vals = [f[m] for f in finals if isinstance(f.get(m), (int, float)) and math.isfinite(f[m])]
+        if vals:
+            out[m] = statistics.fmean(vals)
+            out.setdefault("std", {})[m] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return out
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise ConfigError(f"--seeds: expected comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise ConfigError("--seeds: no seed given")
+    return seeds
+
+
+def parse_scenario_options(items: list[str]) -> dict:
+    """``["purity=0.8", "unreliable_largest=false"]`` -> ``{"purity": 0.8, "unreliable_largest": False}``
+    (none/null, true/false, then int, then float, else the word); an unknown key is one clear error, and
+    ``make_scenario`` checks each value's range."""
+    from fedalign.lab.world import SCENARIO_KEYS
+
+    keys = [k for k in SCENARIO_KEYS if k != "counts"]  # a tuple: not a KEY=VALUE option
+    out: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or key not in keys:
+            raise ConfigError(f"--scenario-option {item!r}: expected KEY=VALUE with KEY one of {keys}")
+        low = raw.strip().lower()
+        if low in ("none", "null"):
+            out[key] = None
+            continue
+        if low in ("true", "false"):
+            out[key] = low == "true"
+            continue
+        try:
+            out[key] = int(low) if low.lstrip("-").isdigit() else float(low)
+        except ValueError:
+            out[key] = raw.strip()
+    return out
+
+
+def simulate(
+    scenario: str = typer.Option("label", help="label | domain | style | unreliable | toy"),
+    silos: int = typer.Option(5, help="number of silos K"),
+    rounds: int = typer.Option(10, help="rounds R (one pass: each round a fresh shard)"),
+    strategy: str = typer.Option("fedcmp", help="fedcmp | fedavg | fedavg-lr0.5 | fedprox | fedavgm-b0.5 | fedavgm-b0.9 | fedadam | fedyogi"),
+    error_feedback: Optional[bool] = typer.Option(None, "--error-feedback/--no-error-feedback", help="Fed-CMP error feedback (default on; off under DP)"),
+    reliability: Optional[str] = typer.Option(None, help="Fed-CMP reliability fusion: off | blend | consensus (default off)"),
+    kappa: Optional[float] = typer.Option(None, help="Fed-CMP blend weight κ (default 1)"),
+    beta: Optional[float] = typer.Option(None, help="Fed-CMP OPM β (default 0.5; 0 under DP)"),
+    rank: Optional[int] = typer.Option(None, help="Fed-CMP rank r (default 8)"),
+    server_lr: Optional[float] = typer.Option(None, help="Fed-CMP server learning rate (default 1)"),
+    alpha: Optional[float] = typer.Option(None, help="label skew: Dirichlet α"),
+    corruption: Optional[float] = typer.Option(None, help="unreliable: share of mismatched captions at bad silos"),
+    n_unreliable: Optional[int] = typer.Option(None, help="unreliable: number of bad silos"),
+    samples_per_round: Optional[int] = typer.Option(None, help="samples per silo per round"),
+    drop_unreliable: bool = typer.Option(False, "--oracle-drop-unreliable", help="oracle: leave the known-bad silos out"),
+    scenario_option: list[str] = typer.Option([], "--scenario-option", help="KEY=VALUE passed to the world's "
+                                              "make_scenario, repeatable: purity, quantity_alpha, min_samples, "
+                                              "skew_attribute, unreliable_largest, domain_purity"),
+    world: str = typer.Option("default", help="embedded world size: default | tiny (seconds to build; for tests)"),
+    test_size: Optional[int] = typer.Option(None, help="held-out samples (default 300)"),
+    seeds: str = typer.Option("0", help="comma-separated seeds, e.g. 0,1,2"),
+    dp: bool = typer.Option(False, "--dp/--no-dp", help="record-level DP at every silo (Opacus)"),
+    dp_noise: float = typer.Option(1.0, help="DP noise multiplier σ"),
+    dp_clip: float = typer.Option(1.0, help="DP per-sample clipping norm C"),
+    dp_epsilon: float = typer.Option(8.0, help="DP budget ε per silo"),
+    dp_delta: float = typer.Option(1e-5, help="DP budget δ per silo"),
+    sum_kind: str = typer.Option("secagg", "--sum", help="secagg | ckks | plain (plain needs --allow-insecure-plain-sums)"),
+    sum_clip: float = typer.Option(8.0, help="declared bound on every summed value (fixed point)"),
+    allow_insecure_plain_sums: bool = typer.Option(False, help="INSECURE: permit --sum plain"),
+    eval_every: int = typer.Option(1, help="evaluate every N rounds (and after the last)"),
+    engine: str = typer.Option("inprocess", help="inprocess (round loop over the Strategy + secure sums) | "
+                               "network (the runtime's Coordinator and silos over an in-memory transport)"),
+    out: Path = typer.Option(Path("runs/simulate"), help="output folder"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+) -> None:
+    """Simulate K silos × R rounds in one process over the real strategy and secure-sum code."""
+
+    def go() -> None:
+        from fedalign.lab.outputs import JsonlWriter, plot_curves, write_final
+        from fedalign.lab.runner import simulate_problem
+        from fedalign.lab.scenarios import ProblemOptions, build_problem
+
+        seed_list = _seeds(seeds)
+        scenario_extra = parse_scenario_options(scenario_option)
+        sum_fn, sum_label = make_sum(sum_kind, clip=sum_clip, allow_insecure_plain_sums=allow_insecure_plain_sums)
+        dp_opts = dict(noise_multiplier=dp_noise, max_grad_norm=dp_clip, epsilon=dp_epsilon, delta=dp_delta) if dp else None
+        writer = JsonlWriter(out / "metrics.jsonl")
+        finals, curves = [], {}
+        for seed in seed_list:
+            strat = build_strategy(strategy, dp=dp, rank=rank, error_feedback=error_feedback, reliability=reliability,
+                                   kappa=kappa, beta=beta, server_lr=server_lr, seed=seed)
+            opts = ProblemOptions(n_silos=silos, rounds=rounds, seed=seed, alpha=alpha, corruption=corruption,
+                                  n_unreliable=n_unreliable, samples_per_round=samples_per_round, dp=dp_opts,
+                                  extra={"world": world, **({"test_size": test_size} if test_size else {}),
+                                         **scenario_extra})
+            problem = build_problem(scenario, opts)
+            keep = [k for k in range(problem.n_silos) if k not in problem.unreliable] if drop_unreliable else None
+            writer.extra = {"seed": seed, "strategy": strat.name, "scenario": scenario}
+            typer.echo(f"seed {seed}: {strat.name} on {scenario}, {silos} silos × {rounds} rounds, engine {engine}, "
+                       f"sums: {sum_kind if engine == 'network' else sum_label}")
+            if engine == "network":
+                if keep is not None:
+                    raise ConfigError("--oracle-drop-unreliable works with --engine inprocess only")
+                from fedalign.lab.network import simulate_networked
+
+                res = simulate_networked(problem, strategy, strat, rounds, scheme=sum_kind, clip=sum_clip,
+                                         allow_insecure_plaintext=allow_insecure_plain_sums)
+                for rec in res.records:
+                    writer(rec)
+                sum_label = res.final["secure_sum"]
+            elif engine == "inprocess":
+                res = simulate_problem(problem, strat, rounds, secure_sum=sum_fn, secure_sum_label=sum_label,
+                                       silos=keep, eval_every=eval_every, on_record=writer)
+            else:
+                raise ConfigError(f"--engine: expected inprocess or network, got {engine!r}")
+            final = {"scenario": scenario, "seed": seed, "dp": dp_opts, **res.final}
+            finals.append(final)
+            curves[f"seed {seed}"] = res.records
+            typer.echo("  " + ", ".join(f"{m}={final[m]:.4g}" for m in METRICS if isinstance(final.get(m), float)))
+        summary = {"strategy": finals[0]["strategy"], "scenario": scenario, "seeds": seed_list,
+                   "secure_sum": sum_label, "rounds": rounds, "n_silos": finals[0]["n_silos"], "dp": dp_opts,
+                   **summarise_seeds(finals), "runs": finals}
+        write_final(out / "final.json", summary)
+        plot_curves(curves, out / "curves.png", title=f"{summary['strategy']} on {scenario} ({sum_label})")
+        typer.echo(f"wrote {out / 'metrics.jsonl'}, {out / 'final.json'}, {out / 'curves.png'}")
+
+
+    run_cli(go, debug=debug)
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(add_completion=False, no_args_is_help=True,
+                      help="fedalign's lab: in-process federated experiments over the product's round loop.")
+    app.command("simulate")(simulate)
+    return app
+
+
+def main() -> None:
+    from fedalign.host.process import apply_process_defaults
+
+    apply_process_defaults()
+    build_app()()
+
+
+if __name__ == "__main__":  # python -m fedalign.lab.cli
+    main()

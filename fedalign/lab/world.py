@@ -1,0 +1,170 @@
+"""The embedded world's scenarios as a FederatedProblem, through the silo trainer and evaluator.
+
+One process builds (or loads from cache) the world's frozen models, draws the scenario's
+silos, cuts every silo's data into R disjoint shards (one pass: round t trains on shard t)
+and runs the frozen tower once per shard; strategies then share those prepared shards, so a
+results worker runs many strategies on the same data at the cost of training alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from fedalign.protocol.errors import ConfigError
+from fedalign.fedcmp.strategy import Tensors
+from fedalign.lab.problem import LocalResult
+
+__all__ = ["WorldFederation", "build_world_problem", "SCENARIO_NAMES", "SCENARIO_KEYS", "DEFAULTS"]
+
+SCENARIO_NAMES = {"label": "label_skew", "domain": "domain_skew", "style": "style_skew", "unreliable": "unreliable"}
+
+# Sizes of the default experiment (every one overridable through ProblemOptions.extra).
+DEFAULTS: dict[str, Any] = {
+    "samples_per_round": 64,  # per silo per round (unreliable: the mean; sizes vary)
+    "test_size": 300,
+    "batch_size": 16,
+    "lr": 2e-3,
+    "optimizer": "adamw",
+    "eval_batch": 64,
+    "world": "default",  # "default" or "tiny" (tests)
+}
+
+
+def _split(items: list, parts: int) -> list[list]:
+    """``parts`` contiguous, near-equal, disjoint chunks (one pass over ``items``)."""
+    n = len(items)
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return [items[bounds[i] : bounds[i + 1]] for i in range(parts)]
+
+
+class WorldFederation:
+    """A :class:`simulation.problem.FederatedProblem` over one scenario of the embedded world."""
+
+    def __init__(self, scenario: str, opts) -> None:
+        from fedalign.silo.sources import world_records
+        from fedalign.silo.model import load_alignment_model
+        from fedalign.silo.trainer import DPSettings, LocalTrainer, TrainSettings, prepare_shard
+        from fedalign.world.build import build_world
+        from fedalign.world.scenarios import make_scenario
+        from fedalign.world.spec import TINY_SPEC, WorldSpec
+
+        cfg = {**DEFAULTS, **(opts.extra or {})}
+        if opts.samples_per_round is not None:
+            cfg["samples_per_round"] = opts.samples_per_round
+        self.cfg, self.seed, self.rounds = cfg, opts.seed, opts.rounds
+        spec = TINY_SPEC if cfg["world"] == "tiny" else WorldSpec()
+        art = build_world(spec)
+        self.world_id = art.vision_path.parent.name  # world-<hash of spec and code>
+        self.model = load_alignment_model(
+            str(art.vision_path), str(art.lm_path), projector="mlp2x_gelu", device="cpu",
+            generator=torch.Generator().manual_seed(opts.seed),
+        )
+        self._init = self.model.projector_state()
+        kw: dict[str, Any] = {}
+        if opts.alpha is not None:
+            kw["alpha"] = opts.alpha
+        if opts.n_unreliable is not None:
+            kw["n_unreliable"] = opts.n_unreliable
+        if opts.corruption is not None:
+            kw["corrupt_fraction"] = opts.corruption
+        kw.update({k: v for k, v in cfg.items() if k in SCENARIO_KEYS})
+        sc = make_scenario(
+            SCENARIO_NAMES[scenario], n_silos=opts.n_silos, seed=opts.seed,
+            samples_per_silo=cfg["samples_per_round"] * opts.rounds, test_size=cfg["test_size"], **kw,
+        )
+        self.scenario = sc
+        self.n_silos = len(sc.silos)
+        self.unreliable = tuple(sc.unreliable)
+
+        def records(samples):
+            return world_records(samples, f"{scenario}/silo")
+
+        chunks = [[records(chunk) for chunk in _split(silo, opts.rounds)] for silo in sc.silos]
+        self.shards = [[prepare_shard(self.model, c, shard_index=t) for t, c in enumerate(row)] for row in chunks]
+        self._chunks = chunks
+        self._pooled: dict[int, Any] = {}
+        self._prepare_shard = prepare_shard
+        from fedalign.silo.evaluate import prepare_eval
+        from fedalign.world.probes import make_eval_items
+        from fedalign.world.text import text_only_prompt
+
+        items = make_eval_items(list(sc.test), seed=opts.seed, kinds=_EVAL_KINDS)
+        self.eval_set = prepare_eval(self.model, records(sc.test), items, text_only_prompt=text_only_prompt)
+        settings = TrainSettings(batch_size=cfg["batch_size"], lr=cfg["lr"], optimizer=cfg["optimizer"])
+        self._dp = None
+        if opts.dp:
+            self._dp = DPSettings(noise_multiplier=opts.dp["noise_multiplier"], max_grad_norm=opts.dp["max_grad_norm"])
+        self._settings = settings
+        self._trainers: dict[tuple[int, float], Any] = {}
+        self._dp_budget = opts.dp
+        self._LocalTrainer = LocalTrainer
+
+    # -- FederatedProblem ----------------------------------------------------------------
+    def init_params(self) -> Tensors:
+        return {k: v.clone() for k, v in self._init.items()}
+
+    def _trainer(self, silo: int, prox_mu: float, lr: float | None = None):
+        key = (silo, prox_mu, lr)
+        if key not in self._trainers:
+            gen = torch.Generator().manual_seed(self.seed * 7919 + silo)
+            settings = replace(self._settings, prox_mu=prox_mu, **({"lr": lr} if lr is not None else {}))
+            accountant = None
+            if self._dp is not None:
+                from fedalign.silo.privacy import PrivacyAccountant
+
+                accountant = PrivacyAccountant(epsilon=self._dp_budget["epsilon"], delta=self._dp_budget["delta"])
+            self._trainers[key] = self._LocalTrainer(self.model, settings, dp=self._dp, accountant=accountant,
+                                                     generator=gen)
+        return self._trainers[key]
+
+    def local_update(self, params: Tensors, silo: int, round: int, prox_mu: float) -> LocalResult:
+        shard = self.shards[silo][round % self.rounds]
+        trainer = self._trainer(silo, prox_mu)
+        # same batch order for every strategy: reseed the silo's generator per (silo, round)
+        trainer.generator.manual_seed(self.seed * 1_000_003 + silo * 1009 + round)
+        res = trainer.train_round(params, shard)
+        return LocalResult(res.delta, res.n_samples, res.metrics.get("train_loss", math.nan))
+
+    def centralized_update(self, params: Tensors, round: int, lr: float | None = None) -> Tensors:
+        """One pass over every silo's round-``round`` shard pooled and shuffled (the centralized
+        reference), at the silos' learning rate or ``lr``."""
+        if round not in self._pooled:
+            pooled = [r for row in self._chunks for r in row[round % self.rounds]]
+            self._pooled[round] = self._prepare_shard(self.model, pooled, shard_index=round)
+        trainer = self._trainer(-1, 0.0, lr)
+        trainer.generator.manual_seed(self.seed * 1_000_003 + round)
+        return trainer.train_round(params, self._pooled[round]).delta
+
+    def reset(self) -> None:
+        """Fresh trainers and accountants: each simulation on this problem is its own federation."""
+        self._trainers.clear()
+
+    def evaluate(self, params: Tensors) -> dict[str, float]:
+        self.model.load_projector_state(params)
+        return _evaluate(self, params)
+
+
+SCENARIO_KEYS = ("skew_attribute", "purity", "quantity_alpha", "min_samples", "unreliable_largest", "domain_purity",
+                  "counts")
+_EVAL_KINDS = ("caption_mc", "presence")
+
+# silo.evaluate's names -> the simulator's
+_RENAME = {"heldout_nll": "nll"}
+
+
+def _evaluate(fed: WorldFederation, params: Tensors) -> dict[str, float]:
+    """Held-out caption NLL, multiple-choice caption accuracy and presence probe (silo.evaluate)."""
+    from fedalign.silo.evaluate import evaluate
+
+    m = evaluate(fed.model, fed.eval_set, batch_size=fed.cfg["eval_batch"], text_only_baseline=False)
+    return {_RENAME.get(k, k): v for k, v in m.items() if not k.startswith("n_")}
+
+
+def build_world_problem(scenario: str, opts) -> WorldFederation:
+    if scenario not in SCENARIO_NAMES:
+        raise ConfigError(f"--scenario: expected one of {sorted(SCENARIO_NAMES)}, got {scenario!r}")
+    return WorldFederation(scenario, opts)

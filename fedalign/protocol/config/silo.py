@@ -1,0 +1,161 @@
+"""The schema of ``silo.toml``: models, data, local training, differential privacy, output.
+
+Relative paths are resolved against the config file's directory (``base_dir``). Every field
+has a default except the data paths a ``files`` source needs, so ``silo train --local`` runs on
+the embedded world with no file at all. The runtime adds its own fields under ``[federation]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from fedalign.protocol.config import FileConfig, StrictModel, load_config
+
+__all__ = [
+    "ModelSection",
+    "WorldSection",
+    "DataSection",
+    "TrainSection",
+    "PrivacySection",
+    "EvalSection",
+    "OutputSection",
+    "FederationSection",
+    "SiloConfig",
+    "load_silo_config",
+    "EMBEDDED",
+]
+
+EMBEDDED = "embedded"  # model id meaning "the embedded world's tiny pretrained model"
+
+
+class ModelSection(StrictModel):
+    vision_tower: str = Field(EMBEDDED, description="HF hub id, local path, or 'embedded'")
+    llm: str = Field(EMBEDDED, description="HF hub id, local path, or 'embedded'")
+    gguf_file: str | None = Field(None, description="GGUF file name inside `llm` (e.g. SmolLM2)")
+    projector: Literal["linear", "mlp2x_gelu"] = "mlp2x_gelu"
+    select_layer: int = -2
+    select_feature: Literal["patch", "cls_patch"] = "patch"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_caption_tokens: int = Field(64, ge=1)
+
+
+class WorldSection(StrictModel):
+    """Which part of the embedded world this silo holds (used when ``data.source = 'world'``).
+
+    ``silo_index`` None pools every silo's data (the centralized reference); an index gives
+    that silo's share (local-only, or this silo's data in a federated run). ``options`` go to
+    the world's scenario builder unchanged (purity, quantity_alpha, corrupt_fraction, ...).
+    """
+
+    scenario: str = "iid"
+    n_silos: int = Field(1, ge=1)
+    silo_index: int | None = Field(None, ge=0, description="None: all silos' data (centralized)")
+    alpha: float = Field(0.1, gt=0, description="Dirichlet concentration of label_skew")
+    seed: int = 0
+    samples_per_silo: int = Field(4096, ge=1)
+    test_size: int = Field(400, ge=1, description="held-out captions (clean, pooled distribution)")
+    probe_samples: int = Field(100, ge=0, description="held-out images turned into probe items")
+    spec: Literal["default", "tiny"] = Field("default", description="which frozen world models")
+    cache_dir: Path | None = None
+    options: dict[str, Any] = Field(default_factory=dict, description="scenario-specific knobs")
+
+    @model_validator(mode="after")
+    def _index_in_range(self) -> "WorldSection":
+        if self.silo_index is not None and self.silo_index >= self.n_silos:
+            raise ValueError(f"silo_index {self.silo_index} must be < n_silos {self.n_silos}")
+        return self
+
+
+class DataSection(StrictModel):
+    source: Literal["world", "files"] = "world"
+    train: Path | None = None
+    eval: Path | None = None
+    eval_items: Path | None = Field(None, description="JSONL of probe items: image, prompt, candidates, answer, kind")
+    image_root: Path | None = None
+    format: Literal["auto", "llava_json", "jsonl"] = "auto"
+    bad_records: Literal["skip", "fail"] = "fail"
+    shard_size: int = Field(512, ge=1, description="records per round (one fresh shard each)")
+    max_passes: int = Field(1, ge=1, description="1 = one-pass; more passes compose DP")
+    world: WorldSection = Field(default_factory=WorldSection)
+
+    @model_validator(mode="after")
+    def _files_need_paths(self) -> "DataSection":
+        if self.source == "files" and self.train is None:
+            raise ValueError("source = 'files' needs data.train (a .json or .jsonl file)")
+        return self
+
+
+class TrainSection(StrictModel):
+    rounds: int = Field(8, ge=1, description="local mode: how many shards to train on")
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = Field(0.0, ge=0)
+    local_steps: int | None = Field(None, ge=1, description="steps per round; default epochs*shard/batch")
+    local_epochs: float = Field(1.0, gt=0)
+    prox_mu: float = Field(0.0, ge=0, description="FedProx proximal weight")
+    seed: int = 0
+
+
+class PrivacySection(StrictModel):
+    enabled: bool = False
+    epsilon: float = Field(8.0, gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    noise_multiplier: float = Field(1.0, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    accountant: Literal["rdp", "prv"] = "rdp"
+    clipping: Literal["ghost", "per_sample"] = "ghost"
+    insecure_seeded_noise: bool = Field(
+        False, description="INSECURE, tests only: derive DP noise and sampling from train.seed"
+    )
+
+
+class EvalSection(StrictModel):
+    batch_size: int = Field(64, ge=1)
+    length_normalize: bool = True
+    max_items: int | None = Field(None, ge=1)
+
+
+class OutputSection(StrictModel):
+    dir: Path = Path("silo-out")
+    state_dir: Path | None = Field(None, description="cursor, accountant, ledger; default dir/state")
+
+
+class FederationSection(StrictModel):
+    """Where the aggregator is; the networked runtime reads these."""
+
+    aggregator: str | None = None
+    silo_id: str | None = None
+    aggregator_public_key: Path | None = None
+    secret_key: Path | None = None
+    allow_insecure_plaintext: bool = False
+    extra: dict[str, Any] = Field(default_factory=dict, description="runtime-specific options")
+    # networked runtime (silo/participant.py, docs/runtime.md)
+    roster: Path | None = Field(None, description="trusted roster.toml: every silo's CURVE and identity key")
+    identity_key: Path | None = Field(None, description="this silo's Ed25519 identity (silo keygen)")
+    min_silos: int = Field(3, ge=2, description="refuse secure sums over fewer silos")
+    heartbeat_interval_s: float = Field(2.0, gt=0)
+    aggregator_timeout_s: float = Field(600.0, gt=0, description="give up after this long without a message")
+    max_weight: int | None = Field(None, ge=1, description="weight cap in records; default data.shard_size")
+
+
+class SiloConfig(FileConfig):
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    privacy: PrivacySection = Field(default_factory=PrivacySection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+    federation: FederationSection = Field(default_factory=FederationSection)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.resolve(self.output.state_dir) or self.out_dir / "state"  # type: ignore[return-value]
+
+
+def load_silo_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> SiloConfig:
+    """Load and validate ``silo.toml`` (or defaults when ``path`` is None); ConfigError on any problem."""
+    return load_config(path, SiloConfig, overrides)

@@ -1,0 +1,223 @@
+"""Round-level wire messages between silo and aggregator, and the stages of a round.
+
+Frozen dataclasses of simple fields and numpy arrays (no torch: both sides convert at their
+edges), encoded by :mod:`common.wire`. The secure-sum messages inside a phase are crypto's
+own (``crypto.messages``); :data:`MESSAGE_TYPES` lists ours, and the runtime registers both.
+
+One round (DESIGN §3)::
+
+    aggregator                                   silo
+    RoundStart(params, public, roster, seed) ──►  trains its shard, charges its accountant
+                                             ◄──  UpdateReady(epsilon)
+    SumStart(phase 0, participants, public)  ──►  contribution → secure-sum messages ⇄
+    SumStart(phase 1, …)                     ──►  …
+    RoundEnd(committed, metrics)             ──►  commits its carried state
+    … RunEnd(params) at the end                   exports
+    Heartbeat / LeaveNotice from silos at any time
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+from fedalign.protocol.errors import WireFormatError
+
+__all__ = [
+    "Stage",
+    "SumScheme",
+    "Heartbeat",
+    "RoundStart",
+    "UpdateReady",
+    "SumStart",
+    "RoundEnd",
+    "RunEnd",
+    "LeaveNotice",
+    "MESSAGE_TYPES",
+    "wire_registry",
+]
+
+Arrays = Mapping[str, np.ndarray]
+
+
+class Stage(enum.StrEnum):
+    """Where a silo or the aggregator is within the run."""
+
+    JOIN = "join"
+    TRAIN = "train"
+    SUM = "sum"
+    UPDATE = "update"
+    DONE = "done"
+
+
+class SumScheme(enum.StrEnum):
+    """How a phase's contributions are summed. ``PLAIN_INSECURE`` shows the aggregator each input."""
+
+    SECAGG = "secagg"
+    CKKS = "ckks"
+    PLAIN_INSECURE = "plain"
+
+
+def _arrays(owner: str, name: str, value: object) -> None:
+    if not isinstance(value, Mapping):
+        raise WireFormatError(f"{owner}.{name} must be a map name -> array")
+    for k, v in value.items():
+        if not isinstance(k, str) or not isinstance(v, np.ndarray):
+            raise WireFormatError(f"{owner}.{name}[{k!r}] must be a numpy array keyed by str")
+
+
+def _nonneg(owner: str, name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise WireFormatError(f"{owner}.{name} must be an int >= 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Silo → aggregator, every few seconds while idle: alive, and where it stands.
+
+    ``last_committed`` is the last round whose result the silo has committed (-1: none); a
+    restarted aggregator uses heartbeats to rebuild its roster.
+    """
+
+    stage: Stage
+    last_committed: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.stage, Stage):
+            raise WireFormatError(f"Heartbeat.stage must be a Stage, got {self.stage!r}")
+        if not isinstance(self.last_committed, int) or self.last_committed < -1:
+            raise WireFormatError(f"Heartbeat.last_committed must be an int >= -1, got {self.last_committed!r}")
+
+
+@dataclass(frozen=True)
+class RoundStart:
+    """Aggregator → silo: the global parameters θ_t and everything public for round t.
+
+    ``previous_survivors`` are the silos whose update round t-1 applied, so a silo that missed
+    that round's :class:`RoundEnd` (an aggregator restart) still knows whether to commit.
+    """
+
+    round: int
+    params: Arrays
+    public: Arrays
+    roster: tuple[str, ...]
+    seed: bytes
+    strategy: str
+    strategy_options: Mapping[str, object]
+    n_phases: int
+    train_deadline_s: float
+    previous_survivors: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _nonneg("RoundStart", "round", self.round)
+        _arrays("RoundStart", "params", self.params)
+        _arrays("RoundStart", "public", self.public)
+        if not isinstance(self.roster, tuple) or not all(isinstance(s, str) for s in self.roster):
+            raise WireFormatError("RoundStart.roster must be a tuple of silo names")
+        if not isinstance(self.seed, bytes) or len(self.seed) != 32:
+            raise WireFormatError("RoundStart.seed must be 32 bytes")
+        if not isinstance(self.n_phases, int) or self.n_phases < 1:
+            raise WireFormatError(f"RoundStart.n_phases must be >= 1, got {self.n_phases!r}")
+        if not isinstance(self.strategy_options, Mapping):
+            raise WireFormatError("RoundStart.strategy_options must be a map")
+
+
+@dataclass(frozen=True)
+class UpdateReady:
+    """Silo → aggregator: local training of ``round`` finished and the accountant was charged."""
+
+    round: int
+    epsilon: float
+
+    def __post_init__(self) -> None:
+        _nonneg("UpdateReady", "round", self.round)
+
+
+@dataclass(frozen=True)
+class SumStart:
+    """Aggregator → silo: open secure-sum ``instance`` for ``phase`` among ``participants``.
+
+    ``public`` holds what the aggregator derived from the previous phases' sums (empty in
+    phase 0); silos add it to the round's public values before computing their contribution.
+    ``clip``, ``neighbours`` (0: complete graph) and ``ckks_poly_modulus`` configure the sum;
+    a silo checks participants and threshold against its own policy before it joins.
+    """
+
+    round: int
+    phase: int
+    instance: int
+    scheme: SumScheme
+    participants: tuple[str, ...]
+    threshold: int
+    clip: float
+    neighbours: int
+    ckks_poly_modulus: int
+    public: Arrays = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _nonneg("SumStart", "round", self.round)
+        _nonneg("SumStart", "phase", self.phase)
+        _nonneg("SumStart", "instance", self.instance)
+        if not isinstance(self.scheme, SumScheme):
+            raise WireFormatError(f"SumStart.scheme must be a SumScheme, got {self.scheme!r}")
+        if not isinstance(self.participants, tuple) or len(set(self.participants)) != len(self.participants):
+            raise WireFormatError("SumStart.participants must be a tuple of distinct silo names")
+        if not isinstance(self.threshold, int) or not 1 <= self.threshold <= max(1, len(self.participants)):
+            raise WireFormatError(f"SumStart.threshold {self.threshold!r} out of range")
+        if not isinstance(self.neighbours, int) or self.neighbours < 0:
+            raise WireFormatError(f"SumStart.neighbours must be an int >= 0, got {self.neighbours!r}")
+        _arrays("SumStart", "public", self.public)
+
+
+@dataclass(frozen=True)
+class RoundEnd:
+    """Aggregator → silo: round ``round`` was committed (checkpointed) or abandoned."""
+
+    round: int
+    committed: bool
+    reason: str
+    survivors: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _nonneg("RoundEnd", "round", self.round)
+        if not isinstance(self.committed, bool):
+            raise WireFormatError("RoundEnd.committed must be a bool")
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """Aggregator → silo: the run is over; ``params`` are the final global parameters."""
+
+    rounds_done: int
+    params: Arrays
+    reason: str
+
+    def __post_init__(self) -> None:
+        _nonneg("RunEnd", "rounds_done", self.rounds_done)
+        _arrays("RunEnd", "params", self.params)
+
+
+@dataclass(frozen=True)
+class LeaveNotice:
+    """Silo → aggregator: the silo leaves the run (budget spent, operator stop, error)."""
+
+    reason: str
+
+
+MESSAGE_TYPES: dict[str, type] = {
+    c.__name__: c
+    for c in (Heartbeat, RoundStart, UpdateReady, SumStart, RoundEnd, RunEnd, LeaveNotice)
+}
+
+
+def wire_registry() -> dict[str, type]:
+    """Every type allowed off the wire: ours plus crypto's secure-sum messages (names distinct)."""
+    from fedalign.crypto.messages import MESSAGE_TYPES as CRYPTO_TYPES
+
+    clash = set(MESSAGE_TYPES) & set(CRYPTO_TYPES)
+    if clash:
+        raise TypeError(f"message type names used twice: {sorted(clash)}")
+    return {**MESSAGE_TYPES, **CRYPTO_TYPES}

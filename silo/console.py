@@ -1,0 +1,41 @@
+"""What ``silo train`` shows on the terminal: the event log plus one line per milestone and a
+spinner while a round trains (stderr)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedalign.protocol.eventlog import EventLog
+
+__all__ = ["ConsoleEvents"]
+
+
+class ConsoleEvents(EventLog):
+    """The event log, plus one rich line per milestone and a spinner while a round trains (stderr)."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self._status: Any = None
+
+    def emit(self, event: str, **f: Any) -> dict[str, Any]:
+        rec = super().emit(event, **f)
+        if event == "training_started":
+            self._status = self.console.status(f"round {f['round']}: training on a fresh shard ...")
+            self._status.start()
+            return rec
+        if self._status is not None and event in ("training_done", "left"):
+            self._status.stop()
+            self._status = None
+        if event == "training_done":
+            eps = f" ε {f['epsilon']:.3f}" if f.get("epsilon") is not None else ""
+            loss = f" loss {f['train_loss']:.4f}" if "train_loss" in f else ""
+            self.console.print(f"round {f['round']}: trained on {f['n_samples']} records{loss}{eps}")
+        elif event == "round_end":
+            self.console.print(f"round {f['round']}: " + ("committed" if f["committed"] else "abandoned")
+                               + ("" if f["included"] else " (without this silo)"))
+        elif event in ("sum_refused", "sum_failed", "left", "update_reused", "contribution_clipped", "run_end"):
+            self.console.print(f"{event}: " + ", ".join(f"{k}={v}" for k, v in f.items()))
+        return rec

@@ -1,0 +1,167 @@
+"""``silo train`` against an aggregator: wire the config to a :class:`SiloParticipant` over ZeroMQ,
+run it, then evaluate and export; and what ``silo status`` reports of a federated run.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from fedalign.fedcmp.strategy import Tensors
+from fedalign.protocol.errors import InsecureModeRefused
+from fedalign.protocol.eventlog import EventLog
+from fedalign.silo.console import ConsoleEvents
+from fedalign.silo.participant import RoundTrainer, SiloOutcome, SiloParticipant, SiloPolicy
+from fedalign.silo.store import TrainedUpdate, committed_round
+
+__all__ = ["run_federated", "federated_train", "federation_status", "build_trainer", "SessionTrainer"]
+
+
+def _need(cfg: Any, value: Any, field_name: str) -> Any:
+    from fedalign.protocol.errors import ConfigError
+
+    if value is None:
+        raise ConfigError(f"federation.{field_name} must be set for a networked run (see docs/runtime.md)")
+    return value
+
+
+def run_federated(
+    config: Any,
+    *,
+    trainer: RoundTrainer | None = None,
+    insecure_plaintext: bool = False,
+    stop: threading.Event | None = None,
+    on_contribution: Callable[[int, int, dict[str, np.ndarray]], None] | None = None,
+    progress: bool = False,
+) -> SiloOutcome:
+    """Join the federation described by ``config`` (a :class:`common.config.silo.SiloConfig`).
+
+    Builds the ZeroMQ client (CURVE, pinned aggregator key), the trusted roster, the identity
+    and, unless ``trainer`` is given, the local trainer from the config; runs until the
+    aggregator ends the run. Plaintext transport or plain sums need both
+    ``federation.allow_insecure_plaintext`` (policy) and ``insecure_plaintext`` (the flag).
+    """
+    from fedalign.protocol.config.roster import load_roster
+    from fedalign.protocol.keys import load_keypair, load_public
+    from fedalign.protocol.messages import wire_registry
+    from fedalign.crypto.errors import SecureSumUsageError
+    from fedalign.crypto.identity import load_identity
+    from fedalign.silo.client import ZmqClient
+
+    fed = config.federation
+    name = _need(config, fed.silo_id, "silo_id")
+    endpoint = _need(config, fed.aggregator, "aggregator")
+    roster = load_roster(config.resolve(_need(config, fed.roster, "roster")))
+    if name not in roster.silos:
+        from fedalign.protocol.errors import ConfigError
+
+        raise ConfigError(f"federation.silo_id {name!r} is not in {config.resolve(fed.roster)}")
+    insecure = bool(fed.allow_insecure_plaintext and insecure_plaintext)
+    if fed.secret_key is None or fed.aggregator_public_key is None:
+        if not insecure:
+            raise InsecureModeRefused(
+                "federation.secret_key and federation.aggregator_public_key are unset: plaintext transport needs "
+                "federation.allow_insecure_plaintext = true and --insecure-plaintext")
+        keypair, server_public = None, None
+    else:
+        keypair = load_keypair(config.resolve(fed.secret_key))
+        server_public = load_public(config.resolve(fed.aggregator_public_key))
+    try:
+        identity = load_identity(config.resolve(_need(config, fed.identity_key, "identity_key")))
+    except SecureSumUsageError as e:
+        from fedalign.protocol.errors import ConfigError
+
+        raise ConfigError(f"federation.identity_key: {e}") from e
+    if identity.public_hex != roster.silos[name].identity_public_key:
+        from fedalign.protocol.errors import ConfigError
+
+        raise ConfigError(f"federation.identity_key does not match {name!r}'s identity in the roster")
+    if trainer is None:
+        trainer = build_trainer(config)
+    state_dir = config.state_dir / "federation"
+    events = (ConsoleEvents if progress else EventLog)(config.out_dir / f"{name}.jsonl", source=name)
+    policy = SiloPolicy(
+        min_silos=fed.min_silos, heartbeat_interval_s=fed.heartbeat_interval_s,
+        aggregator_timeout_s=fed.aggregator_timeout_s,
+        max_weight=float(fed.max_weight or config.data.shard_size),
+        allow_insecure_plaintext=insecure, dp_enabled=config.privacy.enabled,
+    )
+    client = ZmqClient(endpoint, name, keypair=keypair, server_public=server_public, registry=wire_registry(),
+                       allow_insecure_plaintext=insecure)
+    try:
+        p = SiloParticipant(name, client, trainer, identity=identity, trusted=roster.identities(), policy=policy,
+                            state_dir=state_dir, events=events, on_contribution=on_contribution, stop=stop)
+        return p.run()
+    finally:
+        time.sleep(0.2)  # let a final LeaveNotice leave
+        client.close()
+        events.close()
+
+
+class SessionTrainer:
+    """:class:`RoundTrainer` over a :class:`silo.session.SiloSession` (fresh shard, DP charged)."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+
+    def train(self, round_id: int, params: Tensors) -> TrainedUpdate:
+        res = self.session.train_round(params)
+        return TrainedUpdate(res.delta, res.n_samples, res.epsilon, dict(res.metrics))
+
+
+def build_trainer(config: Any) -> RoundTrainer:
+    """The local trainer for ``config`` (models, data shards, DP accountant, cursor)."""
+    from fedalign.silo.session import SiloSession
+
+    return SessionTrainer(SiloSession(config))
+
+
+def federated_train(config: Any, *, insecure_plaintext: bool = False, stop: threading.Event | None = None) -> dict:
+    """``silo train`` against an aggregator: run, then evaluate and export the final projector.
+
+    Returns a summary (also written to ``<out>/federated_summary.json``).
+    """
+    from fedalign.silo.export import export_projector
+
+    trainer = build_trainer(config)
+    out = run_federated(config, trainer=trainer, insecure_plaintext=insecure_plaintext, stop=stop, progress=True)
+    summary: dict[str, Any] = {"silo": config.federation.silo_id, "rounds_done": out.rounds_done,
+                               "rounds_included": out.committed, "reason": out.reason}
+    session = trainer.session  # type: ignore[attr-defined]
+    if out.first_params is not None and out.first_round == 0:
+        summary["eval_initial"] = session.evaluate(out.first_params)
+    if out.params is not None:
+        summary["eval"] = session.evaluate(out.params)
+        files = export_projector(out.params, config.out_dir / "projector",
+                                 metadata={"source": "federated", "rounds": str(out.rounds_done)})
+        summary["export"] = {k: str(v) for k, v in files.items()}
+    summary["epsilon_spent"] = session.epsilon_spent
+    summary["delta"] = config.privacy.delta if config.privacy.enabled else None
+    summary["ledger"] = str(config.state_dir / "ledger.jsonl")
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    (config.out_dir / "federated_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def federation_status(config: Any) -> dict[str, Any]:
+    """What ``silo status`` shows: committed round, ε spent, data used, the last events."""
+    from fedalign.protocol.eventlog import read_events
+
+    from fedalign.silo.data import cursor_status
+    from fedalign.silo.privacy import privacy_status
+
+    committed = committed_round(config.state_dir / "federation")
+    out: dict[str, Any] = {"silo": config.federation.silo_id, "aggregator": config.federation.aggregator,
+                           "last committed round": committed if committed >= 0 else "none"}
+    out.update(privacy_status(config.state_dir / "privacy.json"))
+    out.update(cursor_status(config.state_dir / "cursor.json"))
+    name = config.federation.silo_id or "silo"
+    events = read_events(config.out_dir / f"{name}.jsonl")
+    if events:
+        last = events[-1]
+        out["last event"] = f"{last['event']} at {time.strftime('%H:%M:%S', time.localtime(last['time']))}"
+    return out

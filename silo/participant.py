@@ -1,0 +1,367 @@
+"""The silo's side of a federated run over any :class:`ClientTransport`.
+
+It answers the aggregator's :class:`RoundStart` by training one fresh shard (the trainer
+charges the DP accountant before the update exists outside it), then takes part in each
+phase's secure sum with its contribution computed by the strategy. Before joining a sum it
+checks the participants against its own trusted roster and policy (``min_silos``, the
+threshold, no plain sums unless allowed): a sum over too few silos would reveal its update.
+
+Heartbeats go out while idle and while training. The carried silo state (Fed-CMP's
+error-feedback residual) is committed only when the aggregator reports the round committed
+with this silo among the survivors, and persisted atomically; a round restarted by a
+resumed aggregator with the same θ_t reuses the update already trained (no second charge).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
+
+import numpy as np
+import torch
+
+from fedalign.fedcmp.phases import sum_inputs
+from fedalign.fedcmp.strategies import FedCMP, make_strategy
+from fedalign.fedcmp.strategy import Strategy, Tensors
+from fedalign.protocol.errors import DataError, InsecureModeRefused, PrivacyBudgetExceeded, ProtocolError
+from fedalign.protocol.eventlog import EventLog
+from fedalign.protocol.messages import Heartbeat, LeaveNotice, RoundEnd, RoundStart, RunEnd, Stage, SumScheme, SumStart, UpdateReady
+from fedalign.protocol.transport import ClientTransport
+from fedalign.protocol.wire import Envelope
+from fedalign.silo.store import FederationStore, TrainedUpdate, params_digest
+
+from fedalign.crypto.config import SecureSumConfig
+from fedalign.crypto.errors import SecureSumError
+from fedalign.crypto.identity import IdentityKey, Roster
+from fedalign.crypto.messages import CkksInput, MaskedInput, Message as CryptoMessage, PlainInput
+from fedalign.crypto.secure_sum import SiloSecureSum
+
+_INPUT_TYPES = (MaskedInput, CkksInput, PlainInput)  # the messages that carry a silo's input
+
+__all__ = ["TrainedUpdate", "RoundTrainer", "SiloPolicy", "SiloOutcome", "SiloParticipant", "params_digest"]
+
+
+class RoundTrainer(Protocol):
+    """What the runtime needs from local training (``silo.trainer`` behind an adapter)."""
+
+    def train(self, round_id: int, params: Tensors) -> TrainedUpdate:
+        """Train a fresh shard from ``params``; raise PrivacyBudgetExceeded before anything is spent."""
+
+
+@dataclass(frozen=True)
+class SiloPolicy:
+    """The silo's own rules, whatever the aggregator asks."""
+
+    min_silos: int = 3
+    heartbeat_interval_s: float = 2.0
+    aggregator_timeout_s: float = 600.0
+    max_weight: float = 512.0
+    allow_insecure_plaintext: bool = False
+    dp_enabled: bool = False
+
+
+@dataclass
+class SiloOutcome:
+    params: Tensors | None
+    rounds_done: int
+    committed: list[int]
+    reason: str
+    first_params: Tensors | None = None  # θ of the first round this silo saw (for before/after metrics)
+    first_round: int | None = None
+
+
+def _to_torch(a: Mapping[str, np.ndarray]) -> Tensors:
+    return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in a.items()}
+
+
+@dataclass
+class _Round:
+    round: int
+    params: Tensors
+    public: Tensors
+    seed: bytes
+    strategy: Strategy
+    delta: Tensors
+    weight: float
+    digest: str = ""
+    exposed: bool = False  # its input went into a sum: never reuse this update in another one
+    pending_state: Tensors | None = None
+    sum: SiloSecureSum | None = None
+    instance: int = -1
+    phase: int = -1
+
+
+class SiloParticipant:
+    """One silo in a federated run; :meth:`run` returns when the aggregator ends the run."""
+
+    def __init__(
+        self,
+        name: str,
+        transport: ClientTransport,
+        trainer: RoundTrainer,
+        *,
+        identity: IdentityKey,
+        trusted: Mapping[str, str],
+        policy: SiloPolicy = SiloPolicy(),
+        state_dir: Path | None = None,
+        events: EventLog | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_contribution: Callable[[int, int, dict[str, np.ndarray]], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        if name not in trusted:
+            raise ProtocolError(f"silo {name!r} is not in its own trusted roster")
+        self.name = name
+        self.t = transport
+        self.trainer = trainer
+        self.identity = identity
+        self.trusted = dict(trusted)
+        self.policy = policy
+        self.store = FederationStore(state_dir)
+        self.events = events or EventLog(None, source=name)
+        self.clock = clock
+        self.on_contribution = on_contribution
+        self.stop = stop or threading.Event()
+        self.committed, self.silo_state = self.store.load_state()
+        # a round this silo took part in before it was killed: committed iff the next RoundStart says so
+        self._disk_pending = self.store.load_pending()
+        self.committed_rounds: list[int] = []
+        self.cur: _Round | None = None
+        self._last_beat = -1e18
+        self._strategies: dict[str, Strategy] = {}
+        self._first: tuple[Tensors | None, int | None] = (None, None)
+
+    # ------------------------------------------------------------------ plumbing
+    def _send(self, msg: Any, round_id: int, *, instance: int = -1, phase: int = -1) -> None:
+        self.t.send(Envelope(round_id, instance, phase, self.name, msg))
+
+    def _beat(self, stage: Stage, *, force: bool = False) -> None:
+        now = self.clock()
+        if force or now - self._last_beat >= self.policy.heartbeat_interval_s:
+            self._send(Heartbeat(stage, self.committed), max(self.committed, 0))
+            self._last_beat = now
+
+    def _strategy(self, name: str, options: Mapping[str, Any]) -> Strategy:
+        key = json.dumps([name, dict(options)], sort_keys=True, default=str)
+        if key not in self._strategies:
+            strat = make_strategy(name, **dict(options))
+            if self.policy.dp_enabled and isinstance(strat, FedCMP) and strat.config.error_feedback:
+                # DESIGN §4: error feedback would re-inject noise the projection removed; it is silo-local.
+                strat = FedCMP(replace(strat.config, error_feedback=False))
+                self.events.emit("error_feedback_off_under_dp")
+            self._strategies[key] = strat
+        return self._strategies[key]
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> SiloOutcome:
+        self.events.emit("silo_started", committed_round=self.committed)
+        self._beat(Stage.JOIN, force=True)
+        last_contact = self.clock()
+        while True:
+            env = self.t.recv(self.policy.heartbeat_interval_s / 2)
+            now = self.clock()
+            if env is None:
+                if self.stop.is_set():  # checked when idle, so queued messages are handled first
+                    break
+                if now - last_contact > self.policy.aggregator_timeout_s:
+                    raise ProtocolError(
+                        f"silo {self.name}: no message from the aggregator for {self.policy.aggregator_timeout_s:g}s"
+                    )
+                self._beat(Stage.SUM if self.cur is not None else Stage.JOIN)
+                continue
+            last_contact = now
+            m = env.message
+            try:
+                if isinstance(m, RoundStart):
+                    self._on_round_start(m)
+                elif isinstance(m, SumStart):
+                    self._on_sum_start(env, m)
+                elif isinstance(m, CryptoMessage):
+                    self._on_crypto(env, m)
+                elif isinstance(m, RoundEnd):
+                    self._on_round_end(m)
+                elif isinstance(m, RunEnd):
+                    self.events.emit("run_end", rounds_done=m.rounds_done, reason=m.reason)
+                    return SiloOutcome(_to_torch(m.params), m.rounds_done, self.committed_rounds, m.reason,
+                                       *self._first)
+                else:
+                    self.events.emit("message_ignored", type=type(m).__name__, round=env.round)
+            except DataError as e:  # one pass over the data is spent: leave cleanly
+                self._send(LeaveNotice(f"data spent: {e}"), env.round)
+                self.events.emit("left", reason="data spent", detail=str(e))
+                return SiloOutcome(None, self.committed + 1, self.committed_rounds, "data spent")
+            except PrivacyBudgetExceeded as e:
+                self._send(LeaveNotice(f"privacy budget exhausted: {e}"), env.round)
+                self.events.emit("left", reason="privacy budget exhausted", detail=str(e))
+                raise
+            except InsecureModeRefused as e:
+                self._send(LeaveNotice(f"refused: {e}"), env.round)
+                raise
+            self._beat(Stage.SUM if self.cur is not None else Stage.JOIN)
+        self._send(LeaveNotice("stopped by the operator"), max(self.committed, 0))
+        self.events.emit("left", reason="stopped")
+        return SiloOutcome(None, self.committed + 1, self.committed_rounds, "stopped")
+
+    # ------------------------------------------------------------------ handlers
+    def _commit_previous(self, m: RoundStart) -> None:
+        """A new round starts: the previous one was committed; keep our state iff we were in it."""
+        cur = self.cur
+        if cur is not None and cur.round < m.round and cur.round > self.committed:
+            if self.name in m.previous_survivors and cur.round == m.round - 1 and cur.pending_state is not None:
+                self._commit(cur.round, cur.pending_state)
+            self.cur = None
+        pend, self._disk_pending = self._disk_pending, None
+        if cur is None and pend is not None and pend[0] == m.round - 1 > self.committed \
+                and self.name in m.previous_survivors:
+            self._commit(pend[0], pend[1])  # restarted after its last round was committed without it knowing
+
+    def _commit(self, round_id: int, state: Tensors) -> None:
+        self.silo_state = state
+        self.committed = round_id
+        self.committed_rounds.append(round_id)
+        self.store.save_state(round_id, state)
+        self.events.emit("round_committed", round=round_id)
+
+    def _on_round_start(self, m: RoundStart) -> None:
+        self._commit_previous(m)
+        if m.round <= self.committed:
+            self.events.emit("late_message_ignored", type="RoundStart", round=m.round, committed=self.committed)
+            return
+        strat = self._strategy(m.strategy, m.strategy_options)
+        if strat.n_phases != m.n_phases:
+            raise ProtocolError(f"silo {self.name}: strategy {m.strategy} has {strat.n_phases} phases, "
+                                f"the aggregator announced {m.n_phases}")
+        params = _to_torch(m.params)
+        if self._first[0] is None:
+            self._first = (params, m.round)
+        if self.silo_state is None:
+            self.silo_state = strat.init_silo_state(params)
+        digest = params_digest(params)
+        # A repeated round (aggregator restart or retry) reuses the update only if it never went into a
+        # sum: two sums over different silo sets with the same input would reveal their difference.
+        upd = None
+        cur = self.cur
+        if cur is not None and cur.round == m.round and cur.digest == digest and not cur.exposed:
+            upd = TrainedUpdate(cur.delta, 0, None)
+            weight = cur.weight
+            self.events.emit("update_reused", round=m.round)
+        else:
+            upd = self.store.load_update(m.round, digest)
+            if upd is not None:
+                self.events.emit("update_reused", round=m.round)
+            else:
+                self.events.emit("training_started", round=m.round)
+                upd = self._train(m.round, params)
+                self.store.save_update(m.round, digest, upd)
+                self.events.emit("training_done", round=m.round, n_samples=upd.n_samples, epsilon=upd.epsilon,
+                                 **{k: float(v) for k, v in upd.metrics.items()})
+            weight = min(float(upd.n_samples), self.policy.max_weight) / self.policy.max_weight
+        self.cur = _Round(m.round, params, _to_torch(m.public), m.seed, strat, upd.delta, weight, digest=digest)
+        self._send(UpdateReady(m.round, float(upd.epsilon or 0.0)), m.round)
+
+    def _train(self, round_id: int, params: Tensors) -> TrainedUpdate:
+        """Train in a worker thread while the main thread keeps heartbeating."""
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="local-training") as ex:
+            fut = ex.submit(self.trainer.train, round_id, params)
+            while True:
+                try:
+                    return fut.result(timeout=self.policy.heartbeat_interval_s)
+                except concurrent.futures.TimeoutError:
+                    self._beat(Stage.TRAIN, force=True)
+
+    def _check_sum(self, m: SumStart) -> None:
+        p = self.policy
+        parts = m.participants
+        problems = []
+        if self.name not in parts:
+            problems.append("this silo is not a participant")
+        unknown = sorted(set(parts) - set(self.trusted))
+        if unknown:
+            problems.append(f"participants {unknown} are not in the trusted roster")
+        if len(parts) < p.min_silos:
+            problems.append(f"{len(parts)} participants, policy min_silos is {p.min_silos}")
+        if m.threshold < min(p.min_silos, len(parts)):
+            problems.append(f"threshold {m.threshold} is under policy min_silos {p.min_silos}")
+        if problems:
+            raise ProtocolError(f"silo {self.name}: refused SumStart round {m.round} phase {m.phase}: "
+                                + "; ".join(problems))
+        if m.scheme == SumScheme.PLAIN_INSECURE and not p.allow_insecure_plaintext:
+            raise InsecureModeRefused(
+                f"silo {self.name}: the aggregator asked for plain (unprotected) sums; this silo's policy "
+                "and command line do not allow insecure plaintext"
+            )
+
+    def _on_sum_start(self, env: Envelope, m: SumStart) -> None:
+        cur = self.cur
+        if cur is None or m.round != cur.round:
+            self.events.emit("late_message_ignored", type="SumStart", round=m.round, instance=m.instance)
+            return
+        try:
+            self._check_sum(m)
+        except ProtocolError as e:
+            self.events.emit("sum_refused", round=m.round, phase=m.phase, reason=str(e))
+            return
+        public = {**cur.public, **_to_torch(m.public)}
+        contrib, new_state = cur.strategy.silo_contribution(m.phase, cur.delta, cur.weight, public, self.silo_state or {})
+        cur.pending_state = new_state
+        self.store.save_pending(cur.round, new_state)  # before this phase's input leaves
+        inputs, clipped = sum_inputs(contrib, m.clip)  # the simulator converts with this same function
+        if clipped:
+            self.events.emit("contribution_clipped", round=m.round, phase=m.phase, values=clipped, clip=m.clip)
+        if self.on_contribution is not None:
+            self.on_contribution(m.round, m.phase, inputs)
+        cfg = SecureSumConfig(
+            mode=str(m.scheme), threshold=m.threshold, clip=m.clip,
+            allow_insecure_plaintext=m.scheme == SumScheme.PLAIN_INSECURE and self.policy.allow_insecure_plaintext,
+            neighbours=m.neighbours or None, graph_seed=cur.seed, ckks_poly_modulus=m.ckks_poly_modulus,
+        )
+        roster = Roster({s: self.trusted[s] for s in m.participants})
+        try:
+            ss = SiloSecureSum(self.identity, self.name, roster, m.round, m.instance, cfg)
+            ss.set_inputs(inputs)
+            out = ss.start()
+        except SecureSumError as e:
+            self.events.emit("sum_failed", round=m.round, phase=m.phase, reason=str(e))
+            return
+        cur.sum, cur.instance, cur.phase = ss, m.instance, m.phase
+        self.events.emit("sum_joined", round=m.round, phase=m.phase, instance=m.instance,
+                         participants=list(m.participants))
+        self._send_sum(out)
+
+    def _on_crypto(self, env: Envelope, m: CryptoMessage) -> None:
+        cur = self.cur
+        if cur is None or cur.sum is None or m.round_id != cur.round or m.instance_id != cur.instance:
+            self.events.emit("late_message_ignored", type=type(m).__name__, round=m.round_id, instance=m.instance_id)
+            return
+        try:
+            out = cur.sum.handle(m)
+        except SecureSumError as e:
+            self.events.emit("sum_failed", round=cur.round, phase=cur.phase, reason=str(e))
+            cur.sum = None
+            return
+        self._send_sum(out)
+
+    def _send_sum(self, out: list[CryptoMessage]) -> None:
+        cur = self.cur
+        assert cur is not None
+        if not cur.exposed and any(isinstance(msg, _INPUT_TYPES) for msg in out):
+            self.store.mark_exposed(cur.round, cur.digest)  # persisted before the input leaves
+            cur.exposed = True
+        for msg in out:
+            self._send(msg, cur.round, instance=cur.instance, phase=cur.phase)
+
+    def _on_round_end(self, m: RoundEnd) -> None:
+        cur = self.cur
+        if cur is None or cur.round != m.round:
+            return
+        if m.committed and self.name in m.survivors and cur.pending_state is not None and m.round > self.committed:
+            self._commit(m.round, cur.pending_state)
+        self.events.emit("round_end", round=m.round, committed=m.committed, included=self.name in m.survivors)
+
+
+# ---------------------------------------------------------------------- from silo.toml

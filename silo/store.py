@@ -1,0 +1,140 @@
+"""The silo's federation state on disk: the committed round with its carried state, the pending
+state of the round in flight, and the last trained update (so a restarted round never trains or
+charges ε twice, and never puts one update into two sums).
+
+Each file is written atomically; the committed round travels inside the state file's metadata,
+so a crash never pairs a round with another round's state. This module is the only reader and
+writer of these files (``silo status`` reads the round through :func:`committed_round`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from fedalign.fedcmp.strategy import Tensors
+from fedalign.host.atomic import atomic_write
+from fedalign.protocol.errors import CheckpointError
+
+__all__ = ["TrainedUpdate", "FederationStore", "params_digest", "committed_round"]
+
+
+@dataclass(frozen=True)
+class TrainedUpdate:
+    """One round of local training: Δ = θ_k − θ_t, records used, ε spent so far (None without DP)."""
+
+    delta: Tensors
+    n_samples: int
+    epsilon: float | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+def params_digest(params: Mapping[str, torch.Tensor] | Mapping[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(params):
+        v = params[k]
+        a = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+        h.update(k.encode() + b"\0" + str(a.dtype).encode() + str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+class FederationStore:
+    """The silo's federation state on disk: committed round, carried state, the last update."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.dir = directory
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def save_state(self, committed: int, state: Tensors) -> None:
+        """The committed round travels inside the state file (one atomic write, so a crash
+        never pairs a round with another round's state); federation.json mirrors it for people."""
+        if self.dir is None:
+            return
+        atomic_write(self.dir / "silo_state.safetensors", lambda p: save_file(
+            {k: v.contiguous() for k, v in state.items()} or {"__empty__": torch.zeros(0)}, str(p),
+            metadata={"committed_round": str(committed)}))
+        atomic_write(self.dir / "federation.json", lambda p: p.write_text(json.dumps({"committed_round": committed})))
+
+    def _read(self, name: str, round_key: str, what: str) -> tuple[int, Tensors] | None:
+        """A state file's round (from its metadata) and tensors; None if absent."""
+        path = self.dir / name if self.dir is not None else None
+        if path is None or not path.exists():
+            return None
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                r = int((f.metadata() or {})[round_key])
+                t = {k: f.get_tensor(k) for k in f.keys() if k != "__empty__"}
+        except Exception as e:  # noqa: BLE001 - any damage is one clear error
+            raise CheckpointError(f"{self.dir}: cannot read the silo's {what}: {e}") from e
+        return r, t
+
+    def load_state(self) -> tuple[int, Tensors | None]:
+        got = self._read("silo_state.safetensors", "committed_round", "federation state")
+        return got if got is not None else (-1, None)
+
+    def save_update(self, round_id: int, digest: str, upd: TrainedUpdate) -> None:
+        if self.dir is None:
+            return
+        atomic_write(self.dir / "last_update.safetensors", lambda p: save_file(
+            {k: v.contiguous() for k, v in upd.delta.items()}, str(p),
+            metadata={"round": str(round_id), "digest": digest, "n_samples": str(upd.n_samples),
+                      "epsilon": "" if upd.epsilon is None else repr(upd.epsilon)}))
+
+    def save_pending(self, round_id: int, state: Tensors) -> None:
+        """The carried state this round will leave if it is committed (written before inputs leave)."""
+        if self.dir is None:
+            return
+        atomic_write(self.dir / "pending_state.safetensors", lambda p: save_file(
+            {k: v.contiguous() for k, v in state.items()} or {"__empty__": torch.zeros(0)}, str(p),
+            metadata={"round": str(round_id)}))
+
+    def load_pending(self) -> tuple[int, Tensors] | None:
+        return self._read("pending_state.safetensors", "round", "pending state")
+
+    def mark_exposed(self, round_id: int, digest: str) -> None:
+        """Record (before the input leaves) that this round's update went into a sum."""
+        if self.dir is None:
+            return
+        atomic_write(self.dir / "last_update.exposed.json",
+                     lambda p: p.write_text(json.dumps({"round": round_id, "digest": digest})))
+
+    def load_update(self, round_id: int, digest: str) -> TrainedUpdate | None:
+        """The saved update of ``round_id`` for θ with ``digest``, unless it already went into a sum."""
+        if self.dir is None:
+            return None
+        p = self.dir / "last_update.safetensors"
+        if not p.exists():
+            return None
+        ex = self.dir / "last_update.exposed.json"
+        if ex.exists() and json.loads(ex.read_text()) == {"round": round_id, "digest": digest}:
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("round") != str(round_id) or meta.get("digest") != digest:
+                return None
+            delta = {k: f.get_tensor(k) for k in f.keys()}
+        eps = meta.get("epsilon") or None
+        return TrainedUpdate(delta, int(meta["n_samples"]), float(eps) if eps else None)
+
+
+
+
+def committed_round(directory: Path) -> int:
+    """The last committed round recorded in ``directory`` (the federation state folder), or -1."""
+    path = directory / "federation.json"
+    if not path.exists():
+        return -1
+    return int(json.loads(path.read_text())["committed_round"])

@@ -1,0 +1,116 @@
+"""The simulator: CLI outputs on the toy scenario, secure vs plain sums, references, refusals."""
+
+import json
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from fedalign.protocol.errors import ConfigError, InsecureModeRefused
+from fedalign.fedcmp.strategies import FedAvg, make_strategy
+from fedalign.lab.cli import build_strategy, make_sum, simulate
+from fedalign.lab.runner import centralized, local_only, simulate_problem
+from fedalign.lab.scenarios import ProblemOptions, build_problem
+from fedalign.lab.sums import PLAIN_LABEL, crypto_secure_sum, plain_sum_insecure
+
+
+def _app():
+    app = typer.Typer()
+    app.command()(simulate)
+    return app
+
+
+def test_cli_tiny_run_writes_metrics_final_and_png(tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(
+        _app(),
+        ["--scenario", "toy", "--silos", "3", "--rounds", "3", "--strategy", "fedcmp", "--rank", "4",
+         "--seeds", "0,1", "--sum", "plain", "--allow-insecure-plain-sums", "--out", str(out)],
+    )
+    assert res.exit_code == 0, res.output
+    final = json.loads((out / "final.json").read_text())
+    assert final["secure_sum"] == PLAIN_LABEL and final["strategy"] == "fedcmp(rank=4)"
+    assert [r["seed"] for r in final["runs"]] == [0, 1]
+    # bytes: phase 0 P (24×4) + phase 1 A (4×16) + bias 24 + Σw, float32
+    assert final["upload_bytes_per_silo_per_round"] == 4 * (24 * 4 + 4 * 16 + 24 + 1)
+    for run in final["runs"]:
+        assert run["upload_bytes_per_silo_per_round"] == run["upload_bytes_per_silo_per_round_formula"]
+    assert final["nll"] == pytest.approx(sum(r["nll"] for r in final["runs"]) / 2)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(x["seed"], x["round"]) for x in lines] == [(s, r) for s in (0, 1) for r in range(4)]
+    assert all(x["orth_error"] < 1e-5 for x in lines if x["round"] > 0)
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # training helped: the toy's loss went down
+    assert lines[3]["nll"] < lines[0]["nll"]
+
+
+def test_cli_refuses_plain_sums_without_flag(tmp_path):
+    res = CliRunner().invoke(_app(), ["--scenario", "toy", "--sum", "plain", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 10  # insecure mode refused (common/cli_errors.py)
+    assert "InsecureModeRefused" in res.output and "Traceback" not in res.output
+    with pytest.raises(InsecureModeRefused):
+        make_sum("plain", clip=1.0, allow_insecure_plain_sums=False)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--corruption", "2"], "corrupt_fraction must lie in [0.0, 1.0]"),
+    (["--scenario-option", "colour=red"], "--scenario-option 'colour=red'"),
+])
+def test_cli_bad_scenario_input_is_one_line_and_writes_nothing(tmp_path, args, says):
+    out = tmp_path / "o"
+    res = CliRunner().invoke(_app(), ["--scenario", "unreliable", "--world", "tiny", "--out", str(out), *args])
+    assert res.exit_code == 2, res.output
+    lines = [x for x in res.output.splitlines() if x.strip()]
+    assert lines == [next(x for x in lines if x.startswith("error: ConfigError"))] and says in lines[0]
+    assert not out.exists()
+
+
+def test_secagg_sums_match_plain_up_to_quantization():
+    prob = build_problem("toy", ProblemOptions(n_silos=3, seed=2))
+    strat = make_strategy("fedcmp", rank=3, reliability="blend")
+    plain = simulate_problem(prob, strat, 2, secure_sum=plain_sum_insecure)
+    secure = simulate_problem(prob, make_strategy("fedcmp", rank=3, reliability="blend"), 2,
+                              secure_sum=crypto_secure_sum("secagg", clip=8.0), secure_sum_label="secagg")
+    for n in plain.params:
+        assert torch.allclose(plain.params[n], secure.params[n], atol=1e-5)
+    assert secure.final["secure_sum"] == "secagg"
+
+
+def test_oracle_local_only_and_centralized_references():
+    prob = build_problem("toy", ProblemOptions(n_silos=4, seed=1, n_unreliable=1))
+    assert prob.unreliable == (3,)
+    good = simulate_problem(prob, FedAvg(), 4, silos=[0, 1, 2])
+    allsilos = simulate_problem(prob, FedAvg(), 4)
+    assert good.final["n_silos"] == 3
+    assert good.final["nll"] < allsilos.final["nll"]  # the bad silo fits a wrong map
+    loc = local_only(prob, 4)
+    cen = centralized(prob, 4)
+    assert loc.final["strategy"] == "local-only" and cen.final["strategy"] == "centralized"
+    assert cen.final["nll"] < loc.final["nll"]
+    # the best single silo is one silo's own run, the lowest NLL of them; the mean is over all
+    per = [s["nll"] for s in loc.final["per_silo"]]
+    assert len(per) == 4 and loc.final["best_silo_nll"] == min(per) == per[loc.final["best_silo"]]
+    assert loc.final["nll"] == pytest.approx(sum(per) / 4)
+    alone = simulate_problem(prob, FedAvg(), 4, silos=[loc.final["best_silo"]])
+    assert alone.final["nll"] == pytest.approx(loc.final["best_silo_nll"])
+
+
+def test_dp_defaults_for_fedcmp_and_option_errors():
+    s = build_strategy("fedcmp", dp=True)
+    assert s.config.error_feedback is False and s.config.beta == 0.0
+    assert build_strategy("fedcmp", dp=True, beta=0.3).config.beta == 0.3
+    with pytest.raises(ValueError, match="fedcmp only"):
+        build_strategy("fedavg", rank=4)
+
+
+def test_scenario_options_parse_and_reject_unknown_keys():
+    from fedalign.lab.cli import parse_scenario_options
+
+    got = parse_scenario_options(["purity=0.8", "unreliable_largest=false", "min_samples=30",
+                                  "skew_attribute=colour", "domain_purity=None"])
+    assert got == {"purity": 0.8, "unreliable_largest": False, "min_samples": 30, "skew_attribute": "colour",
+                   "domain_purity": None}
+    for bad in ("purity", "colour=red", "counts=1"):
+        with pytest.raises(ConfigError, match="--scenario-option"):
+            parse_scenario_options([bad])
