@@ -18,6 +18,7 @@ from typing import Any, Optional
 import typer
 
 from fedalign.host.cli_errors import run_cli
+from fedalign.host.process import apply_process_defaults
 
 __all__ = ["app", "main", "build_app", "initial_params", "serve_from_config"]
 
@@ -67,8 +68,6 @@ def _insecure_allowed(cfg, flag: bool, what: str) -> bool:
 def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: bool = False,
                       overrides: dict[str, Any] | None = None):
     """Load ``aggregator.toml`` and run (or resume) the federation to its last round."""
-    import torch
-
     from fedalign.aggregator.checkpoint import CheckpointStore, RunState
     from fedalign.aggregator.rounds import Coordinator, RoundPolicy
     from fedalign.aggregator.server import ZmqServer
@@ -81,7 +80,7 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
     from fedalign.protocol.messages import SumScheme, wire_registry
     from fedalign.fedcmp.strategies import make_strategy, strategy_options
 
-    torch.set_num_threads(1)
+    apply_process_defaults()
     cfg = load_aggregator_config(config, overrides)
     roster = load_roster(cfg.resolve(cfg.server.roster))
     if len(roster.silos) < cfg.run.min_silos:
@@ -238,6 +237,7 @@ def build_app() -> typer.Typer:
 
 
 def main() -> None:
+    apply_process_defaults(torch_too=False)  # offline hubs and one thread, before anything loads
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     build_app()()
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import threading
 import warnings
-from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+from fedalign.host.process import apply_process_defaults
+
+apply_process_defaults()
 
 import torch  # noqa: E402
 
@@ -86,7 +85,7 @@ def main() -> None:
     ap.add_argument("--d-model", type=int, default=1024)
     ap.add_argument("--rank", type=int, default=32)
     a = ap.parse_args()
-    torch.set_num_threads(1)
+    apply_process_defaults()
     warnings.simplefilter("ignore")
     params = projector(a.d_vision, a.d_model)
     out = {}

@@ -17,11 +17,14 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+try:
+    from fedalign.host.process import apply_process_defaults
+except ImportError:  # --flower-only runs in Flower's own venv, without fedalign
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+else:
+    apply_process_defaults(torch_too=False)
 
 import numpy as np
 

@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+from fedalign.host.process import apply_process_defaults
+
+apply_process_defaults()
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
 from fedalign.silo.data import Sample  # noqa: E402
 from fedalign.silo.model import AlignmentModel, build_projector, load_alignment_model  # noqa: E402

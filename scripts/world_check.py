@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -219,7 +218,7 @@ def main(argv=None) -> int:
     ap.add_argument("--samples-per-silo", type=int, default=400)
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    apply_process_defaults()
 
     t0 = time.perf_counter()
     art = build_world(WorldSpec(seed=args.world_seed))

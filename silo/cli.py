@@ -10,7 +10,6 @@ traceback. Other modules add commands with ``@app.command()``.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -37,14 +36,10 @@ SetOpt = typer.Option(None, "--set", help="override any field: section.field=val
 
 
 def run_command(fn: Callable[[], Any], debug: bool) -> Any:
-    """Run a command body with one torch thread and the project's error table."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    try:
-        import torch
+    """Run a command body with the process defaults (fedalign.host.process) and the error table."""
+    from fedalign.host.process import apply_process_defaults
 
-        torch.set_num_threads(int(os.environ.get("SILO_THREADS", "1")))
-    except ImportError:
-        pass
+    apply_process_defaults()
     return run_cli(fn, debug=debug)
 
 
@@ -180,7 +175,10 @@ def status(
 
 
 def main() -> None:
-    """Console-script entry point (``silo = silo.cli:main``)."""
+    """Console-script entry point (``silo = fedalign.silo.cli:main``)."""
+    from fedalign.host.process import apply_process_defaults
+
+    apply_process_defaults(torch_too=False)  # offline hubs and one thread, before anything loads
     app()
 
 

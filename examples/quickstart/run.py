@@ -61,7 +61,7 @@ def prepare(out: Path, rounds: int, shard: int, world: str) -> dict:
     from fedalign.world import TINY_SPEC, WorldSpec
     from fedalign.world.build import build_world
 
-    torch.set_num_threads(1)
+    apply_process_defaults()
     t0 = time.time()
     say("building (or loading) the embedded world's frozen models ...")
     art = build_world(TINY_SPEC if world == "tiny" else WorldSpec())
@@ -145,7 +145,6 @@ def payload_formula_numbers(params: dict, rank: int, reliability: bool) -> int:
 
 
 def report(out: Path, rounds: int, started: float) -> None:
-    import torch
     from rich.console import Console
     from rich.table import Table
     from safetensors.torch import load_file

@@ -10,11 +10,12 @@ presence F1, and writes metrics.json plus the exported projector to --out.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+from fedalign.host.process import apply_process_defaults
+
+apply_process_defaults()
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 

@@ -51,9 +51,9 @@ def run_worker(scenario: str, seed: int, dp: bool = False, silos: int = Setup.si
            samples_per_round: int = Setup.samples_per_round, world: str = "default", out: Path | None = None,
            only: str = "all") -> None:
     """Run every missing configuration of one (scenario, seed) in this process (shared data and model)."""
-    import torch
+    from fedalign.host.process import apply_process_defaults
 
-    torch.set_num_threads(1)
+    apply_process_defaults()
     from fedalign.lab.scenarios import ProblemOptions, build_problem
 
     setup = Setup(silos=silos, rounds=rounds, samples_per_round=samples_per_round)
