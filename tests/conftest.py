@@ -1,12 +1,6 @@
-"""Test-wide settings: one torch thread per process (2 cores here; more threads thrash)."""
+"""Test-wide settings: the process defaults every entry point applies (one torch thread per
+process: 2 cores here, more threads thrash; hubs offline)."""
 
 from fedalign.host.process import apply_process_defaults
 
 apply_process_defaults()
-
-try:
-    import torch
-
-    torch.set_num_threads(1)
-except ImportError:  # crypto tests need no torch
-    pass

@@ -44,8 +44,15 @@ def test_console_scripts_point_into_the_namespace():
 
 @pytest.mark.slow
 def test_the_wheel_holds_only_the_fedalign_namespace(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path)], check=True, capture_output=True)
+    import shutil
+
+    had_build = (ROOT / "build").exists()
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+                        "-q", "-w", str(tmp_path)], check=True, capture_output=True)
+    finally:
+        if not had_build:  # setuptools builds in the source tree; leave the checkout as it was
+            shutil.rmtree(ROOT / "build", ignore_errors=True)
     (wheel,) = tmp_path.glob("fedalign-*.whl")
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
