@@ -14,6 +14,7 @@ the in-memory transport in tests and ZeroMQ in production; time comes from ``clo
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -164,6 +165,10 @@ class Coordinator:
             except ProtocolError as e:
                 self.events.emit("message_dropped", reason=str(e))
                 continue
+            except (ValueError, TypeError, KeyError, OverflowError, RecursionError, MemoryError) as e:
+                # the decoder should raise WireFormatError only; whatever it missed must not stop a run
+                self.events.emit("message_dropped", reason=f"undecodable ({type(e).__name__}): {e}")
+                continue
             if env is None:
                 continue
             if env.sender not in self.identities:
@@ -297,7 +302,14 @@ class Coordinator:
                 continue
             m = env.message
             if isinstance(m, UpdateReady) and m.round == t and env.sender in roster:
-                ready[env.sender] = float(m.epsilon)
+                eps = m.epsilon
+                if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+                    # a malformed report must not reach the ledger (it once broke the commit after
+                    # the checkpoint); the silo is treated as not ready
+                    self.events.emit("message_dropped", silo=env.sender, type="UpdateReady",
+                                     reason=f"epsilon must be a finite number >= 0, got {eps!r:.80}")
+                    continue
+                ready[env.sender] = float(eps)
             else:
                 self._late(env, f"round {t} training")
         rec.ready = tuple(sorted(ready))
@@ -421,7 +433,7 @@ class Coordinator:
                     m = env.message
                     try:
                         out = agg.handle(env.sender, m)
-                    except CryptoError as e:
+                    except (CryptoError, SecureSumUsageError, ValueError, TypeError, KeyError) as e:
                         self.events.emit("sum_message_rejected", silo=env.sender, round=t, phase=phase,
                                          stage=str(agg.stage), reason=str(e))
                         continue

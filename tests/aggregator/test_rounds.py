@@ -246,3 +246,36 @@ def test_an_update_that_went_into_an_aborted_sum_is_never_reused():
     for s in ("silo-0", "silo-1", "silo-2"):
         mine = [e["event"] for e in res.events if e["source"] == s]
         assert mine.count("training_started") == 2 and "update_reused" not in mine, (s, mine)
+
+
+class _BadEpsilon:
+    """A silo client that reports a NaN ε in UpdateReady (a malformed or hostile report)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def send(self, env):
+        from dataclasses import replace
+
+        from fedalign.protocol.messages import UpdateReady
+
+        if isinstance(env.message, UpdateReady):
+            env = replace(env, message=replace(env.message, epsilon=float("nan")))
+        return self.inner.send(env)
+
+    def recv(self, t):
+        return self.inner.recv(t)
+
+    def close(self):
+        self.inner.close()
+
+
+def test_a_nan_epsilon_never_reaches_a_committed_round():
+    # Before: NaN ε entered the round record (and broke the ledger append after the checkpoint).
+    res = run_federation(4, rounds=1, options={"rank": 2}, policy_overrides={"train_deadline_s": 4},
+                         wrap_client=lambda n, c, net: _BadEpsilon(c) if n == "silo-3" else c)
+    assert res.error is None and res.state.round == 1
+    rec = res.state.history[-1]
+    assert "silo-3" not in rec["survivors"] and "silo-3" not in rec["epsilon"]
+    assert all(v == v for v in rec["epsilon"].values())  # no NaN anywhere
+    assert any(e["event"] == "message_dropped" for e in res.events)
