@@ -27,7 +27,7 @@ FORBIDDEN = {
     "crypto": {"protocol", "fedcmp", "host", "world", "silo", "aggregator", "lab", "torch"},
     "protocol": {"fedcmp", "world", "silo", "aggregator", "lab", "torch"},
     "fedcmp": {"world", "silo", "aggregator", "lab", "crypto", "zmq", "socket", "msgpack", "tenseal"},
-    "host": {"fedcmp", "world", "silo", "aggregator", "lab", "torch"},
+    "host": {"fedcmp", "world", "silo", "aggregator", "lab"},  # torch: only to set its threads, if installed
     "world": {"silo", "aggregator", "lab", "crypto", "zmq"},
     "lab": set(),
 }
