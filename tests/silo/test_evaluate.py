@@ -9,7 +9,7 @@ import torch
 from fedalign.silo.data import Sample
 from fedalign.silo.evaluate import evaluate, prepare_eval, presence_metrics
 from fedalign.silo.model import IMAGE_TOKEN
-from tests.silo.conftest import make_samples
+from silo_samples import make_samples
 
 
 @dataclass(frozen=True)

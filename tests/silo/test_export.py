@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from fedalign.protocol.errors import ConfigError
 from fedalign.silo.export import export_projector, load_projector_file, to_hf_llava_layout
 from fedalign.silo.model import VisionTower, build_projector
-from tests.silo.conftest import make_samples
+from silo_samples import make_samples
 
 
 def test_hf_llava_loads_our_projector_and_matches(tmp_path):

@@ -5,7 +5,7 @@ import torch
 
 from fedalign.protocol.errors import ModelLoadError
 from fedalign.silo.model import (IMAGE_TOKEN, build_projector, collate, encode_text, load_llm, load_vision_tower)
-from tests.silo.conftest import make_samples
+from silo_samples import make_samples
 
 
 @pytest.mark.parametrize("family,has_cls", [("vit", True), ("clip", True), ("siglip", False)])

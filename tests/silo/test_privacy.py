@@ -10,7 +10,7 @@ from fedalign.protocol.ledger import read_ledger, Ledger
 from fedalign.silo.model import IMAGE_TOKEN
 from fedalign.silo.privacy import (DPProjectorTrainer, PrivacyAccountant, RoundCharge, compute_epsilon,
                           poisson_batches)
-from tests.silo.conftest import make_samples
+from silo_samples import make_samples
 
 
 @pytest.fixture()

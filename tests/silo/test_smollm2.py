@@ -33,7 +33,7 @@ def smol_model(tiny_dir):
 def test_smollm2_per_sample_loss_and_a_training_step(smol_model):
     from fedalign.silo.data import DEFAULT_PROMPT, Sample
     from fedalign.silo.trainer import LocalTrainer, TrainSettings, prepare_shard
-    from tests.silo.conftest import make_samples
+    from silo_samples import make_samples
 
     m = smol_model
     assert m.d_model == 576 and len(m.tokenizer) > 40000

@@ -8,7 +8,7 @@ from fedalign.silo.data import Sample
 from fedalign.silo.model import IMAGE_TOKEN
 from fedalign.silo.privacy import PrivacyAccountant
 from fedalign.silo.trainer import DPSettings, LocalTrainer, TrainSettings, prepare_shard, train_rounds
-from tests.silo.conftest import make_samples
+from silo_samples import make_samples
 
 
 @pytest.fixture(scope="module")
