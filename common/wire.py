@@ -50,6 +50,8 @@ DEFAULT_MAX_BYTES = 1 << 30
 _MAX_NDIM = 8
 _MAX_NESTING = 8  # registered messages inside messages
 _MAX_DEPTH = 32  # msgpack containers inside one header, all levels together
+_MAX_ARRAYS = 65536  # array frames in one message
+_MAX_ELEMENTS = 1 << 16  # msgpack values in one message, nested messages included
 _EXT_ARRAY = 1
 _EXT_MESSAGE = 2
 
@@ -324,6 +326,7 @@ class _Unpacker:
         self.used = [False] * len(arrays)
         self.registry = registry
         self.depth = 0
+        self.budget = _MAX_ELEMENTS  # values left for nested messages (the header was measured)
 
     def ext(self, code: int, data: bytes, depth: int) -> Any:
         if code == _EXT_ARRAY:
@@ -340,6 +343,7 @@ class _Unpacker:
             self.depth += 1
             try:
                 inner = _unpack(data, "nested message")
+                self.budget -= _measure(inner, "nested message", self.budget)
                 if not isinstance(inner, tuple) or len(inner) != 2:
                     raise WireFormatError("malformed nested message: expected [type, body]")
                 return self.build(inner[0], _resolve(inner[1], self, depth + 1))
@@ -376,6 +380,7 @@ def _unpack(data: bytes, what: str) -> Any:
             data, raw=False, use_list=False, strict_map_key=False,
             ext_hook=lambda code, d: msgpack.ExtType(code, d),
             max_bin_len=MAX_HEADER_BYTES, max_str_len=MAX_HEADER_BYTES,
+            max_array_len=_MAX_ELEMENTS, max_map_len=_MAX_ELEMENTS,
         )
     except RecursionError:
         raise WireFormatError(f"{what} nested too deeply") from None
@@ -396,8 +401,12 @@ def peek_header(frames: Sequence[Any]) -> dict[str, Any]:
     header = _unpack(head, "header")
     if not isinstance(header, dict):
         raise WireFormatError("header must be a map")
-    if _depth(header) > _MAX_DEPTH:
-        raise WireFormatError(f"header nested deeper than {_MAX_DEPTH} levels")
+    spec = header.get("spec")
+    if isinstance(spec, tuple) and (len(spec) > _MAX_ARRAYS or len(spec) != len(frames) - 1):
+        # cheap checks first: a header of half a million spec entries is refused before any walk
+        raise WireFormatError(f"header declares {len(spec)} arrays but {len(frames) - 1} frames came "
+                              f"(at most {_MAX_ARRAYS})")
+    _measure(header, "header", _MAX_ELEMENTS)
     v = header.get("v")
     if type(v) is not int or v != PROTOCOL_VERSION:
         raise WireFormatError(f"protocol version {_short(v)}, expected {PROTOCOL_VERSION}")
@@ -414,21 +423,27 @@ def peek_header(frames: Sequence[Any]) -> dict[str, Any]:
     return header
 
 
-def _depth(v: Any) -> int:
-    """Nesting depth of a decoded msgpack value (iterative: no recursion on hostile input)."""
-    deepest, stack = 0, [(v, 1)]
+def _measure(v: Any, what: str, budget: int) -> int:
+    """Elements in ``v``, walked iteratively; refuse more than ``budget`` or deeper than _MAX_DEPTH.
+
+    Bounds the work every later pass (resolving, type checks) does on a hostile header, and
+    never recurses, so no nesting can exhaust the stack.
+    """
+    count, stack = 0, [(v, 1)]
     while stack:
         x, d = stack.pop()
-        if d > deepest:
-            deepest = d
-            if d > _MAX_DEPTH:
-                return d
+        if d > _MAX_DEPTH:
+            raise WireFormatError(f"{what} nested deeper than {_MAX_DEPTH} levels")
         if isinstance(x, tuple):
-            stack.extend((y, d + 1) for y in x)
+            count += len(x)
+            stack.extend((y, d + 1) for y in x if isinstance(y, (tuple, dict)))
         elif isinstance(x, dict):
-            stack.extend((y, d + 1) for y in x.values())
+            count += 2 * len(x)
+            stack.extend((y, d + 1) for y in x.values() if isinstance(y, (tuple, dict)))
             stack.extend((y, d + 1) for y in x if isinstance(y, tuple))
-    return deepest
+        if count > budget:
+            raise WireFormatError(f"{what} holds more than {_MAX_ELEMENTS} values in all")
+    return count
 
 
 def decode(
@@ -471,6 +486,7 @@ def _decode(frames: Sequence[Any], registry: Mapping[str, type], max_bytes: int)
             raise WireFormatError(f"array {i}: spec says {n} bytes, frame has {buf.nbytes}")
         arrays.append(np.frombuffer(buf, dtype=dtype).reshape(shape).copy())
     u = _Unpacker(arrays, registry)
+    u.budget -= _measure(header["body"], "message body", _MAX_ELEMENTS)
     # The body was unpacked with ext objects left in place; rebuild it through the hook.
     body = _resolve(header["body"], u, 0)
     msg = u.build(header["type"], body)

@@ -230,3 +230,21 @@ def test_decode_is_total_on_mutated_frames(frames):
     except WireFormatError:
         return
     assert isinstance(env, Envelope)
+
+
+@pytest.mark.parametrize("value", [[None] * 70_000, [[0]] * 40_000, {"k%d" % i: i for i in range(40_000)}])
+def test_element_count_is_bounded(value):
+    # a 4 MiB header may hold millions of tiny values; every later pass would walk them all
+    with pytest.raises(WireFormatError, match="max_array_len|max_map_len|more than 65536 values"):
+        decode(_tamper(CORPUS[0], lambda h: h["body"].__setitem__("strategy_options", {"x": value})), REG)
+
+
+def test_element_budget_covers_nested_messages():
+    # each nested message is under the limit; together they are not
+    body = msgpack.unpackb(_frames(RoundStart(0, {}, {}, ("a",), bytes(32), "s", {}, 1, 1.0, ()))[0],
+                           raw=False)["body"]
+    body["strategy_options"] = {"pad": [None] * 30_000}
+    inner = msgpack.packb(["RoundStart", body], use_bin_type=True)
+    nested = tuple(msgpack.ExtType(2, inner) for _ in range(3))
+    with pytest.raises(WireFormatError, match="more than 65536 values"):
+        decode(_tamper(CORPUS[0], lambda h: h["body"].__setitem__("roster", nested)), REG)
