@@ -12,6 +12,13 @@ can be mistaken for one. :func:`decode` checks the protocol version, the message
 a registry, every declared dtype against an allowlist and every declared shape against
 ``max_bytes`` *before* anything is allocated, and every frame's length against its spec.
 No pickle, no code execution: only the registry's dataclasses can come out.
+
+:func:`decode` is total: on any input its only exception is :class:`WireFormatError`, whose
+message names the field and what was expected (attacker values are cut short). Every field
+is checked against its dataclass type hint before the dataclass is built (``_check``: ints
+are not bools, floats and float arrays are finite, containers hold the declared types), the
+header is bounded in size, nesting depth and number of values before anything walks it, and
+an empty array's dimensions are bounded like a full one's.
 """
 
 from __future__ import annotations
@@ -484,7 +491,11 @@ def _decode(frames: Sequence[Any], registry: Mapping[str, type], max_bytes: int)
             raise WireFormatError(f"array {i}: frame is not a contiguous byte buffer") from e
         if buf.nbytes != n:
             raise WireFormatError(f"array {i}: spec says {n} bytes, frame has {buf.nbytes}")
-        arrays.append(np.frombuffer(buf, dtype=dtype).reshape(shape).copy())
+        arr = np.frombuffer(buf, dtype=dtype).reshape(shape)
+        if dtype.kind == "f" and not np.isfinite(arr).all():
+            raise WireFormatError(f"array {i} ({dtype.str} {_short(list(shape))}): expected finite values, "
+                                  "found NaN or infinity")
+        arrays.append(arr.copy())
     u = _Unpacker(arrays, registry)
     u.budget -= _measure(header["body"], "message body", _MAX_ELEMENTS)
     # The body was unpacked with ext objects left in place; rebuild it through the hook.

@@ -248,3 +248,13 @@ def test_element_budget_covers_nested_messages():
     nested = tuple(msgpack.ExtType(2, inner) for _ in range(3))
     with pytest.raises(WireFormatError, match="more than 65536 values"):
         decode(_tamper(CORPUS[0], lambda h: h["body"].__setitem__("roster", nested)), REG)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_float_arrays_must_be_finite(bad):
+    # a NaN in a decrypted sum or in θ would poison every silo's next round
+    vals = np.ones(4)
+    vals[2] = bad
+    frames = _frames(cm.CkksDecryptedSum(round_id=1, instance_id=2, sender="a", values=vals), "a")
+    with pytest.raises(WireFormatError, match=r"array 0 \(<f8 \[4\]\): expected finite values"):
+        decode(frames, REG)
