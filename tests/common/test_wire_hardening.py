@@ -258,3 +258,21 @@ def test_float_arrays_must_be_finite(bad):
     frames = _frames(cm.CkksDecryptedSum(round_id=1, instance_id=2, sender="a", values=vals), "a")
     with pytest.raises(WireFormatError, match=r"array 0 \(<f8 \[4\]\): expected finite values"):
         decode(frames, REG)
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("self_seed_shares", {"b": "not bytes"}, r"UnmaskResponse.self_seed_shares\['b'\]: expected bytes, got str"),
+    ("self_seed_shares", {7: b"x" * 66}, r"UnmaskResponse.self_seed_shares key: expected str, got int"),
+    ("mask_key_shares", {"c": (b"x",)}, r"UnmaskResponse.mask_key_shares\['c'\]: expected bytes, got tuple"),
+])
+def test_crypto_fields_are_checked_element_by_element(field, value, needle):
+    fr = _frames(cm.UnmaskResponse(round_id=2, instance_id=4, sender="a", self_seed_shares={"b": b"x" * 66},
+                                   mask_key_shares={}), "a")
+    with pytest.raises(WireFormatError, match=needle):
+        decode(_tamper(fr, lambda h: h["body"].__setitem__(field, value)), REG)
+
+
+def test_crypto_shapes_must_be_int_tuples():
+    fr = CORPUS[8]  # MaskedInput
+    with pytest.raises(WireFormatError, match=r"MaskedInput.shapes\[0\]\[0\]: expected an int, got float"):
+        decode(_tamper(fr, lambda h: h["body"].__setitem__("shapes", ((3.0,),))), REG)
