@@ -8,8 +8,9 @@ a spec entry with a huge or zero-size-but-huge shape, frames dropped or duplicat
 
 Counts, measured in one run: inputs, accepted (decoded to a message), rejected with
 ``WireFormatError``, untyped exceptions (anything else: each is a bug, its type and first
-message are listed), and hangs (one decode over ``--hang-s`` seconds). Ends with one JSON
-line. Not a test: nothing here asserts a time.
+message are listed), and hangs (one decode over ``--hang-s`` seconds); then the decode time
+of a few hand-made worst cases (4 MiB headers of tiny values). Ends with one JSON line. Not a
+test: nothing here asserts a time.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_fuzz.py [--n 100000] [--seed 0]
 """
@@ -168,6 +169,18 @@ def bytewise(frames: list[bytes], pool: list[list[bytes]], r: random.Random) -> 
     return out
 
 
+def crafted() -> dict[str, list[bytes]]:
+    """Hand-made worst cases near the 4 MiB header limit: many tiny values cost CPU, not memory."""
+    base = msgpack.unpackb(corpus()[1][0], raw=False)  # RoundStart without its arrays
+    base["spec"], base["body"]["params"], base["body"]["public"] = [], {}, {}
+    out = {}
+    for name, value in [("4M nils", [None] * ((4 << 20) - 400)), ("4M empty maps", [{}] * ((4 << 20) - 400)),
+                        ("30k empty maps", [{}] * 30_000), ("2M one-item lists", [[1]] * ((2 << 20) - 400))]:
+        h = {**base, "body": {**base["body"], "strategy_options": {"x": value}}}
+        out[name] = [msgpack.packb(h, use_bin_type=True)]
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000, help="mutated inputs (default 100000)")
@@ -209,6 +222,22 @@ def main(argv=None) -> dict:
         if dt > a.hang_s:
             counts["hangs"] += 1
     elapsed = time.perf_counter() - t_all
+    crafted_ms = {}
+    for name, fr in crafted().items():
+        t0 = time.perf_counter()
+        try:
+            decode(fr, reg, max_bytes=MAX_BYTES)
+            outcome = "accepted"
+        except WireFormatError:
+            outcome = "WireFormatError"
+        except Exception as e:  # noqa: BLE001
+            outcome = type(e).__name__
+            untyped[outcome] += 1
+            examples.setdefault(outcome, str(e)[:120])
+        dt = time.perf_counter() - t0
+        crafted_ms[name] = {"ms": round(dt * 1e3, 2), "outcome": outcome}
+        if dt > a.hang_s:
+            counts["hangs"] += 1
     result = {
         "bench": "fuzz_wire_decode",
         "inputs": a.n,
@@ -224,11 +253,14 @@ def main(argv=None) -> dict:
         "hang_threshold_s": a.hang_s,
         "slowest_decode_ms": round(slowest * 1e3, 2),
         "mean_decode_us": round(elapsed / max(1, a.n) * 1e6, 1),
+        "crafted": crafted_ms,
     }
     print(f"inputs {a.n} (structured {result['structured']}, bytewise {result['bytewise']}); "
           f"accepted {result['accepted']}, WireFormatError {result['wire_format_error']}, "
           f"untyped exceptions {result['untyped_exceptions']}, hangs (> {a.hang_s}s) {result['hangs']}; "
           f"slowest decode {result['slowest_decode_ms']} ms")
+    for k, v in crafted_ms.items():
+        print(f"  crafted {k}: {v['ms']} ms, {v['outcome']}")
     for k, v in untyped.most_common():
         print(f"  untyped {k}: {v}  e.g. {examples[k]!r}")
     print(json.dumps(result, sort_keys=True))

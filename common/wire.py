@@ -397,6 +397,11 @@ def _unpack(data: bytes, what: str) -> Any:
 
 def peek_header(frames: Sequence[Any]) -> dict[str, Any]:
     """The decoded header map (type, round, instance, phase, sender, spec) without its arrays."""
+    return _peek(frames)[0]
+
+
+def _peek(frames: Sequence[Any]) -> tuple[dict[str, Any], int]:
+    """The header and the number of values in it (what the element budget has left to spend)."""
     if not frames:
         raise WireFormatError("empty message")
     try:
@@ -413,7 +418,7 @@ def peek_header(frames: Sequence[Any]) -> dict[str, Any]:
         # cheap checks first: a header of half a million spec entries is refused before any walk
         raise WireFormatError(f"header declares {len(spec)} arrays but {len(frames) - 1} frames came "
                               f"(at most {_MAX_ARRAYS})")
-    _measure(header, "header", _MAX_ELEMENTS)
+    used = _measure(header, "header", _MAX_ELEMENTS)
     v = header.get("v")
     if type(v) is not int or v != PROTOCOL_VERSION:
         raise WireFormatError(f"protocol version {_short(v)}, expected {PROTOCOL_VERSION}")
@@ -427,29 +432,31 @@ def peek_header(frames: Sequence[Any]) -> dict[str, Any]:
         raise WireFormatError(f"header sender must be a non-empty str, got {_kind(header['sender'])}")
     if not isinstance(header["type"], str):
         raise WireFormatError(f"header type must be a str, got {_kind(header['type'])}")
-    return header
+    return header, used
 
 
 def _measure(v: Any, what: str, budget: int) -> int:
-    """Elements in ``v``, walked iteratively; refuse more than ``budget`` or deeper than _MAX_DEPTH.
+    """Values in ``v``, walked level by level; refuse more than ``budget`` or deeper than _MAX_DEPTH.
 
     Bounds the work every later pass (resolving, type checks) does on a hostile header, and
     never recurses, so no nesting can exhaust the stack.
     """
-    count, stack = 0, [(v, 1)]
-    while stack:
-        x, d = stack.pop()
-        if d > _MAX_DEPTH:
+    count, level, depth = 0, [v], 1
+    while level:
+        if depth > _MAX_DEPTH:
             raise WireFormatError(f"{what} nested deeper than {_MAX_DEPTH} levels")
-        if isinstance(x, tuple):
-            count += len(x)
-            stack.extend((y, d + 1) for y in x if isinstance(y, (tuple, dict)))
-        elif isinstance(x, dict):
-            count += 2 * len(x)
-            stack.extend((y, d + 1) for y in x.values() if isinstance(y, (tuple, dict)))
-            stack.extend((y, d + 1) for y in x if isinstance(y, tuple))
-        if count > budget:
-            raise WireFormatError(f"{what} holds more than {_MAX_ELEMENTS} values in all")
+        nxt: list[Any] = []
+        for x in level:
+            if type(x) is tuple:
+                count += len(x)
+                nxt += [y for y in x if type(y) is tuple or type(y) is dict]
+            else:  # a dict
+                count += 2 * len(x)
+                nxt += [y for y in x.values() if (type(y) is tuple and y) or (type(y) is dict and y)]
+                nxt += [k for k in x if type(k) is tuple and k]
+            if count > budget:
+                raise WireFormatError(f"{what} holds more than {_MAX_ELEMENTS} values in all")
+        level, depth = [y for y in nxt if y], depth + 1
     return count
 
 
@@ -473,7 +480,7 @@ def decode(
 
 
 def _decode(frames: Sequence[Any], registry: Mapping[str, type], max_bytes: int) -> Envelope:
-    header = peek_header(frames)
+    header, used = _peek(frames)
     spec = header["spec"]
     if not isinstance(spec, tuple):
         raise WireFormatError(f"header spec must be a list, got {_kind(spec)}")
@@ -497,7 +504,7 @@ def _decode(frames: Sequence[Any], registry: Mapping[str, type], max_bytes: int)
                                   "found NaN or infinity")
         arrays.append(arr.copy())
     u = _Unpacker(arrays, registry)
-    u.budget -= _measure(header["body"], "message body", _MAX_ELEMENTS)
+    u.budget -= used
     # The body was unpacked with ext objects left in place; rebuild it through the hook.
     body = _resolve(header["body"], u, 0)
     msg = u.build(header["type"], body)
