@@ -8,7 +8,7 @@ a spec entry with a huge or zero-size-but-huge shape, frames dropped or duplicat
 
 Counts, measured in one run: inputs, accepted (decoded to a message), rejected with
 ``WireFormatError``, untyped exceptions (anything else: each is a bug, its type and first
-message are listed), and hangs (one decode over ``--hang-s`` seconds); then the decode time
+message are listed), accepted inputs that do not survive encode + decode again, and hangs (one decode over ``--hang-s`` seconds); then the decode time
 of a few hand-made worst cases (4 MiB headers of tiny values). Ends with one JSON line. Not a
 test: nothing here asserts a time.
 
@@ -207,8 +207,12 @@ def main(argv=None) -> dict:
         counts[mode] += 1
         t0 = time.perf_counter()
         try:
-            decode(inp, reg, max_bytes=MAX_BYTES)
+            env = decode(inp, reg, max_bytes=MAX_BYTES)
             counts["accepted"] += 1
+            try:  # what was accepted is well-formed: it encodes and decodes again
+                decode([bytes(f) for f in encode(env)], reg, max_bytes=MAX_BYTES)
+            except Exception:  # noqa: BLE001
+                counts["accepted_not_round_tripping"] += 1
         except WireFormatError:
             counts["wire_format_error"] += 1
         except BaseException as e:  # noqa: BLE001 - counting exactly these is the point
@@ -246,6 +250,7 @@ def main(argv=None) -> dict:
         "structured": counts["structured"],
         "bytewise": counts["bytewise"],
         "accepted": counts["accepted"],
+        "accepted_not_round_tripping": counts["accepted_not_round_tripping"],
         "wire_format_error": counts["wire_format_error"],
         "untyped_exceptions": sum(untyped.values()),
         "untyped_by_type": dict(untyped),
@@ -256,7 +261,7 @@ def main(argv=None) -> dict:
         "crafted": crafted_ms,
     }
     print(f"inputs {a.n} (structured {result['structured']}, bytewise {result['bytewise']}); "
-          f"accepted {result['accepted']}, WireFormatError {result['wire_format_error']}, "
+          f"accepted {result['accepted']} ({result['accepted_not_round_tripping']} not round-tripping), WireFormatError {result['wire_format_error']}, "
           f"untyped exceptions {result['untyped_exceptions']}, hangs (> {a.hang_s}s) {result['hangs']}; "
           f"slowest decode {result['slowest_decode_ms']} ms")
     for k, v in crafted_ms.items():
