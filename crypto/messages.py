@@ -2,7 +2,10 @@
 
 Fields hold only int, float, str, bytes, bool, None, tuples or dicts of those, and numpy
 arrays, so a transport can serialize any message generically (msgpack header + raw array
-frames) and rebuild it with ``MESSAGE_TYPES[type(msg).__name__](**fields)``. Every message
+frames) and rebuild it with ``MESSAGE_TYPES[type(msg).__name__](**fields)``. The annotations
+are precise on purpose: ``fedalign.protocol.wire`` checks every decoded field against them (a silo name
+is a str, a share is bytes) before a message is built; the state machines still validate
+lengths and membership, and answer with the opaque ``CryptoError``. Every message
 carries round_id, instance_id, stage and sender; messages from the aggregator have sender
 ``"aggregator"``. Receivers check all four before they look at anything else.
 """
@@ -101,7 +104,7 @@ class KeyRoster(Message):
     """Aggregator -> silo: silo_id -> (cipher_pk, mask_pk, signature) of its group that advertised."""
 
     STAGE = Stage.SHARE_KEYS
-    keys: dict
+    keys: dict[str, tuple[bytes, bytes, bytes]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,7 +112,7 @@ class EncryptedShares(Message):
     """Silo -> aggregator: recipient silo_id -> AEAD ciphertext of this silo's shares for it."""
 
     STAGE = Stage.SHARE_KEYS
-    shares: dict
+    shares: dict[str, bytes]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,7 +120,7 @@ class SharesRelay(Message):
     """Aggregator -> silo: sender silo_id -> ciphertext addressed to the recipient."""
 
     STAGE = Stage.MASKED_INPUT
-    shares: dict
+    shares: dict[str, bytes]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,8 +131,8 @@ class MaskedInput(Message):
     """
 
     STAGE = Stage.MASKED_INPUT
-    names: tuple
-    shapes: tuple
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
     masked: np.ndarray
 
 
@@ -138,7 +141,7 @@ class ConsistencyRequest(Message):
     """Aggregator -> silo: the silos whose masked input arrived (U3), to be signed."""
 
     STAGE = Stage.CONSISTENCY
-    survivors: tuple
+    survivors: tuple[str, ...]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,9 +158,9 @@ class UnmaskRequest(Message):
     mask-key shares), and the consistency signatures over ``survivors``."""
 
     STAGE = Stage.UNMASK
-    survivors: tuple
-    dropped: tuple
-    signatures: dict
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+    signatures: dict[str, bytes]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,8 +168,8 @@ class UnmaskResponse(Message):
     """Silo -> aggregator: Shamir shares (66 bytes each) it holds, keyed by the owner silo."""
 
     STAGE = Stage.UNMASK
-    self_seed_shares: dict
-    mask_key_shares: dict
+    self_seed_shares: dict[str, bytes]
+    mask_key_shares: dict[str, bytes]
 
 
 # ---- ckks ---------------------------------------------------------------------------------
@@ -179,7 +182,7 @@ class CkksContextShare(Message):
 
     STAGE = Stage.SHARE_CONTEXT
     public_context: bytes
-    secret_contexts: dict
+    secret_contexts: dict[str, bytes]
     signature: bytes
 
 
@@ -200,9 +203,9 @@ class CkksInput(Message):
     """Silo -> aggregator: serialized CKKS ciphertexts, one per chunk of <= slots values."""
 
     STAGE = Stage.ENCRYPTED_INPUT
-    names: tuple
-    shapes: tuple
-    chunks: tuple
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    chunks: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,8 +213,8 @@ class CkksDecryptRequest(Message):
     """Aggregator -> one silo: the summed ciphertexts and the silos included in the sum."""
 
     STAGE = Stage.DECRYPT
-    included: tuple
-    chunks: tuple
+    included: tuple[str, ...]
+    chunks: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -230,8 +233,8 @@ class PlainInput(Message):
     """Silo -> aggregator, INSECURE debug mode: the flat float64 input in the clear."""
 
     STAGE = Stage.PLAIN_INPUT
-    names: tuple
-    shapes: tuple
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
     values: np.ndarray
 
 

@@ -1,7 +1,7 @@
 """Round-level wire messages between silo and aggregator, and the stages of a round.
 
 Frozen dataclasses of simple fields and numpy arrays (no torch: both sides convert at their
-edges), encoded by :mod:`common.wire`. The secure-sum messages inside a phase are crypto's
+edges), encoded by :mod:`fedalign.protocol.wire`. The secure-sum messages inside a phase are crypto's
 own (``crypto.messages``); :data:`MESSAGE_TYPES` lists ours, and the runtime registers both.
 
 One round (DESIGN §3)::
@@ -19,6 +19,7 @@ One round (DESIGN §3)::
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -42,6 +43,9 @@ __all__ = [
 
 Arrays = Mapping[str, np.ndarray]
 
+CKKS_POLY_MODULI = (8192, 16384)  # what crypto.config.SecureSumConfig accepts in every mode
+_MAX_PHASES = 64
+
 
 class Stage(enum.StrEnum):
     """Where a silo or the aggregator is within the run."""
@@ -63,15 +67,38 @@ class SumScheme(enum.StrEnum):
 
 def _arrays(owner: str, name: str, value: object) -> None:
     if not isinstance(value, Mapping):
-        raise WireFormatError(f"{owner}.{name} must be a map name -> array")
+        raise WireFormatError(f"{owner}.{name} must be a map name -> array, got {type(value).__name__}")
     for k, v in value.items():
         if not isinstance(k, str) or not isinstance(v, np.ndarray):
-            raise WireFormatError(f"{owner}.{name}[{k!r}] must be a numpy array keyed by str")
+            raise WireFormatError(f"{owner}.{name}[{_show(k)}] must be a numpy array keyed by str, got {type(v).__name__}")
 
 
 def _nonneg(owner: str, name: str, value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise WireFormatError(f"{owner}.{name} must be an int >= 0, got {value!r}")
+        raise WireFormatError(f"{owner}.{name} must be an int >= 0, got {_show(value)}")
+
+
+def _show(value: object) -> str:
+    """A value's type and a short repr, for error messages about untrusted input."""
+    r = repr(value)
+    return f"{type(value).__name__} {r if len(r) <= 60 else r[:57] + '...'}"
+
+
+def _names(owner: str, name: str, value: object) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(s, str) and s for s in value):
+        raise WireFormatError(f"{owner}.{name} must be a tuple of non-empty silo names, got {_show(value)}")
+
+
+def _text(owner: str, name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise WireFormatError(f"{owner}.{name} must be a str, got {_show(value)}")
+
+
+def _finite(owner: str, name: str, value: object, *, positive: bool) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= 0 if positive else value < 0):
+        bound = "> 0" if positive else ">= 0"
+        raise WireFormatError(f"{owner}.{name} must be a finite number {bound}, got {_show(value)}")
 
 
 @dataclass(frozen=True)
@@ -88,8 +115,9 @@ class Heartbeat:
     def __post_init__(self) -> None:
         if not isinstance(self.stage, Stage):
             raise WireFormatError(f"Heartbeat.stage must be a Stage, got {self.stage!r}")
-        if not isinstance(self.last_committed, int) or self.last_committed < -1:
-            raise WireFormatError(f"Heartbeat.last_committed must be an int >= -1, got {self.last_committed!r}")
+        lc = self.last_committed
+        if not isinstance(lc, int) or isinstance(lc, bool) or lc < -1:
+            raise WireFormatError(f"Heartbeat.last_committed must be an int >= -1, got {_show(lc)}")
 
 
 @dataclass(frozen=True)
@@ -115,14 +143,16 @@ class RoundStart:
         _nonneg("RoundStart", "round", self.round)
         _arrays("RoundStart", "params", self.params)
         _arrays("RoundStart", "public", self.public)
-        if not isinstance(self.roster, tuple) or not all(isinstance(s, str) for s in self.roster):
-            raise WireFormatError("RoundStart.roster must be a tuple of silo names")
+        _names("RoundStart", "roster", self.roster)
         if not isinstance(self.seed, bytes) or len(self.seed) != 32:
             raise WireFormatError("RoundStart.seed must be 32 bytes")
-        if not isinstance(self.n_phases, int) or self.n_phases < 1:
-            raise WireFormatError(f"RoundStart.n_phases must be >= 1, got {self.n_phases!r}")
-        if not isinstance(self.strategy_options, Mapping):
-            raise WireFormatError("RoundStart.strategy_options must be a map")
+        _text("RoundStart", "strategy", self.strategy)
+        if not isinstance(self.n_phases, int) or isinstance(self.n_phases, bool) or not 1 <= self.n_phases <= _MAX_PHASES:
+            raise WireFormatError(f"RoundStart.n_phases must be an int in 1..{_MAX_PHASES}, got {_show(self.n_phases)}")
+        if not isinstance(self.strategy_options, Mapping) or not all(isinstance(k, str) for k in self.strategy_options):
+            raise WireFormatError("RoundStart.strategy_options must be a map keyed by str")
+        _finite("RoundStart", "train_deadline_s", self.train_deadline_s, positive=True)
+        _names("RoundStart", "previous_survivors", self.previous_survivors)
 
 
 @dataclass(frozen=True)
@@ -134,6 +164,7 @@ class UpdateReady:
 
     def __post_init__(self) -> None:
         _nonneg("UpdateReady", "round", self.round)
+        _finite("UpdateReady", "epsilon", self.epsilon, positive=False)
 
 
 @dataclass(frozen=True)
@@ -163,12 +194,18 @@ class SumStart:
         _nonneg("SumStart", "instance", self.instance)
         if not isinstance(self.scheme, SumScheme):
             raise WireFormatError(f"SumStart.scheme must be a SumScheme, got {self.scheme!r}")
-        if not isinstance(self.participants, tuple) or len(set(self.participants)) != len(self.participants):
+        _names("SumStart", "participants", self.participants)
+        if len(set(self.participants)) != len(self.participants):
             raise WireFormatError("SumStart.participants must be a tuple of distinct silo names")
-        if not isinstance(self.threshold, int) or not 1 <= self.threshold <= max(1, len(self.participants)):
-            raise WireFormatError(f"SumStart.threshold {self.threshold!r} out of range")
-        if not isinstance(self.neighbours, int) or self.neighbours < 0:
-            raise WireFormatError(f"SumStart.neighbours must be an int >= 0, got {self.neighbours!r}")
+        t = self.threshold
+        if not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= max(1, len(self.participants)):
+            raise WireFormatError(f"SumStart.threshold must be an int in 1..{max(1, len(self.participants))}, got {_show(t)}")
+        _finite("SumStart", "clip", self.clip, positive=True)
+        if not isinstance(self.neighbours, int) or isinstance(self.neighbours, bool) or self.neighbours < 0:
+            raise WireFormatError(f"SumStart.neighbours must be an int >= 0, got {_show(self.neighbours)}")
+        if type(self.ckks_poly_modulus) is not int or self.ckks_poly_modulus not in CKKS_POLY_MODULI:
+            raise WireFormatError(
+                f"SumStart.ckks_poly_modulus must be one of {CKKS_POLY_MODULI}, got {_show(self.ckks_poly_modulus)}")
         _arrays("SumStart", "public", self.public)
 
 
@@ -184,7 +221,9 @@ class RoundEnd:
     def __post_init__(self) -> None:
         _nonneg("RoundEnd", "round", self.round)
         if not isinstance(self.committed, bool):
-            raise WireFormatError("RoundEnd.committed must be a bool")
+            raise WireFormatError(f"RoundEnd.committed must be a bool, got {_show(self.committed)}")
+        _text("RoundEnd", "reason", self.reason)
+        _names("RoundEnd", "survivors", self.survivors)
 
 
 @dataclass(frozen=True)
@@ -198,6 +237,7 @@ class RunEnd:
     def __post_init__(self) -> None:
         _nonneg("RunEnd", "rounds_done", self.rounds_done)
         _arrays("RunEnd", "params", self.params)
+        _text("RunEnd", "reason", self.reason)
 
 
 @dataclass(frozen=True)
@@ -205,6 +245,9 @@ class LeaveNotice:
     """Silo → aggregator: the silo leaves the run (budget spent, operator stop, error)."""
 
     reason: str
+
+    def __post_init__(self) -> None:
+        _text("LeaveNotice", "reason", self.reason)
 
 
 MESSAGE_TYPES: dict[str, type] = {

@@ -3,7 +3,7 @@
 The aggregator's engine talks to a :class:`ServerTransport`, each silo to a
 :class:`ClientTransport`. Production uses ZeroMQ (``aggregator.server``, ``silo.client``);
 tests use :class:`InMemoryNetwork`, which still runs every message through
-:mod:`common.wire` so the bytes that would cross the network are exactly the ones tested.
+:mod:`fedalign.protocol.wire` so the bytes that would cross the network are exactly the ones tested.
 
 A server transport returns only envelopes whose ``sender`` equals the authenticated peer
 (the CURVE key's silo under ZeroMQ, the attached name here); anything else raises

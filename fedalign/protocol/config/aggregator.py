@@ -49,7 +49,8 @@ class SecureSumSection(StrictModel):
     scheme: Literal["secagg", "ckks", "plain"] = "secagg"
     clip: float = Field(16.0, gt=0, description="declared |value| bound of every contribution entry")
     neighbours: int | None = Field(None, ge=2, description="SecAgg+ graph degree; None = complete graph")
-    ckks_poly_modulus: Literal[4096, 8192, 16384] = 8192
+    ckks_poly_modulus: Literal[8192, 16384] = Field(
+        8192, description="CKKS ring size; the only values crypto.config.SecureSumConfig accepts")
 
 
 class StrategySection(StrictModel):
