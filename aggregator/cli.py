@@ -68,7 +68,8 @@ def _insecure_allowed(cfg, flag: bool, what: str) -> bool:
 def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: bool = False,
                       overrides: dict[str, Any] | None = None):
     """Load ``aggregator.toml`` and run (or resume) the federation to its last round."""
-    from fedalign.aggregator.checkpoint import CheckpointStore, RunState
+    from fedalign.aggregator.checkpoint import CheckpointStore, RunState, reconcile_ledger
+    from fedalign.host.atomic import atomic_write, atomic_write_json
     from fedalign.aggregator.rounds import Coordinator, RoundPolicy
     from fedalign.aggregator.server import ZmqServer
     from fedalign.protocol.config.aggregator import load_aggregator_config
@@ -109,6 +110,11 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
                               "use a new output.dir or the original settings")
     events = EventLog(out / "aggregator.jsonl", source="aggregator")
     ledger = Ledger(out / "ledger.jsonl")
+    # a crash between the checkpoint and the ledger append leaves a committed round unrecorded:
+    # append it now, marked recovered (and refuse a checkpoint older than the ledger)
+    recovered = reconcile_ledger(ledger, state, now=time.time())
+    if recovered:
+        events.emit("ledger_reconciled", rounds=[e.fields.get("round") for e in recovered])
     policy = RoundPolicy(
         rounds=cfg.run.rounds, min_silos=cfg.run.min_silos, train_deadline_s=cfg.run.train_deadline_s,
         step_deadline_s=cfg.run.step_deadline_s, heartbeat_timeout_s=cfg.run.heartbeat_timeout_s,
@@ -132,8 +138,9 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
         events.close()
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in final.params.items()}, str(out / "final_projector.safetensors"))
-    (out / "history.json").write_text(json.dumps(final.history, indent=1))
+    atomic_write(out / "final_projector.safetensors",
+                 lambda p: save_file({k: v.contiguous() for k, v in final.params.items()}, str(p)))
+    atomic_write_json(out / "history.json", final.history)
     return final
 
 

@@ -31,7 +31,7 @@ from fedalign.fedcmp.phases import PhaseSum, run_phases, sums_from_arrays
 from fedalign.fedcmp.strategy import Strategy, Tensors
 from fedalign.protocol.transport import AGGREGATOR, ServerTransport
 from fedalign.protocol.wire import Envelope
-from fedalign.aggregator.checkpoint import CheckpointStore, RunState
+from fedalign.aggregator.checkpoint import ROUND_COMMITTED_FIELDS, CheckpointStore, RunState
 
 from fedalign.crypto.config import SecureSumConfig
 from fedalign.crypto.errors import CryptoError, SecAggAborted, SecureSumUsageError
@@ -376,8 +376,7 @@ class Coordinator:
         if self.store is not None:
             self.store.save(new)
         if self.ledger is not None:
-            self.ledger.append("round_committed", {k: record[k] for k in ("round", "survivors", "dropped", "epsilon")},
-                               now=time.time())
+            self.ledger.append("round_committed", {k: record[k] for k in ROUND_COMMITTED_FIELDS}, now=time.time())
         end = RoundEnd(record["round"], True, "committed", tuple(record["survivors"]))
         for s in self._live():
             self._send(s, record["round"], end)

@@ -150,3 +150,20 @@ def test_silo_keygen_entry_is_what_the_roster_expects(tmp_path):
     entry = load_roster(tmp_path / "roster.toml").silos["clinic.north"]
     assert entry.curve_public_key == load_keypair(tmp_path / "clinic.north.key_secret").public
     assert entry.identity_public_key == load_identity(tmp_path / "clinic.north.identity").public_hex
+
+
+def test_serve_repairs_a_ledger_that_lost_a_committed_round(tmp_path):
+    # Before: a crash (or a NaN ε) between the checkpoint and the ledger append left a committed
+    # round without its ledger entry, for good. Now serve appends it at start, marked recovered.
+    from fedalign.fedcmp.strategies import make_strategy, strategy_options
+    from fedalign.protocol.ledger import Ledger
+
+    cfg = _federation(tmp_path)
+    meta = {"strategy": "fedcmp", "strategy_options": strategy_options(make_strategy("fedcmp")), "scheme": "secagg"}
+    store = CheckpointStore(tmp_path / "aggregator-out" / "checkpoints")
+    rec = {"round": 0, "survivors": ["s0", "s1", "s2"], "dropped": [], "epsilon": {"s0": 1.0, "s1": 1.0, "s2": 1.0}}
+    store.save(RunState(1, {"weight": torch.zeros(6, 4), "bias": torch.zeros(6)}, {}, {}, meta=meta, history=[rec]))
+    code, out = _run("serve", "--config", str(cfg), "--quiet")
+    assert code == 0, out
+    entries = [e for e in Ledger(tmp_path / "aggregator-out" / "ledger.jsonl").entries() if e.kind == "round_committed"]
+    assert [(e.fields["round"], e.fields.get("recovered")) for e in entries] == [(0, True)]
