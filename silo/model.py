@@ -132,10 +132,22 @@ def _vision_class(model_type: str):
 
 def load_vision_tower(name: str, *, select_layer: int = -2, select_feature: str = "patch",
                       device: str = "auto") -> VisionTower:
-    """Load a frozen CLIP / SigLIP / ViT tower and its image processor from a hub id or path."""
+    """Load a frozen CLIP / SigLIP / ViT tower and its image processor from a hub id or path.
+
+    ``torch:<name>[@<image size>]`` loads a registered torch encoder instead (``silo/towers.py``:
+    ``torch:efficientnet-lite0``), under the same frozen, feature-select contract.
+    """
     import transformers as T
 
     dev, dtype = pick_device(device)
+    if name.startswith("torch:"):
+        from fedalign.silo.towers import load_torch_tower
+
+        base, _, size = name.partition("@")
+        if size and not size.isdigit():
+            raise ConfigError(f"model.vision_tower {name!r}: the image size after '@' must be an integer")
+        return load_torch_tower(base, select_layer=select_layer, select_feature=select_feature,  # type: ignore[return-value]
+                                device=dev, dtype=dtype, image_size=int(size) if size else None)
     try:
         cfg = T.AutoConfig.from_pretrained(name)
         cls = _vision_class(cfg.model_type)

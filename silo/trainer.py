@@ -23,7 +23,7 @@ from fedalign.silo.model import AlignmentModel, TokenBatch
 from fedalign.silo.privacy import DPProjectorTrainer, PrivacyAccountant, RoundCharge, dp_generator, poisson_batches
 
 __all__ = ["TrainSettings", "DPSettings", "ShardData", "RoundResult", "LocalTrainer", "prepare_shard",
-           "train_rounds", "Params"]
+           "feature_device", "train_rounds", "Params"]
 
 Params = dict[str, torch.Tensor]
 
@@ -67,23 +67,55 @@ class ShardData:
         return self.features.shape[0]
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, TokenBatch]:
-        """Rows ``idx`` trimmed to their longest row (right padding only)."""
+        """Rows ``idx`` trimmed to their longest row (right padding only).
+
+        Features kept in host memory (a shard too large for the GPU) are gathered into pinned
+        memory and copied asynchronously to the tokens' device.
+        """
         L = int(self.lengths[idx.cpu()].max())
-        idx = idx.to(self.features.device)
         t = self.tokens
-        return self.features[idx], TokenBatch(t.input_ids[idx, :L], t.attention_mask[idx, :L],
-                                              t.image_mask[idx, :L], t.target_mask[idx, :L])
+        dev = t.input_ids.device
+        if self.features.device != dev:
+            feats = self.features[idx.cpu()]
+            if dev.type == "cuda":
+                feats = feats.pin_memory()
+            feats = feats.to(dev, non_blocking=True)
+        else:
+            feats = self.features[idx.to(dev)]
+        idx = idx.to(dev)
+        return feats, TokenBatch(t.input_ids[idx, :L], t.attention_mask[idx, :L],
+                                 t.image_mask[idx, :L], t.target_mask[idx, :L])
 
 
 def _as_image(x: Any, origin: str):
     return x if isinstance(x, np.ndarray) else open_image(x, origin)
 
 
+def feature_device(model: AlignmentModel, n: int, *, gpu_fraction: float = 0.25) -> torch.device:
+    """Where ``n`` cached tower features live: the model's device, unless that is a GPU whose
+    free memory they would take more than ``gpu_fraction`` of; then host memory (pinned per batch)."""
+    dev = model.device
+    if dev.type != "cuda":
+        return dev
+    item = torch.empty((), dtype=model.vision.dtype).element_size()
+    need = n * model.n_image_tokens * model.vision.hidden_size * item
+    free, _ = torch.cuda.mem_get_info(dev)
+    return dev if need <= gpu_fraction * free else torch.device("cpu")
+
+
 def prepare_shard(model: AlignmentModel, samples: Sequence[Sample], *, pass_index: int = 0,
                   shard_index: int = 0, batch_size: int = 64) -> ShardData:
-    """Decode images, run the frozen tower once (the cache), tokenise every record."""
+    """Decode images, run the frozen tower once (the cache), tokenise every record.
+
+    The cache stays on the GPU when it fits (:func:`feature_device`), else in host memory.
+    """
     images = [_as_image(s.image, s.origin) for s in samples]
-    feats = model.encode_images(images, batch_size=batch_size)
+    where = feature_device(model, len(images))
+    if where == model.device:
+        feats = model.encode_images(images, batch_size=batch_size)
+    else:
+        feats = torch.cat([model.encode_images(images[i : i + batch_size], batch_size=batch_size).to(where)
+                           for i in range(0, len(images), batch_size)])
     texts = [model.encode_text(s.prompt, s.caption) for s in samples]
     tokens = model.collate(texts)
     return ShardData(feats, tokens, tokens.attention_mask.sum(1).cpu(), pass_index, shard_index)

@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "optimizer": "adamw",
     "eval_batch": 64,
     "world": "default",  # "default" or "tiny" (tests)
+    "device": "cpu",  # "cpu", "cuda" or "auto": frozen models in bf16 on CUDA, projector float32
 }
 
 
@@ -60,10 +61,10 @@ class WorldFederation:
         art = build_world(spec)
         self.world_id = art.vision_path.parent.name  # world-<hash of spec and code>
         self.model = load_alignment_model(
-            str(art.vision_path), str(art.lm_path), projector="mlp2x_gelu", device="cpu",
+            str(art.vision_path), str(art.lm_path), projector="mlp2x_gelu", device=cfg["device"],
             generator=torch.Generator().manual_seed(opts.seed),
         )
-        self._init = self.model.projector_state()
+        self._init = _on_cpu(self.model.projector_state())
         kw: dict[str, Any] = {}
         if opts.alpha is not None:
             kw["alpha"] = opts.alpha
@@ -127,7 +128,7 @@ class WorldFederation:
         # same batch order for every strategy: reseed the silo's generator per (silo, round)
         trainer.generator.manual_seed(self.seed * 1_000_003 + silo * 1009 + round)
         res = trainer.train_round(params, shard)
-        return LocalResult(res.delta, res.n_samples, res.metrics.get("train_loss", math.nan))
+        return LocalResult(_on_cpu(res.delta), res.n_samples, res.metrics.get("train_loss", math.nan))
 
     def centralized_update(self, params: Tensors, round: int, lr: float | None = None) -> Tensors:
         """One pass over every silo's round-``round`` shard pooled and shuffled (the centralized
@@ -137,7 +138,7 @@ class WorldFederation:
             self._pooled[round] = self._prepare_shard(self.model, pooled, shard_index=round)
         trainer = self._trainer(-1, 0.0, lr)
         trainer.generator.manual_seed(self.seed * 1_000_003 + round)
-        return trainer.train_round(params, self._pooled[round]).delta
+        return _on_cpu(trainer.train_round(params, self._pooled[round]).delta)
 
     def reset(self) -> None:
         """Fresh trainers and accountants: each simulation on this problem is its own federation."""
@@ -146,6 +147,11 @@ class WorldFederation:
     def evaluate(self, params: Tensors) -> dict[str, float]:
         self.model.load_projector_state(params)
         return _evaluate(self, params)
+
+
+def _on_cpu(params: Tensors) -> Tensors:
+    """The round loop and the secure sums work on host tensors, wherever the silo trained."""
+    return {k: v.detach().cpu() for k, v in params.items()}
 
 
 SCENARIO_KEYS = ("skew_attribute", "purity", "quantity_alpha", "min_samples", "unreliable_largest", "domain_purity",
