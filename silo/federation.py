@@ -88,7 +88,7 @@ def run_federated(
         min_silos=fed.min_silos, heartbeat_interval_s=fed.heartbeat_interval_s,
         aggregator_timeout_s=fed.aggregator_timeout_s,
         max_weight=float(fed.max_weight or config.data.shard_size),
-        allow_insecure_plaintext=insecure, dp_enabled=config.privacy.enabled,
+        allow_insecure_plaintext=insecure, dp_enabled=config.privacy.enabled, scheme=fed.scheme,
     )
     client = ZmqClient(endpoint, name, keypair=keypair, server_public=server_public, registry=wire_registry(),
                        allow_insecure_plaintext=insecure)

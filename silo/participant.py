@@ -18,7 +18,7 @@ import concurrent.futures
 import json
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
@@ -63,6 +63,9 @@ class SiloPolicy:
     max_weight: float = 512.0
     allow_insecure_plaintext: bool = False
     dp_enabled: bool = False
+    # The one secure-sum scheme this silo's own configuration pins (DESIGN §5): a SumStart asking
+    # for another one is refused, whatever the aggregator says ("plain" also needs the permission).
+    scheme: str = "secagg"
 
 
 @dataclass
@@ -89,6 +92,8 @@ class _Round:
     delta: Tensors
     weight: float
     digest: str = ""
+    update_digest: str = ""  # of Δ itself: "the same input" across restarts and retrained shards
+    joined: dict[int, int] = field(default_factory=dict)  # phase -> the one instance this update joined
     exposed: bool = False  # its input went into a sum: never reuse this update in another one
     pending_state: Tensors | None = None
     sum: SiloSecureSum | None = None
@@ -135,6 +140,9 @@ class SiloParticipant:
         self._last_beat = -1e18
         self._strategies: dict[str, Strategy] = {}
         self._first: tuple[Tensors | None, int | None] = (None, None)
+        # more refusal rules (the site policy's, silo.audit) and where refusals are recorded
+        self.extra_sum_checks: list[Callable[[SumStart], list[str]]] = []
+        self.on_refusal: Callable[[dict[str, Any]], None] | None = None
 
     # ------------------------------------------------------------------ plumbing
     def _send(self, msg: Any, round_id: int, *, instance: int = -1, phase: int = -1) -> None:
@@ -156,6 +164,13 @@ class SiloParticipant:
                 self.events.emit("error_feedback_off_under_dp")
             self._strategies[key] = strat
         return self._strategies[key]
+
+    def _refused(self, what: str, round_id: int, reason: str, **fields: Any) -> None:
+        """Log a refused request (event, and the ledger through ``on_refusal``); no state changed."""
+        self.events.emit("sum_refused" if what == "SumStart" else "round_refused", round=round_id,
+                         reason=reason, **{k: v for k, v in fields.items() if k in ("phase", "instance")})
+        if self.on_refusal is not None:
+            self.on_refusal({"request": what, "round": round_id, "reason": reason, **fields})
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> SiloOutcome:
@@ -261,7 +276,8 @@ class SiloParticipant:
                 self.events.emit("training_done", round=m.round, n_samples=upd.n_samples, epsilon=upd.epsilon,
                                  **{k: float(v) for k, v in upd.metrics.items()})
             weight = min(float(upd.n_samples), self.policy.max_weight) / self.policy.max_weight
-        self.cur = _Round(m.round, params, _to_torch(m.public), m.seed, strat, upd.delta, weight, digest=digest)
+        self.cur = _Round(m.round, params, _to_torch(m.public), m.seed, strat, upd.delta, weight, digest=digest,
+                          update_digest=params_digest(upd.delta))
         self._send(UpdateReady(m.round, float(upd.epsilon or 0.0)), m.round)
 
     def _train(self, round_id: int, params: Tensors) -> TrainedUpdate:
@@ -274,10 +290,20 @@ class SiloParticipant:
                 except concurrent.futures.TimeoutError:
                     self._beat(Stage.TRAIN, force=True)
 
-    def _check_sum(self, m: SumStart) -> None:
+    def _check_sum(self, m: SumStart, cur: _Round) -> None:
+        """Refuse (ProtocolError) a sum this silo's own rules forbid, before any state changes."""
         p = self.policy
         parts = m.participants
+        if m.scheme == SumScheme.PLAIN_INSECURE and not p.allow_insecure_plaintext:
+            raise InsecureModeRefused(
+                f"silo {self.name}: the aggregator asked for plain (unprotected) sums; this silo's policy "
+                "and command line do not allow insecure plaintext"
+            )
         problems = []
+        if str(m.scheme) != p.scheme:
+            # DESIGN §5: the scheme is pinned by the silo, never chosen by the aggregator (a ckks sum
+            # in a secagg federation lets the aggregator hand the decryptor one silo's ciphertext)
+            problems.append(f"scheme {m.scheme} is not this silo's configured scheme {p.scheme}")
         if self.name not in parts:
             problems.append("this silo is not a participant")
         unknown = sorted(set(parts) - set(self.trusted))
@@ -287,14 +313,21 @@ class SiloParticipant:
             problems.append(f"{len(parts)} participants, policy min_silos is {p.min_silos}")
         if m.threshold < min(p.min_silos, len(parts)):
             problems.append(f"threshold {m.threshold} is under policy min_silos {p.min_silos}")
+        # DESIGN §5: one (round, phase) input goes into at most one sum; two sums over different
+        # silo sets with the same input reveal the difference (in memory, and across restarts)
+        if m.phase in cur.joined:
+            problems.append(f"this silo already joined sum instance {cur.joined[m.phase]} for round {m.round} "
+                            f"phase {m.phase}; an input goes into one sum only")
+        else:
+            sent = self.store.input_sent(m.round, m.phase, cur.update_digest)
+            if sent is not None:
+                problems.append(f"this update's input for round {m.round} phase {m.phase} already went into "
+                                f"sum instance {sent} (before a restart); an input goes into one sum only")
+        for extra in self.extra_sum_checks:
+            problems += extra(m)
         if problems:
-            raise ProtocolError(f"silo {self.name}: refused SumStart round {m.round} phase {m.phase}: "
-                                + "; ".join(problems))
-        if m.scheme == SumScheme.PLAIN_INSECURE and not p.allow_insecure_plaintext:
-            raise InsecureModeRefused(
-                f"silo {self.name}: the aggregator asked for plain (unprotected) sums; this silo's policy "
-                "and command line do not allow insecure plaintext"
-            )
+            raise ProtocolError(f"silo {self.name}: refused SumStart round {m.round} phase {m.phase} "
+                                f"instance {m.instance}: " + "; ".join(problems))
 
     def _on_sum_start(self, env: Envelope, m: SumStart) -> None:
         cur = self.cur
@@ -302,10 +335,12 @@ class SiloParticipant:
             self.events.emit("late_message_ignored", type="SumStart", round=m.round, instance=m.instance)
             return
         try:
-            self._check_sum(m)
+            self._check_sum(m, cur)
         except ProtocolError as e:
-            self.events.emit("sum_refused", round=m.round, phase=m.phase, reason=str(e))
+            self._refused("SumStart", m.round, str(e), phase=m.phase, instance=m.instance, scheme=str(m.scheme),
+                          participants=list(m.participants))
             return
+        cur.joined[m.phase] = m.instance  # before anything leaves: a second SumStart for this phase is refused
         public = {**cur.public, **_to_torch(m.public)}
         contrib, new_state = cur.strategy.silo_contribution(m.phase, cur.delta, cur.weight, public, self.silo_state or {})
         cur.pending_state = new_state
@@ -349,9 +384,11 @@ class SiloParticipant:
     def _send_sum(self, out: list[CryptoMessage]) -> None:
         cur = self.cur
         assert cur is not None
-        if not cur.exposed and any(isinstance(msg, _INPUT_TYPES) for msg in out):
-            self.store.mark_exposed(cur.round, cur.digest)  # persisted before the input leaves
-            cur.exposed = True
+        if any(isinstance(msg, _INPUT_TYPES) for msg in out):
+            if not cur.exposed:
+                self.store.mark_exposed(cur.round, cur.digest)  # persisted before the input leaves
+                cur.exposed = True
+            self.store.record_input_sent(cur.round, cur.phase, cur.instance, cur.update_digest)
         for msg in out:
             self._send(msg, cur.round, instance=cur.instance, phase=cur.phase)
 
