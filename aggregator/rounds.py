@@ -364,7 +364,8 @@ class Coordinator:
         if self.store is not None:
             self.store.save(new)
         if self.ledger is not None:
-            self.ledger.append("round_committed", {k: record[k] for k in ("round", "survivors", "dropped", "epsilon")},
+            self.ledger.append("round_committed", {k: record[k] for k in ("round", "survivors", "dropped", "epsilon",
+                                                                          "payload_bytes", "wire_up_bytes")},
                                now=time.time())
         end = RoundEnd(record["round"], True, "committed", tuple(record["survivors"]))
         for s in self._live():

@@ -43,6 +43,19 @@ from fedalign.crypto.secure_sum import SiloSecureSum
 
 _INPUT_TYPES = (MaskedInput, CkksInput, PlainInput)  # the messages that carry a silo's input
 
+
+
+def _input_nbytes(m: Any) -> int:
+    """Bytes of the summed values in an input message (masked, encrypted or plain)."""
+    if isinstance(m, MaskedInput):
+        return int(m.masked.nbytes)
+    if isinstance(m, PlainInput):
+        return int(m.values.nbytes)
+    if isinstance(m, CkksInput):
+        return sum(len(c) for c in m.chunks)
+    return 0
+
+
 __all__ = ["TrainedUpdate", "RoundTrainer", "SiloPolicy", "SiloOutcome", "SiloParticipant", "params_digest"]
 
 
@@ -94,6 +107,7 @@ class _Round:
     digest: str = ""
     update_digest: str = ""  # of Δ itself: "the same input" across restarts and retrained shards
     joined: dict[int, int] = field(default_factory=dict)  # phase -> the one instance this update joined
+    released: dict[str, Any] = field(default_factory=dict)  # what the open sum's input is (for the ledger)
     exposed: bool = False  # its input went into a sum: never reuse this update in another one
     pending_state: Tensors | None = None
     sum: SiloSecureSum | None = None
@@ -142,7 +156,9 @@ class SiloParticipant:
         self._first: tuple[Tensors | None, int | None] = (None, None)
         # more refusal rules (the site policy's, silo.audit) and where refusals are recorded
         self.extra_sum_checks: list[Callable[[SumStart], list[str]]] = []
+        self.extra_round_checks: list[Callable[[RoundStart], list[str]]] = []
         self.on_refusal: Callable[[dict[str, Any]], None] | None = None
+        self.on_release: Callable[[dict[str, Any]], None] | None = None  # before an input message leaves
 
     # ------------------------------------------------------------------ plumbing
     def _send(self, msg: Any, round_id: int, *, instance: int = -1, phase: int = -1) -> None:
@@ -247,6 +263,14 @@ class SiloParticipant:
         if m.round <= self.committed:
             self.events.emit("late_message_ignored", type="RoundStart", round=m.round, committed=self.committed)
             return
+        problems = [p for check in self.extra_round_checks for p in check(m)]
+        if problems:  # the site policy forbids this round: refuse, record, leave
+            from fedalign.protocol.policy import PolicyRefused
+
+            reason = f"silo {self.name}: refused RoundStart round {m.round}: " + "; ".join(problems)
+            self._refused("RoundStart", m.round, reason)
+            self._send(LeaveNotice(f"refused by site policy: {'; '.join(problems)}"), m.round)
+            raise PolicyRefused(reason)
         strat = self._strategy(m.strategy, m.strategy_options)
         if strat.n_phases != m.n_phases:
             raise ProtocolError(f"silo {self.name}: strategy {m.strategy} has {strat.n_phases} phases, "
@@ -350,6 +374,9 @@ class SiloParticipant:
             self.events.emit("contribution_clipped", round=m.round, phase=m.phase, values=clipped, clip=m.clip)
         if self.on_contribution is not None:
             self.on_contribution(m.round, m.phase, inputs)
+        cur.released = {"round": m.round, "phase": m.phase, "instance": m.instance, "scheme": str(m.scheme),
+                        "participants": list(m.participants), "threshold": m.threshold,
+                        "shapes": {k: list(np.shape(v)) for k, v in inputs.items()}}
         cfg = SecureSumConfig(
             mode=str(m.scheme), threshold=m.threshold, clip=m.clip,
             allow_insecure_plaintext=m.scheme == SumScheme.PLAIN_INSECURE and self.policy.allow_insecure_plaintext,
@@ -385,6 +412,9 @@ class SiloParticipant:
         cur = self.cur
         assert cur is not None
         if any(isinstance(msg, _INPUT_TYPES) for msg in out):
+            if self.on_release is not None:
+                self.on_release({**cur.released, "kind": [type(x).__name__ for x in out if isinstance(x, _INPUT_TYPES)],
+                                 "bytes": sum(_input_nbytes(x) for x in out)})
             if not cur.exposed:
                 self.store.mark_exposed(cur.round, cur.digest)  # persisted before the input leaves
                 cur.exposed = True

@@ -60,7 +60,7 @@ class EvilAggregator:
         self.params = self.fed.init_params()
         self._inst = 100
 
-    def start_silo(self, name: str) -> SiloParticipant:
+    def start_silo(self, name: str, configure=None) -> SiloParticipant:
         events = self.events
         lock = threading.Lock()
 
@@ -79,7 +79,17 @@ class EvilAggregator:
                             state_dir=(self.tmp / name) if self.tmp is not None else None,
                             events=Log(None, source=name), stop=stop,
                             on_contribution=lambda r, ph, x, n=name: self.contributions.append((n, r, ph)))
-        th = threading.Thread(target=p.run, daemon=True)
+        if configure is not None:
+            configure(p)
+        self.errors: dict[str, BaseException] = getattr(self, "errors", {})
+
+        def run() -> None:
+            try:
+                p.run()
+            except BaseException as e:  # noqa: BLE001 - the test looks at it
+                self.errors[name] = e
+
+        th = threading.Thread(target=run, daemon=True)
         self.silos[name], self.stops[name], self.threads[name] = p, stop, th
         th.start()
         return p
@@ -109,13 +119,13 @@ class EvilAggregator:
         assert ready >= set(to), f"silos {sorted(set(to) - ready)} did not train"
 
     def run_sum(self, round_id: int, phase: int, participants: list[str], *, scheme: str | None = None,
-                step_s: float = 1.0) -> dict[str, np.ndarray] | None:
+                step_s: float = 1.0, threshold: int | None = None) -> dict[str, np.ndarray] | None:
         """One secure sum as an aggregator would run it; None if it aborted (too few joined)."""
         scheme = scheme or self.scheme
         self._inst += 1
         inst = self._inst
         t = len(participants) // 2 + 1
-        t = max(t, min(3, len(participants)))
+        t = threshold or max(t, min(3, len(participants)))
         cfg = SecureSumConfig(mode=scheme, threshold=t, clip=16.0, ckks_poly_modulus=8192, allow_insecure_plaintext=False)
         agg = AggregatorSecureSum(Roster({s: self.trusted[s] for s in participants}), round_id, inst, cfg)
         msg = SumStart(round_id, phase, inst, SumScheme(scheme), tuple(participants), t, 16.0, 0, 8192)

@@ -145,6 +145,7 @@ class FederationSection(StrictModel):
 
 
 class SiloConfig(FileConfig):
+    policy: Path | None = Field(None, description="the institution's site policy.toml (docs/compliance.md)")
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=DataSection)
     train: TrainSection = Field(default_factory=TrainSection)
