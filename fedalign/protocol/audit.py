@@ -202,11 +202,20 @@ def independent_epsilon(mechanisms: Sequence[tuple[float, float, int]], delta: f
             dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(s)), t)
             for s, q, t in mechanisms])
 
-    r = rdp.RdpAccountant()
-    r.compose(event())
+    import logging
+
+    absl = logging.getLogger("absl")  # dp_accounting logs each RDP order it cannot evaluate; ε is unaffected
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        r = rdp.RdpAccountant()
+        r.compose(event())
+        eps_rdp = float(r.get_epsilon(delta))
+    finally:
+        absl.setLevel(level)
     p = pld.PLDAccountant(value_discretization_interval=1e-3)
     p.compose(event())
-    return {"rdp": float(r.get_epsilon(delta)), "pld": float(p.get_epsilon(delta))}
+    return {"rdp": eps_rdp, "pld": float(p.get_epsilon(delta))}
 
 
 def _gdp_mu(mechanisms: Sequence[tuple[float, float, int]]) -> float:

@@ -23,6 +23,10 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _shapes(shapes: Mapping[str, Sequence[int]]) -> str:
+    return " ".join(f"{k}[{'x'.join(str(d) for d in v) or 'scalar'}]" for k, v in shapes.items())
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[_fmt(c) for c in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
@@ -65,7 +69,7 @@ def render_text(s: Mapping[str, Any]) -> str:
     if s["role"] == "silo":
         out.append("what left this silo, per round (secure-sum inputs only; never data):")
         rows = [[r["round"], r["epsilon"], "; ".join(f"phase {x['phase']} {x['scheme']} {_fmt(x['kind'])} "
-                                                       f"{_fmt(x['shapes'])} over {x['participants']} silos"
+                                                       f"{_shapes(x['shapes'])} over {x['participants']} silos"
                                                        for x in r["released"]) or "nothing", r["bytes"]]
                 for r in s["rounds"]]
         out.append(_table(["round", "epsilon", "released", "bytes"], rows))
@@ -155,7 +159,7 @@ def render_html(s: Mapping[str, Any]) -> str:
         parts.append(_svg_plot(s["rounds"], dp["epsilon_budget"] if dp else None))
         parts.append("<h2>What left this silo</h2><p>Only secure-sum inputs (masked or encrypted), never data.</p>")
         parts.append(table(["round", "ε after", "phase", "scheme", "kind", "shapes", "bytes", "silos in sum"],
-                           [[r["round"], r["epsilon"], x["phase"], x["scheme"], x["kind"], x["shapes"], x["bytes"],
+                           [[r["round"], r["epsilon"], x["phase"], x["scheme"], x["kind"], _shapes(x["shapes"]), x["bytes"],
                              x["participants"]] for r in s["rounds"] for x in r["released"]]
                            or [["-", "-", "-", "-", "nothing left", "-", 0, "-"]]))
         parts.append("<h2>Differential-privacy statement</h2><ul>"
@@ -170,8 +174,8 @@ def render_html(s: Mapping[str, Any]) -> str:
                                                  [[r["seq"], r["request"], r["round"], r["reason"]]
                                                   for r in s["refusals"]]))
     style = ("body{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #bbb;padding:3px 8px;"
-             "font-size:13px;text-align:left;vertical-align:top}th{background:#eee}td.bad{color:#fff;background:#c00}"
+             "table{border-collapse:collapse;margin:.5em 0;max-width:100%}td,th{border:1px solid #bbb;padding:3px 8px;"
+             "font-size:13px;text-align:left;vertical-align:top;overflow-wrap:anywhere}th{background:#eee}td.bad{color:#fff;background:#c00}"
              "h2{margin-top:1.4em;border-bottom:1px solid #ddd}")
     return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>fedalign audit report</title>"
             f"<style>{style}</style></head><body>" + "\n".join(parts) + "</body></html>\n")
