@@ -107,3 +107,31 @@ def test_audit_verify_exit_codes(tmp_path):
     assert runner.invoke(app, ["audit", "verify", str(p)]).exit_code == 0  # the chain alone cannot tell
     r = runner.invoke(app, ["audit", "verify", str(p), "--head", head])
     assert r.exit_code == EXIT_CODES[CheckpointError] and "BROKEN at entry 2" in r.output and "deleted" in r.output
+
+
+def test_a_local_run_starts_its_ledger_with_the_policy_and_the_report_agrees(tmp_path, tiny_dir, data_files):
+    from test_cli import _toml
+
+    from fedalign.protocol.config.policy import load_site_policy
+    from fedalign.protocol.policy import policy_digest
+    from fedalign.silo.cli import app
+
+    pol = tmp_path / "policy.toml"
+    pol.write_text('[privacy]\ndp_required = true\nmax_epsilon = 60.0\n[release]\nexport = false\n')
+    cfg = _toml(tmp_path, tiny_dir, data_files, privacy__enabled=True, privacy__epsilon=50.0)
+    r = runner.invoke(app, ["train", "--local", "--config", str(cfg), "--policy", str(pol)])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "out"
+    assert not (out / "mm_projector.safetensors").exists()  # release.export = false
+    entries = read_entries(out / "state" / "ledger.jsonl")
+    assert entries[0]["kind"] == "run_start" and entries[0]["policy_sha256"] == policy_digest(load_site_policy(pol))
+    assert [e["kind"] for e in entries] == ["run_start", "privacy_charge", "round", "privacy_charge", "round",
+                                            "run_end"]
+    r = runner.invoke(app, ["audit", "report", "--config", str(cfg), "--json", str(tmp_path / "r.json"),
+                            "--html", str(tmp_path / "r.html")])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["dp"]["independent"]["agrees"] and rep["dp"]["epsilon"] == pytest.approx(
+        [e for e in entries if e["kind"] == "privacy_charge"][-1]["epsilon_spent"])
+    assert {x["clause"]: x["status"] for x in rep["against_policy"]}["release.export"] == "ok"
+    assert "<svg" in (tmp_path / "r.html").read_text()
