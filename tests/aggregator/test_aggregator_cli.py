@@ -150,3 +150,15 @@ def test_silo_keygen_entry_is_what_the_roster_expects(tmp_path):
     entry = load_roster(tmp_path / "roster.toml").silos["clinic.north"]
     assert entry.curve_public_key == load_keypair(tmp_path / "clinic.north.key_secret").public
     assert entry.identity_public_key == load_identity(tmp_path / "clinic.north.identity").public_hex
+
+
+def test_serve_refuses_a_config_breaking_its_site_policy_and_names_every_clause(tmp_path):
+    cfg = _federation(tmp_path, secure_sum={"scheme": '"ckks"'})
+    (tmp_path / "policy.toml").write_text('[secure_sum]\nschemes = ["secagg"]\nmin_silos = 4\n'
+                                          '[silos]\nallowed = ["s0", "s1"]\n')
+    code, out = _run("serve", "--config", str(cfg), "--policy", str(tmp_path / "policy.toml"))
+    assert code == 2, out
+    assert out.strip().count("\n") == 0 and "3 clause(s)" in out
+    for clause in ("secure_sum.schemes", "secure_sum.min_silos", "silos.allowed: the roster lists ['s2']"):
+        assert clause in out
+    assert not (tmp_path / "aggregator-out").exists()  # refused before anything was written
