@@ -4,7 +4,12 @@ It answers the aggregator's :class:`RoundStart` by training one fresh shard (the
 charges the DP accountant before the update exists outside it), then takes part in each
 phase's secure sum with its contribution computed by the strategy. Before joining a sum it
 checks the participants against its own trusted roster and policy (``min_silos``, the
-threshold, no plain sums unless allowed): a sum over too few silos would reveal its update.
+threshold, the scheme its own config pins, no plain sums unless allowed): a sum over too few
+silos would reveal its update. An update's input for one (round, phase) goes into at most one
+sum (recorded on disk before it leaves, so also across restarts): two sums over different silo
+sets with the same input reveal its difference. The site policy adds its own checks
+(``extra_sum_checks``, ``extra_round_checks``; ``silo.audit``), and refusals and releases are
+reported through ``on_refusal`` / ``on_release`` (the ledger).
 
 Heartbeats go out while idle and while training. The carried silo state (Fed-CMP's
 error-feedback residual) is committed only when the aggregator reports the round committed
@@ -42,7 +47,6 @@ from fedalign.crypto.messages import CkksInput, MaskedInput, Message as CryptoMe
 from fedalign.crypto.secure_sum import SiloSecureSum
 
 _INPUT_TYPES = (MaskedInput, CkksInput, PlainInput)  # the messages that carry a silo's input
-
 
 
 def _input_nbytes(m: Any) -> int:

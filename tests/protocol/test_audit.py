@@ -110,3 +110,14 @@ def test_report_renders_text_json_and_self_contained_html(tmp_path):
     page = render_html(s)
     assert "<svg" in page and "budget 8" in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
     assert "unit of privacy" in page and "rho-zCDP" in page and "mu-GDP" in page
+
+
+def test_each_threat_model_summary_points_at_its_security_md_section():
+    from pathlib import Path
+
+    from fedalign.protocol.audit import THREAT_MODELS
+
+    security = (Path(__file__).resolve().parents[2] / "SECURITY.md").read_text()
+    for mode in ("secagg", "ckks", "plain"):
+        assert f"## Secure sum: mode `{mode}`" in security
+        assert f"SECURITY.md, mode {mode}" in THREAT_MODELS[mode]
