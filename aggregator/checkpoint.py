@@ -39,7 +39,7 @@ __all__ = ["RunState", "CheckpointStore", "CHECKPOINT_VERSION", "ROUND_COMMITTED
 
 CHECKPOINT_VERSION = 2  # 2: tensors bound to state.json (metadata round + state_digest)
 _READABLE_VERSIONS = (1, 2)  # 1 only while its tensors carry no binding (made before version 2)
-ROUND_COMMITTED_FIELDS = ("round", "survivors", "dropped", "epsilon")  # what the round ledger records
+ROUND_COMMITTED_FIELDS = ("round", "survivors", "dropped", "epsilon", "payload_bytes", "wire_up_bytes")  # what the round ledger records (audit shows the bytes)
 _GROUPS = ("params", "public", "server")
 
 

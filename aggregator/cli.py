@@ -84,6 +84,9 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
     apply_process_defaults()
     cfg = load_aggregator_config(config, overrides)
     roster = load_roster(cfg.resolve(cfg.server.roster))
+    from fedalign.aggregator.audit import check_config, record_run_start
+
+    site_policy = check_config(cfg, list(roster.silos))  # every broken clause in one error, before binding
     if len(roster.silos) < cfg.run.min_silos:
         raise ConfigError(f"{cfg.resolve(cfg.server.roster)}: {len(roster.silos)} silo(s) listed, "
                           f"run.min_silos is {cfg.run.min_silos}")
@@ -115,6 +118,8 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
     recovered = reconcile_ledger(ledger, state, now=time.time())
     if recovered:
         events.emit("ledger_reconciled", rounds=[e.fields.get("round") for e in recovered])
+    record_run_start(ledger, cfg, site_policy, roster, curve_public=keypair.public if keypair else None,
+                     resumed_round=state.round)
     policy = RoundPolicy(
         rounds=cfg.run.rounds, min_silos=cfg.run.min_silos, train_deadline_s=cfg.run.train_deadline_s,
         step_deadline_s=cfg.run.step_deadline_s, heartbeat_timeout_s=cfg.run.heartbeat_timeout_s,
@@ -181,6 +186,7 @@ def serve(
         help="INSECURE: allow plaintext transport / plain sums (the config's site policy must allow it too)"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="override a config field: section.field=value"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="the operator's site policy.toml (policy)"),
     debug: bool = _debug_option(),
 ) -> None:
     """Run the federation in aggregator.toml (resuming from its last checkpoint)."""
@@ -188,6 +194,8 @@ def serve(
 
     def go():
         overrides = dict(parse_override(s) for s in (set_ or []))
+        if policy is not None:
+            overrides["policy"] = str(policy.resolve())
         final = serve_from_config(config, insecure_plaintext=insecure_plaintext, quiet=quiet, overrides=overrides)
         typer.echo(f"done: {final.round} rounds committed")
 
@@ -240,6 +248,9 @@ def build_app() -> typer.Typer:
     app.command("serve")(serve)
     app.command("keygen")(keygen)
     app.command("status")(status)
+    from fedalign.aggregator.audit import app as audit_app
+
+    app.add_typer(audit_app, name="audit")
     return app
 
 

@@ -307,9 +307,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scale-batch", type=int, default=8)
     ap.add_argument("--scale-steps", type=int, default=6)
     ap.add_argument("--caption-tokens", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "4")))
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: FEDALIGN_THREADS, else OMP_NUM_THREADS, else 1)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(1, args.threads))
+    if args.threads:
+        os.environ["FEDALIGN_THREADS"] = str(args.threads)
+    from fedalign.host.process import apply_process_defaults
+
+    apply_process_defaults()
     started = time.perf_counter()
     fig: dict[str, Any] = {"benchmark": "gpu_federation"}
     _section("environment", lambda: environment(args.device), fig)

@@ -58,12 +58,13 @@ def load_config_from_cli(config: Optional[Path], overrides: dict[str, Any]):
     return load_silo_config(config, overrides)
 
 
-def _write_outputs(cfg, params, summary) -> dict[str, Path]:
+def _write_outputs(cfg, params, summary, *, export: bool = True) -> dict[str, Path]:
     from fedalign.host.atomic import atomic_write_json
     from fedalign.silo.export import export_projector
 
     out = cfg.out_dir
-    files = export_projector(params, out, metadata={"mm_hidden_size": str(params["0.weight"].shape[1])})
+    files = export_projector(params, out, metadata={"mm_hidden_size": str(params["0.weight"].shape[1])}) \
+        if export else {}
     files["metrics"] = out / "metrics.json"
     files["config"] = out / "config.json"
     atomic_write_json(files["config"], json.loads(cfg.model_dump_json()))
@@ -72,9 +73,13 @@ def _write_outputs(cfg, params, summary) -> dict[str, Path]:
 
 
 def _train_local(cfg) -> dict[str, Any]:
+    from fedalign.silo.audit import SiloAuditTrail, check_config
     from fedalign.silo.session import SiloSession, run_local
 
+    policy = check_config(cfg, networked=False)  # before any data is loaded: names every broken clause
     session = SiloSession(cfg)
+    trail = SiloAuditTrail(session.ledger)
+    trail.run_start(cfg, policy, networked=False)
 
     def show(r: int, res) -> None:
         eps = f"  eps {res.epsilon:.3f}" if res.epsilon is not None else ""
@@ -82,11 +87,15 @@ def _train_local(cfg) -> dict[str, Any]:
                    f"loss {res.metrics['train_loss']:.4f}, {res.metrics['examples_per_second']:.0f} ex/s{eps}")
 
     params, summary = run_local(session, on_round=show)
-    files = _write_outputs(cfg, params, summary)
+    export = policy is None or policy.release.export
+    files = _write_outputs(cfg, params, summary, export=export)
+    trail.run_end(reason=summary["stopped_by"], rounds_done=summary["rounds_completed"], export_written=export,
+                  evaluation_written=True)
     keys = ("heldout_nll", "heldout_nll_text_only", "mc_accuracy", "presence_f1", "samples_seen", "epsilon_spent")
     typer.echo("  ".join(f"{k}={summary[k]:.4g}" if isinstance(summary.get(k), float) else f"{k}={summary.get(k)}"
                          for k in keys if k in summary))
-    typer.echo(f"wrote {files['metrics']} and {files['llava']}")
+    typer.echo(f"wrote {files['metrics']}" + (f" and {files['llava']}" if "llava" in files
+                                               else " (no export: the site policy's release.export is false)"))
     return summary
 
 
@@ -118,6 +127,7 @@ def train(
     rounds: Optional[int] = typer.Option(None, help="train.rounds"),
     dp: Optional[bool] = typer.Option(None, "--dp/--no-dp", help="privacy.enabled"),
     epsilon: Optional[float] = typer.Option(None, help="privacy.epsilon"),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="the site policy.toml to check against (policy)"),
     sets: Optional[list[str]] = SetOpt,
     insecure_plaintext: bool = typer.Option(
         False, "--insecure-plaintext",
@@ -131,7 +141,8 @@ def train(
             "output.dir": str(out) if out else None, "data.source": source, "data.world.scenario": scenario,
             "data.world.n_silos": n_silos, "data.world.silo_index": silo_index, "data.world.alpha": alpha,
             "data.world.seed": world_seed, "train.seed": seed, "train.rounds": rounds,
-            "privacy.enabled": dp, "privacy.epsilon": epsilon})
+            "privacy.enabled": dp, "privacy.epsilon": epsilon,
+            "policy": str(policy.resolve()) if policy else None})
         cfg = load_config_from_cli(config, ov)
         return _train_local(cfg) if local else _train_federated(cfg, debug, insecure_plaintext)
 
@@ -172,6 +183,15 @@ def status(
             typer.echo(f"{k}: {v}")
 
     run_command(body, debug)
+
+
+def _mount_audit() -> None:
+    from fedalign.silo.audit import app as audit_app
+
+    app.add_typer(audit_app, name="audit")
+
+
+_mount_audit()
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ def run_federated(
     stop: threading.Event | None = None,
     on_contribution: Callable[[int, int, dict[str, np.ndarray]], None] | None = None,
     progress: bool = False,
+    configure: Callable[[SiloParticipant], None] | None = None,
 ) -> SiloOutcome:
     """Join the federation described by ``config`` (a :class:`common.config.silo.SiloConfig`).
 
@@ -88,13 +89,15 @@ def run_federated(
         min_silos=fed.min_silos, heartbeat_interval_s=fed.heartbeat_interval_s,
         aggregator_timeout_s=fed.aggregator_timeout_s,
         max_weight=float(fed.max_weight or config.data.shard_size),
-        allow_insecure_plaintext=insecure, dp_enabled=config.privacy.enabled,
+        allow_insecure_plaintext=insecure, dp_enabled=config.privacy.enabled, scheme=fed.scheme,
     )
     client = ZmqClient(endpoint, name, keypair=keypair, server_public=server_public, registry=wire_registry(),
                        allow_insecure_plaintext=insecure)
     try:
         p = SiloParticipant(name, client, trainer, identity=identity, trusted=roster.identities(), policy=policy,
                             state_dir=state_dir, events=events, on_contribution=on_contribution, stop=stop)
+        if configure is not None:  # the site policy's checks and the ledger trail (silo.audit)
+            configure(p)
         return p.run()
     finally:
         time.sleep(0.2)  # let a final LeaveNotice leave
@@ -125,20 +128,40 @@ def federated_train(config: Any, *, insecure_plaintext: bool = False, stop: thre
 
     Returns a summary (also written to ``<out>/federated_summary.json``).
     """
+    from fedalign.silo.audit import SiloAuditTrail, attach_policy, check_config
     from fedalign.silo.export import export_projector
 
+    policy = check_config(config, networked=True)  # before any data is loaded: names every broken clause
     trainer = build_trainer(config)
-    out = run_federated(config, trainer=trainer, insecure_plaintext=insecure_plaintext, stop=stop, progress=True)
+    session = trainer.session  # type: ignore[attr-defined]
+    trail = SiloAuditTrail(session.ledger)  # one Ledger object per file: the accountant's
+    trail.run_start(config, policy, networked=True)
+    try:
+        out = run_federated(config, trainer=trainer, insecure_plaintext=insecure_plaintext, stop=stop, progress=True,
+                            configure=lambda p: attach_policy(p, policy, trail))
+    except BaseException as e:
+        trail.run_end(reason=f"{type(e).__name__}: {e}", export_written=False, evaluation_written=False)
+        raise
     summary: dict[str, Any] = {"silo": config.federation.silo_id, "rounds_done": out.rounds_done,
                                "rounds_included": out.committed, "reason": out.reason}
-    session = trainer.session  # type: ignore[attr-defined]
-    if out.first_params is not None and out.first_round == 0:
+    release = policy.release if policy is not None else None
+    evaluation = release is None or release.evaluation
+    if evaluation and out.first_params is not None and out.first_round == 0:
         summary["eval_initial"] = session.evaluate(out.first_params)
+    exported = False
     if out.params is not None:
-        summary["eval"] = session.evaluate(out.params)
-        files = export_projector(out.params, config.out_dir / "projector",
-                                 metadata={"source": "federated", "rounds": str(out.rounds_done)})
-        summary["export"] = {k: str(v) for k, v in files.items()}
+        if evaluation:
+            summary["eval"] = session.evaluate(out.params)
+        if release is None or release.export:
+            files = export_projector(out.params, config.out_dir / "projector",
+                                     metadata={"source": "federated", "rounds": str(out.rounds_done)})
+            summary["export"] = {k: str(v) for k, v in files.items()}
+            exported = True
+    raw = policy.retention.raw_updates if policy is not None else "keep_last"
+    if raw == "delete_at_run_end":
+        (config.state_dir / "federation" / "last_update.safetensors").unlink(missing_ok=True)
+    trail.run_end(reason=out.reason, rounds_done=out.rounds_done, committed=out.committed, export_written=exported,
+                  evaluation_written=evaluation, raw_updates=raw)
     summary["epsilon_spent"] = session.epsilon_spent
     summary["delta"] = config.privacy.delta if config.privacy.enabled else None
     summary["ledger"] = str(config.state_dir / "ledger.jsonl")

@@ -4,7 +4,12 @@ It answers the aggregator's :class:`RoundStart` by training one fresh shard (the
 charges the DP accountant before the update exists outside it), then takes part in each
 phase's secure sum with its contribution computed by the strategy. Before joining a sum it
 checks the participants against its own trusted roster and policy (``min_silos``, the
-threshold, no plain sums unless allowed): a sum over too few silos would reveal its update.
+threshold, the scheme its own config pins, no plain sums unless allowed): a sum over too few
+silos would reveal its update. An update's input for one (round, phase) goes into at most one
+sum (recorded on disk before it leaves, so also across restarts): two sums over different silo
+sets with the same input reveal its difference. The site policy adds its own checks
+(``extra_sum_checks``, ``extra_round_checks``; ``silo.audit``), and refusals and releases are
+reported through ``on_refusal`` / ``on_release`` (the ledger).
 
 Heartbeats go out while idle and while training. The carried silo state (Fed-CMP's
 error-feedback residual) is committed only when the aggregator reports the round committed
@@ -18,7 +23,7 @@ import concurrent.futures
 import json
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
@@ -43,6 +48,18 @@ from fedalign.crypto.secure_sum import SiloSecureSum
 
 _INPUT_TYPES = (MaskedInput, CkksInput, PlainInput)  # the messages that carry a silo's input
 
+
+def _input_nbytes(m: Any) -> int:
+    """Bytes of the summed values in an input message (masked, encrypted or plain)."""
+    if isinstance(m, MaskedInput):
+        return int(m.masked.nbytes)
+    if isinstance(m, PlainInput):
+        return int(m.values.nbytes)
+    if isinstance(m, CkksInput):
+        return sum(len(c) for c in m.chunks)
+    return 0
+
+
 __all__ = ["TrainedUpdate", "RoundTrainer", "SiloPolicy", "SiloOutcome", "SiloParticipant", "params_digest"]
 
 
@@ -63,6 +80,9 @@ class SiloPolicy:
     max_weight: float = 512.0
     allow_insecure_plaintext: bool = False
     dp_enabled: bool = False
+    # The one secure-sum scheme this silo's own configuration pins (DESIGN §5): a SumStart asking
+    # for another one is refused, whatever the aggregator says ("plain" also needs the permission).
+    scheme: str = "secagg"
 
 
 @dataclass
@@ -89,6 +109,9 @@ class _Round:
     delta: Tensors
     weight: float
     digest: str = ""
+    update_digest: str = ""  # of Δ itself: "the same input" across restarts and retrained shards
+    joined: dict[int, int] = field(default_factory=dict)  # phase -> the one instance this update joined
+    released: dict[str, Any] = field(default_factory=dict)  # what the open sum's input is (for the ledger)
     exposed: bool = False  # its input went into a sum: never reuse this update in another one
     pending_state: Tensors | None = None
     sum: SiloSecureSum | None = None
@@ -135,6 +158,11 @@ class SiloParticipant:
         self._last_beat = -1e18
         self._strategies: dict[str, Strategy] = {}
         self._first: tuple[Tensors | None, int | None] = (None, None)
+        # more refusal rules (the site policy's, silo.audit) and where refusals are recorded
+        self.extra_sum_checks: list[Callable[[SumStart], list[str]]] = []
+        self.extra_round_checks: list[Callable[[RoundStart], list[str]]] = []
+        self.on_refusal: Callable[[dict[str, Any]], None] | None = None
+        self.on_release: Callable[[dict[str, Any]], None] | None = None  # before an input message leaves
 
     # ------------------------------------------------------------------ plumbing
     def _send(self, msg: Any, round_id: int, *, instance: int = -1, phase: int = -1) -> None:
@@ -156,6 +184,13 @@ class SiloParticipant:
                 self.events.emit("error_feedback_off_under_dp")
             self._strategies[key] = strat
         return self._strategies[key]
+
+    def _refused(self, what: str, round_id: int, reason: str, **fields: Any) -> None:
+        """Log a refused request (event, and the ledger through ``on_refusal``); no state changed."""
+        self.events.emit("sum_refused" if what == "SumStart" else "round_refused", round=round_id,
+                         reason=reason, **{k: v for k, v in fields.items() if k in ("phase", "instance")})
+        if self.on_refusal is not None:
+            self.on_refusal({"request": what, "round": round_id, "reason": reason, **fields})
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> SiloOutcome:
@@ -232,6 +267,14 @@ class SiloParticipant:
         if m.round <= self.committed:
             self.events.emit("late_message_ignored", type="RoundStart", round=m.round, committed=self.committed)
             return
+        problems = [p for check in self.extra_round_checks for p in check(m)]
+        if problems:  # the site policy forbids this round: refuse, record, leave
+            from fedalign.protocol.policy import PolicyRefused
+
+            reason = f"silo {self.name}: refused RoundStart round {m.round}: " + "; ".join(problems)
+            self._refused("RoundStart", m.round, reason)
+            self._send(LeaveNotice(f"refused by site policy: {'; '.join(problems)}"), m.round)
+            raise PolicyRefused(reason)
         strat = self._strategy(m.strategy, m.strategy_options)
         if strat.n_phases != m.n_phases:
             raise ProtocolError(f"silo {self.name}: strategy {m.strategy} has {strat.n_phases} phases, "
@@ -261,7 +304,8 @@ class SiloParticipant:
                 self.events.emit("training_done", round=m.round, n_samples=upd.n_samples, epsilon=upd.epsilon,
                                  **{k: float(v) for k, v in upd.metrics.items()})
             weight = min(float(upd.n_samples), self.policy.max_weight) / self.policy.max_weight
-        self.cur = _Round(m.round, params, _to_torch(m.public), m.seed, strat, upd.delta, weight, digest=digest)
+        self.cur = _Round(m.round, params, _to_torch(m.public), m.seed, strat, upd.delta, weight, digest=digest,
+                          update_digest=params_digest(upd.delta))
         self._send(UpdateReady(m.round, float(upd.epsilon or 0.0)), m.round)
 
     def _train(self, round_id: int, params: Tensors) -> TrainedUpdate:
@@ -274,10 +318,20 @@ class SiloParticipant:
                 except concurrent.futures.TimeoutError:
                     self._beat(Stage.TRAIN, force=True)
 
-    def _check_sum(self, m: SumStart) -> None:
+    def _check_sum(self, m: SumStart, cur: _Round) -> None:
+        """Refuse (ProtocolError) a sum this silo's own rules forbid, before any state changes."""
         p = self.policy
         parts = m.participants
+        if m.scheme == SumScheme.PLAIN_INSECURE and not p.allow_insecure_plaintext:
+            raise InsecureModeRefused(
+                f"silo {self.name}: the aggregator asked for plain (unprotected) sums; this silo's policy "
+                "and command line do not allow insecure plaintext"
+            )
         problems = []
+        if str(m.scheme) != p.scheme:
+            # DESIGN §5: the scheme is pinned by the silo, never chosen by the aggregator (a ckks sum
+            # in a secagg federation lets the aggregator hand the decryptor one silo's ciphertext)
+            problems.append(f"scheme {m.scheme} is not this silo's configured scheme {p.scheme}")
         if self.name not in parts:
             problems.append("this silo is not a participant")
         unknown = sorted(set(parts) - set(self.trusted))
@@ -287,14 +341,21 @@ class SiloParticipant:
             problems.append(f"{len(parts)} participants, policy min_silos is {p.min_silos}")
         if m.threshold < min(p.min_silos, len(parts)):
             problems.append(f"threshold {m.threshold} is under policy min_silos {p.min_silos}")
+        # DESIGN §5: one (round, phase) input goes into at most one sum; two sums over different
+        # silo sets with the same input reveal the difference (in memory, and across restarts)
+        if m.phase in cur.joined:
+            problems.append(f"this silo already joined sum instance {cur.joined[m.phase]} for round {m.round} "
+                            f"phase {m.phase}; an input goes into one sum only")
+        else:
+            sent = self.store.input_sent(m.round, m.phase, cur.update_digest)
+            if sent is not None:
+                problems.append(f"this update's input for round {m.round} phase {m.phase} already went into "
+                                f"sum instance {sent} (before a restart); an input goes into one sum only")
+        for extra in self.extra_sum_checks:
+            problems += extra(m)
         if problems:
-            raise ProtocolError(f"silo {self.name}: refused SumStart round {m.round} phase {m.phase}: "
-                                + "; ".join(problems))
-        if m.scheme == SumScheme.PLAIN_INSECURE and not p.allow_insecure_plaintext:
-            raise InsecureModeRefused(
-                f"silo {self.name}: the aggregator asked for plain (unprotected) sums; this silo's policy "
-                "and command line do not allow insecure plaintext"
-            )
+            raise ProtocolError(f"silo {self.name}: refused SumStart round {m.round} phase {m.phase} "
+                                f"instance {m.instance}: " + "; ".join(problems))
 
     def _on_sum_start(self, env: Envelope, m: SumStart) -> None:
         cur = self.cur
@@ -302,10 +363,12 @@ class SiloParticipant:
             self.events.emit("late_message_ignored", type="SumStart", round=m.round, instance=m.instance)
             return
         try:
-            self._check_sum(m)
+            self._check_sum(m, cur)
         except ProtocolError as e:
-            self.events.emit("sum_refused", round=m.round, phase=m.phase, reason=str(e))
+            self._refused("SumStart", m.round, str(e), phase=m.phase, instance=m.instance, scheme=str(m.scheme),
+                          participants=list(m.participants))
             return
+        cur.joined[m.phase] = m.instance  # before anything leaves: a second SumStart for this phase is refused
         public = {**cur.public, **_to_torch(m.public)}
         contrib, new_state = cur.strategy.silo_contribution(m.phase, cur.delta, cur.weight, public, self.silo_state or {})
         cur.pending_state = new_state
@@ -315,6 +378,9 @@ class SiloParticipant:
             self.events.emit("contribution_clipped", round=m.round, phase=m.phase, values=clipped, clip=m.clip)
         if self.on_contribution is not None:
             self.on_contribution(m.round, m.phase, inputs)
+        cur.released = {"round": m.round, "phase": m.phase, "instance": m.instance, "scheme": str(m.scheme),
+                        "participants": list(m.participants), "threshold": m.threshold,
+                        "shapes": {k: list(np.shape(v)) for k, v in inputs.items()}}
         cfg = SecureSumConfig(
             mode=str(m.scheme), threshold=m.threshold, clip=m.clip,
             allow_insecure_plaintext=m.scheme == SumScheme.PLAIN_INSECURE and self.policy.allow_insecure_plaintext,
@@ -349,9 +415,14 @@ class SiloParticipant:
     def _send_sum(self, out: list[CryptoMessage]) -> None:
         cur = self.cur
         assert cur is not None
-        if not cur.exposed and any(isinstance(msg, _INPUT_TYPES) for msg in out):
-            self.store.mark_exposed(cur.round, cur.digest)  # persisted before the input leaves
-            cur.exposed = True
+        if any(isinstance(msg, _INPUT_TYPES) for msg in out):
+            if self.on_release is not None:
+                self.on_release({**cur.released, "kind": [type(x).__name__ for x in out if isinstance(x, _INPUT_TYPES)],
+                                 "bytes": sum(_input_nbytes(x) for x in out)})
+            if not cur.exposed:
+                self.store.mark_exposed(cur.round, cur.digest)  # persisted before the input leaves
+                cur.exposed = True
+            self.store.record_input_sent(cur.round, cur.phase, cur.instance, cur.update_digest)
         for msg in out:
             self._send(msg, cur.round, instance=cur.instance, phase=cur.phase)
 

@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ class FederationStore:
 
     def __init__(self, directory: Path | None) -> None:
         self.dir = directory
+        self._sent: dict[str, Any] | None = None  # sums_joined.json, cached (in memory only without a dir)
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
 
@@ -108,6 +109,41 @@ class FederationStore:
             return
         atomic_write(self.dir / "last_update.exposed.json",
                      lambda p: p.write_text(json.dumps({"round": round_id, "digest": digest})))
+
+    def _inputs_sent(self) -> dict[str, Any]:
+        if self._sent is None:
+            p = self.dir / "sums_joined.json" if self.dir is not None else None
+            self._sent = {"round": -1, "sent": []}
+            if p is not None and p.exists():
+                try:
+                    self._sent = json.loads(p.read_text())
+                except ValueError as e:
+                    raise CheckpointError(f"{p}: unreadable record of the sums this silo joined: {e}") from e
+        return self._sent
+
+    def record_input_sent(self, round_id: int, phase: int, instance: int, update_digest: str) -> None:
+        """Record (persisted before the input leaves) that ``update_digest``'s input for (round, phase)
+        went into sum ``instance``; older rounds are forgotten (their updates never come back)."""
+        rec = self._inputs_sent()
+        if rec["round"] != round_id:
+            rec = {"round": round_id, "sent": []}
+        row = {"phase": phase, "instance": instance, "update": update_digest}
+        if row in rec["sent"]:
+            return
+        rec = {"round": round_id, "sent": [*rec["sent"], row]}
+        if self.dir is not None:
+            atomic_write(self.dir / "sums_joined.json", lambda p: p.write_text(json.dumps(rec)))
+        self._sent = rec
+
+    def input_sent(self, round_id: int, phase: int, update_digest: str) -> int | None:
+        """The sum instance this update's input for (round, phase) already went into, or None."""
+        rec = self._inputs_sent()
+        if rec["round"] != round_id:
+            return None
+        for row in rec["sent"]:
+            if row["phase"] == phase and row["update"] == update_digest:
+                return int(row["instance"])
+        return None
 
     def load_update(self, round_id: int, digest: str) -> TrainedUpdate | None:
         """The saved update of ``round_id`` for θ with ``digest``, unless it already went into a sum."""

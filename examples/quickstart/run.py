@@ -77,6 +77,12 @@ def prepare(out: Path, rounds: int, shard: int, world: str) -> dict:
     proj = build_projector("mlp2x_gelu", d_v, d_m, generator=torch.Generator().manual_seed(0))
     save_file({k: v.contiguous() for k, v in proj.state_dict().items()}, str(out / "init_projector.safetensors"))
 
+    from fedalign.protocol.keys import load_public
+    from fedalign.protocol.policy import key_fingerprint
+
+    fp = key_fingerprint(load_public(keys / "aggregator.key"))
+    (out / "policy.toml").write_text(_fill(HERE / "policy.toml", aggregator_fingerprint=fp))
+    shutil.copy(HERE / "aggregator-policy.toml", out / "aggregator-policy.toml")
     port = free_port()
     (out / "aggregator.toml").write_text(_fill(HERE / "aggregator.toml", port=port, rounds=rounds))
     for i, s in enumerate(SILOS):
@@ -232,6 +238,8 @@ def report(out: Path, rounds: int, started: float) -> None:
     say(f"  curves           : {curves}")
     say(f"  ledgers          : {agg / 'ledger.jsonl'}, " + ", ".join(str(out / f'{s}-out' / 'state' / 'ledger.jsonl') for s in SILOS))
     say(f"  logs             : {agg / 'aggregator.jsonl'}, {out / 'logs'}")
+    say(f"  audit            : cd {out} && silo audit report --config hospital-a.toml --html hospital-a-report.html"
+        "  (docs/compliance.md)")
     say(f"total {time.time() - started:.0f}s")
     if not ok or len(history) != rounds:
         raise SystemExit("quickstart: the payload check or the round count failed")

@@ -88,7 +88,7 @@ def simulate_networked(
 
     def silo(k: int, name: str) -> None:
         sp = SiloPolicy(min_silos=min_silos, heartbeat_interval_s=0.5, aggregator_timeout_s=train_deadline_s + 60,
-                        max_weight=max_weight, allow_insecure_plaintext=insecure)
+                        max_weight=max_weight, allow_insecure_plaintext=insecure, scheme=str(sum_scheme))
         p = SiloParticipant(name, net.client(name), _Trainer(problem, k, strategy.prox_mu, lock),
                             identity=ids[name], trusted=trusted, policy=sp, stop=stop)
         try:

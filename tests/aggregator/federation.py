@@ -33,11 +33,16 @@ def toy(n_silos: int, seed: int = 0) -> ToyFederation:
 
 
 class ToyTrainer:
-    def __init__(self, fed: ToyFederation, index: int) -> None:
-        self.fed, self.index = fed, index
+    """Deterministic per silo and round, like the simulator; a round trained again draws a fresh
+    batch, as a real silo draws a fresh shard (a silo never puts one update into two sums)."""
+
+    def __init__(self, fed: ToyFederation, index: int, *, fresh_on_retrain: bool = True) -> None:
+        self.fed, self.index, self.fresh = fed, index, fresh_on_retrain
+        self.attempts: dict[int, int] = {}
 
     def train(self, round_id: int, params):
-        res = self.fed.local_update(params, self.index, round_id, 0.0)
+        k = self.attempts[round_id] = self.attempts.get(round_id, -1) + 1
+        res = self.fed.local_update(params, self.index, round_id + (100_003 * k if self.fresh else 0), 0.0)
         return TrainedUpdate(res.delta, res.n_samples, None)
 
 
@@ -123,7 +128,8 @@ def run_federation(
                 contributions[(r, ph, name)] = {k: v.copy() for k, v in inputs.items()}
 
         sp = dict(min_silos=pol["min_silos"], heartbeat_interval_s=0.2, aggregator_timeout_s=30,
-                  max_weight=MAX_WEIGHT, allow_insecure_plaintext=scheme == SumScheme.PLAIN_INSECURE)
+                  max_weight=MAX_WEIGHT, allow_insecure_plaintext=scheme == SumScheme.PLAIN_INSECURE,
+                  scheme=str(scheme))
         sp.update(silo_policy or {})
         p = SiloParticipant(name, client, ToyTrainer(fed, i), identity=ids[name], trusted=trusted,
                             policy=SiloPolicy(**sp), state_dir=(tmp / name) if tmp is not None else None,

@@ -167,3 +167,15 @@ def test_serve_repairs_a_ledger_that_lost_a_committed_round(tmp_path):
     assert code == 0, out
     entries = [e for e in Ledger(tmp_path / "aggregator-out" / "ledger.jsonl").entries() if e.kind == "round_committed"]
     assert [(e.fields["round"], e.fields.get("recovered")) for e in entries] == [(0, True)]
+
+
+def test_serve_refuses_a_config_breaking_its_site_policy_and_names_every_clause(tmp_path):
+    cfg = _federation(tmp_path, secure_sum={"scheme": '"ckks"'})
+    (tmp_path / "policy.toml").write_text('[secure_sum]\nschemes = ["secagg"]\nmin_silos = 4\n'
+                                          '[silos]\nallowed = ["s0", "s1"]\n')
+    code, out = _run("serve", "--config", str(cfg), "--policy", str(tmp_path / "policy.toml"))
+    assert code == 2, out
+    assert out.strip().count("\n") == 0 and "3 clause(s)" in out
+    for clause in ("secure_sum.schemes", "secure_sum.min_silos", "silos.allowed: the roster lists ['s2']"):
+        assert clause in out
+    assert not (tmp_path / "aggregator-out").exists()  # refused before anything was written

@@ -262,5 +262,11 @@ def test_silo_killed_and_restarted_rejoins(federation):
     # across the kill it committed every round exactly once, in order (a round whose RoundEnd it
     # never saw is committed from its pending state when the next RoundStart lists it a survivor)
     assert [e["round"] for e in ev if e["event"] == "round_committed"] == list(range(rounds))
-    # the same parameters as the simulator: the killed silo's error-feedback state survived
-    assert_final_equals_simulator(fed, rounds, "fedcmp", rank=2)
+    # the same parameters as the simulator: the killed silo's error-feedback state survived. Only
+    # when no round was trained twice: a round retried after its inputs went into a sum trains
+    # fresh shards (an update never goes into two sums), so it differs from the simulator's.
+    retrained = [s for s in fed.names
+                 if len([e for e in read_events(fed.root / s / f"{s}.jsonl") if e["event"] == "training_started"])
+                 > rounds]
+    if not retrained:
+        assert_final_equals_simulator(fed, rounds, "fedcmp", rank=2)

@@ -28,13 +28,21 @@ from toy_problem import toy  # noqa: E402
 
 
 class ToyTrainer:
-    def __init__(self, index: int, n_silos: int) -> None:
-        self.fed, self.index = toy(n_silos), index
+    """Deterministic per silo and round (the simulator's updates); a round trained again, in this
+    process or after a restart, draws a fresh batch, as a real silo draws a fresh shard."""
+
+    def __init__(self, index: int, n_silos: int, state: Path) -> None:
+        self.fed, self.index, self.state = toy(n_silos), index, state
 
     def train(self, round_id, params):
+        import json
+
         from fedalign.silo.store import TrainedUpdate
 
-        res = self.fed.local_update(params, self.index, round_id, 0.0)
+        seen = json.loads(self.state.read_text()) if self.state.exists() else {}
+        k = seen[str(round_id)] = seen.get(str(round_id), -1) + 1
+        self.state.write_text(json.dumps(seen))
+        res = self.fed.local_update(params, self.index, round_id + 100_003 * k, 0.0)
         return TrainedUpdate(res.delta, res.n_samples, None, {"train_loss": float(res.train_loss)})
 
 
@@ -91,7 +99,7 @@ def main() -> None:
     def dump(round_id, phase, inputs):
         np.savez(out / f"contrib-{round_id}-{phase}.npz", **inputs)
 
-    res = run_cli(lambda: run_federated(cfg, trainer=ToyTrainer(a.index, a.n_silos), on_contribution=dump))
+    res = run_cli(lambda: run_federated(cfg, trainer=ToyTrainer(a.index, a.n_silos, out / "trained.json"), on_contribution=dump))
     print(f"{cfg.federation.silo_id}: {res.reason}, rounds_done {res.rounds_done}, committed {res.committed}")
 
 

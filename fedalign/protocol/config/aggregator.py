@@ -81,6 +81,7 @@ class AggregatorOutputSection(StrictModel):
 
 
 class AggregatorConfig(FileConfig):
+    policy: Path | None = Field(None, description="the operator's site policy.toml (docs/compliance.md)")
     server: ServerSection = Field(default_factory=ServerSection)
     run: RunSection = Field(default_factory=RunSection)
     secure_sum: SecureSumSection = Field(default_factory=SecureSumSection)

@@ -137,12 +137,15 @@ class FederationSection(StrictModel):
     roster: Path | None = Field(None, description="trusted roster.toml: every silo's CURVE and identity key")
     identity_key: Path | None = Field(None, description="this silo's Ed25519 identity (silo keygen)")
     min_silos: int = Field(3, ge=2, description="refuse secure sums over fewer silos")
+    scheme: Literal["secagg", "ckks", "plain"] = Field(
+        "secagg", description="the secure-sum scheme this silo joins; a SumStart asking for another is refused")
     heartbeat_interval_s: float = Field(2.0, gt=0)
     aggregator_timeout_s: float = Field(600.0, gt=0, description="give up after this long without a message")
     max_weight: int | None = Field(None, ge=1, description="weight cap in records; default data.shard_size")
 
 
 class SiloConfig(FileConfig):
+    policy: Path | None = Field(None, description="the institution's site policy.toml (docs/compliance.md)")
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=DataSection)
     train: TrainSection = Field(default_factory=TrainSection)

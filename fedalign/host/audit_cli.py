@@ -1,0 +1,122 @@
+"""The ``audit`` command group that ``silo`` and ``aggregator`` both mount (typer).
+
+``audit verify LEDGER``  hash chain (+ witnessed heads with ``--head``); the first bad entry named;
+                         exit 0 intact, 11 broken (the CLI exit table's CheckpointError)
+``audit show``           settings against policy, ε against budget, what left per round, transport,
+                         the threat model of the chosen mode
+``audit report``         terminal tables, ``--json FILE``, ``--html FILE`` (one self-contained page);
+                         exit 6 when the independent ε check disagrees by over 2 %
+``audit fingerprint KEY`` a CURVE public key's fingerprint, as policies name keys
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+__all__ = ["make_audit_app"]
+
+_Head = typer.Option(None, "--head", help="a witnessed head SEQ:SHA256 (as verify prints it); repeatable")
+_Debug = typer.Option(False, "--debug", help="show tracebacks")
+
+
+def _verified(path: Path, heads: list[str] | None):
+    from fedalign.protocol.audit import parse_head, verify_ledger
+    from fedalign.protocol.errors import CheckpointError, ConfigError
+
+    if not path.exists():
+        raise ConfigError(f"{path}: ledger not found")
+    try:
+        witnessed = [parse_head(h) for h in heads or []]
+    except ValueError as e:
+        raise ConfigError(f"--head: {e}") from None
+    res = verify_ledger(path, witnessed=witnessed)
+    if not res.ok:
+        raise CheckpointError(res.line())
+    return res
+
+
+def make_audit_app(role: str, ledger_of_config: Callable[[Path], Path]) -> typer.Typer:
+    """The ``audit`` group for ``role`` (silo or aggregator); ``ledger_of_config`` finds the ledger
+    named by a config file."""
+    from fedalign.host.cli_errors import run_cli
+
+    app = typer.Typer(add_completion=False, no_args_is_help=True,
+                      help=f"Audit this {role}'s ledger: verify it, show settings against policy, write a report.")
+
+    def ledger_path(config: Optional[Path], ledger: Optional[Path]) -> Path:
+        if ledger is not None:
+            return ledger
+        if config is None:
+            from fedalign.protocol.errors import ConfigError
+
+            raise ConfigError("give --ledger LEDGER or --config CONFIG")
+        return ledger_of_config(config)
+
+    def summary(config: Optional[Path], ledger: Optional[Path], head: list[str] | None) -> dict[str, Any]:
+        from fedalign.protocol.audit import read_entries, summarize
+
+        path = ledger_path(config, ledger)
+        res = _verified(path, head)
+        return summarize(read_entries(path), verify=res)
+
+    ConfigOpt = typer.Option(None, "--config", "-c", help=f"{role}.toml (finds the ledger)")
+    LedgerOpt = typer.Option(None, "--ledger", help="ledger.jsonl (instead of --config)")
+
+    @app.command()
+    def verify(ledger: Path = typer.Argument(..., help="ledger.jsonl"), head: Optional[list[str]] = _Head,
+               debug: bool = _Debug) -> None:
+        """Check the hash chain (and witnessed heads); name the first bad entry. Exit 0 intact, 11 broken."""
+        run_cli(lambda: typer.echo(_verified(ledger, head).line()), debug=debug)
+
+    @app.command()
+    def show(config: Optional[Path] = ConfigOpt, ledger: Optional[Path] = LedgerOpt,
+             head: Optional[list[str]] = _Head, debug: bool = _Debug) -> None:
+        """Settings against policy, ε against budget, what left per round, transport, threat model."""
+        from fedalign.protocol.audit_report import render_text
+
+        run_cli(lambda: typer.echo(render_text(summary(config, ledger, head)), nl=False), debug=debug)
+
+    @app.command()
+    def report(config: Optional[Path] = ConfigOpt, ledger: Optional[Path] = LedgerOpt,
+               head: Optional[list[str]] = _Head,
+               json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON here"),
+               html_out: Optional[Path] = typer.Option(None, "--html", help="write one self-contained HTML file here"),
+               debug: bool = _Debug) -> None:
+        """Tables, JSON, HTML with the ε/bytes plot and the DP statement (ε checked by dp_accounting).
+        Exit 0; 11 when the ledger is broken; 6 when the independent ε disagrees by over 2%."""
+
+        def body() -> None:
+            from fedalign.host.atomic import atomic_write_text
+            from fedalign.protocol.audit_report import render_html, render_json, render_text
+            from fedalign.protocol.errors import PrivacyError
+
+            s = summary(config, ledger, head)
+            typer.echo(render_text(s), nl=False)
+            if json_out is not None:
+                atomic_write_text(json_out, render_json(s))
+                typer.echo(f"wrote {json_out}")
+            if html_out is not None:
+                atomic_write_text(html_out, render_html(s))
+                typer.echo(f"wrote {html_out}")
+            dp = s.get("dp")
+            if dp is not None and not dp["independent"]["agrees"]:
+                ind = dp["independent"]
+                raise PrivacyError(f"the ledger's epsilon {dp['epsilon']:.4g} and dp_accounting's "
+                                   f"{ind[ind['compared_with']]:.4g} differ by "
+                                   f"{100 * ind['relative_difference']:.2f}% (over 2%)")
+
+        run_cli(body, debug=debug)
+
+    @app.command()
+    def fingerprint(key: Path = typer.Argument(..., help="a CURVE public key file (e.g. keys/aggregator.key)"),
+                    debug: bool = _Debug) -> None:
+        """Print a CURVE public key's fingerprint, as policy.toml's key lists want it."""
+        from fedalign.protocol.keys import load_public
+        from fedalign.protocol.policy import key_fingerprint
+
+        run_cli(lambda: typer.echo(key_fingerprint(load_public(key))), debug=debug)
+
+    return app

@@ -1,0 +1,147 @@
+"""The silo's compliance side: its site policy (checked before any data is loaded, and on every
+RoundStart and SumStart), what it writes to its ledger for auditors, and ``silo audit``.
+
+``silo audit verify LEDGER``  hash chain, first bad entry named; exit 0 intact, 11 broken
+``silo audit show``           settings against policy, ε against budget, what left, transport, threat model
+``silo audit report``         the same as terminal tables, JSON (``--json``) and one HTML file (``--html``)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from fedalign.host.audit_cli import make_audit_app
+from fedalign.protocol.config.policy import SitePolicy, load_site_policy
+from fedalign.protocol.ledger import Ledger
+from fedalign.protocol.policy import (check_silo_config, key_fingerprint, policy_digest, raise_if_violated,
+                                      round_violations, sum_violations)
+
+__all__ = ["load_policy", "check_config", "SiloAuditTrail", "attach_policy", "app"]
+
+
+def load_policy(cfg: Any) -> tuple[SitePolicy | None, Path | None]:
+    """The site policy named by the config's ``policy`` field (or ``--policy``), or (None, None)."""
+    path = cfg.resolve(cfg.policy) if getattr(cfg, "policy", None) is not None else None
+    return (load_site_policy(path), path) if path is not None else (None, None)
+
+
+def _aggregator_fingerprint(cfg: Any) -> str | None:
+    if cfg.federation.aggregator_public_key is None:
+        return None
+    from fedalign.protocol.keys import load_public
+
+    return key_fingerprint(load_public(cfg.resolve(cfg.federation.aggregator_public_key)))
+
+
+def _epsilon_of_pass(cfg: Any) -> Callable[[], float]:
+    """The planned ε of one pass (one shard's round, shards of a pass compose in parallel)."""
+
+    def f() -> float:
+        from fedalign.silo.privacy import compute_epsilon
+        from fedalign.silo.trainer import TrainSettings
+
+        t, p, n = cfg.train, cfg.privacy, cfg.data.shard_size
+        steps = TrainSettings(t.batch_size, t.lr, t.optimizer, t.weight_decay, t.local_steps, t.local_epochs,
+                              t.prox_mu).steps_for(n)
+        return compute_epsilon([(p.noise_multiplier, min(1.0, t.batch_size / n), steps)], p.delta, p.accountant)
+
+    return f
+
+
+def check_config(cfg: Any, *, networked: bool) -> SitePolicy | None:
+    """Check ``cfg`` against its site policy before any data is loaded; one error names every clause."""
+    policy, path = load_policy(cfg)
+    if policy is None:
+        return None
+    fp = _aggregator_fingerprint(cfg) if networked and policy.aggregator.key_fingerprints else None
+    raise_if_violated(check_silo_config(cfg, policy, networked=networked, epsilon_of_pass=_epsilon_of_pass(cfg),
+                                        aggregator_fingerprint=fp), path)
+    return policy
+
+
+def _transport(cfg: Any, networked: bool) -> dict[str, Any]:
+    fed = cfg.federation
+    if not networked:
+        return {"mode": "local (no network)"}
+    out: dict[str, Any] = {"endpoint": fed.aggregator, "curve": fed.secret_key is not None
+                           and fed.aggregator_public_key is not None}
+    try:
+        out["aggregator_key"] = _aggregator_fingerprint(cfg)
+        if fed.secret_key is not None:
+            from fedalign.protocol.keys import load_keypair
+
+            out["own_curve_key"] = key_fingerprint(load_keypair(cfg.resolve(fed.secret_key)).public)
+        if fed.identity_key is not None:
+            from fedalign.crypto.identity import load_identity
+
+            out["identity_key"] = "ed25519:" + load_identity(cfg.resolve(fed.identity_key)).public_hex
+    except Exception as e:  # noqa: BLE001 - the run itself reports bad key files; the ledger says what it saw
+        out["key_error"] = str(e)
+    return out
+
+
+class SiloAuditTrail:
+    """What the silo writes to its ledger for auditors (kinds listed in :mod:`fedalign.protocol.audit`)."""
+
+    def __init__(self, ledger: Ledger, clock: Callable[[], float] = time.time) -> None:
+        self.ledger, self.clock = ledger, clock
+
+    def _append(self, kind: str, fields: dict[str, Any]) -> None:
+        self.ledger.append(kind, fields, now=self.clock())
+
+    def run_start(self, cfg: Any, policy: SitePolicy | None, *, networked: bool) -> None:
+        """The first entry of a run: the policy (and its hash), the settings, the transport."""
+        p, t = cfg.privacy, cfg.train
+        _, path = load_policy(cfg)
+        cfg_json = cfg.model_dump_json().encode()
+        self._append("run_start", {
+            "role": "silo", "silo": cfg.federation.silo_id, "mode": "federated" if networked else "local",
+            "policy": policy.model_dump(mode="json") if policy is not None else None,
+            "policy_sha256": policy_digest(policy), "policy_file": str(path) if path else None,
+            "config_sha256": "sha256:" + hashlib.sha256(cfg_json).hexdigest(),
+            "settings": {
+                "scheme": cfg.federation.scheme if networked else None,
+                "min_silos": cfg.federation.min_silos if networked else None,
+                "dp": {"enabled": p.enabled, "epsilon": p.epsilon if p.enabled else None,
+                       "delta": p.delta if p.enabled else None, "noise_multiplier": p.noise_multiplier,
+                       "max_grad_norm": p.max_grad_norm, "accountant": p.accountant, "sampling": "poisson"},
+                "batch_size": t.batch_size, "shard_size": cfg.data.shard_size, "max_passes": cfg.data.max_passes,
+                "rounds": None if networked else t.rounds},
+            "transport": _transport(cfg, networked),
+        })
+
+    def refusal(self, fields: dict[str, Any]) -> None:
+        self._append("refusal", fields)
+
+    def release(self, fields: dict[str, Any]) -> None:
+        f = dict(fields)
+        f["payload_kind"] = f.pop("kind")
+        self._append("release", f)
+
+    def run_end(self, **fields: Any) -> None:
+        self._append("run_end", fields)
+
+
+def attach_policy(participant: Any, policy: SitePolicy | None, trail: SiloAuditTrail | None) -> None:
+    """Make ``participant`` check every RoundStart and SumStart against ``policy`` and record refusals
+    and releases in the ledger through ``trail``."""
+    if policy is not None:
+        participant.extra_sum_checks.append(lambda m: sum_violations(
+            policy, scheme=str(m.scheme), participants=m.participants, threshold=m.threshold))
+        participant.extra_round_checks.append(lambda m: round_violations(policy, round_id=m.round))
+    if trail is not None:
+        participant.on_refusal = trail.refusal
+        participant.on_release = trail.release
+
+
+# ---------------------------------------------------------------------------- CLI
+def _ledger_of(config: Path) -> Path:
+    from fedalign.protocol.config.silo import load_silo_config
+
+    return load_silo_config(config).state_dir / "ledger.jsonl"
+
+
+app = make_audit_app("silo", _ledger_of)
