@@ -27,6 +27,17 @@ from fedalign.silo.trainer import DPSettings, LocalTrainer, Params, RoundResult,
 __all__ = ["SiloSession", "run_local"]
 
 
+def _ledger_identity(cfg: SiloConfig):
+    """The silo's Ed25519 identity when its config names one: then every ledger entry is signed,
+    and ``silo audit verify --public-key`` (the key in the roster) checks each one."""
+    key = cfg.federation.identity_key
+    if key is None or not cfg.resolve(key).exists():
+        return None
+    from fedalign.crypto.identity import load_identity
+
+    return load_identity(cfg.resolve(key))
+
+
 class SiloSession:
     """Everything one silo needs for a run; all state files live in ``cfg.state_dir``."""
 
@@ -39,7 +50,7 @@ class SiloSession:
         self.settings = TrainSettings(t.batch_size, t.lr, t.optimizer, t.weight_decay, t.local_steps,
                                       t.local_epochs, t.prox_mu)
         state = cfg.state_dir
-        self.ledger = Ledger(state / "ledger.jsonl")
+        self.ledger = Ledger(state / "ledger.jsonl", identity=_ledger_identity(cfg))
         self.accountant: PrivacyAccountant | None = None
         self.dp: DPSettings | None = None
         if p.enabled:

@@ -19,10 +19,34 @@ import typer
 __all__ = ["make_audit_app"]
 
 _Head = typer.Option(None, "--head", help="a witnessed head SEQ:SHA256 (as verify prints it); repeatable")
+_Key = typer.Option(None, "--public-key", help="the ledger owner's Ed25519 identity (64 hex digits, as in the "
+                                               "roster): every entry must carry its valid signature")
 _Debug = typer.Option(False, "--debug", help="show tracebacks")
 
 
-def _verified(path: Path, heads: list[str] | None):
+def _signature_check(public_key: str | None):
+    """The per-entry check ``verify_ledger`` calls, for the owner's hex Ed25519 key (or None)."""
+    from fedalign.protocol.errors import ConfigError
+    from fedalign.protocol.ledger import entry_signature_ok
+
+    if public_key is None:
+        return None
+    try:
+        key = bytes.fromhex(public_key.removeprefix("ed25519:"))
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(f"--public-key: expected 64 hex digits (an Ed25519 public key), got {public_key[:80]!r}")
+
+    def check(index: int, entry: dict, raw: bytes) -> str | None:
+        if "sig" not in entry:
+            return "not signed (written without the owner's identity, or the signature was removed)"
+        return None if entry_signature_ok(entry, key) else "does not match the entry's content (edited)"
+
+    return check
+
+
+def _verified(path: Path, heads: list[str] | None, public_key: str | None = None):
     from fedalign.protocol.audit import parse_head, verify_ledger
     from fedalign.protocol.errors import CheckpointError, ConfigError
 
@@ -32,7 +56,7 @@ def _verified(path: Path, heads: list[str] | None):
         witnessed = [parse_head(h) for h in heads or []]
     except ValueError as e:
         raise ConfigError(f"--head: {e}") from None
-    res = verify_ledger(path, witnessed=witnessed)
+    res = verify_ledger(path, witnessed=witnessed, signature_check=_signature_check(public_key))
     if not res.ok:
         raise CheckpointError(res.line())
     return res
@@ -67,9 +91,10 @@ def make_audit_app(role: str, ledger_of_config: Callable[[Path], Path]) -> typer
 
     @app.command()
     def verify(ledger: Path = typer.Argument(..., help="ledger.jsonl"), head: Optional[list[str]] = _Head,
-               debug: bool = _Debug) -> None:
-        """Check the hash chain (and witnessed heads); name the first bad entry. Exit 0 intact, 11 broken."""
-        run_cli(lambda: typer.echo(_verified(ledger, head).line()), debug=debug)
+               public_key: Optional[str] = _Key, debug: bool = _Debug) -> None:
+        """Check the hash chain (signatures with --public-key, witnessed heads with --head); name the
+        first bad entry. Exit 0 intact, 11 broken."""
+        run_cli(lambda: typer.echo(_verified(ledger, head, public_key).line()), debug=debug)
 
     @app.command()
     def show(config: Optional[Path] = ConfigOpt, ledger: Optional[Path] = LedgerOpt,

@@ -50,6 +50,7 @@ __all__ = [
     "read_ledger",
     "verify",
     "verify_head",
+    "entry_signature_ok",
     "witnessed_heads",
 ]
 
@@ -304,6 +305,15 @@ def verify(
                 "(rewritten or replaced after it was witnessed)", index=head.index, line=head.index + 1,
             )
     return len(lines)
+
+
+def entry_signature_ok(entry: Mapping[str, Any], public_key: bytes) -> bool:
+    """Whether one decoded ledger entry carries its owner's valid Ed25519 signature (``sig``)."""
+    sig = entry.get("sig")
+    if not isinstance(sig, str) or not _is_hex(sig):
+        return False
+    return _signature_ok(public_key, bytes.fromhex(sig), _ENTRY_CONTEXT,
+                         _canonical({k: v for k, v in entry.items() if k != "sig"}))
 
 
 def witnessed_heads(path: str | os.PathLike, node: str) -> list[LedgerHead]:
