@@ -86,7 +86,7 @@ def run_federated(
     events = (ConsoleEvents if progress else EventLog)(config.out_dir / f"{name}.jsonl", source=name)
     policy = SiloPolicy(
         min_silos=fed.min_silos, heartbeat_interval_s=fed.heartbeat_interval_s,
-        aggregator_timeout_s=fed.aggregator_timeout_s,
+        aggregator_timeout_s=fed.aggregator_timeout_s, wait_report_s=fed.wait_report_s,
         max_weight=float(fed.max_weight or config.data.shard_size),
         allow_insecure_plaintext=insecure, dp_enabled=config.privacy.enabled,
     )
@@ -94,7 +94,8 @@ def run_federated(
                        allow_insecure_plaintext=insecure)
     try:
         p = SiloParticipant(name, client, trainer, identity=identity, trusted=roster.identities(), policy=policy,
-                            state_dir=state_dir, events=events, on_contribution=on_contribution, stop=stop)
+                            state_dir=state_dir, events=events, on_contribution=on_contribution, stop=stop,
+                            address=endpoint)
         return p.run()
     finally:
         time.sleep(0.2)  # let a final LeaveNotice leave
@@ -112,32 +113,43 @@ class SessionTrainer:
         res = self.session.train_round(params)
         return TrainedUpdate(res.delta, res.n_samples, res.epsilon, dict(res.metrics))
 
+    def describe(self):
+        """The model declaration this silo sends at join (the shape handshake)."""
+        return self.session.declaration()
 
-def build_trainer(config: Any) -> RoundTrainer:
+
+def build_trainer(config: Any, *, notify: Callable[[str], None] | None = None) -> RoundTrainer:
     """The local trainer for ``config`` (models, data shards, DP accountant, cursor)."""
     from fedalign.silo.session import SiloSession
 
-    return SessionTrainer(SiloSession(config))
+    return SessionTrainer(SiloSession(config, notify=notify))
 
 
-def federated_train(config: Any, *, insecure_plaintext: bool = False, stop: threading.Event | None = None) -> dict:
+def federated_train(config: Any, *, insecure_plaintext: bool = False, stop: threading.Event | None = None,
+                    notify: Callable[[str], None] | None = None) -> dict:
     """``silo train`` against an aggregator: run, then evaluate and export the final projector.
 
-    Returns a summary (also written to ``<out>/federated_summary.json``).
+    The export goes where ``silo train --local`` puts it (``output.dir``). A silo that stops early
+    (data spent, budget reached, the aggregator gave up) still evaluates and exports θ of the
+    latest round it was sent. Returns a summary (also written to ``<out>/federated_summary.json``).
     """
     from fedalign.silo.export import export_projector
 
-    trainer = build_trainer(config)
+    trainer = build_trainer(config, notify=notify)
+    for w in session_report(trainer).get("warnings", []):
+        (notify or (lambda line: None))(f"warning: {w}")
     out = run_federated(config, trainer=trainer, insecure_plaintext=insecure_plaintext, stop=stop, progress=True)
     summary: dict[str, Any] = {"silo": config.federation.silo_id, "rounds_done": out.rounds_done,
-                               "rounds_included": out.committed, "reason": out.reason}
+                               "rounds_included": out.committed, "reason": out.reason,
+                               "data": session_report(trainer)}
     session = trainer.session  # type: ignore[attr-defined]
     if out.first_params is not None and out.first_round == 0:
-        summary["eval_initial"] = session.evaluate(out.first_params)
-    if out.params is not None:
-        summary["eval"] = session.evaluate(out.params)
-        files = export_projector(out.params, config.out_dir / "projector",
-                                 metadata={"source": "federated", "rounds": str(out.rounds_done)})
+        summary["eval_initial"] = session.evaluate(out.first_params, label="the initial projector")
+    if out.params is not None and out.rounds_done > 0:
+        summary["eval"] = session.evaluate(out.params, label=f"the projector after {out.rounds_done} round(s)")
+        files = export_projector(out.params, config.out_dir,
+                                 metadata={"source": "federated", "rounds": str(out.rounds_done),
+                                           "reason": out.reason})
         summary["export"] = {k: str(v) for k, v in files.items()}
     summary["epsilon_spent"] = session.epsilon_spent
     summary["delta"] = config.privacy.delta if config.privacy.enabled else None
@@ -145,6 +157,12 @@ def federated_train(config: Any, *, insecure_plaintext: bool = False, stop: thre
     config.out_dir.mkdir(parents=True, exist_ok=True)
     (config.out_dir / "federated_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+def session_report(trainer: Any) -> dict[str, Any]:
+    """The data report (records kept and skipped) of a SessionTrainer's session; {} otherwise."""
+    session = getattr(trainer, "session", None)
+    return dict(session.inputs.report) if session is not None else {}
 
 
 def federation_status(config: Any) -> dict[str, Any]:
