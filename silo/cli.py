@@ -258,15 +258,23 @@ def keygen(
     name: str = typer.Option(..., "--name", help="this silo's id (as in the roster)"),
     out: Path = typer.Option(Path("keys"), "--out", help="directory for the key files"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace existing key files"),
+    roster: Optional[Path] = typer.Option(None, "--roster", help="also append the entry to this roster file"),
     debug: bool = DebugOpt,
 ) -> None:
     """Write this silo's CURVE key pair and Ed25519 identity (0600) and print its roster entry."""
-    from fedalign.silo.keys import keygen_silo
+    from fedalign.silo.keys import add_to_roster, keygen_silo
 
     def body():
+        if roster is not None:
+            add_to_roster(roster, name, None)  # refuse a duplicate before any key is written
         k = keygen_silo(out, name, overwrite=overwrite)
         typer.echo(f"wrote {k.public_key}, {k.secret_key}, {k.identity} (mode 0600)")
-        typer.echo("add this entry to the federation's roster.toml (public keys only):\n" + k.roster_entry)
+        if roster is not None:
+            add_to_roster(roster, name, k.roster_entry)
+            typer.echo(f"appended {name}'s entry (public keys only) to {roster}; the coordinator and every silo "
+                       "need the same roster file")
+        else:
+            typer.echo("add this entry to the federation's roster.toml (public keys only):\n" + k.roster_entry)
 
     run_command(body, debug)
 
