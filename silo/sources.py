@@ -18,6 +18,8 @@ from fedalign.silo.evaluate import remove_image
 
 __all__ = ["SiloInputs", "load_inputs", "model_paths", "world_spec"]
 
+WORLD_BUILD_TICK_S = 15.0  # a progress line this often while the embedded world's models are built
+
 
 @dataclass
 class SiloInputs:
@@ -37,7 +39,8 @@ def world_spec(cfg: SiloConfig):
 def model_paths(cfg: SiloConfig, *, notify: Callable[[str], None] | None = None) -> tuple[str, str]:
     """(vision tower, LLM) ids or paths; ``embedded`` builds or finds the world's models.
 
-    ``notify`` gets progress lines: where the cache is, and every 15 s while a first build runs."""
+    ``notify`` gets progress lines: where the cache is, and every ``WORLD_BUILD_TICK_S`` while a
+    first build runs."""
     m = cfg.model
     if EMBEDDED not in (m.vision_tower, m.llm):
         return _local(cfg, m.vision_tower, "model.vision_tower"), _local(cfg, m.llm, "model.llm")
@@ -55,7 +58,7 @@ def model_paths(cfg: SiloConfig, *, notify: Callable[[str], None] | None = None)
     t0 = time.monotonic()
 
     def tick() -> None:
-        while not done.wait(15.0):
+        while not done.wait(WORLD_BUILD_TICK_S):
             say(f"  still building the embedded world's models ({time.monotonic() - t0:.0f}s so far) ...")
 
     ticker = threading.Thread(target=tick, daemon=True, name="world-build-progress")

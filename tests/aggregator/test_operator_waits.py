@@ -11,6 +11,7 @@ import socket
 import threading
 
 import pytest
+import torch
 
 from fedalign.protocol.errors import ConfigError, ProtocolError, RoundAborted
 from fedalign.protocol.eventlog import EventLog
@@ -172,3 +173,38 @@ def test_a_declared_silo_refuses_a_round_whose_projector_does_not_fit_before_tra
     err = res.silos["silo-0"]
     assert isinstance(err, ConfigError) and "nothing was trained" in str(err)
     assert trainers[0].trained == 0
+
+
+def test_the_aggregators_console_lines_do_not_wrap_when_redirected(capsys):
+    from fedalign.aggregator.cli import _Progress
+
+    names = [f"hospital-with-a-long-name-{i}" for i in range(4)]
+    p = _Progress(1, 0, quiet=False)
+    p.event("waiting_for_silos", {"round": 0, "connected": names[:2], "missing": names[2:], "refused": [],
+                                  "need": 3, "seconds_left": 590})
+    err = capsys.readouterr().err
+    (line,) = [l for l in err.splitlines() if "waiting for silos" in l]
+    assert len(line) > 120 and line.endswith("(run.roster_wait_s)") and names[3] in line
+
+
+class _SpentAfter(ToyTrainer):
+    """Data for one round only: the second raises DataError, as a spent ShardCursor does."""
+
+    def train(self, round_id, params):
+        from fedalign.protocol.errors import DataError
+
+        if round_id >= 1:
+            raise DataError("cursor.json: all 32 records used in 1 pass(es); one-pass data is spent")
+        return super().train(round_id, params)
+
+
+def test_a_silo_whose_data_runs_out_keeps_the_rounds_it_took_part_in():
+    fed = toy(4)
+    res = run_federation(4, 3, fed=fed, make_trainer=lambda f, i: (_SpentAfter if i == 3 else ToyTrainer)(f, i),
+                         policy_overrides={"max_failed_rounds": 1})
+    assert res.error is None, res.error
+    out = res.silos["silo-3"]
+    assert out.reason == "data spent" and out.rounds_done == 1 and out.committed == [0]
+    assert out.params is not None  # θ_1: round 0 with this silo in it, to evaluate and export
+    init = fed.init_params()
+    assert any(not torch.equal(out.params[k], init[k]) for k in init)  # round 0's update is in it

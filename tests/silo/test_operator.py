@@ -136,3 +136,70 @@ def test_skipped_records_are_counted_on_the_console(tmp_path, tiny_dir, data_fil
     r = runner.invoke(app, ["train", "--local", "-c", str(cfg), "--rounds", "1"])
     assert r.exit_code == 0, r.output
     assert "kept 64 record(s), skipped 1" in r.output and "bad.jsonl:65" in r.output
+
+
+def test_evaluation_and_model_loading_say_what_they_do(tmp_path, tiny_dir, data_files):
+    cfg = _toml(tmp_path, tiny_dir, data_files, train__rounds=1)
+    r = runner.invoke(app, ["train", "--local", "-c", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert "loading the frozen models" in r.output and "models loaded in" in r.output
+    assert "evaluating the projector after 1 round(s) on 64 held-out captions" in r.output
+    assert "evaluated in" in r.output
+
+
+def test_a_first_world_build_reports_progress_while_it_runs(tmp_path, monkeypatch):
+    import time
+
+    import fedalign.silo.sources as sources
+    import fedalign.world as world
+    from fedalign.protocol.config.silo import load_silo_config
+    from fedalign.world.build import WorldArtifacts
+
+    def slow_build(spec, cache_dir=None):
+        time.sleep(0.5)
+        return WorldArtifacts(tmp_path / "w" / "vision", tmp_path / "w" / "lm", spec, True)
+
+    monkeypatch.setattr(world, "build_world", slow_build)
+    monkeypatch.setattr(sources, "WORLD_BUILD_TICK_S", 0.1)
+    lines: list[str] = []
+    cfg = load_silo_config(None, {"data.world.cache_dir": str(tmp_path / "cache")})
+    sources.model_paths(cfg, notify=lines.append)
+    assert str(tmp_path / "cache") in lines[0]
+    assert any("still building" in l for l in lines) and "built and cached" in lines[-1]
+
+
+def test_a_federated_run_refuses_a_local_runs_state(tmp_path, tiny_dir, data_files):
+    cfg = _toml(tmp_path, tiny_dir, data_files, train__rounds=1)
+    assert runner.invoke(app, ["train", "--local", "-c", str(cfg)]).exit_code == 0
+    r = runner.invoke(app, ["train", "-c", str(cfg)])
+    assert r.exit_code == EXIT_CODES[ConfigError], r.output
+    (line,) = _lines(r)
+    assert "local run's state" in line
+
+
+def test_describe_and_init_make_a_projector_that_fits(tmp_path, tiny_dir, data_files):
+    from safetensors import safe_open
+
+    from fedalign.aggregator.cli import build_app
+    from fedalign.protocol.config.silo import load_silo_config
+    from fedalign.silo.session import SiloSession
+
+    cfg = _toml(tmp_path, tiny_dir, data_files)
+    r = runner.invoke(app, ["describe", "-c", str(cfg), "--out", str(tmp_path / "a.card.json")])
+    assert r.exit_code == 0, r.output
+    card = json.loads((tmp_path / "a.card.json").read_text())
+    other = {**card, "d_model": card["d_model"] + 8, "llm": "another-lm"}
+    (tmp_path / "b.card.json").write_text(json.dumps(other))
+    agg = build_app()
+    init = tmp_path / "init.safetensors"
+    r = runner.invoke(agg, ["init", "--model-card", str(tmp_path / "a.card.json"), "--model-card",
+                            str(tmp_path / "b.card.json"), "--out", str(init)])
+    assert r.exit_code == EXIT_CODES[ConfigError] and "disagree" in r.output and "another-lm" in r.output
+    assert not init.exists()
+    r = runner.invoke(agg, ["init", "--model-card", str(tmp_path / "a.card.json"), "--out", str(init)])
+    assert r.exit_code == 0, r.output
+    with safe_open(str(init), framework="pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        assert f.metadata()["llm"] == card["llm"]
+    session = SiloSession(load_silo_config(cfg))
+    assert shapes == {k: tuple(v.shape) for k, v in session.initial_params().items()}
