@@ -136,8 +136,13 @@ def federated_train(config: Any, *, insecure_plaintext: bool = False, stop: thre
     from fedalign.silo.export import export_projector
 
     trainer = build_trainer(config, notify=notify)
-    for w in session_report(trainer).get("warnings", []):
-        (notify or (lambda line: None))(f"warning: {w}")
+    say = notify or (lambda line: None)
+    report = session_report(trainer)
+    if "kept" in report:
+        say(f"data: kept {report['kept']} record(s), skipped {report.get('skipped', 0)}"
+            + (f" (data.bad_records = 'skip'; first: {report['problems'][0]})" if report.get("problems") else ""))
+    for w in report.get("warnings", []):
+        say(f"warning: {w}")
     out = run_federated(config, trainer=trainer, insecure_plaintext=insecure_plaintext, stop=stop, progress=True)
     summary: dict[str, Any] = {"silo": config.federation.silo_id, "rounds_done": out.rounds_done,
                                "rounds_included": out.committed, "reason": out.reason,

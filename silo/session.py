@@ -24,7 +24,7 @@ from fedalign.silo.privacy import PrivacyAccountant, RoundCharge
 from fedalign.silo.sources import SiloInputs, load_inputs, model_paths
 from fedalign.silo.trainer import DPSettings, LocalTrainer, Params, RoundResult, TrainSettings, prepare_shard
 
-__all__ = ["SiloSession", "run_local", "model_card", "unknown_token_rate", "UNKNOWN_TOKENS_WARN", "UNKNOWN_TOKENS_REFUSE"]
+__all__ = ["SiloSession", "run_local", "model_card", "declare_model", "unknown_token_rate", "UNKNOWN_TOKENS_WARN", "UNKNOWN_TOKENS_REFUSE"]
 
 UNKNOWN_TOKENS_WARN = 0.05  # share of caption tokens the LM's tokenizer maps to <unk>: warn above this
 UNKNOWN_TOKENS_REFUSE = 0.5  # refuse above this: the LM cannot read these captions at all
@@ -124,14 +124,7 @@ class SiloSession:
 
     def declaration(self):
         """What this silo declares at join: its projector's shapes and where its models came from."""
-        from fedalign.protocol.messages import ModelDeclaration
-
-        m, c = self.model, self.cfg.model
-        spec = f" ({self.cfg.data.world.spec} spec)" if self.cfg.data.world.spec != "default" else ""
-        name = lambda v: f"{v}{spec}" if v == "embedded" else v  # noqa: E731
-        return ModelDeclaration(m.projector_kind, {k: tuple(v.shape) for k, v in m.projector_state().items()},
-                                name(c.vision_tower), name(c.llm) + (f" [{c.gguf_file}]" if c.gguf_file else ""),
-                                int(m.vision.hidden_size), int(m.d_model))
+        return declare_model(self.cfg, self.model)
 
     def check_params(self, params: Params) -> None:
         """θ must fit this silo's projector (ConfigError naming both sizes) before data or ε is used."""
@@ -252,6 +245,18 @@ def unknown_token_rate(model: AlignmentModel, samples) -> tuple[float | None, li
     return (bad / total if total else 0.0), words
 
 
+def declare_model(cfg: SiloConfig, model: AlignmentModel):
+    """The :class:`ModelDeclaration` of ``model`` built from ``cfg``'s [model] (the join handshake)."""
+    from fedalign.protocol.messages import ModelDeclaration
+
+    c = cfg.model
+    spec = f" ({cfg.data.world.spec} spec)" if cfg.data.world.spec != "default" else ""
+    name = lambda v: f"{v}{spec}" if v == "embedded" else v  # noqa: E731
+    return ModelDeclaration(model.projector_kind, {k: tuple(v.shape) for k, v in model.projector_state().items()},
+                            name(c.vision_tower), name(c.llm) + (f" [{c.gguf_file}]" if c.gguf_file else ""),
+                            int(model.vision.hidden_size), int(model.d_model))
+
+
 def model_card(cfg: SiloConfig, *, notify: Callable[[str], None] | None = None) -> dict[str, Any]:
     """What ``silo describe`` prints for ``aggregator init``: the projector this silo's [model] needs."""
     vision, llm = model_paths(cfg, notify=notify)
@@ -259,9 +264,7 @@ def model_card(cfg: SiloConfig, *, notify: Callable[[str], None] | None = None) 
     model = load_alignment_model(vision, llm, projector=m.projector, select_layer=m.select_layer,
                                  select_feature=m.select_feature, gguf_file=m.gguf_file, device="cpu",
                                  max_caption_tokens=m.max_caption_tokens)
-    spec = f" ({cfg.data.world.spec} spec)" if cfg.data.world.spec != "default" else ""
-    name = lambda v: f"{v}{spec}" if v == "embedded" else v  # noqa: E731
-    return {"format": "fedalign-model-card/1", "projector": model.projector_kind,
-            "d_vision": int(model.vision.hidden_size), "d_model": int(model.d_model),
-            "shapes": {k: list(v.shape) for k, v in model.projector_state().items()},
-            "vision_tower": name(m.vision_tower), "llm": name(m.llm) + (f" [{m.gguf_file}]" if m.gguf_file else "")}
+    d = declare_model(cfg, model)
+    return {"format": "fedalign-model-card/1", "projector": d.projector, "d_vision": d.d_vision,
+            "d_model": d.d_model, "shapes": {k: list(v) for k, v in d.shapes.items()},
+            "vision_tower": d.vision_tower, "llm": d.llm}
