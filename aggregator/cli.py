@@ -19,8 +19,9 @@ import typer
 
 from fedalign.host.cli_errors import run_cli
 from fedalign.host.process import apply_process_defaults
+from fedalign.protocol.eventlog import EventLog
 
-__all__ = ["app", "main", "build_app", "initial_params", "serve_from_config"]
+__all__ = ["app", "main", "build_app", "initial_params", "init_projector", "serve_from_config"]
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,6 @@ def initial_params(cfg) -> dict:
     Keys follow the projector's ``nn.Sequential`` (``0.*``, and ``2.*`` for mlp2x_gelu), which
     is what every silo's ``projector_state()`` holds.
     """
-    import torch
-
     from fedalign.protocol.errors import ConfigError
 
     init = cfg.init
@@ -44,14 +43,84 @@ def initial_params(cfg) -> dict:
             return load_file(str(path))
         except Exception as e:  # noqa: BLE001 - any failure is a bad config value
             raise ConfigError(f"init.params: cannot read {path}: {e}") from e
-    g = torch.Generator().manual_seed(init.seed)
-    shapes = [(init.d_model, init.d_vision)] + ([(init.d_model, init.d_model)] if init.projector == "mlp2x_gelu" else [])
+    return fresh_projector(init.projector, init.d_vision, init.d_model, init.seed)
+
+
+def fresh_projector(kind: str, d_vision: int, d_model: int, seed: int) -> dict:
+    """A projector ``kind`` for ``d_vision -> d_model``, initialised like ``nn.Linear`` from ``seed``."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(d_model, d_vision)] + ([(d_model, d_model)] if kind == "mlp2x_gelu" else [])
     out = {}
     for i, (o, n_in) in zip((0, 2), shapes):
         bound = n_in**-0.5
         out[f"{i}.weight"] = torch.empty(o, n_in).uniform_(-bound, bound, generator=g)
         out[f"{i}.bias"] = torch.empty(o).uniform_(-bound, bound, generator=g)
     return out
+
+
+def params_source(cfg) -> str:
+    """Where θ_0 comes from, in words (the handshake's refusal line names it)."""
+    init = cfg.init
+    if init.params is None:
+        return f"init.d_vision = {init.d_vision}, init.d_model = {init.d_model} in the aggregator's config"
+    path = cfg.resolve(init.params)
+    meta: dict = {}
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # noqa: BLE001 - unreadable files fail in initial_params with a clear line
+        pass
+    made = (f", made by `aggregator init` for vision {meta['vision_tower']!r} and LM {meta['llm']!r}"
+            if "vision_tower" in meta and "llm" in meta else "")
+    return f"init.params = {path}{made}"
+
+
+def init_projector(cards: list[Path], out: Path, *, seed: int = 0, overwrite: bool = False) -> dict:
+    """θ_0 for the silos whose model cards (``silo describe``) are given: they must agree on the
+    projector's kind and sizes; the file records which models it was made for."""
+    import json as _json
+
+    from fedalign.host.atomic import atomic_write
+    from fedalign.protocol.errors import ConfigError
+
+    if not cards:
+        raise ConfigError("aggregator init needs at least one --model-card (from `silo describe --out ...`)")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} exists; pass --overwrite to replace it (a running federation's θ_0 must not change)")
+    got = []
+    for c in cards:
+        try:
+            card = _json.loads(Path(c).read_text())
+            got.append((c, card["projector"], int(card["d_vision"]), int(card["d_model"]), card))
+        except FileNotFoundError:
+            raise ConfigError(f"--model-card {c}: not found (make it with `silo describe --config silo.toml --out {c}`)") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"--model-card {c}: not a model card from `silo describe` ({e})") from None
+    first = got[0]
+    for g in got[1:]:
+        if g[1:4] != first[1:4]:
+            raise ConfigError(f"the silos' models disagree: {first[0]} needs a {first[1]} projector {first[2]} -> "
+                              f"{first[3]} (vision {first[4].get('vision_tower')!r}, LM {first[4].get('llm')!r}), "
+                              f"{g[0]} needs {g[1]} {g[2]} -> {g[3]} (vision {g[4].get('vision_tower')!r}, LM "
+                              f"{g[4].get('llm')!r}); every silo must use the same model sizes and projector")
+    _, kind, d_v, d_m, card = first
+    params = fresh_projector(kind, d_v, d_m, seed)
+    want = {k: tuple(v) for k, v in card.get("shapes", {}).items()}
+    have = {k: tuple(v.shape) for k, v in params.items()}
+    if want and want != have:
+        raise ConfigError(f"--model-card {first[0]}: shapes {want} do not match a {kind} projector {d_v} -> {d_m} "
+                          f"({have}); remake the card with this version's `silo describe`")
+    from safetensors.torch import save_file
+
+    meta = {"projector": kind, "d_vision": str(d_v), "d_model": str(d_m), "seed": str(seed),
+            "vision_tower": str(card.get("vision_tower")), "llm": str(card.get("llm")), "made_by": "aggregator init"}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda p: save_file({k: v.contiguous() for k, v in params.items()}, str(p), metadata=meta))
+    return {"path": out, **meta}
 
 
 def _insecure_allowed(cfg, flag: bool, what: str) -> bool:
@@ -75,7 +144,6 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
     from fedalign.protocol.config.aggregator import load_aggregator_config
     from fedalign.protocol.config.roster import load_roster
     from fedalign.protocol.errors import CheckpointError, ConfigError
-    from fedalign.protocol.eventlog import EventLog
     from fedalign.protocol.keys import load_keypair
     from fedalign.protocol.ledger import Ledger
     from fedalign.protocol.messages import SumScheme, wire_registry
@@ -108,10 +176,14 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
     if state is None:
         params = initial_params(cfg)
         state = RunState(0, params, strategy.init_public(params), strategy.init_server_state(params), meta=meta)
-    elif {k: state.meta.get(k) for k in meta} != json.loads(json.dumps(meta)):
+        source = params_source(cfg)
+    else:
+        source = f"the checkpoint in {store.state_path.parent} (round {state.round})"
+    if {k: state.meta.get(k) for k in meta} != json.loads(json.dumps(meta)):
         raise CheckpointError(f"{store.state_path}: checkpoint was made with {state.meta}, config says {meta}; "
                               "use a new output.dir or the original settings")
-    events = EventLog(out / "aggregator.jsonl", source="aggregator")
+    progress = _Progress(cfg.run.rounds, state.round, quiet=quiet)
+    events = _ConsoleLog(out / "aggregator.jsonl", source="aggregator", progress=progress)
     ledger = Ledger(out / "ledger.jsonl")
     # a crash between the checkpoint and the ledger append leaves a committed round unrecorded:
     # append it now, marked recovered (and refuse a checkpoint older than the ledger)
@@ -123,18 +195,19 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
     policy = RoundPolicy(
         rounds=cfg.run.rounds, min_silos=cfg.run.min_silos, train_deadline_s=cfg.run.train_deadline_s,
         step_deadline_s=cfg.run.step_deadline_s, heartbeat_timeout_s=cfg.run.heartbeat_timeout_s,
-        roster_wait_s=cfg.run.roster_wait_s, max_failed_rounds=cfg.run.max_failed_rounds, seed=cfg.run.seed,
+        roster_wait_s=cfg.run.roster_wait_s, report_interval_s=cfg.run.report_interval_s,
+        max_failed_rounds=cfg.run.max_failed_rounds, seed=cfg.run.seed,
         scheme=scheme, clip=cfg.secure_sum.clip, neighbours=cfg.secure_sum.neighbours,
         ckks_poly_modulus=cfg.secure_sum.ckks_poly_modulus, allow_insecure_plaintext=insecure,
     )
     server = ZmqServer(cfg.server.bind, keypair=keypair, allowlist=roster.curve_keys(), registry=wire_registry(),
                        max_bytes=cfg.server.max_message_mb << 20, allow_insecure_plaintext=insecure)
-    events.emit("listening", endpoint=server.endpoint, resumed_round=state.round)
-    progress = _Progress(cfg.run.rounds, state.round, quiet=quiet)
+    events.emit("listening", endpoint=server.endpoint, resumed_round=state.round, silos=sorted(roster.silos),
+                need=cfg.run.min_silos, wait_s=cfg.run.roster_wait_s, params=source)
     try:
         coord = Coordinator(server, strategy, strategy_name=cfg.strategy.name, strategy_options=strategy_options(strategy),
                             identities=roster.identities(), policy=policy, state=state, store=store, events=events,
-                            ledger=ledger, on_round=progress.update)
+                            ledger=ledger, on_round=progress.update, params_source=source)
         with progress:
             final = coord.run()
             time.sleep(0.5)  # let RunEnd leave the socket before it closes
@@ -149,14 +222,28 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
     return final
 
 
+class _ConsoleLog(EventLog):
+    """The aggregator's event log, plus one console line for what an operator waits on."""
+
+    def __init__(self, path: Path, *, source: str, progress: "_Progress") -> None:
+        super().__init__(path, source=source)
+        self.progress = progress
+
+    def emit(self, event: str, **f: Any) -> dict[str, Any]:
+        rec = super().emit(event, **f)
+        self.progress.event(event, f)
+        return rec
+
+
 class _Progress:
-    """A rich progress bar over rounds plus one line per committed round (wire bytes per silo)."""
+    """A rich progress bar over rounds plus one line per committed round (wire bytes per silo), and
+    lines for connections, the wait for silos (who is connected, who is missing, time left) and refusals."""
 
     def __init__(self, total: int, done: int, *, quiet: bool) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.console = Console(stderr=True, quiet=quiet)
+        self.console = Console(stderr=True, quiet=quiet, soft_wrap=True)  # whole lines in redirected logs
         self.bar = Progress(TextColumn("rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                             console=self.console, transient=False)
         self.task = self.bar.add_task("rounds", total=total, completed=done)
@@ -167,6 +254,23 @@ class _Progress:
 
     def __exit__(self, *exc):
         self.bar.__exit__(*exc)
+
+    def event(self, event: str, f: dict[str, Any]) -> None:
+        if event == "listening":
+            self.console.print(f"listening on {f['endpoint']} for {len(f['silos'])} silo(s) ({', '.join(f['silos'])}); "
+                               f"a round needs {f['need']}, waits up to {f['wait_s']:g}s; θ_0 from {f['params']}")
+        elif event == "silo_connected":
+            self.console.print(f"silo {f['silo']} connected; connected {', '.join(f['connected'])}; "
+                               f"missing {', '.join(f['missing']) or 'none'}")
+        elif event == "waiting_for_silos":
+            self.console.print(f"round {f['round']}: waiting for silos: connected {', '.join(f['connected']) or 'none'}; "
+                               f"missing {', '.join(f['missing']) or 'none'}"
+                               + (f"; refused {', '.join(f['refused'])}" if f["refused"] else "")
+                               + f"; need {f['need']}; giving up in {f['seconds_left']}s (run.roster_wait_s)")
+        elif event in ("silo_refused", "silo_left"):
+            self.console.print(f"{event.replace('_', ' ')}: {f['silo']}: {f['reason']}")
+        elif event == "run_aborted":
+            self.console.print(f"giving up: {f['reason']}; told {', '.join(f['told']) or 'no silo (none connected)'}")
 
     def update(self, state, record) -> None:
         self.bar.update(self.task, completed=state.round)
@@ -198,6 +302,23 @@ def serve(
             overrides["policy"] = str(policy.resolve())
         final = serve_from_config(config, insecure_plaintext=insecure_plaintext, quiet=quiet, overrides=overrides)
         typer.echo(f"done: {final.round} rounds committed")
+
+    run_cli(go, debug=debug)
+
+
+def init(
+    model_card: list[Path] = typer.Option(..., "--model-card", help="a silo's model card (`silo describe --out`); repeatable"),
+    out: Path = typer.Option(Path("init_projector.safetensors"), "--out", help="θ_0 file for [init] params"),
+    seed: int = typer.Option(0, "--seed", help="initialisation seed (public)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing file"),
+    debug: bool = _debug_option(),
+) -> None:
+    """Make the initial projector θ_0 from the silos' model cards (they must agree on its sizes)."""
+
+    def go():
+        r = init_projector(list(model_card), out, seed=seed, overwrite=overwrite)
+        typer.echo(f"wrote {r['path']}: {r['projector']} {r['d_vision']} -> {r['d_model']} (vision "
+                   f"{r['vision_tower']!r}, LM {r['llm']!r}); set [init] params = \"{r['path']}\" in aggregator.toml")
 
     run_cli(go, debug=debug)
 
@@ -245,6 +366,7 @@ def status(
 
 def build_app() -> typer.Typer:
     app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+    app.command("init")(init)
     app.command("serve")(serve)
     app.command("keygen")(keygen)
     app.command("status")(status)

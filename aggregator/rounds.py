@@ -26,7 +26,8 @@ import torch
 from fedalign.protocol.errors import ProtocolError, RoundAborted
 from fedalign.protocol.eventlog import EventLog
 from fedalign.protocol.ledger import Ledger
-from fedalign.protocol.messages import Heartbeat, LeaveNotice, RoundEnd, RoundStart, RunEnd, SumScheme, SumStart, UpdateReady
+from fedalign.protocol.messages import (Heartbeat, JoinReply, LeaveNotice, ModelDeclaration, RoundEnd, RoundStart, RunEnd,
+                                        SumScheme, SumStart, UpdateReady)
 from fedalign.fedcmp.phases import PhaseSum, run_phases, sums_from_arrays
 from fedalign.fedcmp.strategy import Strategy, Tensors
 from fedalign.protocol.transport import AGGREGATOR, ServerTransport
@@ -53,6 +54,7 @@ class RoundPolicy:
     heartbeat_timeout_s: float = 30.0
     roster_wait_s: float = 600.0
     roster_grace_s: float = 2.0
+    report_interval_s: float = 10.0  # while waiting for silos: who is connected, who is missing
     max_failed_rounds: int = 3
     seed: int = 0
     scheme: SumScheme = SumScheme.SECAGG
@@ -130,6 +132,7 @@ class Coordinator:
         ledger: Ledger | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_round: Callable[[RunState, dict[str, Any]], None] | None = None,
+        params_source: str = "the aggregator's initial projector",
     ) -> None:
         if policy.scheme == SumScheme.PLAIN_INSECURE and not policy.allow_insecure_plaintext:
             from fedalign.protocol.errors import InsecureModeRefused
@@ -150,6 +153,8 @@ class Coordinator:
         self.last_seen: dict[str, float] = {}
         self.committed_by: dict[str, int] = {}
         self.left: set[str] = set()
+        self.refused: dict[str, str] = {}  # silo -> why its model does not fit θ (it never joins a round)
+        self.params_source = params_source  # where θ came from, for the refusal line
         self._instance = secrets.randbelow(1 << 30)  # fresh per process: instance ids never repeat
         self._dtype = next(iter(state.params.values())).dtype if state.params else torch.float32
 
@@ -174,8 +179,14 @@ class Coordinator:
             if env.sender not in self.identities:
                 self.events.emit("message_dropped", reason=f"sender {env.sender!r} is not on the roster")
                 continue
-            self.last_seen[env.sender] = self.clock()
             m = env.message
+            if isinstance(m, ModelDeclaration):
+                self._on_declaration(env.sender, m)
+            if not isinstance(m, LeaveNotice) and env.sender not in self.refused and env.sender not in self._live():
+                self._connected(env.sender)
+            self.last_seen[env.sender] = self.clock()
+            if isinstance(m, ModelDeclaration):
+                continue
             if isinstance(m, Heartbeat):
                 self.committed_by[env.sender] = m.last_committed
                 continue
@@ -184,6 +195,49 @@ class Coordinator:
                 self.events.emit("silo_left", silo=env.sender, reason=m.reason)
                 continue
             return env
+
+    def _connected(self, silo: str) -> None:
+        """A silo is heard from for the first time (or again after going silent): log it, answer it."""
+        self.left.discard(silo)
+        live = sorted({*self._live(), silo})
+        self.events.emit("silo_connected", silo=silo, connected=live,
+                         missing=sorted(set(self.identities) - set(live)))
+        if silo not in self.refused:
+            self._send(silo, max(self.state.round, 0), self._join_reply(live))
+
+    def _join_reply(self, live: list[str], deadline_s: float = -1.0) -> JoinReply:
+        missing = tuple(sorted(set(self.identities) - set(live) - set(self.refused)))
+        return JoinReply(True, "", tuple(live), missing, float(deadline_s))
+
+    def _on_declaration(self, silo: str, m: ModelDeclaration) -> None:
+        """The model-shape handshake: refuse, before any round, a silo whose projector does not fit θ."""
+        ours = {k: tuple(v.shape) for k, v in self.state.params.items()}
+        theirs = {k: tuple(v) for k, v in m.shapes.items()}
+        if ours == theirs:
+            if self.refused.pop(silo, None) is not None:
+                self.events.emit("silo_accepted", silo=silo)
+            return
+        def fmt(shapes: Mapping[str, tuple[int, ...]]) -> str:
+            return ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in sorted(shapes.items()))
+        first = next((k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)), "")
+        reason = (f"silo {silo}'s projector does not fit the aggregator's: {first} is "
+                  f"{'x'.join(map(str, theirs.get(first, ()))) or 'absent'} at the silo ({m.projector}, vision "
+                  f"{m.vision_tower!r} d={m.d_vision}, LM {m.llm!r} d={m.d_model}; {fmt(theirs)}) but "
+                  f"{'x'.join(map(str, ours.get(first, ()))) or 'absent'} at the aggregator ({self.params_source}; "
+                  f"{fmt(ours)}); make the initial projector from the silos' models with `silo describe` and "
+                  "`aggregator init` (README, Running a real federation), or fix the silo's [model]")
+        if self.refused.get(silo) != reason:
+            self.refused[silo] = reason
+            self.events.emit("silo_refused", silo=silo, reason=reason)
+        self._send(silo, max(self.state.round, 0), JoinReply(False, reason, (), (), -1.0))
+
+    def _tell_abort(self, reason: str) -> None:
+        """The run is given up: every silo still connected hears why (RunEnd, reason 'aborted: ...')."""
+        end = RunEnd(self.state.round, to_numpy(self.state.params), f"aborted: {reason}")
+        told = self._live()
+        for s in told:
+            self._send(s, self.state.round, end)
+        self.events.emit("run_aborted", rounds=self.state.round, reason=reason, told=told)
 
     def _late(self, env: Envelope, where: str) -> None:
         self.events.emit(
@@ -201,7 +255,7 @@ class Coordinator:
         return sorted(
             s
             for s, seen in self.last_seen.items()
-            if now - seen <= self.policy.heartbeat_timeout_s and s not in self.left
+            if now - seen <= self.policy.heartbeat_timeout_s and s not in self.left and s not in self.refused
         )
 
     def _send(self, to: str, round_id: int, msg: Any, *, instance: int = -1, phase: int = -1) -> int:
@@ -221,9 +275,12 @@ class Coordinator:
                 failed += 1
                 self.events.emit("round_abandoned", round=self.state.round, reason=str(e), consecutive=failed)
                 if failed >= self.policy.max_failed_rounds:
-                    raise RoundAborted(
-                        f"round {self.state.round}: {failed} consecutive attempts failed; last: {e}"
-                    ) from None
+                    msg = f"round {self.state.round}: {failed} consecutive attempts failed; last: {e}"
+                    self._tell_abort(msg)
+                    raise RoundAborted(msg) from None
+            except RoundAborted as e:
+                self._tell_abort(str(e))
+                raise
         self._finish()
         return self.state
 
@@ -236,7 +293,7 @@ class Coordinator:
             for s in sorted(set(self.last_seen) - self.left - told):
                 self._send(s, self.state.round, end)
                 told.add(s)
-            if told >= set(self.identities) - self.left or self.clock() >= deadline:
+            if told >= set(self.identities) - self.left - set(self.refused) or self.clock() >= deadline:
                 break
             env = self._next(min(deadline, self.clock() + 0.25))
             if env is not None:
@@ -249,20 +306,35 @@ class Coordinator:
         start = self.clock()
         deadline = start + p.roster_wait_s
         enough_since: float | None = None
+        next_report = start + p.report_interval_s
         while True:
             live = self._live()
-            everyone = set(self.identities) - self.left
+            everyone = set(self.identities) - self.left - set(self.refused)
             if len(live) >= p.min_silos:
                 enough_since = enough_since if enough_since is not None else self.clock()
                 if set(live) >= everyone or self.clock() - enough_since >= p.roster_grace_s:
                     return live
             else:
                 enough_since = None
+            missing = sorted(set(self.identities) - set(live) - set(self.refused))
+            if self.refused and len(set(self.identities) - set(self.refused)) < p.min_silos:
+                raise RoundAborted(f"round {round_id}: refused {len(self.refused)} silo(s), fewer than "
+                                   f"run.min_silos = {p.min_silos} can join: " + "; ".join(self.refused.values()))
             if self.clock() >= deadline:
                 raise RoundAborted(
                     f"round {round_id}: only {len(live)} silo(s) live ({', '.join(live) or 'none'}) "
-                    f"after {p.roster_wait_s:g}s; run.min_silos is {p.min_silos}"
+                    f"after {p.roster_wait_s:g}s; run.min_silos is {p.min_silos}; missing: "
+                    f"{', '.join(missing) or 'none'}"
+                    + (f"; refused: {', '.join(sorted(self.refused))}" if self.refused else "")
+                    + " (check that each missing silo runs `silo train` with this aggregator's address and key)"
                 )
+            if self.clock() >= next_report:
+                left_s = max(0.0, deadline - self.clock())
+                self.events.emit("waiting_for_silos", round=round_id, connected=live, missing=missing,
+                                 refused=sorted(self.refused), need=p.min_silos, seconds_left=round(left_s))
+                for s in live:
+                    self._send(s, round_id, self._join_reply(live, left_s))
+                next_report = self.clock() + p.report_interval_s
             env = self._next(min(deadline, self.clock() + 0.25))
             if env is not None:
                 self._late(env, "waiting for silos")

@@ -10,6 +10,7 @@ traceback. Other modules add commands with ``@app.command()``.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -36,11 +37,28 @@ SetOpt = typer.Option(None, "--set", help="override any field: section.field=val
 
 
 def run_command(fn: Callable[[], Any], debug: bool) -> Any:
-    """Run a command body with the process defaults (fedalign.host.process) and the error table."""
+    """Run a command body with one torch thread, hubs offline, and the project's error table."""
+    offline_by_default()
+    return run_cli(fn, debug=debug)
+
+
+def offline_by_default() -> None:
+    """One thread per process and no downloads unless the environment says otherwise
+    (HF_HUB_OFFLINE=0 allows them): a hub id that is not cached fails at once, with what to do."""
+    import sys
+
     from fedalign.host.process import apply_process_defaults
 
+    was = os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE")
     apply_process_defaults()
-    return run_cli(fn, debug=debug)
+    hub = sys.modules.get("huggingface_hub.constants")  # already imported (in-process callers): apply it there too
+    if hub is not None and was == (None, None):
+        hub.HF_HUB_OFFLINE = True
+
+
+def say(line: str) -> None:
+    """A progress line on stderr (stdout keeps the results)."""
+    typer.echo(line, err=True)
 
 
 def config_overrides(sets: list[str] | None, **named: Any) -> dict[str, Any]:
@@ -72,14 +90,50 @@ def _write_outputs(cfg, params, summary, *, export: bool = True) -> dict[str, Pa
     return files
 
 
+def _refuse_foreign_state(cfg, local: bool) -> None:
+    """--local never resumes a federated run's state (cursor, DP budget) and the reverse."""
+    from fedalign.protocol.errors import ConfigError
+
+    state = cfg.state_dir
+    federated = (state / "federation").is_dir()
+    used = (state / "cursor.json").exists() or (state / "privacy.json").exists()
+    if local and federated:
+        raise ConfigError(f"output.dir {cfg.out_dir} holds a federated run's state ({state / 'federation'}); "
+                          "`silo train --local` would resume its data cursor and privacy budget; give another "
+                          "--out (or output.state_dir)")
+    if not local and used and not federated:
+        raise ConfigError(f"output.dir {cfg.out_dir} holds a local run's state ({state}); a federated run "
+                          "would resume its data cursor and privacy budget; give another output.dir")
+
+
+def _data_lines(report: dict) -> None:
+    """Say what was read, and what was skipped (data.bad_records = 'skip')."""
+    if report.get("source") == "files":
+        say(f"data: kept {report.get('kept')} record(s), skipped {report.get('skipped', 0)}"
+            + (f" (data.bad_records = 'skip'; first: {report['problems'][0]})" if report.get("problems") else ""))
+    for w in report.get("warnings", []):
+        say(f"warning: {w}")
+
+
 def _train_local(cfg) -> dict[str, Any]:
+    from fedalign.protocol.errors import StoppedEarly
     from fedalign.silo.audit import SiloAuditTrail, check_config
     from fedalign.silo.session import SiloSession, run_local
 
     policy = check_config(cfg, networked=False)  # before any data is loaded: names every broken clause
-    session = SiloSession(cfg)
+    _refuse_foreign_state(cfg, local=True)
+    session = SiloSession(cfg, notify=say)
     trail = SiloAuditTrail(session.ledger)
     trail.run_start(cfg, policy, networked=False)
+    _data_lines(session.inputs.report)
+    if session.samples_seen:
+        say(f"resuming from {cfg.state_dir}: {session.samples_seen} record(s) already used"
+            + (f", epsilon {session.epsilon_spent:.4g} already spent" if session.epsilon_spent else ""))
+    avail = session.rounds_available()
+    if avail < cfg.train.rounds:
+        say(f"note: the data left gives {avail} shard(s) of data.shard_size = {cfg.data.shard_size} "
+            f"({session.cursor.n} records, data.max_passes = {cfg.data.max_passes}); train.rounds is "
+            f"{cfg.train.rounds}, so the run will stop after {avail}")
 
     def show(r: int, res) -> None:
         eps = f"  eps {res.epsilon:.3f}" if res.epsilon is not None else ""
@@ -96,19 +150,48 @@ def _train_local(cfg) -> dict[str, Any]:
                          for k in keys if k in summary))
     typer.echo(f"wrote {files['metrics']}" + (f" and {files['llava']}" if "llava" in files
                                                else " (no export: the site policy's release.export is false)"))
+    exported = f"exported to {files['llava']}" if "llava" in files else "not exported (site policy)"
+    done, planned = summary["rounds_completed"], summary["rounds_planned"]
+    if summary["stopped_by"] == "data_spent":
+        raise StoppedEarly(
+            f"stopped after {done} of {planned} rounds: the data is spent ({session.cursor.n} records in shards of "
+            f"data.shard_size = {cfg.data.shard_size}, data.max_passes = {cfg.data.max_passes}); the {done} "
+            f"finished rounds were evaluated and {exported}; for more rounds give more data, a "
+            "smaller data.shard_size or more data.max_passes (DP composes over passes)")
+    if summary["stopped_by"] == "privacy_budget":
+        raise StoppedEarly(
+            f"stopped after {done} of {planned} rounds: the next round would pass the privacy budget "
+            f"(epsilon spent {summary['epsilon_spent']:.4g} of privacy.epsilon {cfg.privacy.epsilon:g}); no data or "
+            f"epsilon went to it; the {done} finished rounds were evaluated and {exported}; "
+            "for more rounds raise privacy.epsilon or privacy.noise_multiplier, or train fewer steps per round")
     return summary
 
 
 def _train_federated(cfg, debug: bool, insecure_plaintext: bool = False):
+    from fedalign.protocol.errors import RoundAborted, StoppedEarly
     from fedalign.silo.federation import federated_train  # the networked runtime; imported only when used
 
-    summary = federated_train(cfg, insecure_plaintext=insecure_plaintext)
+    _refuse_foreign_state(cfg, local=False)
+    summary = federated_train(cfg, insecure_plaintext=insecure_plaintext, notify=say)
     ev = summary.get("eval", {})
     typer.echo(f"federated run over: {summary['reason']}; rounds included {summary['rounds_included']}; "
                + "  ".join(f"{k}={ev[k]:.4g}" for k in ("heldout_nll", "mc_accuracy", "presence_f1") if k in ev)
                + (f"  epsilon_spent={summary['epsilon_spent']:.4g}" if summary.get("epsilon_spent") is not None else ""))
+    d = summary.get("data", {})
+    if "kept" in d:
+        typer.echo(f"data: kept {d['kept']} record(s), skipped {d.get('skipped', 0)}")
+    kept = (f"the projector after {summary['rounds_done']} round(s) was evaluated and exported to "
+            f"{summary['export']['llava']}" if "export" in summary else "no round finished, nothing was exported")
     if "export" in summary:
         typer.echo(f"wrote {summary['export'].get('llava')}")
+    reason = str(summary["reason"])
+    if reason.startswith("aborted"):
+        raise RoundAborted(f"the aggregator at {cfg.federation.aggregator} ended the run: {reason}; {kept}")
+    if reason == "data spent":
+        raise StoppedEarly(f"this silo left the run: its data is spent (data.shard_size = {cfg.data.shard_size}, "
+                           f"data.max_passes = {cfg.data.max_passes}); {kept}")
+    if reason.startswith("privacy budget exhausted"):
+        raise StoppedEarly(f"this silo left the run: {reason}; {kept}")
     return summary
 
 
@@ -150,19 +233,54 @@ def train(
 
 
 @app.command()
+def describe(
+    config: Optional[Path] = ConfigOpt,
+    out: Optional[Path] = typer.Option(None, "--out", help="write the model card here (JSON); default: print it"),
+    sets: Optional[list[str]] = SetOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Print this silo's model card (projector kind and shapes, model ids and sizes) for `aggregator init`.
+
+    Loads the frozen models named in [model] (no data is read, nothing is trained)."""
+
+    def body():
+        cfg = load_config_from_cli(config, config_overrides(sets))
+        from fedalign.host.atomic import atomic_write_json
+        from fedalign.silo.session import model_card
+
+        card = model_card(cfg, notify=say)
+        if out is None:
+            typer.echo(json.dumps(card, indent=1))
+        else:
+            atomic_write_json(out, card)
+            typer.echo(f"wrote {out}: {card['projector']} {card['d_vision']} -> {card['d_model']} "
+                       f"(vision {card['vision_tower']!r}, LM {card['llm']!r}); give it to `aggregator init --model-card`")
+
+    run_command(body, debug)
+
+
+@app.command()
 def keygen(
     name: str = typer.Option(..., "--name", help="this silo's id (as in the roster)"),
     out: Path = typer.Option(Path("keys"), "--out", help="directory for the key files"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace existing key files"),
+    roster: Optional[Path] = typer.Option(None, "--roster", help="also append the entry to this roster file"),
     debug: bool = DebugOpt,
 ) -> None:
     """Write this silo's CURVE key pair and Ed25519 identity (0600) and print its roster entry."""
-    from fedalign.silo.keys import keygen_silo
+    from fedalign.silo.keys import add_to_roster, keygen_silo
 
     def body():
+        if roster is not None:
+            add_to_roster(roster, name, None)  # refuse a duplicate before any key is written
         k = keygen_silo(out, name, overwrite=overwrite)
         typer.echo(f"wrote {k.public_key}, {k.secret_key}, {k.identity} (mode 0600)")
-        typer.echo("add this entry to the federation's roster.toml (public keys only):\n" + k.roster_entry)
+        if roster is not None:
+            add_to_roster(roster, name, k.roster_entry)
+            typer.echo(f"appended {name}'s entry (public keys only) to {roster}; the coordinator and every silo "
+                       "need the same roster file")
+        else:
+            typer.echo("add this entry to the federation's roster.toml (public keys only):\n" + k.roster_entry)
 
     run_command(body, debug)
 
@@ -196,9 +314,7 @@ _mount_audit()
 
 def main() -> None:
     """Console-script entry point (``silo = fedalign.silo.cli:main``)."""
-    from fedalign.host.process import apply_process_defaults
-
-    apply_process_defaults(torch_too=False)  # offline hubs and one thread, before anything loads
+    offline_by_default()
     app()
 
 

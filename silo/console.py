@@ -17,7 +17,7 @@ class ConsoleEvents(EventLog):
         super().__init__(*a, **kw)
         from rich.console import Console
 
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, soft_wrap=True)  # whole lines in redirected logs
         self._status: Any = None
 
     def emit(self, event: str, **f: Any) -> dict[str, Any]:
@@ -36,6 +36,22 @@ class ConsoleEvents(EventLog):
         elif event == "round_end":
             self.console.print(f"round {f['round']}: " + ("committed" if f["committed"] else "abandoned")
                                + ("" if f["included"] else " (without this silo)"))
+        elif event == "silo_started":
+            self.console.print(f"connecting to the aggregator at {f['address']} ...")
+        elif event == "waiting_for_aggregator":
+            self.console.print(
+                (f"no answer from the aggregator at {f['address']} for {f['silent_s']}s"
+                 if not f["answered_before"] else
+                 f"no message from the aggregator at {f['address']} for {f['silent_s']}s (others may be training)")
+                + f"; still trying, giving up in {f['gives_up_in_s']}s (federation.aggregator_timeout_s)")
+        elif event in ("joined", "aggregator_waiting"):
+            head = (f"joined the aggregator at {f['address']}" if event == "joined"
+                    else "the aggregator is waiting for silos")
+            wait = f"; it gives up in {f['gives_up_in_s']}s" if "gives_up_in_s" in f else ""
+            self.console.print(f"{head}: connected {', '.join(f['connected']) or 'none'}; "
+                               f"missing {', '.join(f['missing']) or 'none'}{wait}")
+        elif event == "refused":
+            self.console.print(f"refused by the aggregator at {f['address']}: {f['reason']}")
         elif event in ("sum_refused", "sum_failed", "left", "update_reused", "contribution_clipped", "run_end"):
             self.console.print(f"{event}: " + ", ".join(f"{k}={v}" for k, v in f.items()))
         return rec

@@ -264,6 +264,16 @@ class ShardCursor:
 
     def next_shard(self, size: int) -> Shard:
         """The next ``size`` unused records (fewer at the end of a pass), persisted first."""
+        shard, st = self._advance(size)
+        atomic_write_json(self.path, st)
+        self.state = st
+        return shard
+
+    def peek_shard(self, size: int) -> Shard:
+        """The shard :meth:`next_shard` would return, without using it (DataError if spent)."""
+        return self._advance(size)[0]
+
+    def _advance(self, size: int) -> tuple[Shard, dict]:
         if size < 1:
             raise ValueError("shard size must be >= 1")
         st = dict(self.state)
@@ -278,9 +288,7 @@ class ShardCursor:
             b = self.n
         shard = Shard(tuple(st["order"][a:b]), st["pass"], st["shards"])
         st.update({"cursor": b, "shards": st["shards"] + 1})
-        atomic_write_json(self.path, st)
-        self.state = st
-        return shard
+        return shard, st
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fedalign.fedcmp.strategy import Tensors
+from fedalign.host.atomic import atomic_write_text
 from fedalign.protocol.errors import InsecureModeRefused
 from fedalign.protocol.eventlog import EventLog
 from fedalign.silo.console import ConsoleEvents
@@ -87,7 +88,7 @@ def run_federated(
     events = (ConsoleEvents if progress else EventLog)(config.out_dir / f"{name}.jsonl", source=name)
     policy = SiloPolicy(
         min_silos=fed.min_silos, heartbeat_interval_s=fed.heartbeat_interval_s,
-        aggregator_timeout_s=fed.aggregator_timeout_s,
+        aggregator_timeout_s=fed.aggregator_timeout_s, wait_report_s=fed.wait_report_s,
         max_weight=float(fed.max_weight or config.data.shard_size),
         allow_insecure_plaintext=insecure, dp_enabled=config.privacy.enabled, scheme=fed.scheme,
     )
@@ -95,7 +96,8 @@ def run_federated(
                        allow_insecure_plaintext=insecure)
     try:
         p = SiloParticipant(name, client, trainer, identity=identity, trusted=roster.identities(), policy=policy,
-                            state_dir=state_dir, events=events, on_contribution=on_contribution, stop=stop)
+                            state_dir=state_dir, events=events, on_contribution=on_contribution, stop=stop,
+                            address=endpoint)
         if configure is not None:  # the site policy's checks and the ledger trail (silo.audit)
             configure(p)
         return p.run()
@@ -115,25 +117,39 @@ class SessionTrainer:
         res = self.session.train_round(params)
         return TrainedUpdate(res.delta, res.n_samples, res.epsilon, dict(res.metrics))
 
+    def describe(self):
+        """The model declaration this silo sends at join (the shape handshake)."""
+        return self.session.declaration()
 
-def build_trainer(config: Any) -> RoundTrainer:
+
+def build_trainer(config: Any, *, notify: Callable[[str], None] | None = None) -> RoundTrainer:
     """The local trainer for ``config`` (models, data shards, DP accountant, cursor)."""
     from fedalign.silo.session import SiloSession
 
-    return SessionTrainer(SiloSession(config))
+    return SessionTrainer(SiloSession(config, notify=notify))
 
 
-def federated_train(config: Any, *, insecure_plaintext: bool = False, stop: threading.Event | None = None) -> dict:
+def federated_train(config: Any, *, insecure_plaintext: bool = False, stop: threading.Event | None = None,
+                    notify: Callable[[str], None] | None = None) -> dict:
     """``silo train`` against an aggregator: run, then evaluate and export the final projector.
 
-    Returns a summary (also written to ``<out>/federated_summary.json``).
+    The export goes where ``silo train --local`` puts it (``output.dir``). A silo that stops early
+    (data spent, budget reached, the aggregator gave up) still evaluates and exports θ of the
+    latest round it was sent. Returns a summary (also written to ``<out>/federated_summary.json``).
     """
     from fedalign.silo.audit import SiloAuditTrail, attach_policy, check_config
     from fedalign.silo.export import export_projector
 
     policy = check_config(config, networked=True)  # before any data is loaded: names every broken clause
-    trainer = build_trainer(config)
+    trainer = build_trainer(config, notify=notify)
     session = trainer.session  # type: ignore[attr-defined]
+    say = notify or (lambda line: None)
+    report = session_report(trainer)
+    if "kept" in report:
+        say(f"data: kept {report['kept']} record(s), skipped {report.get('skipped', 0)}"
+            + (f" (data.bad_records = 'skip'; first: {report['problems'][0]})" if report.get("problems") else ""))
+    for w in report.get("warnings", []):
+        say(f"warning: {w}")
     trail = SiloAuditTrail(session.ledger)  # one Ledger object per file: the accountant's
     trail.run_start(config, policy, networked=True)
     try:
@@ -143,18 +159,20 @@ def federated_train(config: Any, *, insecure_plaintext: bool = False, stop: thre
         trail.run_end(reason=f"{type(e).__name__}: {e}", export_written=False, evaluation_written=False)
         raise
     summary: dict[str, Any] = {"silo": config.federation.silo_id, "rounds_done": out.rounds_done,
-                               "rounds_included": out.committed, "reason": out.reason}
+                               "rounds_included": out.committed, "reason": out.reason,
+                               "data": session_report(trainer)}
     release = policy.release if policy is not None else None
     evaluation = release is None or release.evaluation
     if evaluation and out.first_params is not None and out.first_round == 0:
-        summary["eval_initial"] = session.evaluate(out.first_params)
+        summary["eval_initial"] = session.evaluate(out.first_params, label="the initial projector")
     exported = False
-    if out.params is not None:
+    if out.params is not None and out.rounds_done > 0:
         if evaluation:
-            summary["eval"] = session.evaluate(out.params)
+            summary["eval"] = session.evaluate(out.params, label=f"the projector after {out.rounds_done} round(s)")
         if release is None or release.export:
-            files = export_projector(out.params, config.out_dir / "projector",
-                                     metadata={"source": "federated", "rounds": str(out.rounds_done)})
+            files = export_projector(out.params, config.out_dir,
+                                     metadata={"source": "federated", "rounds": str(out.rounds_done),
+                                               "reason": out.reason})
             summary["export"] = {k: str(v) for k, v in files.items()}
             exported = True
     raw = policy.retention.raw_updates if policy is not None else "keep_last"
@@ -166,8 +184,14 @@ def federated_train(config: Any, *, insecure_plaintext: bool = False, stop: thre
     summary["delta"] = config.privacy.delta if config.privacy.enabled else None
     summary["ledger"] = str(config.state_dir / "ledger.jsonl")
     config.out_dir.mkdir(parents=True, exist_ok=True)
-    (config.out_dir / "federated_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    atomic_write_text(config.out_dir / "federated_summary.json", json.dumps(summary, indent=1, default=str))
     return summary
+
+
+def session_report(trainer: Any) -> dict[str, Any]:
+    """The data report (records kept and skipped) of a SessionTrainer's session; {} otherwise."""
+    session = getattr(trainer, "session", None)
+    return dict(session.inputs.report) if session is not None else {}
 
 
 def federation_status(config: Any) -> dict[str, Any]:

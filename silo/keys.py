@@ -17,7 +17,7 @@ from fedalign.protocol.keys import load_public, write_keypair
 from fedalign.crypto.errors import SecureSumUsageError
 from fedalign.crypto.identity import generate_identity, load_identity, save_identity
 
-__all__ = ["SiloKeys", "keygen_silo"]
+__all__ = ["SiloKeys", "keygen_silo", "add_to_roster"]
 
 
 @dataclass(frozen=True)
@@ -45,3 +45,23 @@ def keygen_silo(out_dir: Path | str, name: str, *, overwrite: bool = False) -> S
     entry = roster_entry_toml(name, load_public(pub), load_identity(ident).public_hex)
     (d / f"{name}.roster.toml").write_text(entry, encoding="ascii")
     return SiloKeys(pub, sec, ident, entry)
+
+
+def add_to_roster(roster: Path | str, name: str, entry: str | None) -> None:
+    """Append ``entry`` to ``roster`` (created if absent); ConfigError if ``name`` is already listed.
+    With ``entry`` None only the check runs."""
+    import tomllib
+
+    p = Path(roster)
+    text = p.read_text(encoding="utf-8") if p.exists() else ""
+    try:
+        listed = tomllib.loads(text).get("silos", {})
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML ({e})") from None
+    if name in listed:
+        raise ConfigError(f"{p} already lists silo {name!r}; remove its entry first (or pick another --name)")
+    if entry is None:
+        return
+    head = "" if text else "# trusted silo keys (public only), exchanged out of band\n"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text + head + ("\n" if text and not text.endswith("\n\n") else "") + entry + "\n", encoding="utf-8")

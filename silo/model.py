@@ -11,6 +11,7 @@ prompt; the marker is split out of the text, so any tokenizer works without a ne
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -54,6 +55,46 @@ def pick_device(device: str = "auto") -> tuple[torch.device, torch.dtype]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def looks_like_path(name: str) -> bool:
+    """A model name that can only be a path: absolute, ./ or ../, ~, a backslash, or more than one '/'
+    (a hub id is ``name`` or ``org/name``)."""
+    return (name.startswith(("/", "./", "../", "~")) or "\\" in name or name.count("/") > 1
+            or name in (".", ".."))
+
+
+def hub_offline() -> bool:
+    """Whether Hugging Face downloads are off (HF_HUB_OFFLINE; ``silo`` and ``aggregator`` default to it)."""
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:  # pragma: no cover
+        return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _load_error(what: str, name: str, exc: BaseException) -> ModelLoadError:
+    """One line that says what to do: a path that is not there, a hub id not cached offline, or the cause."""
+    from pathlib import Path
+
+    if looks_like_path(name) or Path(name).expanduser().exists():
+        p = Path(name).expanduser()
+        if not p.exists():
+            return ModelLoadError(f"cannot load {what}: path {p} not found")
+        return ModelLoadError(f"cannot load {what} from {p}: {_first_line(exc)}")
+    if hub_offline():
+        try:
+            from huggingface_hub import constants
+
+            cache = constants.HF_HUB_CACHE
+        except ImportError:  # pragma: no cover
+            cache = "the Hugging Face cache"
+        return ModelLoadError(
+            f"cannot load {what} {name!r}: not a local path, and not in the Hugging Face cache ({cache}) while "
+            f"downloads are off (HF_HUB_OFFLINE=1, the default of silo and aggregator); download it first "
+            f"(`huggingface-cli download {name}`), give a local folder, or set HF_HUB_OFFLINE=0 to allow downloads")
+    return ModelLoadError(f"cannot load {what} {name!r}: {_first_line(exc)}")
 
 
 def _freeze(module: nn.Module) -> nn.Module:
@@ -159,7 +200,7 @@ def load_vision_tower(name: str, *, select_layer: int = -2, select_feature: str 
             model = cls.from_pretrained(name, **kwargs)
             processor = T.AutoImageProcessor.from_pretrained(name)
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError, ...
-        raise ModelLoadError(f"cannot load vision tower {name!r}: {_first_line(exc)}") from exc
+        raise _load_error("vision tower", name, exc) from exc
     try:
         return VisionTower(model.to(dev), processor, select_layer, select_feature)
     except (AttributeError, TypeError, KeyError) as exc:  # e.g. a language model given as the tower
@@ -178,7 +219,7 @@ def load_llm(name: str, *, gguf_file: str | None = None, device: str = "auto"):
             tok = T.AutoTokenizer.from_pretrained(name, **extra)
             llm = T.AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **extra)
     except Exception as exc:
-        raise ModelLoadError(f"cannot load language model {name!r}: {_first_line(exc)}") from exc
+        raise _load_error("language model", name, exc) from exc
     return _freeze(llm.to(dev)), tok
 
 

@@ -33,9 +33,10 @@ import torch
 from fedalign.fedcmp.phases import sum_inputs
 from fedalign.fedcmp.strategies import FedCMP, make_strategy
 from fedalign.fedcmp.strategy import Strategy, Tensors
-from fedalign.protocol.errors import DataError, InsecureModeRefused, PrivacyBudgetExceeded, ProtocolError
+from fedalign.protocol.errors import ConfigError, DataError, InsecureModeRefused, PrivacyBudgetExceeded, ProtocolError
 from fedalign.protocol.eventlog import EventLog
-from fedalign.protocol.messages import Heartbeat, LeaveNotice, RoundEnd, RoundStart, RunEnd, Stage, SumScheme, SumStart, UpdateReady
+from fedalign.protocol.messages import (Heartbeat, JoinReply, LeaveNotice, ModelDeclaration, RoundEnd, RoundStart, RunEnd,
+                                        Stage, SumScheme, SumStart, UpdateReady)
 from fedalign.protocol.transport import ClientTransport
 from fedalign.protocol.wire import Envelope
 from fedalign.silo.store import FederationStore, TrainedUpdate, params_digest
@@ -69,6 +70,9 @@ class RoundTrainer(Protocol):
     def train(self, round_id: int, params: Tensors) -> TrainedUpdate:
         """Train a fresh shard from ``params``; raise PrivacyBudgetExceeded before anything is spent."""
 
+    # Optional: ``describe() -> ModelDeclaration`` (the projector's shapes and the model ids) makes
+    # the silo declare its model at join, so the aggregator refuses a mismatch before any round.
+
 
 @dataclass(frozen=True)
 class SiloPolicy:
@@ -77,6 +81,7 @@ class SiloPolicy:
     min_silos: int = 3
     heartbeat_interval_s: float = 2.0
     aggregator_timeout_s: float = 600.0
+    wait_report_s: float = 10.0  # say (event) that the aggregator has not answered, this often
     max_weight: float = 512.0
     allow_insecure_plaintext: bool = False
     dp_enabled: bool = False
@@ -136,6 +141,7 @@ class SiloParticipant:
         clock: Callable[[], float] = time.monotonic,
         on_contribution: Callable[[int, int, dict[str, np.ndarray]], None] | None = None,
         stop: threading.Event | None = None,
+        address: str = "the aggregator",
     ) -> None:
         if name not in trusted:
             raise ProtocolError(f"silo {name!r} is not in its own trusted roster")
@@ -163,6 +169,11 @@ class SiloParticipant:
         self.extra_round_checks: list[Callable[[RoundStart], list[str]]] = []
         self.on_refusal: Callable[[dict[str, Any]], None] | None = None
         self.on_release: Callable[[dict[str, Any]], None] | None = None  # before an input message leaves
+        self.address = address
+        describe = getattr(trainer, "describe", None)
+        self.declaration: ModelDeclaration | None = describe() if callable(describe) else None
+        self.joined = False  # the aggregator answered (JoinReply accepted, or a RoundStart)
+        self._last_params: tuple[Tensors | None, int] = (None, 0)  # θ of the latest RoundStart, its round
 
     # ------------------------------------------------------------------ plumbing
     def _send(self, msg: Any, round_id: int, *, instance: int = -1, phase: int = -1) -> None:
@@ -171,8 +182,23 @@ class SiloParticipant:
     def _beat(self, stage: Stage, *, force: bool = False) -> None:
         now = self.clock()
         if force or now - self._last_beat >= self.policy.heartbeat_interval_s:
+            if self.declaration is not None and not self.joined:  # until answered (the aggregator may start later)
+                self._send(self.declaration, max(self.committed, 0))
             self._send(Heartbeat(stage, self.committed), max(self.committed, 0))
             self._last_beat = now
+
+    def _report_wait(self, now: float, last_contact: float) -> None:
+        """An event naming the address while the aggregator stays silent (still retrying)."""
+        silent = now - last_contact
+        self.events.emit("waiting_for_aggregator", address=self.address, silent_s=round(silent),
+                         answered_before=self.joined,
+                         gives_up_in_s=round(max(0.0, self.policy.aggregator_timeout_s - silent)))
+
+    def _outcome_so_far(self, reason: str) -> SiloOutcome:
+        """What this silo keeps when it stops early: θ of the latest round it was sent (every round
+        committed before it), so the finished work is evaluated and exported, not lost."""
+        params, round_id = self._last_params
+        return SiloOutcome(params, round_id, self.committed_rounds, reason, *self._first)
 
     def _strategy(self, name: str, options: Mapping[str, Any]) -> Strategy:
         key = json.dumps([name, dict(options)], sort_keys=True, default=str)
@@ -194,9 +220,10 @@ class SiloParticipant:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> SiloOutcome:
-        self.events.emit("silo_started", committed_round=self.committed)
+        self.events.emit("silo_started", committed_round=self.committed, address=self.address)
         self._beat(Stage.JOIN, force=True)
         last_contact = self.clock()
+        next_report = last_contact + self.policy.wait_report_s
         while True:
             env = self.t.recv(self.policy.heartbeat_interval_s / 2)
             now = self.clock()
@@ -205,14 +232,23 @@ class SiloParticipant:
                     break
                 if now - last_contact > self.policy.aggregator_timeout_s:
                     raise ProtocolError(
-                        f"silo {self.name}: no message from the aggregator for {self.policy.aggregator_timeout_s:g}s"
+                        f"silo {self.name}: no message from the aggregator at {self.address} for "
+                        f"{self.policy.aggregator_timeout_s:g}s; check that `aggregator serve` runs there and that "
+                        "federation.aggregator and federation.aggregator_public_key name it"
                     )
+                if now >= next_report:
+                    self._report_wait(now, last_contact)
+                    # before the first answer every wait_report_s; later (others may be training) less often
+                    next_report = now + self.policy.wait_report_s * (1 if not self.joined else 3)
                 self._beat(Stage.SUM if self.cur is not None else Stage.JOIN)
                 continue
             last_contact = now
+            next_report = now + self.policy.wait_report_s * (1 if not self.joined else 3)
             m = env.message
             try:
-                if isinstance(m, RoundStart):
+                if isinstance(m, JoinReply):
+                    self._on_join_reply(m)
+                elif isinstance(m, RoundStart):
                     self._on_round_start(m)
                 elif isinstance(m, SumStart):
                     self._on_sum_start(env, m)
@@ -226,13 +262,17 @@ class SiloParticipant:
                                        *self._first)
                 else:
                     self.events.emit("message_ignored", type=type(m).__name__, round=env.round)
-            except DataError as e:  # one pass over the data is spent: leave cleanly
+            except DataError as e:  # one pass over the data is spent: leave cleanly, keep what finished
                 self._send(LeaveNotice(f"data spent: {e}"), env.round)
                 self.events.emit("left", reason="data spent", detail=str(e))
-                return SiloOutcome(None, self.committed + 1, self.committed_rounds, "data spent")
-            except PrivacyBudgetExceeded as e:
+                return self._outcome_so_far("data spent")
+            except PrivacyBudgetExceeded as e:  # nothing of this round was trained or sent
                 self._send(LeaveNotice(f"privacy budget exhausted: {e}"), env.round)
                 self.events.emit("left", reason="privacy budget exhausted", detail=str(e))
+                return self._outcome_so_far(f"privacy budget exhausted: {e}")
+            except ConfigError as e:  # this silo's model does not fit the run: leave before training
+                self._send(LeaveNotice(f"refused: {e}"), env.round)
+                self.events.emit("left", reason="model mismatch", detail=str(e))
                 raise
             except InsecureModeRefused as e:
                 self._send(LeaveNotice(f"refused: {e}"), env.round)
@@ -262,6 +302,32 @@ class SiloParticipant:
         self.store.save_state(round_id, state)
         self.events.emit("round_committed", round=round_id)
 
+    def _on_join_reply(self, m: JoinReply) -> None:
+        if not m.accepted:
+            self.events.emit("refused", address=self.address, reason=m.reason)
+            raise ConfigError(f"the aggregator at {self.address} refused silo {self.name}: {m.reason}")
+        first = not self.joined
+        self.joined = True
+        self.events.emit("joined" if first else "aggregator_waiting", address=self.address,
+                         connected=list(m.connected), missing=list(m.missing),
+                         **({"gives_up_in_s": round(m.deadline_s)} if m.deadline_s >= 0 else {}))
+
+    def _check_shapes(self, m: RoundStart) -> None:
+        """θ_t must fit this silo's projector: refuse before a shard is drawn or ε is spent."""
+        d = self.declaration
+        if d is None:
+            return
+        theirs = {k: tuple(v.shape) for k, v in m.params.items()}
+        ours = {k: tuple(v) for k, v in d.shapes.items()}
+        if theirs != ours:
+            first = next(k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k))
+            raise ConfigError(
+                f"silo {self.name}: the aggregator at {self.address} sent a projector whose {first} is "
+                f"{'x'.join(map(str, theirs.get(first, ()))) or 'absent'}, but this silo's ({d.projector}, vision "
+                f"{d.vision_tower!r} d={d.d_vision}, LM {d.llm!r} d={d.d_model}) has "
+                f"{'x'.join(map(str, ours.get(first, ()))) or 'absent'}; nothing was trained. Make the "
+                "aggregator's initial projector with `silo describe` and `aggregator init`, or fix [model]")
+
     def _on_round_start(self, m: RoundStart) -> None:
         self._commit_previous(m)
         if m.round <= self.committed:
@@ -275,6 +341,8 @@ class SiloParticipant:
             self._refused("RoundStart", m.round, reason)
             self._send(LeaveNotice(f"refused by site policy: {'; '.join(problems)}"), m.round)
             raise PolicyRefused(reason)
+        self._check_shapes(m)
+        self.joined = True
         strat = self._strategy(m.strategy, m.strategy_options)
         if strat.n_phases != m.n_phases:
             raise ProtocolError(f"silo {self.name}: strategy {m.strategy} has {strat.n_phases} phases, "
@@ -282,6 +350,7 @@ class SiloParticipant:
         params = _to_torch(m.params)
         if self._first[0] is None:
             self._first = (params, m.round)
+        self._last_params = (params, m.round)
         if self.silo_state is None:
             self.silo_state = strat.init_silo_state(params)
         digest = params_digest(params)

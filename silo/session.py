@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 
 from fedalign.protocol.config.silo import SiloConfig
-from fedalign.protocol.errors import DataError
+from fedalign.protocol.errors import ConfigError, DataError, PrivacyBudgetExceeded, StoppedEarly
 from fedalign.protocol.ledger import Ledger
 from fedalign.silo.data import ShardCursor, fingerprint
 from fedalign.silo.evaluate import EvalSet, evaluate, prepare_eval
@@ -24,7 +24,10 @@ from fedalign.silo.privacy import PrivacyAccountant, RoundCharge
 from fedalign.silo.sources import SiloInputs, load_inputs, model_paths
 from fedalign.silo.trainer import DPSettings, LocalTrainer, Params, RoundResult, TrainSettings, prepare_shard
 
-__all__ = ["SiloSession", "run_local"]
+__all__ = ["SiloSession", "run_local", "model_card", "declare_model", "unknown_token_rate", "UNKNOWN_TOKENS_WARN", "UNKNOWN_TOKENS_REFUSE"]
+
+UNKNOWN_TOKENS_WARN = 0.05  # share of caption tokens the LM's tokenizer maps to <unk>: warn above this
+UNKNOWN_TOKENS_REFUSE = 0.5  # refuse above this: the LM cannot read these captions at all
 
 
 def _ledger_identity(cfg: SiloConfig):
@@ -42,9 +45,10 @@ class SiloSession:
     """Everything one silo needs for a run; all state files live in ``cfg.state_dir``."""
 
     def __init__(self, cfg: SiloConfig, *, inputs: SiloInputs | None = None, model: AlignmentModel | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, notify: Callable[[str], None] | None = None):
         self.cfg = cfg
         self.clock = clock
+        self.notify = notify or (lambda line: None)  # progress lines for long phases (the CLI prints them)
         self.inputs = inputs if inputs is not None else load_inputs(cfg)
         t, p = cfg.train, cfg.privacy
         self.settings = TrainSettings(t.batch_size, t.lr, t.optimizer, t.weight_decay, t.local_steps,
@@ -61,17 +65,39 @@ class SiloSession:
             n = min(cfg.data.shard_size, len(self.inputs.train))
             self.accountant.check_feasible(RoundCharge(p.noise_multiplier, min(1.0, t.batch_size / n),
                                                        self.settings.steps_for(n), shard_size=n))
+        t0: float | None = None
         if model is None:
-            vision, llm = model_paths(cfg)
+            vision, llm = model_paths(cfg, notify=self.notify)
             m = cfg.model
+            t0 = time.monotonic()
+            self.notify(f"loading the frozen models (vision {vision}, LM {llm}) ...")
             model = load_alignment_model(vision, llm, projector=m.projector, select_layer=m.select_layer,
                                          select_feature=m.select_feature, gguf_file=m.gguf_file,
                                          device=m.device, max_caption_tokens=m.max_caption_tokens)
+        if t0 is not None:
+            self.notify(f"models loaded in {time.monotonic() - t0:.0f}s")
         self.model = model
+        self._check_vocabulary()
         self.trainer = LocalTrainer(model, self.settings, dp=self.dp, accountant=self.accountant,
                                     generator=torch.Generator().manual_seed(t.seed))
         self._cursor: ShardCursor | None = None
         self._eval: EvalSet | None = None
+
+    def _check_vocabulary(self) -> None:
+        """Captions the LM cannot read (its tokenizer maps them to <unk>) teach the projector nothing."""
+        rate, words = unknown_token_rate(self.model, self.inputs.train[:256])
+        if rate is None:
+            return
+        self.inputs.report["unknown_token_rate"] = round(rate, 4)
+        llm = self.cfg.model.llm
+        hint = (f"{rate:.0%} of caption tokens are unknown to the LM {llm!r} (its tokenizer maps them to <unk>"
+                + (f"; e.g. {', '.join(repr(w) for w in words[:4])}" if words else "") + ")")
+        if llm == "embedded":
+            hint += "; the embedded LM reads only the embedded world's captions: for real captions use a real LM (model.llm)"
+        if rate > UNKNOWN_TOKENS_REFUSE:
+            raise DataError(f"{self.cfg.data.train or 'data'}: {hint}")
+        if rate > UNKNOWN_TOKENS_WARN:
+            self.inputs.report.setdefault("warnings", []).append(hint)
 
     # -- parameters and data ------------------------------------------------------------------
     def initial_params(self) -> Params:
@@ -93,22 +119,66 @@ class SiloSession:
     def samples_seen(self) -> int:
         return self.cursor.samples_used
 
+    def rounds_available(self) -> int:
+        """How many more shards of ``data.shard_size`` the remaining passes give (the cursor folds a
+        tail under half a shard into the previous shard)."""
+        st, n, size = self.cursor.state, self.cursor.n, self.cfg.data.shard_size
+        def shards(records: int) -> int:  # ShardCursor's own rule, replayed
+            a = k = 0
+            while a < records:
+                b = min(records, a + size)
+                a, k = (records if records - b < size // 2 else b), k + 1
+            return k
+        left = n - st["cursor"]
+        out = shards(left) if left > 0 else 0
+        return out + (self.cfg.data.max_passes - st["pass"] - 1) * shards(n)
+
+    def declaration(self):
+        """What this silo declares at join: its projector's shapes and where its models came from."""
+        return declare_model(self.cfg, self.model)
+
+    def check_params(self, params: Params) -> None:
+        """θ must fit this silo's projector (ConfigError naming both sizes) before data or ε is used."""
+        own = {k: tuple(v.shape) for k, v in self.model.projector_state().items()}
+        got = {k: tuple(v.shape) for k, v in params.items()}
+        if own != got:
+            k = next(k for k in sorted(set(own) | set(got)) if own.get(k) != got.get(k))
+            c = self.cfg.model
+            raise ConfigError(
+                f"the projector given has {k} {'x'.join(map(str, got.get(k, ()))) or 'absent'}; this silo's "
+                f"{self.model.projector_kind} for vision {c.vision_tower!r} (d={self.model.vision.hidden_size}) "
+                f"and LM {c.llm!r} (d={self.model.d_model}) has {'x'.join(map(str, own.get(k, ()))) or 'absent'}; "
+                "nothing was trained")
+
     def train_round(self, global_params: Params) -> RoundResult:
-        """Draw the next fresh shard (persisted first), train on it, return Δ (DP charged)."""
+        """Draw the next fresh shard (persisted first), train on it, return Δ (DP charged).
+
+        θ's shapes and the DP budget are checked before the shard is drawn: a round that cannot
+        finish uses no data."""
+        self.check_params(global_params)
+        if self.accountant is not None:
+            nxt = self.cursor.peek_shard(self.cfg.data.shard_size)
+            self.accountant.check(self.trainer.plan(len(nxt.indices), pass_index=nxt.pass_index,
+                                                    shard_index=nxt.shard_index))
         shard = self.cursor.next_shard(self.cfg.data.shard_size)
         data = prepare_shard(self.model, [self.inputs.train[i] for i in shard.indices],
                              pass_index=shard.pass_index, shard_index=shard.shard_index)
         return self.trainer.train_round(global_params, data)
 
     # -- evaluation -----------------------------------------------------------------------------
-    def evaluate(self, params: Params) -> dict[str, float]:
+    def evaluate(self, params: Params, *, label: str = "the projector") -> dict[str, float]:
+        t0 = time.monotonic()
+        self.notify(f"evaluating {label} on {len(self.inputs.heldout)} held-out captions and "
+                    f"{len(self.inputs.items)} probe items ...")
         if self._eval is None:
             self._eval = prepare_eval(self.model, self.inputs.heldout, self.inputs.items,
                                       text_only_prompt=self.inputs.text_only_prompt,
                                       batch_size=self.cfg.eval.batch_size)
         self.model.load_projector_state(params)
-        return evaluate(self.model, self._eval, batch_size=self.cfg.eval.batch_size,
-                        length_normalize=self.cfg.eval.length_normalize)
+        out = evaluate(self.model, self._eval, batch_size=self.cfg.eval.batch_size,
+                       length_normalize=self.cfg.eval.length_normalize)
+        self.notify(f"evaluated in {time.monotonic() - t0:.0f}s")
+        return out
 
     @property
     def epsilon_spent(self) -> float | None:
@@ -119,19 +189,27 @@ def run_local(session: SiloSession, *, on_round: Callable[[int, RoundResult], No
               ) -> tuple[Params, dict[str, Any]]:
     """Train ``train.rounds`` shards without an aggregator (θ ← θ + Δ each round), then evaluate.
 
-    Stops early, cleanly, when the one-pass data is spent after at least one round.
+    Stops early, cleanly, when the one-pass data is spent or the DP budget would be passed after
+    at least one round: the finished rounds are kept (``stopped_by`` and ``stop_detail`` say why),
+    and the round that could not finish used no data and no ε (both are checked before a shard
+    is drawn).
     """
     cfg = session.cfg
     params = session.initial_params()
     rounds: list[dict[str, Any]] = []
-    stopped = "rounds"
+    stopped, detail = "rounds", None
     for r in range(cfg.train.rounds):
         try:
             res = session.train_round(params)
         except DataError as exc:
             if r == 0 or "spent" not in str(exc):
                 raise
-            stopped = "data_spent"
+            stopped, detail = "data_spent", str(exc)
+            break
+        except PrivacyBudgetExceeded as exc:
+            if r == 0:
+                raise
+            stopped, detail = "privacy_budget", str(exc)
             break
         params = {k: params[k] + res.delta[k] for k in params}
         row = {"round": r, "n_samples": res.n_samples, "epsilon": res.epsilon, **res.metrics}
@@ -140,12 +218,14 @@ def run_local(session: SiloSession, *, on_round: Callable[[int, RoundResult], No
                               now=session.clock())
         if on_round is not None:
             on_round(r, res)
-    metrics = session.evaluate(params)
+    metrics = session.evaluate(params, label=f"the projector after {len(rounds)} round(s)")
     summary = {
         **metrics,
         "samples_seen": session.samples_seen,
         "rounds_completed": len(rounds),
+        "rounds_planned": cfg.train.rounds,
         "stopped_by": stopped,
+        "stop_detail": detail,
         "epsilon_spent": session.epsilon_spent,
         "delta": cfg.privacy.delta if cfg.privacy.enabled else None,
         "dp": asdict(session.dp) if session.dp else None,
@@ -153,3 +233,49 @@ def run_local(session: SiloSession, *, on_round: Callable[[int, RoundResult], No
         "rounds": rounds,
     }
     return params, summary
+
+
+def unknown_token_rate(model: AlignmentModel, samples) -> tuple[float | None, list[str]]:
+    """Share of the samples' caption tokens that are the tokenizer's <unk>, and some words that became
+    one (None when the tokenizer has no unk token, as byte-level BPE tokenizers)."""
+    tok = model.tokenizer
+    unk = getattr(tok, "unk_token_id", None)
+    if unk is None or not samples:
+        return None, []
+    total = bad = 0
+    words: list[str] = []
+    for smp in samples:
+        ids = model.encode_text(smp.prompt, smp.caption).caption
+        total += len(ids)
+        n = sum(1 for i in ids if i == unk)
+        bad += n
+        if n and len(words) < 8:
+            for w in smp.caption.split():
+                if unk in tok(w, add_special_tokens=False)["input_ids"] and w not in words:
+                    words.append(w)
+    return (bad / total if total else 0.0), words
+
+
+def declare_model(cfg: SiloConfig, model: AlignmentModel):
+    """The :class:`ModelDeclaration` of ``model`` built from ``cfg``'s [model] (the join handshake)."""
+    from fedalign.protocol.messages import ModelDeclaration
+
+    c = cfg.model
+    spec = f" ({cfg.data.world.spec} spec)" if cfg.data.world.spec != "default" else ""
+    name = lambda v: f"{v}{spec}" if v == "embedded" else v  # noqa: E731
+    return ModelDeclaration(model.projector_kind, {k: tuple(v.shape) for k, v in model.projector_state().items()},
+                            name(c.vision_tower), name(c.llm) + (f" [{c.gguf_file}]" if c.gguf_file else ""),
+                            int(model.vision.hidden_size), int(model.d_model))
+
+
+def model_card(cfg: SiloConfig, *, notify: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """What ``silo describe`` prints for ``aggregator init``: the projector this silo's [model] needs."""
+    vision, llm = model_paths(cfg, notify=notify)
+    m = cfg.model
+    model = load_alignment_model(vision, llm, projector=m.projector, select_layer=m.select_layer,
+                                 select_feature=m.select_feature, gguf_file=m.gguf_file, device="cpu",
+                                 max_caption_tokens=m.max_caption_tokens)
+    d = declare_model(cfg, model)
+    return {"format": "fedalign-model-card/1", "projector": d.projector, "d_vision": d.d_vision,
+            "d_model": d.d_model, "shapes": {k: list(v) for k, v in d.shapes.items()},
+            "vision_tower": d.vision_tower, "llm": d.llm}

@@ -18,6 +18,8 @@ from fedalign.silo.evaluate import remove_image
 
 __all__ = ["SiloInputs", "load_inputs", "model_paths", "world_spec"]
 
+WORLD_BUILD_TICK_S = 15.0  # a progress line this often while the embedded world's models are built
+
 
 @dataclass
 class SiloInputs:
@@ -34,23 +36,58 @@ def world_spec(cfg: SiloConfig):
     return TINY_SPEC if cfg.data.world.spec == "tiny" else WorldSpec()
 
 
-def model_paths(cfg: SiloConfig) -> tuple[str, str]:
-    """(vision tower, LLM) ids or paths; ``embedded`` builds or finds the world's models."""
+def model_paths(cfg: SiloConfig, *, notify: Callable[[str], None] | None = None) -> tuple[str, str]:
+    """(vision tower, LLM) ids or paths; ``embedded`` builds or finds the world's models.
+
+    ``notify`` gets progress lines: where the cache is, and every ``WORLD_BUILD_TICK_S`` while a
+    first build runs."""
     m = cfg.model
     if EMBEDDED not in (m.vision_tower, m.llm):
-        return _local(cfg, m.vision_tower), _local(cfg, m.llm)
-    from fedalign.world import build_world
+        return _local(cfg, m.vision_tower, "model.vision_tower"), _local(cfg, m.llm, "model.llm")
+    import threading
+    import time
+
+    from fedalign.world import build_world, world_cache_root
 
     w = cfg.data.world
-    art = build_world(world_spec(cfg), cfg.resolve(w.cache_dir))
-    return (str(art.vision_path) if m.vision_tower == EMBEDDED else _local(cfg, m.vision_tower),
-            str(art.lm_path) if m.llm == EMBEDDED else _local(cfg, m.llm))
+    say = notify or (lambda line: None)
+    root = world_cache_root(cfg.resolve(w.cache_dir))
+    say(f"embedded world ({w.spec} spec): loading its frozen models from {root} (built there on first use, "
+        "about 2-3 minutes on 2 cores; FEDALIGN_CACHE or data.world.cache_dir moves it)")
+    done = threading.Event()
+    t0 = time.monotonic()
+
+    def tick() -> None:
+        while not done.wait(WORLD_BUILD_TICK_S):
+            say(f"  still building the embedded world's models ({time.monotonic() - t0:.0f}s so far) ...")
+
+    ticker = threading.Thread(target=tick, daemon=True, name="world-build-progress")
+    ticker.start()
+    try:
+        art = build_world(world_spec(cfg), cfg.resolve(w.cache_dir))
+    finally:
+        done.set()
+    if art.built:
+        say(f"  built and cached in {time.monotonic() - t0:.0f}s: {art.vision_path.parent}")
+    return (str(art.vision_path) if m.vision_tower == EMBEDDED else _local(cfg, m.vision_tower, "model.vision_tower"),
+            str(art.lm_path) if m.llm == EMBEDDED else _local(cfg, m.llm, "model.llm"))
 
 
-def _local(cfg: SiloConfig, name: str) -> str:
-    """A relative path that exists next to the config wins over a hub id of the same spelling."""
-    p = cfg.resolve(__import__("pathlib").Path(name))
-    return str(p) if p is not None and p.exists() else name
+def _local(cfg: SiloConfig, name: str, field_name: str = "model") -> str:
+    """A relative path that exists next to the config wins over a hub id of the same spelling;
+    a name that can only be a path must exist (ModelLoadError names the field and the path)."""
+    from pathlib import Path
+
+    from fedalign.protocol.errors import ModelLoadError
+    from fedalign.silo.model import looks_like_path
+
+    p = cfg.resolve(Path(name).expanduser())
+    if p is not None and p.exists():
+        return str(p)
+    if looks_like_path(name):
+        raise ModelLoadError(f"{field_name}: path {p} not found (a local model folder with config.json; "
+                             "a hub id is written as org/name)")
+    return name
 
 
 def _world_inputs(cfg: SiloConfig) -> SiloInputs:

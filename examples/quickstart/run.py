@@ -234,7 +234,7 @@ def report(out: Path, rounds: int, started: float) -> None:
     say(f"the projector moved by up to {drift:.4f} per entry over {len(history)} rounds")
     say("\noutputs:")
     say(f"  global projector : {agg / 'final_projector.safetensors'}")
-    say(f"  exported (LLaVA) : {out / 'hospital-a-out' / 'projector' / 'mm_projector.safetensors'} (each silo)")
+    say(f"  exported (LLaVA) : {out / 'hospital-a-out' / 'mm_projector.safetensors'} (each silo)")
     say(f"  curves           : {curves}")
     say(f"  ledgers          : {agg / 'ledger.jsonl'}, " + ", ".join(str(out / f'{s}-out' / 'state' / 'ledger.jsonl') for s in SILOS))
     say(f"  logs             : {agg / 'aggregator.jsonl'}, {out / 'logs'}")

@@ -32,6 +32,7 @@ EXIT_CODES: dict[type[BaseException], int] = {
     E.ProtocolError: 9,
     E.InsecureModeRefused: 10,
     E.CheckpointError: 11,
+    E.StoppedEarly: 18,
     C.EncodingOverflow: 12,
     C.InsecurePlaintextRefused: 17,
     C.SecureSumUsageError: 13,

@@ -13,7 +13,9 @@ these classes to exit codes in one table (``common.cli_errors``) and print one l
     │   ├── WireFormatError (ValueError)  a frame that does not match its declared spec
     │   └── RoundAborted                  too few silos survived a step; nothing was revealed
     ├── InsecureModeRefused               an insecure mode was asked for without every permission
-    └── CheckpointError                   a checkpoint or ledger cannot be read or written
+    ├── CheckpointError                   a checkpoint or ledger cannot be read or written
+    └── StoppedEarly                      the run ended before its planned rounds (data spent, budget
+                                          reached); what finished was evaluated and exported
 
 Cryptographic failures live in ``crypto.errors`` (crypto imports nothing from here) and are
 opaque on purpose: one type, no detail an attacker could use.
@@ -33,6 +35,7 @@ __all__ = [
     "RoundAborted",
     "InsecureModeRefused",
     "CheckpointError",
+    "StoppedEarly",
 ]
 
 
@@ -78,3 +81,9 @@ class InsecureModeRefused(FedAlignError):
 
 class CheckpointError(FedAlignError):
     """A checkpoint or ledger cannot be read or written."""
+
+
+class StoppedEarly(FedAlignError):
+    """The run stopped before its planned rounds (one-pass data spent, DP budget reached); the
+    rounds that finished were kept, evaluated and exported, and no data or ε went to a round
+    that could not finish. The message says why, how far it got and where the outputs are."""

@@ -37,6 +37,8 @@ __all__ = [
     "RoundEnd",
     "RunEnd",
     "LeaveNotice",
+    "ModelDeclaration",
+    "JoinReply",
     "MESSAGE_TYPES",
     "wire_registry",
 ]
@@ -250,9 +252,61 @@ class LeaveNotice:
         _text("LeaveNotice", "reason", self.reason)
 
 
+@dataclass(frozen=True)
+class ModelDeclaration:
+    """Silo → aggregator, at join (repeated while it waits): the projector it will train.
+
+    ``shapes`` maps each projector tensor to its shape; ``vision_tower`` and ``llm`` say where
+    the silo's frozen models came from (as configured), ``d_vision`` / ``d_model`` their sizes.
+    The aggregator refuses a silo whose shapes differ from its θ before any round starts.
+    """
+
+    projector: str
+    shapes: Mapping[str, tuple[int, ...]]
+    vision_tower: str
+    llm: str
+    d_vision: int
+    d_model: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.shapes, Mapping):
+            raise WireFormatError("ModelDeclaration.shapes must be a map name -> shape")
+        for k, v in self.shapes.items():
+            if not isinstance(k, str) or not isinstance(v, tuple) or not all(
+                    isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in v):
+                raise WireFormatError(f"ModelDeclaration.shapes[{k!r}] must be a tuple of ints >= 0")
+        for name in ("projector", "vision_tower", "llm"):
+            if not isinstance(getattr(self, name), str):
+                raise WireFormatError(f"ModelDeclaration.{name} must be a str")
+        _nonneg("ModelDeclaration", "d_vision", self.d_vision)
+        _nonneg("ModelDeclaration", "d_model", self.d_model)
+
+
+@dataclass(frozen=True)
+class JoinReply:
+    """Aggregator → silo: joined (``accepted``) or refused with ``reason``; while the aggregator
+    waits for silos it repeats this with who is ``connected``, who is ``missing`` and the
+    seconds until it gives up (``deadline_s``)."""
+
+    accepted: bool
+    reason: str
+    connected: tuple[str, ...]
+    missing: tuple[str, ...]
+    deadline_s: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.accepted, bool):
+            raise WireFormatError("JoinReply.accepted must be a bool")
+        for name in ("connected", "missing"):
+            v = getattr(self, name)
+            if not isinstance(v, tuple) or not all(isinstance(s, str) for s in v):
+                raise WireFormatError(f"JoinReply.{name} must be a tuple of silo names")
+
+
 MESSAGE_TYPES: dict[str, type] = {
     c.__name__: c
-    for c in (Heartbeat, RoundStart, UpdateReady, SumStart, RoundEnd, RunEnd, LeaveNotice)
+    for c in (Heartbeat, RoundStart, UpdateReady, SumStart, RoundEnd, RunEnd, LeaveNotice, ModelDeclaration,
+              JoinReply)
 }
 
 

@@ -87,6 +87,7 @@ def run_federation(
     names: list[str] | None = None,
     identities: dict | None = None,
     fed: ToyFederation | None = None,
+    make_trainer: Callable[[ToyFederation, int], Any] | None = None,
 ) -> Result:
     names = names or [f"silo-{i}" for i in range(n_silos)]
     fed = fed or toy(len(names))
@@ -131,7 +132,7 @@ def run_federation(
                   max_weight=MAX_WEIGHT, allow_insecure_plaintext=scheme == SumScheme.PLAIN_INSECURE,
                   scheme=str(scheme))
         sp.update(silo_policy or {})
-        p = SiloParticipant(name, client, ToyTrainer(fed, i), identity=ids[name], trusted=trusted,
+        p = SiloParticipant(name, client, (make_trainer or ToyTrainer)(fed, i), identity=ids[name], trusted=trusted,
                             policy=SiloPolicy(**sp), state_dir=(tmp / name) if tmp is not None else None,
                             events=Log(None, source=name), on_contribution=record, stop=stop)
         try:

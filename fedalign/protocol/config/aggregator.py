@@ -41,6 +41,7 @@ class RunSection(StrictModel):
     step_deadline_s: float = Field(60.0, gt=0, description="each secure-sum step")
     heartbeat_timeout_s: float = Field(30.0, gt=0, description="a silo silent this long is not on the next roster")
     roster_wait_s: float = Field(600.0, gt=0, description="how long a round start waits for min_silos")
+    report_interval_s: float = Field(10.0, gt=0, description="while waiting for silos: who is connected and missing")
     max_failed_rounds: int = Field(3, ge=1, description="consecutive aborted rounds before giving up")
     seed: int = Field(0, description="public: round seeds and Fed-CMP's initial basis")
 

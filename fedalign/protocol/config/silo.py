@@ -141,6 +141,7 @@ class FederationSection(StrictModel):
         "secagg", description="the secure-sum scheme this silo joins; a SumStart asking for another is refused")
     heartbeat_interval_s: float = Field(2.0, gt=0)
     aggregator_timeout_s: float = Field(600.0, gt=0, description="give up after this long without a message")
+    wait_report_s: float = Field(10.0, gt=0, description="while the aggregator is silent, say so this often")
     max_weight: int | None = Field(None, ge=1, description="weight cap in records; default data.shard_size")
 
 
