@@ -37,7 +37,7 @@ from fedalign.aggregator.checkpoint import ROUND_COMMITTED_FIELDS, CheckpointSto
 from fedalign.crypto.config import SecureSumConfig
 from fedalign.crypto.errors import CryptoError, SecAggAborted, SecureSumUsageError
 from fedalign.crypto.identity import Roster
-from fedalign.crypto.messages import CkksInput, MaskedInput, Message as CryptoMessage, PlainInput
+from fedalign.crypto.messages import Message as CryptoMessage, input_nbytes
 from fedalign.crypto.secure_sum import AggregatorSecureSum
 
 __all__ = ["RoundPolicy", "Coordinator", "round_seed", "sum_threshold", "to_numpy", "to_torch"]
@@ -82,17 +82,6 @@ def to_numpy(t: Tensors) -> dict[str, np.ndarray]:
 def to_torch(a: Mapping[str, np.ndarray], dtype: torch.dtype | None = None) -> Tensors:
     out = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in a.items()}
     return {k: v.to(dtype) for k, v in out.items()} if dtype is not None else out
-
-
-def _payload_nbytes(m: CryptoMessage) -> int:
-    """Bytes of the summed values themselves in a silo's input message (masked, encrypted, plain)."""
-    if isinstance(m, MaskedInput):
-        return int(m.masked.nbytes)
-    if isinstance(m, PlainInput):
-        return int(m.values.nbytes)
-    if isinstance(m, CkksInput):
-        return sum(len(c) for c in m.chunks)
-    return 0
 
 
 class _Abandon(Exception):
@@ -508,7 +497,7 @@ class Coordinator:
                         self.events.emit("sum_message_rejected", silo=env.sender, round=t, phase=phase,
                                          stage=str(agg.stage), reason=str(e))
                         continue
-                    n = _payload_nbytes(m)
+                    n = input_nbytes(m)
                     if n:
                         rec.payload_bytes[env.sender] = rec.payload_bytes.get(env.sender, 0) + n
                     forward(out)

@@ -19,6 +19,8 @@ from enum import Enum
 import numpy as np
 
 __all__ = [
+    "INPUT_TYPES",
+    "input_nbytes",
     "Stage",
     "Message",
     "KeyAdvertisement",
@@ -279,3 +281,18 @@ def check_wire_types(msg: Message) -> None:
     for name, value in msg.fields().items():
         if not _wire_ok(value):
             raise TypeError(f"{type(msg).__name__}.{name}: {type(value).__name__} is not a wire type")
+
+
+INPUT_TYPES = (MaskedInput, CkksInput, PlainInput)  # the messages that carry a silo's input
+
+
+def input_nbytes(m: Message) -> int:
+    """Bytes of the summed values themselves in a silo's input message (masked, encrypted or
+    plain); 0 for any other message."""
+    if isinstance(m, MaskedInput):
+        return int(m.masked.nbytes)
+    if isinstance(m, PlainInput):
+        return int(m.values.nbytes)
+    if isinstance(m, CkksInput):
+        return sum(len(c) for c in m.chunks)
+    return 0

@@ -44,21 +44,9 @@ from fedalign.silo.store import FederationStore, TrainedUpdate, params_digest
 from fedalign.crypto.config import SecureSumConfig
 from fedalign.crypto.errors import SecureSumError
 from fedalign.crypto.identity import IdentityKey, Roster
-from fedalign.crypto.messages import CkksInput, MaskedInput, Message as CryptoMessage, PlainInput
+from fedalign.crypto.messages import INPUT_TYPES, Message as CryptoMessage, input_nbytes
 from fedalign.crypto.secure_sum import SiloSecureSum
 
-_INPUT_TYPES = (MaskedInput, CkksInput, PlainInput)  # the messages that carry a silo's input
-
-
-def _input_nbytes(m: Any) -> int:
-    """Bytes of the summed values in an input message (masked, encrypted or plain)."""
-    if isinstance(m, MaskedInput):
-        return int(m.masked.nbytes)
-    if isinstance(m, PlainInput):
-        return int(m.values.nbytes)
-    if isinstance(m, CkksInput):
-        return sum(len(c) for c in m.chunks)
-    return 0
 
 
 __all__ = ["TrainedUpdate", "RoundTrainer", "SiloPolicy", "SiloOutcome", "SiloParticipant", "params_digest"]
@@ -484,10 +472,10 @@ class SiloParticipant:
     def _send_sum(self, out: list[CryptoMessage]) -> None:
         cur = self.cur
         assert cur is not None
-        if any(isinstance(msg, _INPUT_TYPES) for msg in out):
+        if any(isinstance(msg, INPUT_TYPES) for msg in out):
             if self.on_release is not None:
-                self.on_release({**cur.released, "kind": [type(x).__name__ for x in out if isinstance(x, _INPUT_TYPES)],
-                                 "bytes": sum(_input_nbytes(x) for x in out)})
+                self.on_release({**cur.released, "kind": [type(x).__name__ for x in out if isinstance(x, INPUT_TYPES)],
+                                 "bytes": sum(input_nbytes(x) for x in out)})
             if not cur.exposed:
                 self.store.mark_exposed(cur.round, cur.digest)  # persisted before the input leaves
                 cur.exposed = True
