@@ -31,8 +31,6 @@ def initial_params(cfg) -> dict:
     Keys follow the projector's ``nn.Sequential`` (``0.*``, and ``2.*`` for mlp2x_gelu), which
     is what every silo's ``projector_state()`` holds.
     """
-    import torch
-
     from fedalign.protocol.errors import ConfigError
 
     init = cfg.init

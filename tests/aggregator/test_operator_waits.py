@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import socket
-import threading
 
 import pytest
 import torch
