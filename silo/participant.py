@@ -273,6 +273,8 @@ class SiloParticipant:
             raise ConfigError(f"the aggregator at {self.address} refused silo {self.name}: {m.reason}")
         first = not self.joined
         self.joined = True
+        if not first and m.deadline_s < 0:
+            return  # a plain "heard you again" (e.g. a restarted aggregator): nothing to report
         self.events.emit("joined" if first else "aggregator_waiting", address=self.address,
                          connected=list(m.connected), missing=list(m.missing),
                          **({"gives_up_in_s": round(m.deadline_s)} if m.deadline_s >= 0 else {}))
