@@ -243,7 +243,7 @@ class _Progress:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.console = Console(stderr=True, quiet=quiet, soft_wrap=True)  # whole lines in redirected logs
+        self.console = Console(stderr=True, quiet=quiet, soft_wrap=True, markup=False)  # whole lines; "[model]" is text
         self.bar = Progress(TextColumn("rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                             console=self.console, transient=False)
         self.task = self.bar.add_task("rounds", total=total, completed=done)
@@ -267,7 +267,7 @@ class _Progress:
                                f"missing {', '.join(f['missing']) or 'none'}"
                                + (f"; refused {', '.join(f['refused'])}" if f["refused"] else "")
                                + f"; need {f['need']}; giving up in {f['seconds_left']}s (run.roster_wait_s)")
-        elif event in ("silo_refused", "silo_left"):
+        elif event == "silo_refused" or (event == "silo_left" and not str(f["reason"]).startswith("refused")):
             self.console.print(f"{event.replace('_', ' ')}: {f['silo']}: {f['reason']}")
         elif event == "run_aborted":
             self.console.print(f"giving up: {f['reason']}; told {', '.join(f['told']) or 'no silo (none connected)'}")

@@ -206,14 +206,12 @@ class Coordinator:
             if self.refused.pop(silo, None) is not None:
                 self.events.emit("silo_accepted", silo=silo)
             return
-        def fmt(shapes: Mapping[str, tuple[int, ...]]) -> str:
-            return ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in sorted(shapes.items()))
-        first = next((k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)), "")
-        reason = (f"silo {silo}'s projector does not fit the aggregator's: {first} is "
-                  f"{'x'.join(map(str, theirs.get(first, ()))) or 'absent'} at the silo ({m.projector}, vision "
-                  f"{m.vision_tower!r} d={m.d_vision}, LM {m.llm!r} d={m.d_model}; {fmt(theirs)}) but "
-                  f"{'x'.join(map(str, ours.get(first, ()))) or 'absent'} at the aggregator ({self.params_source}; "
-                  f"{fmt(ours)}); make the initial projector from the silos' models with `silo describe` and "
+        order = sorted({*ours, *theirs}, key=lambda k: (-len(ours.get(k, theirs.get(k, ()))), k))  # matrices first
+        first = next(k for k in order if ours.get(k) != theirs.get(k))
+        size = lambda shapes: "x".join(map(str, shapes[first])) if first in shapes else "absent"  # noqa: E731
+        reason = (f"silo {silo}'s projector does not fit: {first} is {size(theirs)} at the silo ({m.projector} for "
+                  f"vision {m.vision_tower!r} d={m.d_vision}, LM {m.llm!r} d={m.d_model}) but {size(ours)} at the "
+                  f"aggregator ({self.params_source}); make θ_0 from the silos' models with `silo describe` and "
                   "`aggregator init` (README, Running a real federation), or fix the silo's [model]")
         if self.refused.get(silo) != reason:
             self.refused[silo] = reason

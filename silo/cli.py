@@ -177,9 +177,6 @@ def _train_federated(cfg, debug: bool, insecure_plaintext: bool = False):
     typer.echo(f"federated run over: {summary['reason']}; rounds included {summary['rounds_included']}; "
                + "  ".join(f"{k}={ev[k]:.4g}" for k in ("heldout_nll", "mc_accuracy", "presence_f1") if k in ev)
                + (f"  epsilon_spent={summary['epsilon_spent']:.4g}" if summary.get("epsilon_spent") is not None else ""))
-    d = summary.get("data", {})
-    if "kept" in d:
-        typer.echo(f"data: kept {d['kept']} record(s), skipped {d.get('skipped', 0)}")
     kept = (f"the projector after {summary['rounds_done']} round(s) was evaluated and exported to "
             f"{summary['export']['llava']}" if "export" in summary else "no round finished, nothing was exported")
     if "export" in summary:

@@ -17,7 +17,7 @@ class ConsoleEvents(EventLog):
         super().__init__(*a, **kw)
         from rich.console import Console
 
-        self.console = Console(stderr=True, soft_wrap=True)  # whole lines in redirected logs
+        self.console = Console(stderr=True, soft_wrap=True, markup=False)  # whole lines in logs; "[model]" is text
         self._status: Any = None
 
     def emit(self, event: str, **f: Any) -> dict[str, Any]:
@@ -52,6 +52,8 @@ class ConsoleEvents(EventLog):
                                f"missing {', '.join(f['missing']) or 'none'}{wait}")
         elif event == "refused":
             self.console.print(f"refused by the aggregator at {f['address']}: {f['reason']}")
+        elif event == "left" and f.get("reason") == "model mismatch":
+            pass  # the refusal line above says it
         elif event in ("sum_refused", "sum_failed", "left", "update_reused", "contribution_clipped", "run_end"):
             self.console.print(f"{event}: " + ", ".join(f"{k}={v}" for k, v in f.items()))
         return rec

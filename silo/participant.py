@@ -296,6 +296,8 @@ class SiloParticipant:
             raise ConfigError(f"the aggregator at {self.address} refused silo {self.name}: {m.reason}")
         first = not self.joined
         self.joined = True
+        if not first and m.deadline_s < 0:
+            return  # a plain "heard you again" (e.g. a restarted aggregator): nothing to report
         self.events.emit("joined" if first else "aggregator_waiting", address=self.address,
                          connected=list(m.connected), missing=list(m.missing),
                          **({"gives_up_in_s": round(m.deadline_s)} if m.deadline_s >= 0 else {}))
@@ -308,13 +310,14 @@ class SiloParticipant:
         theirs = {k: tuple(v.shape) for k, v in m.params.items()}
         ours = {k: tuple(v) for k, v in d.shapes.items()}
         if theirs != ours:
-            first = next(k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k))
+            order = sorted({*ours, *theirs}, key=lambda k: (-len(ours.get(k, theirs.get(k, ()))), k))  # matrices first
+            first = next(k for k in order if ours.get(k) != theirs.get(k))
+            size = lambda shapes: "x".join(map(str, shapes[first])) if first in shapes else "absent"  # noqa: E731
             raise ConfigError(
-                f"silo {self.name}: the aggregator at {self.address} sent a projector whose {first} is "
-                f"{'x'.join(map(str, theirs.get(first, ()))) or 'absent'}, but this silo's ({d.projector}, vision "
-                f"{d.vision_tower!r} d={d.d_vision}, LM {d.llm!r} d={d.d_model}) has "
-                f"{'x'.join(map(str, ours.get(first, ()))) or 'absent'}; nothing was trained. Make the "
-                "aggregator's initial projector with `silo describe` and `aggregator init`, or fix [model]")
+                f"silo {self.name}: the aggregator at {self.address} sent a projector whose {first} is {size(theirs)}, "
+                f"but this silo's ({d.projector} for vision {d.vision_tower!r} d={d.d_vision}, LM {d.llm!r} "
+                f"d={d.d_model}) has {size(ours)}; nothing was trained. Make the aggregator's θ_0 with "
+                "`silo describe` and `aggregator init`, or fix [model]")
 
     def _on_round_start(self, m: RoundStart) -> None:
         self._commit_previous(m)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 
 from fedalign.protocol.config.silo import SiloConfig
-from fedalign.protocol.errors import ConfigError, DataError, PrivacyBudgetExceeded, StoppedEarly
+from fedalign.protocol.errors import ConfigError, DataError, PrivacyBudgetExceeded
 from fedalign.protocol.ledger import Ledger
 from fedalign.silo.data import ShardCursor, fingerprint
 from fedalign.silo.evaluate import EvalSet, evaluate, prepare_eval

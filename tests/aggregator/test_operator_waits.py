@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import socket
-import threading
 
 import pytest
 import torch
@@ -94,16 +93,16 @@ def test_a_silo_over_zeromq_with_nothing_at_the_address_prints_the_address_while
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     endpoint = f"tcp://127.0.0.1:{port}"  # nothing listens here
-    client = ZmqClient(endpoint, "a", keypair=load_keypair(tmp_path / "a.key_secret"),
-                       server_public=load_public(tmp_path / "aggregator.key"), registry=wire_registry())
     ev = ConsoleEvents(None, source="a")
     buf = io.StringIO()
     ev.console = Console(file=buf, width=60, soft_wrap=True)
     ident = generate_identity()
-    p = SiloParticipant("a", client, ToyTrainer(toy(1), 0), identity=ident, trusted={"a": ident.public_hex},
-                        events=ev, address=endpoint,
-                        policy=SiloPolicy(heartbeat_interval_s=0.1, wait_report_s=0.3, aggregator_timeout_s=1.2))
+    policy = SiloPolicy(heartbeat_interval_s=0.1, wait_report_s=0.3, aggregator_timeout_s=1.2)
+    client = ZmqClient(endpoint, "a", keypair=load_keypair(tmp_path / "a.key_secret"),
+                       server_public=load_public(tmp_path / "aggregator.key"), registry=wire_registry())
     try:
+        p = SiloParticipant("a", client, ToyTrainer(toy(1), 0), identity=ident, trusted={"a": ident.public_hex},
+                            events=ev, address=endpoint, policy=policy)
         with pytest.raises(ProtocolError, match=endpoint):
             p.run()
     finally:
