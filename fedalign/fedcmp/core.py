@@ -31,12 +31,14 @@ __all__ = [
     "coefficients",
     "reliability",
     "reliability_terms",
+    "sharpen",
     "direction",
     "error_residual",
     # aggregator side (Sums only)
     "shared_basis",
     "fuse_coefficients",
     "consensus_direction",
+    "reference_coefficients",
     "weighted_mean",
     "momentum_step",
     "next_right_basis",
@@ -50,6 +52,8 @@ __all__ = [
 P, A, RA, RW = "P", "A", "rA", "rw"  # contributions: left factor, coeffs, reliable coeffs, wρ
 Q, U, U_PREV, C_PREV = "Q", "U", "U_prev", "C_prev"  # public state
 D, D_BAR = "D", "D_bar"  # consensus reliability: unit-norm fresh coefficients; their mean (public)
+G = "G"  # reference reliability: the coordinator's own update on its public set, in U (public)
+RHO = "rho"  # a silo's own last ρ per matrix, kept in its private state (diagnostics, never sent)
 WD, WEIGHT = "wd", "weight"  # weighted small tensors; Σ w
 
 
@@ -112,7 +116,7 @@ def matrix_payload_numbers(m: int, n: int, r: int, reliability: bool | str) -> i
     """Numbers one silo uploads for one m×n matrix per round: r(m+n), plus r·n + 1 with reliability
     (``True``/``"blend"``), plus r·n more for ``"consensus"`` (its extra phase)."""
     mode = ("blend" if reliability else "off") if isinstance(reliability, bool) else reliability
-    extra = {"off": 0, "blend": r * n + 1, "consensus": 2 * r * n + 1}[mode]
+    extra = {"off": 0, "blend": r * n + 1, "reference": r * n + 1, "consensus": 2 * r * n + 1}[mode]
     return r * (m + n) + extra
 
 
@@ -144,13 +148,36 @@ def reliability(delta: torch.Tensor, u: torch.Tensor, reference: torch.Tensor) -
     return float(torch.clamp(fresh @ ref / (nf * nr), 0.0, 1.0))
 
 
+def sharpen(rho: float, floor: float = 0.0, power: float = 1.0) -> float:
+    """ρ' = (max(0, ρ − floor) / (1 − floor))^power ∈ [0, 1]: a silo-side map of the raw cosine.
+
+    ``floor`` zeroes agreement below it (FLTrust's ReLU is ``floor = 0``); ``power`` > 1 widens the
+    gap between high and middling agreement. Identity at the defaults.
+    """
+    if not 0 <= floor < 1 or not power > 0:
+        raise ValueError(f"sharpen: need 0 ≤ floor < 1 and power > 0, got {floor}, {power}")
+    x = max(0.0, float(rho) - floor) / (1.0 - floor)
+    return min(1.0, x) ** power
+
+
 def reliability_terms(
-    m_k: torch.Tensor, delta: torch.Tensor, u: torch.Tensor, reference: torch.Tensor, weight: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """S2 reliability contributions: (w_k ρ_k Uᵀ M_k, [w_k ρ_k])."""
-    rho = reliability(delta, u, reference)
+    m_k: torch.Tensor, delta: torch.Tensor, u: torch.Tensor, reference: torch.Tensor, weight: float,
+    *, floor: float = 0.0, power: float = 1.0, normalize: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """S2 reliability contributions (w_k ρ_k s_k Uᵀ M_k, [w_k ρ_k]) and ρ_k itself (for the silo's own log).
+
+    ``normalize`` (FLTrust's magnitude normalisation): s_k = ‖reference‖ / ‖Uᵀ M_k‖, so a silo's
+    reliable term has the reference's size whatever its own step size; otherwise s_k = 1.
+    """
+    rho = sharpen(reliability(delta, u, reference), floor, power)
+    coeff = u.T @ m_k
+    if normalize:
+        nc = float(torch.linalg.vector_norm(coeff.to(torch.float64)))
+        nr = float(torch.linalg.vector_norm(reference.to(torch.float64)))
+        if nc > 0 and nr > 0:
+            coeff = coeff * (nr / nc)
     wr = weight * rho
-    return wr * (u.T @ m_k), torch.tensor([wr], dtype=m_k.dtype)
+    return wr * coeff, torch.tensor([wr], dtype=m_k.dtype), rho
 
 
 def direction(delta: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -197,6 +224,14 @@ def consensus_direction(sums: Sums, name: str) -> torch.Tensor:
     """D̄ = Σ_k D_k / K: the silos' unweighted mean direction in the shared basis (public reference)."""
     s = _sums(sums, "consensus_direction")
     return s[key(name, D)] / s.n_silos
+
+
+def reference_coefficients(reference_delta: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """G = Uᵀ Δ_ref (r×n): the coordinator's own update on its public set, in the round's shared basis.
+
+    Computed by the aggregator from θ_t and public data only (no silo input), broadcast with U.
+    """
+    return u.T @ reference_delta.to(u.dtype)
 
 
 def weighted_mean(sums: Sums, name: str) -> torch.Tensor:

@@ -177,7 +177,12 @@ class FedYogi(_AdaptiveServer):
 # --------------------------------------------------------------------------- Fed-CMP
 
 
-RELIABILITY_MODES = ("off", "blend", "consensus")
+RELIABILITY_MODES = ("off", "blend", "consensus", "reference")
+
+ReferenceUpdate = Callable[[Tensors], Tensors]
+"""The coordinator's reference hook for reliability ``"reference"``: θ_t -> Δ_ref, its own update from
+θ_t on a small clean public set (FLTrust's root-data update, here made public). Set by the driver on
+:attr:`FedCMP.reference_update`; the lab sets it, ``aggregator serve`` does not yet."""
 
 
 @dataclass(frozen=True)
@@ -186,11 +191,15 @@ class FedCMPConfig:
 
     rank: int | None = 16  # r = 8 lost to FedAvg under domain skew on the embedded world (results/)
     error_feedback: bool = True
-    reliability: Literal["off", "blend", "consensus"] = "off"
+    reliability: Literal["off", "blend", "consensus", "reference"] = "off"
     kappa: float = 1.0
     beta: float = 0.5
     server_lr: float = 1.0
     seed: int = 0
+    # reliability's silo-side map of the raw cosine (core.sharpen) and FLTrust's magnitude normalisation
+    rho_floor: float = 0.0
+    rho_power: float = 1.0
+    normalize: bool = False
 
     def __post_init__(self) -> None:
         if self.rank is not None and (not isinstance(self.rank, int) or self.rank < 1):
@@ -203,6 +212,10 @@ class FedCMPConfig:
             raise ConfigError(f"fedcmp.beta: expected 0 ≤ beta < 1, got {self.beta!r}")
         if not self.server_lr > 0:
             raise ConfigError(f"fedcmp.server_lr: expected > 0, got {self.server_lr!r}")
+        if not 0 <= self.rho_floor < 1:
+            raise ConfigError(f"fedcmp.rho_floor: expected 0 ≤ rho_floor < 1, got {self.rho_floor!r}")
+        if not self.rho_power > 0:
+            raise ConfigError(f"fedcmp.rho_power: expected > 0, got {self.rho_power!r}")
 
     def under_dp(self) -> FedCMPConfig:
         """DP defaults: no error feedback (it would re-inject projected-out noise), β = 0."""
@@ -223,8 +236,10 @@ class FedCMP:
 
     prox_mu = 0.0
 
-    def __init__(self, config: FedCMPConfig | None = None) -> None:
+    def __init__(self, config: FedCMPConfig | None = None, reference_update: ReferenceUpdate | None = None) -> None:
         self.config = config or FedCMPConfig()
+        # reliability "reference": the coordinator's hook θ_t -> Δ_ref (called in phase 0's aggregate)
+        self.reference_update = reference_update
         c = self.config
         self.n_phases = 3 if c.reliability == "consensus" else 2
         self._last = self.n_phases - 1
@@ -232,6 +247,18 @@ class FedCMP:
             f"{k}={v}" for k, v in asdict(c).items() if k != "seed" and getattr(FedCMPConfig(), k) != v
         ) + ")"
         self.name = label
+
+    def _reference(self, params: Tensors) -> Tensors:
+        if self.reference_update is None:
+            raise ConfigError(
+                "fedcmp.reliability 'reference' needs the coordinator's public set: set the strategy's "
+                "reference_update hook (fedalign-lab simulate does; aggregator serve does not support it yet)"
+            )
+        ref = self.reference_update({k: v.detach().clone() for k, v in params.items()})
+        missing = [n for n in self._factored(params) if n not in ref]
+        if missing:
+            raise ProtocolError(f"{self.name}: the reference update lacks {missing}")
+        return ref
 
     # which tensors are factored, and at which rank
     def _factored(self, params: Tensors) -> dict[str, tuple[int, int, int]]:
@@ -309,11 +336,16 @@ class FedCMP:
             if self.config.reliability != "off":
                 if self.config.reliability == "consensus":
                     ref = _need(public, fm.key(n, fm.D_BAR), where)
+                elif self.config.reliability == "reference":
+                    ref = _need(public, fm.key(n, fm.G), where)
                 else:
                     ref = fm.transport(
                         u, _need(public, fm.key(n, fm.U_PREV), where), _need(public, fm.key(n, fm.C_PREV), where)
                     )
-                out[fm.key(n, fm.RA)], out[fm.key(n, fm.RW)] = fm.reliability_terms(m_k, delta[n], u, ref, weight)
+                c = self.config
+                out[fm.key(n, fm.RA)], out[fm.key(n, fm.RW)], rho = fm.reliability_terms(
+                    m_k, delta[n], u, ref, weight, floor=c.rho_floor, power=c.rho_power, normalize=c.normalize)
+                new_state[fm.key(n, fm.RHO)] = torch.tensor([rho], dtype=m_k.dtype)  # the silo's own log only
             if self.config.error_feedback:
                 new_state[fm.key(n, "e")] = fm.error_residual(m_k, u)
         for n, d in delta.items():
@@ -331,6 +363,10 @@ class FedCMP:
         if phase == 0:
             bases = {fm.key(n, fm.U): fm.shared_basis(sums, n) for n in fac}
             err = max((fm.orthogonality_error(u) for u in bases.values()), default=0.0)
+            if c.reliability == "reference":  # the coordinator's own fresh update, in the new basis
+                ref = self._reference(params)
+                bases.update({fm.key(n, fm.G): fm.reference_coefficients(ref[n], bases[fm.key(n, fm.U)])
+                              for n in fac})
             return PhaseOutcome(public=bases, metrics={"orth_error": err})
         if phase < self._last:
             return PhaseOutcome(public={fm.key(n, fm.D_BAR): fm.consensus_direction(sums, n) for n in fac})

@@ -114,3 +114,24 @@ def test_scenario_options_parse_and_reject_unknown_keys():
     for bad in ("purity", "colour=red", "counts=1"):
         with pytest.raises(ConfigError, match="--scenario-option"):
             parse_scenario_options([bad])
+
+
+def test_reference_reliability_on_the_toy_reports_each_silos_rho_and_finds_the_bad_one():
+    from fedalign.lab.runner import attach_reference
+
+    prob = build_problem("toy", ProblemOptions(n_silos=4, seed=1, n_unreliable=1))
+    strat = make_strategy("fedcmp", rank=4, reliability="reference", kappa=0.1)
+    res = simulate_problem(prob, strat, 4)
+    rhos = [r["rho"] for r in res.records if "rho" in r]
+    assert len(rhos) == 4 and all(set(r) == {"0", "1", "2", "3"} for r in rhos)
+    # the silo fitting a wrong map agrees less with the coordinator's clean update in every round
+    assert all(r["3"] < min(r["0"], r["1"], r["2"]) for r in rhos)
+    off = simulate_problem(prob, make_strategy("fedcmp", rank=4), 4)
+    assert "rho" not in off.records[-1]
+    assert res.final["nll"] < off.final["nll"]
+
+    class NoPublicSet:
+        pass
+
+    with pytest.raises(ConfigError, match="no public set"):
+        attach_reference(make_strategy("fedcmp", reliability="reference"), NoPublicSet())
