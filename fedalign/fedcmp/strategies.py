@@ -200,6 +200,7 @@ class FedCMPConfig:
     rho_floor: float = 0.0
     rho_power: float = 1.0
     normalize: bool = False
+    reliable_basis: bool = True  # reliability "reference": ρ also weights phase 0's sum (the basis)
 
     def __post_init__(self) -> None:
         if self.rank is not None and (not isinstance(self.rank, int) or self.rank < 1):
@@ -238,7 +239,8 @@ class FedCMP:
 
     def __init__(self, config: FedCMPConfig | None = None, reference_update: ReferenceUpdate | None = None) -> None:
         self.config = config or FedCMPConfig()
-        # reliability "reference": the coordinator's hook θ_t -> Δ_ref (called in phase 0's aggregate)
+        # reliability "reference": the coordinator's hook θ_t -> Δ_ref, called by init_public (θ_0) and after
+        # each round's last phase (θ_{t+1}): the next round's reference is public before its phase 0
         self.reference_update = reference_update
         c = self.config
         self.n_phases = 3 if c.reliability == "consensus" else 2
@@ -255,10 +257,16 @@ class FedCMP:
                 "reference_update hook (fedalign-lab simulate does; aggregator serve does not support it yet)"
             )
         ref = self.reference_update({k: v.detach().clone() for k, v in params.items()})
-        missing = [n for n in self._factored(params) if n not in ref]
+        fac = self._factored(params)
+        missing = [n for n in fac if n not in ref]
         if missing:
             raise ProtocolError(f"{self.name}: the reference update lacks {missing}")
-        return ref
+        return {fm.key(n, fm.R): ref[n].detach().to(params[n].dtype).clone() for n in fac}
+
+    def _rho(self, name: str, delta: torch.Tensor, public: Tensors, where: str) -> float:
+        """Reliability "reference": this silo's ρ for matrix ``name`` against the round's public reference."""
+        c = self.config
+        return fm.sharpen(fm.agreement(delta, _need(public, fm.key(name, fm.R), where)), c.rho_floor, c.rho_power)
 
     # which tensors are factored, and at which rank
     def _factored(self, params: Tensors) -> dict[str, tuple[int, int, int]]:
@@ -276,6 +284,8 @@ class FedCMP:
             pub[fm.key(n, fm.Q)] = fm.initial_right_basis(k, r, g, dtype=dt)
             pub[fm.key(n, fm.U_PREV)] = torch.zeros(m, r, dtype=dt)
             pub[fm.key(n, fm.C_PREV)] = torch.zeros(r, k, dtype=dt)
+        if self.config.reliability == "reference":  # the coordinator's update from θ_0 (round 0's reference)
+            pub.update(self._reference(params))
         return pub
 
     def init_server_state(self, params: Tensors) -> Tensors:
@@ -320,9 +330,13 @@ class FedCMP:
         fac = self._factored(delta)
         out: Tensors = {}
         if phase == 0:
+            c = self.config
             for n in fac:
                 m_k = self._carried(n, delta[n], silo_state)
-                out[fm.key(n, fm.P)] = fm.left_factor(m_k, _need(public, fm.key(n, fm.Q), where), weight)
+                w0 = weight
+                if c.reliability == "reference" and c.reliable_basis:
+                    w0 = fm.basis_weight(weight, self._rho(n, delta[n], public, where), c.kappa)
+                out[fm.key(n, fm.P)] = fm.left_factor(m_k, _need(public, fm.key(n, fm.Q), where), w0)
             return out, silo_state
         if phase < self._last:  # consensus phase: unit-norm fresh coefficients, unweighted
             for n in fac:
@@ -334,17 +348,20 @@ class FedCMP:
             u = _need(public, fm.key(n, fm.U), where)
             out[fm.key(n, fm.A)] = fm.coefficients(m_k, u, weight)
             if self.config.reliability != "off":
+                rho = None
                 if self.config.reliability == "consensus":
                     ref = _need(public, fm.key(n, fm.D_BAR), where)
                 elif self.config.reliability == "reference":
-                    ref = _need(public, fm.key(n, fm.G), where)
+                    ref = u.T @ _need(public, fm.key(n, fm.R), where)  # Uᵀ Δ_ref (for normalisation)
+                    rho = self._rho(n, delta[n], public, where)
                 else:
                     ref = fm.transport(
                         u, _need(public, fm.key(n, fm.U_PREV), where), _need(public, fm.key(n, fm.C_PREV), where)
                     )
                 c = self.config
                 out[fm.key(n, fm.RA)], out[fm.key(n, fm.RW)], rho = fm.reliability_terms(
-                    m_k, delta[n], u, ref, weight, floor=c.rho_floor, power=c.rho_power, normalize=c.normalize)
+                    m_k, delta[n], u, ref, weight, floor=c.rho_floor, power=c.rho_power, normalize=c.normalize,
+                    rho=rho)
                 new_state[fm.key(n, fm.RHO)] = torch.tensor([rho], dtype=m_k.dtype)  # the silo's own log only
             if self.config.error_feedback:
                 new_state[fm.key(n, "e")] = fm.error_residual(m_k, u)
@@ -363,10 +380,6 @@ class FedCMP:
         if phase == 0:
             bases = {fm.key(n, fm.U): fm.shared_basis(sums, n) for n in fac}
             err = max((fm.orthogonality_error(u) for u in bases.values()), default=0.0)
-            if c.reliability == "reference":  # the coordinator's own fresh update, in the new basis
-                ref = self._reference(params)
-                bases.update({fm.key(n, fm.G): fm.reference_coefficients(ref[n], bases[fm.key(n, fm.U)])
-                              for n in fac})
             return PhaseOutcome(public=bases, metrics={"orth_error": err})
         if phase < self._last:
             return PhaseOutcome(public={fm.key(n, fm.D_BAR): fm.consensus_direction(sums, n) for n in fac})
@@ -391,6 +404,8 @@ class FedCMP:
                     v = v + c.beta * _need(server_state, f"v/{n}", f"{self.name} server state")
                 new_server[f"v/{n}"] = v
                 new_params[n] = params[n] + c.server_lr * v
+        if c.reliability == "reference":  # next round's reference: the coordinator's update from θ_{t+1}
+            nxt.update(self._reference(new_params))
         metrics = {}
         if c.reliability != "off" and fac:
             w = float(sums[fm.WEIGHT].reshape(()))

@@ -155,8 +155,8 @@ class WorldFederation:
     def _public_shards(self) -> list:
         """The coordinator's public set (``public_size`` clean samples, its own random stream, so
         disjoint draws from every silo's and the test split's), cut into shards of
-        ``public_per_round`` that the reference cycles through; with ``reference_kind`` "contrast"
-        each shard also has a copy whose captions are shuffled among its images."""
+        ``public_per_round`` that the reference cycles through: [records, prepared shard, shuffled
+        copy or None]."""
         if self._public is None:
             import numpy as np
 
@@ -171,17 +171,21 @@ class WorldFederation:
                                    counts=tuple(self.scenario.params.get("counts", (1, 2, 3))))
             recs = self._records(samples)
             n_shards = max(1, size // per)
-            shards = []
-            for i, chunk in enumerate(_split(recs, n_shards)):
-                clean = self._prepare_shard(self.model, chunk, shard_index=i)
-                shuffled = None
-                if cfg["reference_kind"] == "contrast":
-                    perm = np.random.default_rng([self.seed, 996, i]).permutation(len(chunk))
-                    swapped = [replace(r, caption=chunk[int(j)].caption) for r, j in zip(chunk, perm)]
-                    shuffled = self._prepare_shard(self.model, swapped, shard_index=i)
-                shards.append((clean, shuffled))
-            self._public = shards
+            self._public = [[chunk, self._prepare_shard(self.model, chunk, shard_index=i), None]
+                            for i, chunk in enumerate(_split(recs, n_shards))]
         return self._public
+
+    def _shuffled(self, i: int):
+        """Public shard ``i`` with its captions shuffled among its images (built on first use)."""
+        entry = self._public_shards()[i]
+        if entry[2] is None:
+            import numpy as np
+
+            chunk = entry[0]
+            perm = np.random.default_rng([self.seed, 996, i]).permutation(len(chunk))
+            swapped = [replace(r, caption=chunk[int(j)].caption) for r, j in zip(chunk, perm)]
+            entry[2] = self._prepare_shard(self.model, swapped, shard_index=i)
+        return entry[2]
 
     def reference_update(self, params: Tensors) -> Tensors:
         """The coordinator's reference for Fed-CMP reliability "reference": its own update from θ_t on
@@ -194,13 +198,13 @@ class WorldFederation:
         shards = self._public_shards()
         t = self._reference_calls
         self._reference_calls += 1
-        clean, shuffled = shards[t % len(shards)]
+        i = t % len(shards)
         trainer = self._trainer(-2, 0.0)
         trainer.generator.manual_seed(self.seed * 1_000_003 + 77_777 + t)
-        delta = trainer.train_round(params, clean).delta
+        delta = trainer.train_round(params, shards[i][1]).delta
         if kind == "contrast":
             trainer.generator.manual_seed(self.seed * 1_000_003 + 77_777 + t)
-            other = trainer.train_round(params, shuffled).delta
+            other = trainer.train_round(params, self._shuffled(i)).delta
             delta = {k: delta[k] - other[k] for k in delta}
         return delta
 

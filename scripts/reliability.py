@@ -1,0 +1,332 @@
+"""Fed-CMP reliability against the coordinator's public reference (issue #15): runs, table and ρ plot.
+
+    python scripts/reliability.py run [--variants unreliable,unreliable-hard,...] [--seeds 0,1,2] [--rows "LABEL|..."]
+    python scripts/reliability.py table      # results/reliability.md and results/reliability_rho.png
+
+``run`` builds each (variant, seed) problem once (results Setup: 5 silos, 10 rounds, 96 samples per silo
+per round) and runs the rows not yet in results/reliability_runs/<variant>-s<seed>.jsonl (resumable; one
+process, one core). Rows the committed results table already ran on the same world weights (FedAvg,
+FedAvgM β=0.5, FedProx; results/fedcmp_runs/) are read from there instead of rerun, for the four original
+scenarios; the "unreliable-hard" variant runs its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "results" / "reliability_runs"
+COMMITTED = ROOT / "results" / "fedcmp_runs"
+OUT_MD = ROOT / "results" / "reliability.md"
+OUT_PNG = ROOT / "results" / "reliability_rho.png"
+
+# variant -> (scenario, ProblemOptions overrides)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "unreliable": ("unreliable", {}),  # 2 largest silos, 20% mismatched captions (the default scenario)
+    "unreliable-hard": ("unreliable", {"corruption": 0.5, "n_unreliable": 2}),  # 2 silos, half mismatched
+    "label": ("label", {}),
+    "domain": ("domain", {}),
+    "style": ("style", {}),
+}
+UNRELIABLE = ("unreliable", "unreliable-hard")
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    strategy: str
+    options: dict = field(default_factory=dict)  # FedCMPConfig fields
+    oracle: bool = False
+    reference_kind: str = "update"  # the coordinator's reference (problem option)
+    group: str = "ablation"  # baseline | anchor | main | ablation
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    committed: str | None = None  # label of the same run in results/fedcmp_runs (four original scenarios)
+
+
+# The reliability configuration under test (the must-show row): FLTrust's reference (the coordinator's
+# own update from θ_t on its public set), ρ weighting both phases' sums, κ = 0.02.
+MAIN = {"reliability": "reference", "kappa": 0.02}
+MAIN_LABEL = "Fed-CMP reliability: public reference, κ=0.02"
+
+ROWS = [
+    Row("FedAvg", "fedavg", group="baseline", committed="FedAvg"),
+    Row("FedAvgM β=0.5", "fedavgm-b0.5", group="baseline", committed="FedAvgM β=0.5"),
+    Row("FedProx", "fedprox", group="baseline", variants=("style",), committed="FedProx"),
+    Row("Fed-CMP reliability off", "fedcmp", {}, group="anchor", committed="Fed-CMP r=16"),
+    Row("Fed-CMP oracle (unreliable silos dropped)", "fedcmp", {}, oracle=True, group="anchor", variants=UNRELIABLE),
+    Row(MAIN_LABEL, "fedcmp", MAIN, group="main"),
+    # ablations (unreliable variants): which reference, where ρ acts, κ, magnitude normalisation
+    Row("ρ in the fusion only (basis from every silo alike)", "fedcmp", {**MAIN, "reliable_basis": False},
+        variants=UNRELIABLE),
+    Row("contrast reference (clean − shuffled-caption update)", "fedcmp", MAIN, reference_kind="contrast",
+        variants=UNRELIABLE),
+    Row("public reference, κ=1", "fedcmp", {**MAIN, "kappa": 1.0}, variants=UNRELIABLE),
+    Row("public reference, normalised (FLTrust magnitudes)", "fedcmp", {**MAIN, "normalize": True},
+        variants=UNRELIABLE),
+    Row("public reference, ρ floor 0.1", "fedcmp", {**MAIN, "rho_floor": 0.1}, variants=UNRELIABLE),
+    Row("previous-step reference (DESIGN §4 blend), κ=0.02", "fedcmp", {"reliability": "blend", "kappa": 0.02},
+        variants=UNRELIABLE),
+]
+
+
+def _setup():
+    from fedalign.lab.experiments import Setup
+
+    return Setup()
+
+
+def _problem(variant: str, seed: int):
+    from fedalign.lab.scenarios import ProblemOptions, build_problem
+
+    scenario, over = VARIANTS[variant]
+    st = _setup()
+    extra = {"batch_size": st.batch_size, "lr": st.lr, "test_size": st.test_size}
+    opts = ProblemOptions(n_silos=st.silos, rounds=st.rounds, seed=seed, samples_per_round=st.samples_per_round,
+                          extra=extra, **over)
+    return build_problem(scenario, opts)
+
+
+def _done(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    return {json.loads(x)["label"] for x in path.read_text().splitlines() if x.strip()}
+
+
+def _committed(variant: str, seed: int, label: str) -> dict | None:
+    path = COMMITTED / f"{variant}-s{seed}.jsonl"
+    if variant not in ("unreliable", "label", "domain", "style") or not path.exists():
+        return None
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        if rec["label"] == label:
+            return rec
+    return None
+
+
+def run_row(problem, row: Row, seed: int) -> dict:
+    from fedalign.fedcmp.strategies import make_strategy
+    from fedalign.lab.runner import simulate_problem
+
+    st = _setup()
+    t0 = time.perf_counter()
+    strat = make_strategy(row.strategy, seed=seed, **row.options) if row.strategy == "fedcmp" else \
+        make_strategy(row.strategy)
+    if hasattr(problem, "cfg"):
+        problem.cfg["reference_kind"] = row.reference_kind
+    keep = [k for k in range(problem.n_silos) if k not in problem.unreliable] if row.oracle else None
+    res = simulate_problem(problem, strat, st.rounds, silos=keep, eval_every=st.eval_every)
+    rho = [{"round": r["round"], "rho": r["rho"]} for r in res.records if "rho" in r]
+    return {**{k: v for k, v in res.final.items() if k != "silos"}, "label": row.label, "group": row.group,
+            "reference_kind": row.reference_kind if row.options.get("reliability") == "reference" else None,
+            "unreliable": list(problem.unreliable), "rho_curve": rho, "seconds": time.perf_counter() - t0}
+
+
+def cmd_run(variants: list[str], seeds: list[int], only: list[str] | None) -> None:
+    from fedalign.host.process import apply_process_defaults
+
+    apply_process_defaults()
+    RUNS.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        for variant in variants:
+            path = RUNS / f"{variant}-s{seed}.jsonl"
+            todo = [r for r in ROWS if variant in r.variants and r.label not in _done(path)
+                    and (only is None or r.label in only)]
+            problem = None
+            for row in todo:
+                rec = _committed(variant, seed, row.committed) if row.committed else None
+                if rec is not None:
+                    rec = {**rec, "label": row.label, "group": row.group, "from": "results/fedcmp_runs"}
+                else:
+                    if problem is None:
+                        problem = _problem(variant, seed)
+                    rec = run_row(problem, row, seed)
+                rec.update(variant=variant, seed=seed, world=getattr(problem, "world_id", rec.get("world")))
+                with path.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                print(f"{variant} s{seed} {row.label}: nll {rec['nll']:.4f}"
+                      f" ({rec.get('seconds', 0):.0f}s{', committed' if 'from' in rec else ''})", flush=True)
+
+
+# --------------------------------------------------------------------------- table
+
+
+def _load() -> dict[str, dict[int, dict[str, dict]]]:
+    out: dict = {}
+    for path in sorted(RUNS.glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                out.setdefault(rec["variant"], {}).setdefault(rec["seed"], {})[rec["label"]] = rec
+    return out
+
+
+def _ms(xs: list[float]) -> str:
+    if not xs:
+        return "–"
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{statistics.fmean(xs):.4f} ± {sd:.4f}"
+
+
+def _rho_split(rec: dict) -> tuple[int, int, int, list[float], list[float]]:
+    """(rounds where mean corrupted ρ < mean clean ρ, rounds where max corrupted < min clean, rounds,
+    corrupted ρ values, clean ρ values)."""
+    bad = set(str(k) for k in rec["unreliable"])
+    below = strict = n = 0
+    rb, rc = [], []
+    for r in rec["rho_curve"]:
+        b = [v for k, v in r["rho"].items() if k in bad]
+        c = [v for k, v in r["rho"].items() if k not in bad]
+        if not b or not c:
+            continue
+        n += 1
+        below += statistics.fmean(b) < statistics.fmean(c)
+        strict += max(b) < min(c)
+        rb += b
+        rc += c
+    return below, strict, n, rb, rc
+
+
+def cmd_table() -> None:
+    data = _load()
+    main = next(r for r in ROWS if r.group == "main").label
+    off = "Fed-CMP reliability off"
+    oracle = "Fed-CMP oracle (unreliable silos dropped)"
+    baselines = [r.label for r in ROWS if r.group == "baseline"]
+    lines = ["# Fed-CMP reliability against the coordinator's public reference (issue #15)", "",
+             "Generated by `python scripts/reliability.py table` from `results/reliability_runs/` "
+             "(made by `python scripts/reliability.py run`). Setup: results Setup (5 silos, 10 rounds, 96 samples "
+             "per silo per round, AdamW lr 3e-3, batch 16, 200 held-out samples), Fed-CMP r = 16 with error "
+             "feedback and OPM β = 0.5, plain sums (simulation). The coordinator's public set: 300 clean "
+             "samples from the pooled distribution (its own random stream), 96 per reference update. "
+             "Rows marked * are read from `results/fedcmp_runs/` (same world weights, same code path).", "",
+             f"Main row: **{main}**. Gap closed = (NLL off − NLL main) / (NLL off − NLL oracle).", ""]
+    verdicts = []
+    for variant in VARIANTS:
+        seeds = sorted(data.get(variant, {}))
+        if not seeds:
+            continue
+        runs = data[variant]
+        labels = [r.label for r in ROWS if variant in r.variants]
+        lines += [f"## {variant}", "", "| row | seeds | held-out NLL | MC accuracy | paired ΔNLL vs off | better than off |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for lab in labels:
+            have = [s for s in seeds if lab in runs[s]]
+            if not have:
+                continue
+            nll = [runs[s][lab]["nll"] for s in have]
+            mc = [runs[s][lab].get("mc_accuracy", math.nan) for s in have]
+            paired = [runs[s][lab]["nll"] - runs[s][off]["nll"] for s in have if off in runs[s]]
+            star = "*" if any(runs[s][lab].get("from") for s in have) else ""
+            better = sum(p < 0 for p in paired)
+            lines.append(f"| {lab}{star} | {len(have)} | {_ms(nll)} | {_ms(mc)} | "
+                         f"{_ms(paired) if lab != off else '–'} | {f'{better}/{len(paired)}' if lab != off else '–'} |")
+        lines.append("")
+        both = [s for s in seeds if main in runs[s] and off in runs[s]]
+        base_means = {b: statistics.fmean([runs[s][b]["nll"] for s in seeds if b in runs[s]])
+                      for b in baselines if any(b in runs[s] for s in seeds)}
+        strongest = min(base_means, key=base_means.get) if base_means else None
+        if strongest and both:
+            d = [runs[s][main]["nll"] - runs[s][strongest]["nll"] for s in both if strongest in runs[s]]
+            wins = sum(x < 0 for x in d)
+            lines.append(f"Against the strongest baseline ({strongest}): paired ΔNLL {_ms(d)}, better in "
+                         f"{wins}/{len(d)} seeds.")
+        else:
+            wins, d = 0, []
+        if variant in UNRELIABLE and both and all(oracle in runs[s] for s in both):
+            gaps = [(runs[s][off]["nll"] - runs[s][main]["nll"]) / (runs[s][off]["nll"] - runs[s][oracle]["nll"])
+                    for s in both]
+            m_off = statistics.fmean(runs[s][off]["nll"] for s in both)
+            m_main = statistics.fmean(runs[s][main]["nll"] for s in both)
+            m_or = statistics.fmean(runs[s][oracle]["nll"] for s in both)
+            closed = (m_off - m_main) / (m_off - m_or)
+            ok = closed >= 0.5 and wins == len(both) == len(d)
+            lines.append(f"Gap closed (means): ({m_off:.4f} − {m_main:.4f}) / ({m_off:.4f} − {m_or:.4f}) = "
+                         f"{100 * closed:.0f}% (per seed: {', '.join(f'{100 * g:.0f}%' for g in gaps)}).")
+            b_all, s_all, n_all, rb, rc = 0, 0, 0, [], []
+            for s in both:
+                b, st_, n, xb, xc = _rho_split(runs[s][main])
+                b_all, s_all, n_all, rb, rc = b_all + b, s_all + st_, n_all + n, rb + xb, rc + xc
+            lines.append(f"ρ ({main}): corrupted silos' mean ρ below the clean silos' in {b_all}/{n_all} "
+                         f"silo-rounds' rounds (max corrupted < min clean in {s_all}/{n_all}); mean ρ corrupted "
+                         f"{statistics.fmean(rb):.3f}, clean {statistics.fmean(rc):.3f}.")
+            verdicts.append(f"- {variant}: gap closed {100 * closed:.0f}% (need ≥ 50%), beats {strongest} in "
+                            f"{wins}/{len(d)} seeds (need 3/3), ρ corrupted < clean in {b_all}/{n_all} rounds: "
+                            f"**{'holds' if ok and b_all > n_all / 2 else 'fails'}**.")
+        elif both:
+            p = [runs[s][main]["nll"] - runs[s][off]["nll"] for s in both]
+            spread = max(statistics.stdev([runs[s][off]["nll"] for s in both]) if len(both) > 1 else 0.0, 0.0)
+            cost = statistics.fmean(p)
+            verdicts.append(f"- {variant}: paired ΔNLL vs off {_ms(p)} (off's seed std {spread:.4f}): "
+                            f"**{'costs nothing beyond the seed spread' if cost <= spread else 'costs more than the seed spread'}**.")
+        lines.append("")
+    lines += ["## Must-show verdicts", ""] + verdicts + ["", f"![ρ per silo per round]({OUT_PNG.name})", ""]
+    OUT_MD.write_text("\n".join(lines))
+    _plot(data, main)
+    print(f"wrote {OUT_MD} and {OUT_PNG}")
+
+
+def _plot(data, main: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = [v for v in UNRELIABLE if v in data]
+    seeds = sorted({s for v in variants for s in data[v]})
+    if not variants or not seeds:
+        return
+    fig, axes = plt.subplots(len(variants), len(seeds), figsize=(4 * len(seeds), 3.2 * len(variants)),
+                             squeeze=False, sharey=True)
+    for i, v in enumerate(variants):
+        for j, s in enumerate(seeds):
+            ax = axes[i][j]
+            rec = data[v].get(s, {}).get(main)
+            if rec is None:
+                ax.set_axis_off()
+                continue
+            bad = set(str(k) for k in rec["unreliable"])
+            silos = sorted(rec["rho_curve"][0]["rho"], key=int)
+            for k in silos:
+                xs = [r["round"] for r in rec["rho_curve"]]
+                ys = [r["rho"][k] for r in rec["rho_curve"]]
+                ax.plot(xs, ys, marker="o", ms=3, color="tab:red" if k in bad else "tab:blue",
+                        ls="-" if k in bad else "--", label=f"silo {k}{' (corrupted)' if k in bad else ''}")
+            ax.set_title(f"{v}, seed {s}", fontsize=9)
+            ax.set_xlabel("round")
+            if j == 0:
+                ax.set_ylabel("ρ (each silo's own)")
+            ax.legend(fontsize=6)
+    fig.suptitle(f"{main}: ρ per silo per round (red: corrupted silos)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(OUT_PNG, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run")
+    run.add_argument("--variants", default=",".join(VARIANTS))
+    run.add_argument("--seeds", default="0,1,2")
+    run.add_argument("--rows", default=None, help="row labels separated by | (default: all)")
+    sub.add_parser("table")
+    a = ap.parse_args(argv)
+    if a.cmd == "run":
+        variants = [v for v in a.variants.split(",") if v]
+        bad = [v for v in variants if v not in VARIANTS]
+        if bad:
+            sys.exit(f"error: --variants: unknown {bad}; expected {list(VARIANTS)}")
+        cmd_run(variants, [int(s) for s in a.seeds.split(",")],
+                [x.strip() for x in a.rows.split("|")] if a.rows else None)
+    else:
+        cmd_table()
+
+
+if __name__ == "__main__":
+    main()
