@@ -135,3 +135,22 @@ def test_reference_reliability_on_the_toy_reports_each_silos_rho_and_finds_the_b
 
     with pytest.raises(ConfigError, match="no public set"):
         attach_reference(make_strategy("fedcmp", reliability="reference"), NoPublicSet())
+
+
+def test_cli_reference_reliability_logs_and_plots_each_silos_rho(tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(
+        _app(),
+        ["--scenario", "toy", "--silos", "4", "--n-unreliable", "1", "--rounds", "3", "--strategy", "fedcmp",
+         "--rank", "4", "--reliability", "reference", "--kappa", "0.1", "--rho-floor", "0.05", "--sum", "plain",
+         "--allow-insecure-plain-sums", "--out", str(out)],
+    )
+    assert res.exit_code == 0, res.output
+    final = json.loads((out / "final.json").read_text())
+    assert final["strategy"] == "fedcmp(rank=4,reliability=reference,kappa=0.1,rho_floor=0.05)"
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [sorted(r["rho"]) for r in recs if r["round"] > 0] == [["0", "1", "2", "3"]] * 3
+    assert (out / "reliability.png").stat().st_size > 1000
+    res = CliRunner().invoke(_app(), ["--scenario", "toy", "--rounds", "1", "--sum", "plain",
+                                      "--allow-insecure-plain-sums", "--out", str(tmp_path / "off")])
+    assert res.exit_code == 0 and not (tmp_path / "off" / "reliability.png").exists()
