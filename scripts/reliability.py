@@ -48,6 +48,7 @@ class Row:
     group: str = "ablation"  # baseline | anchor | main | ablation
     variants: tuple[str, ...] = tuple(VARIANTS)
     committed: str | None = None  # label of the same run in results/fedcmp_runs (four original scenarios)
+    true_rho: bool = False  # diagnostic: ρ = 0 for the known-corrupted silos, 1 for the others (lab only)
 
 
 # The reliability configuration under test (the must-show row): FLTrust's reference (the coordinator's
@@ -71,6 +72,10 @@ ROWS = [
     Row("public reference, normalised (FLTrust magnitudes)", "fedcmp", {**MAIN, "normalize": True},
         variants=UNRELIABLE),
     Row("public reference, ρ floor 0.1", "fedcmp", {**MAIN, "rho_floor": 0.1}, variants=UNRELIABLE),
+    Row("diagnostic: true ρ (0 corrupted, 1 clean), fusion only", "fedcmp", {**MAIN, "reliable_basis": False},
+        true_rho=True, variants=("unreliable",)),
+    Row("diagnostic: true ρ (0 corrupted, 1 clean), basis and fusion", "fedcmp", MAIN, true_rho=True,
+        variants=("unreliable",)),
     Row("previous-step reference (DESIGN §4 blend), κ=0.02", "fedcmp", {"reliability": "blend", "kappa": 0.02},
         variants=UNRELIABLE),
 ]
@@ -110,6 +115,38 @@ def _committed(variant: str, seed: int, label: str) -> dict | None:
     return None
 
 
+def _true_rho_strategy(strat, problem):
+    """Fed-CMP whose ρ is the experimenter's knowledge (0 for the corrupted silos, 1 otherwise).
+
+    Diagnostic only: it shows what reliability could give with a perfect score. The simulator
+    calls every silo's contribution in silo order, once per factored matrix and phase, which is
+    how the silo is known here; a real silo never knows this."""
+    from fedalign.fedcmp.strategies import FedCMP
+
+    bad = set(problem.unreliable)
+    n_mat = sum(1 for t in problem.init_params().values() if t.ndim == 2)
+    calls = [0]
+
+    class TrueRho(FedCMP):
+        def _rho(self, name, delta, public, where):
+            k = (calls[0] // n_mat) % problem.n_silos
+            calls[0] += 1
+            return 0.0 if k in bad else 1.0
+
+    # phase 0 calls _rho only with the reliable basis: count the other phase-0 calls too
+    out = TrueRho(strat.config)
+    if not strat.config.reliable_basis:
+        base = out.silo_contribution
+
+        def contribution(phase, delta, weight, public, silo_state):
+            if phase == 0:
+                calls[0] += n_mat
+            return base(phase, delta, weight, public, silo_state)
+
+        out.silo_contribution = contribution
+    return out
+
+
 def run_row(problem, row: Row, seed: int) -> dict:
     from fedalign.fedcmp.strategies import make_strategy
     from fedalign.lab.runner import simulate_problem
@@ -118,6 +155,8 @@ def run_row(problem, row: Row, seed: int) -> dict:
     t0 = time.perf_counter()
     strat = make_strategy(row.strategy, seed=seed, **row.options) if row.strategy == "fedcmp" else \
         make_strategy(row.strategy)
+    if row.true_rho:
+        strat = _true_rho_strategy(strat, problem)
     if hasattr(problem, "cfg"):
         problem.cfg["reference_kind"] = row.reference_kind
     keep = [k for k in range(problem.n_silos) if k not in problem.unreliable] if row.oracle else None
