@@ -63,6 +63,9 @@ ROWS = [
     Row("Fed-CMP reliability off", "fedcmp", {}, group="anchor", committed="Fed-CMP r=16"),
     Row("Fed-CMP oracle (unreliable silos dropped)", "fedcmp", {}, oracle=True, group="anchor", variants=UNRELIABLE),
     Row(MAIN_LABEL, "fedcmp", MAIN, group="main"),
+    Row("public reference, κ=0.1", "fedcmp", {**MAIN, "kappa": 0.1}),
+    Row("public reference, κ=0.3", "fedcmp", {**MAIN, "kappa": 0.3}),
+    Row("public reference, κ=0.02, ρ smoothed 0.7", "fedcmp", {**MAIN, "rho_smoothing": 0.7}),
     # ablations (unreliable variants): which reference, where ρ acts, κ, magnitude normalisation
     Row("ρ in the fusion only (basis from every silo alike)", "fedcmp", {**MAIN, "reliable_basis": False},
         variants=UNRELIABLE),
@@ -128,7 +131,7 @@ def _true_rho_strategy(strat, problem):
     calls = [0]
 
     class TrueRho(FedCMP):
-        def _rho(self, name, delta, public, where):
+        def _rho(self, name, delta, public, where, silo_state):
             k = (calls[0] // n_mat) % problem.n_silos
             calls[0] += 1
             return 0.0 if k in bad else 1.0
@@ -293,7 +296,7 @@ def cmd_table() -> None:
                 b, st_, n, xb, xc = _rho_split(runs[s][main])
                 b_all, s_all, n_all, rb, rc = b_all + b, s_all + st_, n_all + n, rb + xb, rc + xc
             lines.append(f"ρ ({main}): corrupted silos' mean ρ below the clean silos' in {b_all}/{n_all} "
-                         f"silo-rounds' rounds (max corrupted < min clean in {s_all}/{n_all}); mean ρ corrupted "
+                         f"rounds (max corrupted < min clean in {s_all}/{n_all}); mean ρ corrupted "
                          f"{statistics.fmean(rb):.3f}, clean {statistics.fmean(rc):.3f}.")
             verdicts.append(f"- {variant}: gap closed {100 * closed:.0f}% (need ≥ 50%), beats {strongest} in "
                             f"{wins}/{len(d)} seeds (need 3/3), ρ corrupted < clean in {b_all}/{n_all} rounds: "

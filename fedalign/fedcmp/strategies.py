@@ -201,6 +201,7 @@ class FedCMPConfig:
     rho_power: float = 1.0
     normalize: bool = False
     reliable_basis: bool = True  # reliability "reference": ρ also weights phase 0's sum (the basis)
+    rho_smoothing: float = 0.0  # reliability "reference": ρ_t = s ρ_{t-1} + (1 − s) ρ_raw, at each silo (private)
 
     def __post_init__(self) -> None:
         if self.rank is not None and (not isinstance(self.rank, int) or self.rank < 1):
@@ -217,6 +218,8 @@ class FedCMPConfig:
             raise ConfigError(f"fedcmp.rho_floor: expected 0 ≤ rho_floor < 1, got {self.rho_floor!r}")
         if not self.rho_power > 0:
             raise ConfigError(f"fedcmp.rho_power: expected > 0, got {self.rho_power!r}")
+        if not 0 <= self.rho_smoothing < 1:
+            raise ConfigError(f"fedcmp.rho_smoothing: expected 0 ≤ rho_smoothing < 1, got {self.rho_smoothing!r}")
 
     def under_dp(self) -> FedCMPConfig:
         """DP defaults: no error feedback (it would re-inject projected-out noise), β = 0."""
@@ -263,10 +266,15 @@ class FedCMP:
             raise ProtocolError(f"{self.name}: the reference update lacks {missing}")
         return {fm.key(n, fm.R): ref[n].detach().to(params[n].dtype).clone() for n in fac}
 
-    def _rho(self, name: str, delta: torch.Tensor, public: Tensors, where: str) -> float:
-        """Reliability "reference": this silo's ρ for matrix ``name`` against the round's public reference."""
+    def _rho(self, name: str, delta: torch.Tensor, public: Tensors, where: str, silo_state: Tensors) -> float:
+        """Reliability "reference": this silo's ρ for matrix ``name`` against the round's public reference,
+        smoothed over rounds with its own last ρ (kept in its private state) when ``rho_smoothing`` > 0."""
         c = self.config
-        return fm.sharpen(fm.agreement(delta, _need(public, fm.key(name, fm.R), where)), c.rho_floor, c.rho_power)
+        rho = fm.sharpen(fm.agreement(delta, _need(public, fm.key(name, fm.R), where)), c.rho_floor, c.rho_power)
+        prev = silo_state.get(fm.key(name, fm.RHO))
+        if c.rho_smoothing and prev is not None:
+            rho = c.rho_smoothing * float(prev.reshape(-1)[0]) + (1.0 - c.rho_smoothing) * rho
+        return rho
 
     # which tensors are factored, and at which rank
     def _factored(self, params: Tensors) -> dict[str, tuple[int, int, int]]:
@@ -335,7 +343,7 @@ class FedCMP:
                 m_k = self._carried(n, delta[n], silo_state)
                 w0 = weight
                 if c.reliability == "reference" and c.reliable_basis:
-                    w0 = fm.basis_weight(weight, self._rho(n, delta[n], public, where), c.kappa)
+                    w0 = fm.basis_weight(weight, self._rho(n, delta[n], public, where, silo_state), c.kappa)
                 out[fm.key(n, fm.P)] = fm.left_factor(m_k, _need(public, fm.key(n, fm.Q), where), w0)
             return out, silo_state
         if phase < self._last:  # consensus phase: unit-norm fresh coefficients, unweighted
@@ -353,7 +361,7 @@ class FedCMP:
                     ref = _need(public, fm.key(n, fm.D_BAR), where)
                 elif self.config.reliability == "reference":
                     ref = u.T @ _need(public, fm.key(n, fm.R), where)  # Uᵀ Δ_ref (for normalisation)
-                    rho = self._rho(n, delta[n], public, where)
+                    rho = self._rho(n, delta[n], public, where, silo_state)
                 else:
                     ref = fm.transport(
                         u, _need(public, fm.key(n, fm.U_PREV), where), _need(public, fm.key(n, fm.C_PREV), where)

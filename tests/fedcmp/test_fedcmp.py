@@ -337,3 +337,19 @@ def test_reference_payload_equals_blend():
     ref = payload_numbers(FedCMP(FedCMPConfig(rank=3, reliability="reference")), params)
     assert ref == payload_numbers(FedCMP(FedCMPConfig(rank=3, reliability="blend")), params)
     assert ref == fm.matrix_payload_numbers(12, 10, 3, "reference") + 12 + 1
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.5])
+def test_reference_rho_is_smoothed_with_the_silos_own_last_rho(smoothing):
+    g = _gen(13)
+    ref = torch.randn(6, 5, generator=g)
+    d = ref + 2 * torch.randn(6, 5, generator=g)
+    cfg = FedCMPConfig(rank=5, reliability="reference", rho_smoothing=smoothing, error_feedback=False)
+    strat = FedCMP(cfg, reference_update=lambda params: {"weight": ref})
+    public = {**strat.init_public({"weight": torch.zeros(6, 5)}), "weight/U": fm.orth(torch.randn(6, 5, generator=g))}
+    raw = fm.agreement(d, ref)
+    assert raw > 0.05
+    _, state = strat.silo_contribution(1, {"weight": d}, 1.0, public, {"weight/rho": torch.tensor([0.9])})
+    assert float(state["weight/rho"]) == pytest.approx(smoothing * 0.9 + (1 - smoothing) * raw, abs=1e-6)
+    _, first = strat.silo_contribution(1, {"weight": d}, 1.0, public, {})  # round 0: nothing to smooth with
+    assert float(first["weight/rho"]) == pytest.approx(raw, abs=1e-6)
