@@ -32,7 +32,8 @@ def build_strategy(
 ) -> Strategy:
     """A strategy from CLI-style options; Fed-CMP switches left as None take their defaults (DP ones under DP).
 
-    ``reliability_options``: further FedCMPConfig fields (rho_floor, rho_power, normalize, reliable_basis)."""
+    ``reliability_options``: further FedCMPConfig fields (rho_floor, rho_power, rho_smoothing, normalize,
+    reliable_basis)."""
     extra = {k: v for k, v in reliability_options.items() if v is not None}
     if name != "fedcmp":
         given = {k: v for k, v in dict(rank=rank, error_feedback=error_feedback, reliability=reliability,
@@ -120,6 +121,9 @@ def simulate(
                                               "reference (the coordinator's update on its public set; default off)"),
     rho_floor: Optional[float] = typer.Option(None, help="Fed-CMP reliability: ρ below this counts as 0 (default 0)"),
     rho_power: Optional[float] = typer.Option(None, help="Fed-CMP reliability: ρ ← ρ^power (default 1)"),
+    rho_smoothing: Optional[float] = typer.Option(None, help="Fed-CMP reliability reference: each silo's ρ smoothed "
+                                                  "with its own last ρ, ρ ← s ρ_prev + (1 − s) ρ (default 0; "
+                                                  "results/reliability.md uses 0.7)"),
     normalize: Optional[bool] = typer.Option(None, "--normalize/--no-normalize",
                                              help="Fed-CMP reliability: FLTrust magnitude normalisation (default off)"),
     reliable_basis: Optional[bool] = typer.Option(None, "--reliable-basis/--no-reliable-basis",
@@ -174,7 +178,8 @@ def simulate(
         for seed in seed_list:
             strat = build_strategy(strategy, dp=dp, rank=rank, error_feedback=error_feedback, reliability=reliability,
                                    kappa=kappa, beta=beta, server_lr=server_lr, seed=seed, rho_floor=rho_floor,
-                                   rho_power=rho_power, normalize=normalize, reliable_basis=reliable_basis)
+                                   rho_power=rho_power, normalize=normalize, reliable_basis=reliable_basis,
+                                   rho_smoothing=rho_smoothing)
             opts = ProblemOptions(n_silos=silos, rounds=rounds, seed=seed, alpha=alpha, corruption=corruption,
                                   n_unreliable=n_unreliable, samples_per_round=samples_per_round, dp=dp_opts,
                                   extra={"world": world, **({"test_size": test_size} if test_size else {}),

@@ -142,12 +142,13 @@ def test_cli_reference_reliability_logs_and_plots_each_silos_rho(tmp_path):
     res = CliRunner().invoke(
         _app(),
         ["--scenario", "toy", "--silos", "4", "--n-unreliable", "1", "--rounds", "3", "--strategy", "fedcmp",
-         "--rank", "4", "--reliability", "reference", "--kappa", "0.1", "--rho-floor", "0.05", "--sum", "plain",
+         "--rank", "4", "--reliability", "reference", "--kappa", "0.1", "--rho-floor", "0.05", "--rho-smoothing", "0.5",
+         "--sum", "plain",
          "--allow-insecure-plain-sums", "--out", str(out)],
     )
     assert res.exit_code == 0, res.output
     final = json.loads((out / "final.json").read_text())
-    assert final["strategy"] == "fedcmp(rank=4,reliability=reference,kappa=0.1,rho_floor=0.05)"
+    assert final["strategy"] == "fedcmp(rank=4,reliability=reference,kappa=0.1,rho_floor=0.05,rho_smoothing=0.5)"
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [sorted(r["rho"]) for r in recs if r["round"] > 0] == [["0", "1", "2", "3"]] * 3
     assert (out / "reliability.png").stat().st_size > 1000
