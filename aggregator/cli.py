@@ -168,6 +168,10 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
     else:
         keypair = load_keypair(cfg.resolve(cfg.server.secret_key))
     strategy = make_strategy(cfg.strategy.name, dp=cfg.strategy.dp, **cfg.strategy.options)
+    if getattr(getattr(strategy, "config", None), "reliability", None) == "reference":
+        raise ConfigError(f"{config}: strategy.options.reliability = 'reference' needs the coordinator's own public "
+                          "set and a model to train on it, which aggregator serve does not support yet (fedalign-lab "
+                          "simulate does); use 'off', 'blend' or 'consensus'")
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     store = CheckpointStore(out / "checkpoints")

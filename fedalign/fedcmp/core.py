@@ -31,6 +31,9 @@ __all__ = [
     "coefficients",
     "reliability",
     "reliability_terms",
+    "agreement",
+    "sharpen",
+    "basis_weight",
     "direction",
     "error_residual",
     # aggregator side (Sums only)
@@ -50,6 +53,8 @@ __all__ = [
 P, A, RA, RW = "P", "A", "rA", "rw"  # contributions: left factor, coeffs, reliable coeffs, wρ
 Q, U, U_PREV, C_PREV = "Q", "U", "U_prev", "C_prev"  # public state
 D, D_BAR = "D", "D_bar"  # consensus reliability: unit-norm fresh coefficients; their mean (public)
+R = "R"  # reference reliability: the coordinator's own update from θ_t on its public set (public, m×n)
+RHO = "rho"  # a silo's own last ρ per matrix, kept in its private state (diagnostics, never sent)
 WD, WEIGHT = "wd", "weight"  # weighted small tensors; Σ w
 
 
@@ -112,7 +117,7 @@ def matrix_payload_numbers(m: int, n: int, r: int, reliability: bool | str) -> i
     """Numbers one silo uploads for one m×n matrix per round: r(m+n), plus r·n + 1 with reliability
     (``True``/``"blend"``), plus r·n more for ``"consensus"`` (its extra phase)."""
     mode = ("blend" if reliability else "off") if isinstance(reliability, bool) else reliability
-    extra = {"off": 0, "blend": r * n + 1, "consensus": 2 * r * n + 1}[mode]
+    extra = {"off": 0, "blend": r * n + 1, "reference": r * n + 1, "consensus": 2 * r * n + 1}[mode]
     return r * (m + n) + extra
 
 
@@ -144,13 +149,64 @@ def reliability(delta: torch.Tensor, u: torch.Tensor, reference: torch.Tensor) -
     return float(torch.clamp(fresh @ ref / (nf * nr), 0.0, 1.0))
 
 
+def agreement(delta: torch.Tensor, reference: torch.Tensor) -> float:
+    """ρ_k ∈ [0, 1] for reliability "reference": max(0, cos(Δ_k, Δ_ref)) in the matrix's own space.
+
+    ``reference`` is the coordinator's update from the same θ_t on its public set, broadcast at the
+    start of the round, so ρ exists before the shared basis does and can weight phase 0's sum too.
+    ρ = 1 when either vanishes (nothing to judge by). Uses Δ_k, not M_k (see :func:`reliability`).
+    """
+    a = delta.flatten().to(torch.float64)
+    b = reference.flatten().to(torch.float64)
+    na, nb = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
+    if na == 0 or nb == 0:
+        return 1.0
+    return float(torch.clamp(a @ b / (na * nb), 0.0, 1.0))
+
+
+def basis_weight(weight: float, rho: float, kappa: float) -> float:
+    """A silo's weight in phase 0's sum under reliability "reference": w_k (ρ_k + κ) / (1 + κ) ∈ [0, w_k].
+
+    The shared basis U = orth(Σ P_k) is then spanned mostly by reliable silos' updates: with U built
+    from every silo alike, unreliable silos' directions take up the rank and the reliable silos'
+    coefficients lose what U misses (measured: results/reliability.md). κ keeps every silo in it.
+    """
+    return weight * (rho + kappa) / (1.0 + kappa)
+
+
+def sharpen(rho: float, floor: float = 0.0, power: float = 1.0) -> float:
+    """ρ' = (max(0, ρ − floor) / (1 − floor))^power ∈ [0, 1]: a silo-side map of the raw cosine.
+
+    ``floor`` zeroes agreement below it (FLTrust's ReLU is ``floor = 0``); ``power`` > 1 widens the
+    gap between high and middling agreement. Identity at the defaults.
+    """
+    if not 0 <= floor < 1 or not power > 0:
+        raise ValueError(f"sharpen: need 0 ≤ floor < 1 and power > 0, got {floor}, {power}")
+    x = max(0.0, float(rho) - floor) / (1.0 - floor)
+    return min(1.0, x) ** power
+
+
 def reliability_terms(
-    m_k: torch.Tensor, delta: torch.Tensor, u: torch.Tensor, reference: torch.Tensor, weight: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """S2 reliability contributions: (w_k ρ_k Uᵀ M_k, [w_k ρ_k])."""
-    rho = reliability(delta, u, reference)
+    m_k: torch.Tensor, delta: torch.Tensor, u: torch.Tensor, reference: torch.Tensor | None, weight: float,
+    *, floor: float = 0.0, power: float = 1.0, normalize: bool = False, rho: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """S2 reliability contributions (w_k ρ_k s_k Uᵀ M_k, [w_k ρ_k]) and ρ_k itself (for the silo's own log).
+
+    ρ_k is ``rho`` when given (reliability "reference" computes it before phase 0), else the
+    sharpened :func:`reliability` of Δ_k against ``reference`` (r×n, in U). ``normalize``
+    (FLTrust's magnitude normalisation): s_k = ‖Uᵀ Δ_ref‖ / ‖Uᵀ M_k‖ with ``reference`` = Uᵀ Δ_ref,
+    so a silo's reliable term has the reference's size whatever its own step size; else s_k = 1.
+    """
+    if rho is None:
+        rho = sharpen(reliability(delta, u, reference), floor, power)
+    coeff = u.T @ m_k
+    if normalize and reference is not None:
+        nc = float(torch.linalg.vector_norm(coeff.to(torch.float64)))
+        nr = float(torch.linalg.vector_norm(reference.to(torch.float64)))
+        if nc > 0 and nr > 0:
+            coeff = coeff * (nr / nc)
     wr = weight * rho
-    return wr * (u.T @ m_k), torch.tensor([wr], dtype=m_k.dtype)
+    return wr * coeff, torch.tensor([wr], dtype=m_k.dtype), rho
 
 
 def direction(delta: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

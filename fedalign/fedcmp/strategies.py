@@ -177,7 +177,12 @@ class FedYogi(_AdaptiveServer):
 # --------------------------------------------------------------------------- Fed-CMP
 
 
-RELIABILITY_MODES = ("off", "blend", "consensus")
+RELIABILITY_MODES = ("off", "blend", "consensus", "reference")
+
+ReferenceUpdate = Callable[[Tensors], Tensors]
+"""The coordinator's reference hook for reliability ``"reference"``: θ_t -> Δ_ref, its own update from
+θ_t on a small clean public set (FLTrust's root-data update, here made public). Set by the driver on
+:attr:`FedCMP.reference_update`; the lab sets it, ``aggregator serve`` does not yet."""
 
 
 @dataclass(frozen=True)
@@ -186,11 +191,17 @@ class FedCMPConfig:
 
     rank: int | None = 16  # r = 8 lost to FedAvg under domain skew on the embedded world (results/)
     error_feedback: bool = True
-    reliability: Literal["off", "blend", "consensus"] = "off"
+    reliability: Literal["off", "blend", "consensus", "reference"] = "off"
     kappa: float = 1.0
     beta: float = 0.5
     server_lr: float = 1.0
     seed: int = 0
+    # reliability's silo-side map of the raw cosine (core.sharpen) and FLTrust's magnitude normalisation
+    rho_floor: float = 0.0
+    rho_power: float = 1.0
+    normalize: bool = False
+    reliable_basis: bool = True  # reliability "reference": ρ also weights phase 0's sum (the basis)
+    rho_smoothing: float = 0.0  # reliability "reference": ρ_t = s ρ_{t-1} + (1 − s) ρ_raw, at each silo (private)
 
     def __post_init__(self) -> None:
         if self.rank is not None and (not isinstance(self.rank, int) or self.rank < 1):
@@ -203,6 +214,12 @@ class FedCMPConfig:
             raise ConfigError(f"fedcmp.beta: expected 0 ≤ beta < 1, got {self.beta!r}")
         if not self.server_lr > 0:
             raise ConfigError(f"fedcmp.server_lr: expected > 0, got {self.server_lr!r}")
+        if not 0 <= self.rho_floor < 1:
+            raise ConfigError(f"fedcmp.rho_floor: expected 0 ≤ rho_floor < 1, got {self.rho_floor!r}")
+        if not self.rho_power > 0:
+            raise ConfigError(f"fedcmp.rho_power: expected > 0, got {self.rho_power!r}")
+        if not 0 <= self.rho_smoothing < 1:
+            raise ConfigError(f"fedcmp.rho_smoothing: expected 0 ≤ rho_smoothing < 1, got {self.rho_smoothing!r}")
 
     def under_dp(self) -> FedCMPConfig:
         """DP defaults: no error feedback (it would re-inject projected-out noise), β = 0."""
@@ -223,8 +240,11 @@ class FedCMP:
 
     prox_mu = 0.0
 
-    def __init__(self, config: FedCMPConfig | None = None) -> None:
+    def __init__(self, config: FedCMPConfig | None = None, reference_update: ReferenceUpdate | None = None) -> None:
         self.config = config or FedCMPConfig()
+        # reliability "reference": the coordinator's hook θ_t -> Δ_ref, called by init_public (θ_0) and after
+        # each round's last phase (θ_{t+1}): the next round's reference is public before its phase 0
+        self.reference_update = reference_update
         c = self.config
         self.n_phases = 3 if c.reliability == "consensus" else 2
         self._last = self.n_phases - 1
@@ -232,6 +252,29 @@ class FedCMP:
             f"{k}={v}" for k, v in asdict(c).items() if k != "seed" and getattr(FedCMPConfig(), k) != v
         ) + ")"
         self.name = label
+
+    def _reference(self, params: Tensors) -> Tensors:
+        if self.reference_update is None:
+            raise ConfigError(
+                "fedcmp.reliability 'reference' needs the coordinator's public set: set the strategy's "
+                "reference_update hook (fedalign-lab simulate does; aggregator serve does not support it yet)"
+            )
+        ref = self.reference_update({k: v.detach().clone() for k, v in params.items()})
+        fac = self._factored(params)
+        missing = [n for n in fac if n not in ref]
+        if missing:
+            raise ProtocolError(f"{self.name}: the reference update lacks {missing}")
+        return {fm.key(n, fm.R): ref[n].detach().to(params[n].dtype).clone() for n in fac}
+
+    def _rho(self, name: str, delta: torch.Tensor, public: Tensors, where: str, silo_state: Tensors) -> float:
+        """Reliability "reference": this silo's ρ for matrix ``name`` against the round's public reference,
+        smoothed over rounds with its own last ρ (kept in its private state) when ``rho_smoothing`` > 0."""
+        c = self.config
+        rho = fm.sharpen(fm.agreement(delta, _need(public, fm.key(name, fm.R), where)), c.rho_floor, c.rho_power)
+        prev = silo_state.get(fm.key(name, fm.RHO))
+        if c.rho_smoothing and prev is not None:
+            rho = c.rho_smoothing * float(prev.reshape(-1)[0]) + (1.0 - c.rho_smoothing) * rho
+        return rho
 
     # which tensors are factored, and at which rank
     def _factored(self, params: Tensors) -> dict[str, tuple[int, int, int]]:
@@ -249,6 +292,8 @@ class FedCMP:
             pub[fm.key(n, fm.Q)] = fm.initial_right_basis(k, r, g, dtype=dt)
             pub[fm.key(n, fm.U_PREV)] = torch.zeros(m, r, dtype=dt)
             pub[fm.key(n, fm.C_PREV)] = torch.zeros(r, k, dtype=dt)
+        if self.config.reliability == "reference":  # the coordinator's update from θ_0 (round 0's reference)
+            pub.update(self._reference(params))
         return pub
 
     def init_server_state(self, params: Tensors) -> Tensors:
@@ -293,9 +338,13 @@ class FedCMP:
         fac = self._factored(delta)
         out: Tensors = {}
         if phase == 0:
+            c = self.config
             for n in fac:
                 m_k = self._carried(n, delta[n], silo_state)
-                out[fm.key(n, fm.P)] = fm.left_factor(m_k, _need(public, fm.key(n, fm.Q), where), weight)
+                w0 = weight
+                if c.reliability == "reference" and c.reliable_basis:
+                    w0 = fm.basis_weight(weight, self._rho(n, delta[n], public, where, silo_state), c.kappa)
+                out[fm.key(n, fm.P)] = fm.left_factor(m_k, _need(public, fm.key(n, fm.Q), where), w0)
             return out, silo_state
         if phase < self._last:  # consensus phase: unit-norm fresh coefficients, unweighted
             for n in fac:
@@ -307,13 +356,21 @@ class FedCMP:
             u = _need(public, fm.key(n, fm.U), where)
             out[fm.key(n, fm.A)] = fm.coefficients(m_k, u, weight)
             if self.config.reliability != "off":
+                rho = None
                 if self.config.reliability == "consensus":
                     ref = _need(public, fm.key(n, fm.D_BAR), where)
+                elif self.config.reliability == "reference":
+                    ref = u.T @ _need(public, fm.key(n, fm.R), where)  # Uᵀ Δ_ref (for normalisation)
+                    rho = self._rho(n, delta[n], public, where, silo_state)
                 else:
                     ref = fm.transport(
                         u, _need(public, fm.key(n, fm.U_PREV), where), _need(public, fm.key(n, fm.C_PREV), where)
                     )
-                out[fm.key(n, fm.RA)], out[fm.key(n, fm.RW)] = fm.reliability_terms(m_k, delta[n], u, ref, weight)
+                c = self.config
+                out[fm.key(n, fm.RA)], out[fm.key(n, fm.RW)], rho = fm.reliability_terms(
+                    m_k, delta[n], u, ref, weight, floor=c.rho_floor, power=c.rho_power, normalize=c.normalize,
+                    rho=rho)
+                new_state[fm.key(n, fm.RHO)] = torch.tensor([rho], dtype=m_k.dtype)  # the silo's own log only
             if self.config.error_feedback:
                 new_state[fm.key(n, "e")] = fm.error_residual(m_k, u)
         for n, d in delta.items():
@@ -355,6 +412,8 @@ class FedCMP:
                     v = v + c.beta * _need(server_state, f"v/{n}", f"{self.name} server state")
                 new_server[f"v/{n}"] = v
                 new_params[n] = params[n] + c.server_lr * v
+        if c.reliability == "reference":  # next round's reference: the coordinator's update from θ_{t+1}
+            nxt.update(self._reference(new_params))
         metrics = {}
         if c.reliability != "off" and fac:
             w = float(sums[fm.WEIGHT].reshape(()))

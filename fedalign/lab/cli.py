@@ -28,17 +28,22 @@ METRICS = ("nll", "mc_accuracy", "presence_f1", "upload_bytes_per_silo_per_round
 def build_strategy(
     name: str, *, dp: bool = False, rank: int | None = None, error_feedback: bool | None = None,
     reliability: str | None = None, kappa: float | None = None, beta: float | None = None,
-    server_lr: float | None = None, seed: int = 0,
+    server_lr: float | None = None, seed: int = 0, **reliability_options,
 ) -> Strategy:
-    """A strategy from CLI-style options; Fed-CMP switches left as None take their defaults (DP ones under DP)."""
+    """A strategy from CLI-style options; Fed-CMP switches left as None take their defaults (DP ones under DP).
+
+    ``reliability_options``: further FedCMPConfig fields (rho_floor, rho_power, rho_smoothing, normalize,
+    reliable_basis)."""
+    extra = {k: v for k, v in reliability_options.items() if v is not None}
     if name != "fedcmp":
         given = {k: v for k, v in dict(rank=rank, error_feedback=error_feedback, reliability=reliability,
-                                       kappa=kappa, beta=beta, server_lr=server_lr).items() if v is not None}
+                                       kappa=kappa, beta=beta, server_lr=server_lr, **extra).items()
+                 if v is not None}
         if given:
             raise ConfigError(f"--strategy {name}: options {sorted(given)} apply to fedcmp only")
         return make_strategy(name)
     opts = {k: v for k, v in dict(rank=rank, error_feedback=error_feedback, reliability=reliability,
-                                  kappa=kappa, beta=beta, server_lr=server_lr).items() if v is not None}
+                                  kappa=kappa, beta=beta, server_lr=server_lr, **extra).items() if v is not None}
     if dp and (opts.get("error_feedback") or opts.get("beta")):
         warnings.warn("Fed-CMP under DP with error feedback or β > 0: DESIGN §4 advises against both", stacklevel=2)
     return make_strategy("fedcmp", dp=dp, seed=seed, **opts)
@@ -112,7 +117,22 @@ def simulate(
     rounds: int = typer.Option(10, help="rounds R (one pass: each round a fresh shard)"),
     strategy: str = typer.Option("fedcmp", help="fedcmp | fedavg | fedavg-lr0.5 | fedprox | fedavgm-b0.5 | fedavgm-b0.9 | fedadam | fedyogi"),
     error_feedback: Optional[bool] = typer.Option(None, "--error-feedback/--no-error-feedback", help="Fed-CMP error feedback (default on; off under DP)"),
-    reliability: Optional[str] = typer.Option(None, help="Fed-CMP reliability fusion: off | blend | consensus (default off)"),
+    reliability: Optional[str] = typer.Option(None, help="Fed-CMP reliability fusion: off | blend | consensus | "
+                                              "reference (the coordinator's update on its public set; default off)"),
+    rho_floor: Optional[float] = typer.Option(None, help="Fed-CMP reliability: ρ below this counts as 0 (default 0)"),
+    rho_power: Optional[float] = typer.Option(None, help="Fed-CMP reliability: ρ ← ρ^power (default 1)"),
+    rho_smoothing: Optional[float] = typer.Option(None, help="Fed-CMP reliability reference: each silo's ρ smoothed "
+                                                  "with its own last ρ, ρ ← s ρ_prev + (1 − s) ρ (default 0; "
+                                                  "results/reliability.md uses 0.7)"),
+    normalize: Optional[bool] = typer.Option(None, "--normalize/--no-normalize",
+                                             help="Fed-CMP reliability: FLTrust magnitude normalisation (default off)"),
+    reliable_basis: Optional[bool] = typer.Option(None, "--reliable-basis/--no-reliable-basis",
+                                                  help="Fed-CMP reliability reference: ρ weights the basis sum too "
+                                                  "(default on)"),
+    public_size: Optional[int] = typer.Option(None, help="reliability reference: the coordinator's public set size "
+                                              "(world scenarios; default 300)"),
+    reference_kind: Optional[str] = typer.Option(None, help="reliability reference: update | contrast (default "
+                                                 "update)"),
     kappa: Optional[float] = typer.Option(None, help="Fed-CMP blend weight κ (default 1)"),
     beta: Optional[float] = typer.Option(None, help="Fed-CMP OPM β (default 0.5; 0 under DP)"),
     rank: Optional[int] = typer.Option(None, help="Fed-CMP rank r (default 8)"),
@@ -145,7 +165,7 @@ def simulate(
     """Simulate K silos × R rounds in one process over the real strategy and secure-sum code."""
 
     def go() -> None:
-        from fedalign.lab.outputs import JsonlWriter, plot_curves, write_final
+        from fedalign.lab.outputs import JsonlWriter, plot_curves, plot_reliability, write_final
         from fedalign.lab.runner import simulate_problem
         from fedalign.lab.scenarios import ProblemOptions, build_problem
 
@@ -154,13 +174,17 @@ def simulate(
         sum_fn, sum_label = make_sum(sum_kind, clip=sum_clip, allow_insecure_plain_sums=allow_insecure_plain_sums)
         dp_opts = dict(noise_multiplier=dp_noise, max_grad_norm=dp_clip, epsilon=dp_epsilon, delta=dp_delta) if dp else None
         writer = JsonlWriter(out / "metrics.jsonl")
-        finals, curves = [], {}
+        finals, curves, unreliable = [], {}, {}
         for seed in seed_list:
             strat = build_strategy(strategy, dp=dp, rank=rank, error_feedback=error_feedback, reliability=reliability,
-                                   kappa=kappa, beta=beta, server_lr=server_lr, seed=seed)
+                                   kappa=kappa, beta=beta, server_lr=server_lr, seed=seed, rho_floor=rho_floor,
+                                   rho_power=rho_power, normalize=normalize, reliable_basis=reliable_basis,
+                                   rho_smoothing=rho_smoothing)
             opts = ProblemOptions(n_silos=silos, rounds=rounds, seed=seed, alpha=alpha, corruption=corruption,
                                   n_unreliable=n_unreliable, samples_per_round=samples_per_round, dp=dp_opts,
                                   extra={"world": world, **({"test_size": test_size} if test_size else {}),
+                                         **({"public_size": public_size} if public_size else {}),
+                                         **({"reference_kind": reference_kind} if reference_kind else {}),
                                          **scenario_extra})
             problem = build_problem(scenario, opts)
             keep = [k for k in range(problem.n_silos) if k not in problem.unreliable] if drop_unreliable else None
@@ -185,13 +209,18 @@ def simulate(
             final = {"scenario": scenario, "seed": seed, "dp": dp_opts, **res.final}
             finals.append(final)
             curves[f"seed {seed}"] = res.records
+            unreliable[f"seed {seed}"] = tuple(problem.unreliable)
             typer.echo("  " + ", ".join(f"{m}={final[m]:.4g}" for m in METRICS if isinstance(final.get(m), float)))
         summary = {"strategy": finals[0]["strategy"], "scenario": scenario, "seeds": seed_list,
                    "secure_sum": sum_label, "rounds": rounds, "n_silos": finals[0]["n_silos"], "dp": dp_opts,
                    **summarise_seeds(finals), "runs": finals}
         write_final(out / "final.json", summary)
         plot_curves(curves, out / "curves.png", title=f"{summary['strategy']} on {scenario} ({sum_label})")
-        typer.echo(f"wrote {out / 'metrics.jsonl'}, {out / 'final.json'}, {out / 'curves.png'}")
+        rho_png = ""
+        if plot_reliability(curves, out / "reliability.png", unreliable,
+                            title=f"{summary['strategy']} on {scenario}: each silo's own ρ"):
+            rho_png = f", {out / 'reliability.png'}"
+        typer.echo(f"wrote {out / 'metrics.jsonl'}, {out / 'final.json'}, {out / 'curves.png'}{rho_png}")
 
 
     run_cli(go, debug=debug)

@@ -64,6 +64,17 @@ def simulate_networked(
 
     if hasattr(problem, "reset"):
         problem.reset()
+    lock = threading.Lock()  # the silos and the coordinator's reference share one model in memory
+    from fedalign.lab.runner import attach_reference
+
+    attach_reference(strategy, problem)  # Fed-CMP reliability "reference": the Coordinator's hook
+    hook = getattr(strategy, "reference_update", None)
+    if hook is not None:
+        def locked(params, _hook=hook):
+            with lock:
+                return _hook(params)
+
+        strategy.reference_update = locked
     names = [f"silo-{k}" for k in range(problem.n_silos)]
     ids = {s: generate_identity() for s in names}
     trusted = {s: k.public_hex for s, k in ids.items()}
@@ -82,7 +93,6 @@ def simulate_networked(
     if max_weight is None:
         max_weight = float(max(problem.local_update(params, k, 0, 0.0).n_samples for k in range(problem.n_silos))) \
             if not hasattr(problem, "shards") else float(max(len(row[0]) for row in problem.shards))
-    lock = threading.Lock()
     stop = threading.Event()
     outcomes: dict[str, Any] = {}
 

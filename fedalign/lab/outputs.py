@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-__all__ = ["JsonlWriter", "write_final", "plot_curves", "CURVE_METRICS"]
+__all__ = ["JsonlWriter", "write_final", "plot_curves", "plot_reliability", "CURVE_METRICS"]
 
 CURVE_METRICS = ("nll", "mc_accuracy", "presence_f1", "train_loss")
 
@@ -75,3 +75,37 @@ def plot_curves(curves: Mapping[str, Sequence[Mapping]], path: str | os.PathLike
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_reliability(curves: Mapping[str, Sequence[Mapping]], path: str | os.PathLike,
+                     unreliable: Mapping[str, Sequence[int]] | None = None, title: str = "") -> bool:
+    """Each silo's own ρ per round (records' ``rho``: silo -> ρ), one panel per label; silos the
+    experimenter knows to be unreliable in red. Returns False (and writes nothing) without ρ."""
+    panels = {label: [r for r in recs if isinstance(r.get("rho"), Mapping)] for label, recs in curves.items()}
+    panels = {k: v for k, v in panels.items() if v}
+    if not panels:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False, sharey=True)
+    for ax, (label, recs) in zip(axes[0], panels.items()):
+        bad = {str(k) for k in (unreliable or {}).get(label, ())}
+        for silo in sorted({s for r in recs for s in r["rho"]}, key=lambda s: (len(s), s)):
+            pts = [(r["round"], r["rho"][silo]) for r in recs if silo in r["rho"]]
+            ax.plot(*zip(*pts), marker="o", markersize=2.5, color="tab:red" if silo in bad else None,
+                    ls="-" if silo in bad else "--", label=f"silo {silo}" + (" (unreliable)" if silo in bad else ""))
+        ax.set_xlabel("round")
+        ax.set_title(f"ρ, {label}")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -20,7 +20,7 @@ from fedalign.lab.engine import init_state, run_round
 from fedalign.lab.problem import FederatedProblem
 from fedalign.lab.sums import PLAIN_LABEL, SumFn, plain_sum_insecure
 
-__all__ = ["SimulationResult", "simulate_problem", "local_only", "centralized"]
+__all__ = ["SimulationResult", "simulate_problem", "attach_reference", "silo_reliabilities", "local_only", "centralized"]
 
 
 @dataclass
@@ -59,6 +59,7 @@ def simulate_problem(
         raise ValueError("simulate_problem: no silos")
     if hasattr(problem, "reset"):  # optional hook: fresh trainers / privacy accountants per run
         problem.reset()
+    attach_reference(strategy, problem)
     state = init_state(strategy, problem.init_params(), len(silos))
     res = SimulationResult()
     evaluated: dict = {}
@@ -85,6 +86,9 @@ def simulate_problem(
             "clipped_values": report.clipped_values,
             **report.metrics,
         }
+        rho = silo_reliabilities(state.silo_states)
+        if rho is not None:  # each silo's own ρ; the simulator knows every silo, the aggregator does not
+            rec["rho"] = {str(k): v for k, v in zip(silos, rho)}
         if (t + 1) % eval_every == 0 or t + 1 == rounds:
             evaluated = problem.evaluate(state.params)
             rec.update(evaluated)
@@ -101,6 +105,35 @@ def simulate_problem(
         "upload_bytes_per_silo_per_round_formula": 4 * payload_numbers(strategy, state.params),
     }
     return res
+
+
+def attach_reference(strategy: Strategy, problem: FederatedProblem) -> None:
+    """Give Fed-CMP reliability "reference" the coordinator's reference update from the problem's public
+    set (the strategy's hook; a problem without one keeps a hook the caller set). One clear error if
+    neither has one."""
+    config = getattr(strategy, "config", None)
+    if getattr(config, "reliability", None) != "reference":
+        return
+    hook = getattr(problem, "reference_update", None)
+    if hook is None and getattr(strategy, "reference_update", None) is not None:
+        return  # the caller's own reference
+    if hook is None:
+        raise ConfigError(f"--reliability reference: scenario {type(problem).__name__} has no public set "
+                          "for the coordinator's reference update")
+    strategy.reference_update = hook
+
+
+def silo_reliabilities(silo_states: Sequence[Tensors]) -> list[float] | None:
+    """Each silo's last ρ (mean over its matrices) from its private state, or None without reliability."""
+    from fedalign.fedcmp.core import RHO
+
+    out = []
+    for st in silo_states:
+        vals = [float(v.reshape(-1)[0]) for k, v in st.items() if k.endswith("/" + RHO)]
+        if not vals:
+            return None
+        out.append(sum(vals) / len(vals))
+    return out
 
 
 def local_only(problem: FederatedProblem, rounds: int, eval_every: int | None = None) -> SimulationResult:

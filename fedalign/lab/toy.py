@@ -86,5 +86,21 @@ class ToyFederation:
         n = self.problem.inputs[silo].shape[0]
         return LocalResult(delta, n, self.problem.loss(params, self.problem.inputs[silo], self.problem.outputs[silo]))
 
+    def reset(self) -> None:
+        self._reference_calls = 0
+
+    def reference_update(self, params: Tensors) -> Tensors:
+        """The coordinator's reference (Fed-CMP reliability "reference"): the same local SGD from θ_t
+        on a small clean public set (32 fresh inputs with the true map, its own generator)."""
+        p = self.problem
+        if not hasattr(self, "_public"):
+            g = torch.Generator().manual_seed(self.seed * 31 + 997)
+            x = torch.randn(32, p.target.shape[1], generator=g, dtype=p.target.dtype)
+            self._public = ToyProblem(p.target, [x], [x @ p.target.T], p.test_x, p.test_y)
+        t = getattr(self, "_reference_calls", 0)
+        self._reference_calls = t + 1
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + 77_777 + t)
+        return self._public.local_update(params, 0, self.steps, self.lr, self.batch, g)
+
     def evaluate(self, params: Tensors) -> dict[str, float]:
         return {"nll": self.problem.loss(params)}

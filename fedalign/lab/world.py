@@ -32,6 +32,11 @@ DEFAULTS: dict[str, Any] = {
     "eval_batch": 64,
     "world": "default",  # "default" or "tiny" (tests)
     "device": "cpu",  # "cpu", "cuda" or "auto": frozen models in bf16 on CUDA, projector float32
+    # the coordinator's small clean public set (reliability "reference"): disjoint draws from the pooled
+    # clean distribution, used only by the coordinator's own reference update
+    "public_size": 300,
+    "public_per_round": None,  # samples per reference update (None: samples_per_round, a silo's shard)
+    "reference_kind": "update",  # "update" (clean update) | "contrast" (clean minus shuffled-caption update)
 }
 
 
@@ -103,6 +108,9 @@ class WorldFederation:
         self._trainers: dict[tuple[int, float], Any] = {}
         self._dp_budget = opts.dp
         self._LocalTrainer = LocalTrainer
+        self._records = records
+        self._public: list | None = None  # the coordinator's public shards, built on first use
+        self._reference_calls = 0
 
     # -- FederatedProblem ----------------------------------------------------------------
     def init_params(self) -> Tensors:
@@ -143,6 +151,63 @@ class WorldFederation:
     def reset(self) -> None:
         """Fresh trainers and accountants: each simulation on this problem is its own federation."""
         self._trainers.clear()
+        self._reference_calls = 0
+
+    def _public_shards(self) -> list:
+        """The coordinator's public set (``public_size`` clean samples, its own random stream, so
+        disjoint draws from every silo's and the test split's), cut into shards of
+        ``public_per_round`` that the reference cycles through: [records, prepared shard, shuffled
+        copy or None]."""
+        if self._public is None:
+            import numpy as np
+
+            from fedalign.world.scenarios import make_samples
+
+            cfg = self.cfg
+            size = int(cfg["public_size"])
+            per = int(cfg["public_per_round"] or cfg["samples_per_round"])
+            if size < 1 or per < 1:
+                raise ConfigError(f"public_size and public_per_round must be ≥ 1, got {size} and {per}")
+            samples = make_samples(size, np.random.default_rng([self.seed, 997]),
+                                   counts=tuple(self.scenario.params.get("counts", (1, 2, 3))))
+            recs = self._records(samples)
+            n_shards = max(1, size // per)
+            self._public = [[chunk, self._prepare_shard(self.model, chunk, shard_index=i), None]
+                            for i, chunk in enumerate(_split(recs, n_shards))]
+        return self._public
+
+    def _shuffled(self, i: int):
+        """Public shard ``i`` with its captions shuffled among its images (built on first use)."""
+        entry = self._public_shards()[i]
+        if entry[2] is None:
+            import numpy as np
+
+            chunk = entry[0]
+            perm = np.random.default_rng([self.seed, 996, i]).permutation(len(chunk))
+            swapped = [replace(r, caption=chunk[int(j)].caption) for r, j in zip(chunk, perm)]
+            entry[2] = self._prepare_shard(self.model, swapped, shard_index=i)
+        return entry[2]
+
+    def reference_update(self, params: Tensors) -> Tensors:
+        """The coordinator's reference for Fed-CMP reliability "reference": its own update from θ_t on
+        the next shard of its public set, with the silos' trainer settings (FLTrust's server update).
+        ``reference_kind`` "contrast": that update minus the update on the same images with shuffled
+        captions, i.e. what the true image-caption pairing teaches beyond caption language."""
+        kind = self.cfg["reference_kind"]
+        if kind not in ("update", "contrast"):
+            raise ConfigError(f"reference_kind: expected update or contrast, got {kind!r}")
+        shards = self._public_shards()
+        t = self._reference_calls
+        self._reference_calls += 1
+        i = t % len(shards)
+        trainer = self._trainer(-2, 0.0)
+        trainer.generator.manual_seed(self.seed * 1_000_003 + 77_777 + t)
+        delta = trainer.train_round(params, shards[i][1]).delta
+        if kind == "contrast":
+            trainer.generator.manual_seed(self.seed * 1_000_003 + 77_777 + t)
+            other = trainer.train_round(params, self._shuffled(i)).delta
+            delta = {k: delta[k] - other[k] for k in delta}
+        return delta
 
     def evaluate(self, params: Tensors) -> dict[str, float]:
         self.model.load_projector_state(params)

@@ -60,6 +60,15 @@ def test_bad_config_is_one_line_naming_the_field(tmp_path):
     assert code == 2 and "not found" in out
 
 
+def test_reference_reliability_is_refused_by_serve_before_anything_is_written(tmp_path):
+    cfg = _federation(tmp_path, strategy={"name": '"fedcmp"', "options": '{ reliability = "reference" }'},
+                      output={"dir": '"out"'})
+    code, out = _run("serve", "--config", str(cfg))
+    assert code == 2, out
+    assert out.strip().count("\n") == 0 and "does not support yet" in out and "aggregator.toml" in out
+    assert not (tmp_path / "out").exists()
+
+
 def test_roster_smaller_than_min_silos_is_refused(tmp_path):
     cfg = _federation(tmp_path, run={"min_silos": 4})
     code, out = _run("serve", "--config", str(cfg))

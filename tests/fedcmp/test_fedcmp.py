@@ -273,3 +273,83 @@ def test_consensus_direction_counts_every_silo_once():
     # the huge update does not dominate: its direction weighs what the others' do
     assert float(torch.linalg.norm(d_bar - ds[1])) > 0.5
     assert torch.equal(fm.direction(torch.zeros(8, 5, dtype=torch.float64), u), torch.zeros(3, 5, dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------- reliability against a reference
+
+
+def test_sharpen_floor_and_power():
+    assert fm.sharpen(0.3) == pytest.approx(0.3)  # identity at the defaults
+    assert fm.sharpen(-0.2) == 0.0
+    assert fm.sharpen(0.3, floor=0.5) == 0.0
+    assert fm.sharpen(0.75, floor=0.5) == pytest.approx(0.5)
+    assert fm.sharpen(0.5, power=2.0) == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        fm.sharpen(0.5, floor=1.0)
+
+
+def test_reliability_terms_normalize_to_the_reference_size():
+    g = _gen(11)
+    u = fm.orth(torch.randn(7, 3, generator=g, dtype=torch.float64))
+    m = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    ref = 0.1 * (u.T @ m) + 0.01 * torch.randn(3, 5, generator=g, dtype=torch.float64)
+    ra, rw, rho = fm.reliability_terms(m, m, u, ref, 0.5, normalize=True)
+    assert 0 < rho <= 1 and float(rw) == pytest.approx(0.5 * rho)
+    assert float(ra.norm()) == pytest.approx(0.5 * rho * float(ref.norm()))
+    ra_raw, _, _ = fm.reliability_terms(m, m, u, ref, 0.5)
+    assert float(ra_raw.norm()) == pytest.approx(0.5 * rho * float((u.T @ m).norm()))
+
+
+def _reference_round(cfg, deltas, ref_delta, weights):
+    strat = FedCMP(cfg, reference_update=lambda params: {"weight": ref_delta, "bias": torch.zeros(6)})
+    params = {"weight": torch.zeros(6, 5, dtype=torch.float32), "bias": torch.zeros(6)}
+    st_ = init_state(strat, params, len(deltas))
+    return run_round(strat, st_, [{"weight": d, "bias": torch.zeros(6)} for d in deltas], weights,
+                     plain_sum_insecure)
+
+
+def test_reference_reliability_scores_each_silo_against_the_coordinators_update():
+    g = _gen(12)
+    good = torch.randn(6, 5, generator=g)
+    deltas = [good + 0.05 * torch.randn(6, 5, generator=g) for _ in range(3)] + [-good]  # silo 3 opposes
+    cfg = FedCMPConfig(rank=5, reliability="reference", kappa=0.01, beta=0.0, error_feedback=False)
+    st_, rep = _reference_round(cfg, deltas, good, [1.0] * 4)
+    rho = [float(s["weight/rho"]) for s in st_.silo_states]
+    assert rho[3] == 0.0 and min(rho[:3]) > 0.9
+    assert 0 < rep.metrics["mean_reliability"] < 0.8
+    # with ρ_3 = 0 and small κ the step is (nearly) the clean silos' mean; plain fusion would cancel it
+    clean = sum(deltas[:3]) / 3
+    assert torch.allclose(st_.params["weight"], clean, atol=0.05 * float(clean.abs().max()))
+    off, _ = _reference_round(FedCMPConfig(rank=5, beta=0.0, error_feedback=False), deltas, good, [1.0] * 4)
+    assert not torch.allclose(off.params["weight"], clean, atol=0.05 * float(clean.abs().max()))
+
+
+def test_reference_reliability_without_the_coordinators_hook_is_a_config_error():
+    from fedalign.protocol.errors import ConfigError
+
+    strat = FedCMP(FedCMPConfig(rank=2, reliability="reference"))
+    with pytest.raises(ConfigError, match="aggregator serve does not support it yet"):
+        init_state(strat, {"weight": torch.zeros(4, 3)}, 2)  # round 0 needs the reference already
+
+
+def test_reference_payload_equals_blend():
+    params = {"weight": torch.zeros(12, 10), "bias": torch.zeros(12)}
+    ref = payload_numbers(FedCMP(FedCMPConfig(rank=3, reliability="reference")), params)
+    assert ref == payload_numbers(FedCMP(FedCMPConfig(rank=3, reliability="blend")), params)
+    assert ref == fm.matrix_payload_numbers(12, 10, 3, "reference") + 12 + 1
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.5])
+def test_reference_rho_is_smoothed_with_the_silos_own_last_rho(smoothing):
+    g = _gen(13)
+    ref = torch.randn(6, 5, generator=g)
+    d = ref + 2 * torch.randn(6, 5, generator=g)
+    cfg = FedCMPConfig(rank=5, reliability="reference", rho_smoothing=smoothing, error_feedback=False)
+    strat = FedCMP(cfg, reference_update=lambda params: {"weight": ref})
+    public = {**strat.init_public({"weight": torch.zeros(6, 5)}), "weight/U": fm.orth(torch.randn(6, 5, generator=g))}
+    raw = fm.agreement(d, ref)
+    assert raw > 0.05
+    _, state = strat.silo_contribution(1, {"weight": d}, 1.0, public, {"weight/rho": torch.tensor([0.9])})
+    assert float(state["weight/rho"]) == pytest.approx(smoothing * 0.9 + (1 - smoothing) * raw, abs=1e-6)
+    _, first = strat.silo_contribution(1, {"weight": d}, 1.0, public, {})  # round 0: nothing to smooth with
+    assert float(first["weight/rho"]) == pytest.approx(raw, abs=1e-6)

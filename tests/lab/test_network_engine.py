@@ -15,6 +15,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("name,opts,dp", [
     ("fedcmp", {"rank": 3, "reliability": "blend"}, False),
+    ("fedcmp", {"rank": 3, "reliability": "reference", "kappa": 0.1}, False),  # coordinator's reference hook
     ("fedcmp", {"rank": 3}, True),  # DP defaults: β = 0, no error feedback, on both sides
     ("fedavgm-b0.5", {}, False),
 ])

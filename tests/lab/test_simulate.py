@@ -114,3 +114,44 @@ def test_scenario_options_parse_and_reject_unknown_keys():
     for bad in ("purity", "colour=red", "counts=1"):
         with pytest.raises(ConfigError, match="--scenario-option"):
             parse_scenario_options([bad])
+
+
+def test_reference_reliability_on_the_toy_reports_each_silos_rho_and_finds_the_bad_one():
+    from fedalign.lab.runner import attach_reference
+
+    prob = build_problem("toy", ProblemOptions(n_silos=4, seed=1, n_unreliable=1))
+    strat = make_strategy("fedcmp", rank=4, reliability="reference", kappa=0.1)
+    res = simulate_problem(prob, strat, 4)
+    rhos = [r["rho"] for r in res.records if "rho" in r]
+    assert len(rhos) == 4 and all(set(r) == {"0", "1", "2", "3"} for r in rhos)
+    # the silo fitting a wrong map agrees less with the coordinator's clean update in every round
+    assert all(r["3"] < min(r["0"], r["1"], r["2"]) for r in rhos)
+    off = simulate_problem(prob, make_strategy("fedcmp", rank=4), 4)
+    assert "rho" not in off.records[-1]
+    assert res.final["nll"] < off.final["nll"]
+
+    class NoPublicSet:
+        pass
+
+    with pytest.raises(ConfigError, match="no public set"):
+        attach_reference(make_strategy("fedcmp", reliability="reference"), NoPublicSet())
+
+
+def test_cli_reference_reliability_logs_and_plots_each_silos_rho(tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(
+        _app(),
+        ["--scenario", "toy", "--silos", "4", "--n-unreliable", "1", "--rounds", "3", "--strategy", "fedcmp",
+         "--rank", "4", "--reliability", "reference", "--kappa", "0.1", "--rho-floor", "0.05", "--rho-smoothing", "0.5",
+         "--sum", "plain",
+         "--allow-insecure-plain-sums", "--out", str(out)],
+    )
+    assert res.exit_code == 0, res.output
+    final = json.loads((out / "final.json").read_text())
+    assert final["strategy"] == "fedcmp(rank=4,reliability=reference,kappa=0.1,rho_floor=0.05,rho_smoothing=0.5)"
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [sorted(r["rho"]) for r in recs if r["round"] > 0] == [["0", "1", "2", "3"]] * 3
+    assert (out / "reliability.png").stat().st_size > 1000
+    res = CliRunner().invoke(_app(), ["--scenario", "toy", "--rounds", "1", "--sum", "plain",
+                                      "--allow-insecure-plain-sums", "--out", str(tmp_path / "off")])
+    assert res.exit_code == 0 and not (tmp_path / "off" / "reliability.png").exists()
