@@ -23,9 +23,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from fedalign.protocol.errors import ProtocolError, RoundAborted
+from fedalign.protocol.errors import FedAlignError, ProtocolError, RoundAborted
 from fedalign.protocol.eventlog import EventLog
-from fedalign.protocol.ledger import Ledger
+from fedalign.protocol.ledger import Ledger, LedgerHead, verify_head
 from fedalign.protocol.messages import (Heartbeat, JoinReply, LeaveNotice, ModelDeclaration, RoundEnd, RoundStart, RunEnd,
                                         SumScheme, SumStart, UpdateReady)
 from fedalign.fedcmp.phases import PhaseSum, run_phases, sums_from_arrays
@@ -338,6 +338,7 @@ class Coordinator:
         start = RoundStart(
             t, to_numpy(state.params), to_numpy(state.public), tuple(roster), seed, self.strategy_name,
             self.strategy_options, strat.n_phases, p.train_deadline_s, prev_survivors,
+            self.ledger.head().to_wire() if self.ledger is not None else {},
         )
         for s in roster:
             self._send(s, t, start)
@@ -369,6 +370,7 @@ class Coordinator:
                                      reason=f"epsilon must be a finite number >= 0, got {eps!r:.80}")
                     continue
                 ready[env.sender] = float(eps)
+                self._witness(env.sender, m.ledger_head)
             else:
                 self._late(env, f"round {t} training")
         rec.ready = tuple(sorted(ready))
@@ -430,6 +432,20 @@ class Coordinator:
         )
         self._commit(new, record)
         return new
+
+    def _witness(self, silo: str, head: Mapping[str, Any]) -> None:
+        """Record ``silo``'s ledger head (sent with UpdateReady) in this ledger: deleting the newest
+        entries of that silo's ledger later (its DP charges) is then detectable by comparing the two.
+        A head not signed by the silo's identity is logged and not recorded."""
+        if self.ledger is None or not head:
+            return
+        try:
+            h = LedgerHead.from_wire(head)
+            verify_head(h, bytes.fromhex(self.identities[silo]))
+        except (FedAlignError, ValueError) as e:
+            self.events.emit("ledger_head_refused", silo=silo, reason=str(e))
+            return
+        self.ledger.record_witness(silo, h, now=time.time())
 
     def _commit(self, new: RunState, record: dict[str, Any]) -> None:
         if self.store is not None:

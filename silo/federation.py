@@ -100,11 +100,31 @@ def run_federated(
                             address=endpoint)
         if configure is not None:  # the site policy's checks and the ledger trail (silo.audit)
             configure(p)
+        session = getattr(trainer, "session", None)
+        if session is not None:
+            witness_heads(p, session.ledger)
         return p.run()
     finally:
         time.sleep(0.2)  # let a final LeaveNotice leave
         client.close()
         events.close()
+
+
+def witness_heads(participant: SiloParticipant, ledger: Any) -> None:
+    """Exchange ledger heads through ``participant``: this silo's (signed) head leaves with each
+    UpdateReady, and the aggregator's head that each RoundStart carries is recorded in ``ledger``
+    (``silo audit verify --witness-ledger`` compares a peer's ledger against them)."""
+    from fedalign.protocol.errors import CheckpointError
+    from fedalign.protocol.ledger import LedgerHead
+
+    def peer(node: str, head: dict[str, Any]) -> None:
+        try:
+            ledger.record_witness(node, LedgerHead.from_wire(head), now=time.time())
+        except CheckpointError as e:
+            participant.events.emit("ledger_head_refused", node=node, reason=str(e))
+
+    participant.ledger_head = lambda: ledger.head().to_wire()
+    participant.on_peer_head = peer
 
 
 class SessionTrainer:

@@ -157,6 +157,10 @@ class SiloParticipant:
         self.extra_round_checks: list[Callable[[RoundStart], list[str]]] = []
         self.on_refusal: Callable[[dict[str, Any]], None] | None = None
         self.on_release: Callable[[dict[str, Any]], None] | None = None  # before an input message leaves
+        # ledger heads witnessed across parties (DESIGN §10): this silo's head goes out with each
+        # UpdateReady; the aggregator's head, which arrives with each RoundStart, is recorded here
+        self.ledger_head: Callable[[], dict[str, Any]] | None = None
+        self.on_peer_head: Callable[[str, dict[str, Any]], None] | None = None
         self.address = address
         describe = getattr(trainer, "describe", None)
         self.declaration: ModelDeclaration | None = describe() if callable(describe) else None
@@ -320,6 +324,8 @@ class SiloParticipant:
                 "`silo describe` and `aggregator init`, or fix [model]")
 
     def _on_round_start(self, m: RoundStart) -> None:
+        if m.ledger_head and self.on_peer_head is not None:
+            self.on_peer_head("aggregator", dict(m.ledger_head))
         self._commit_previous(m)
         if m.round <= self.committed:
             self.events.emit("late_message_ignored", type="RoundStart", round=m.round, committed=self.committed)
@@ -366,7 +372,8 @@ class SiloParticipant:
             weight = min(float(upd.n_samples), self.policy.max_weight) / self.policy.max_weight
         self.cur = _Round(m.round, params, _to_torch(m.public), m.seed, strat, upd.delta, weight, digest=digest,
                           update_digest=params_digest(upd.delta))
-        self._send(UpdateReady(m.round, float(upd.epsilon or 0.0)), m.round)
+        head = self.ledger_head() if self.ledger_head is not None else {}
+        self._send(UpdateReady(m.round, float(upd.epsilon or 0.0), head), m.round)
 
     def _train(self, round_id: int, params: Tensors) -> TrainedUpdate:
         """Train in a worker thread while the main thread keeps heartbeating."""

@@ -46,14 +46,38 @@ def _signature_check(public_key: str | None):
     return check
 
 
-def _verified(path: Path, heads: list[str] | None, public_key: str | None = None):
+_WitnessLedger = typer.Option(None, "--witness-ledger", help="a peer's ledger (the aggregator's for a silo, a "
+                              "silo's for the aggregator): every head of this ledger it witnessed must still be there")
+_Node = typer.Option(None, "--node", help="with --witness-ledger: this ledger's owner as the peer names it "
+                     "(the silo's name; 'aggregator' for the aggregator)")
+
+
+def _peer_heads(witness_ledger: Path | None, node: str | None) -> list[tuple[int, str]]:
+    """The heads of ``node``'s ledger that the peer's ledger recorded (DESIGN §10's witnessed heads)."""
+    from fedalign.protocol.errors import ConfigError
+    from fedalign.protocol.ledger import witnessed_heads
+
+    if witness_ledger is None:
+        return []
+    if not node:
+        raise ConfigError("--witness-ledger needs --node (this ledger's owner as the peer names it)")
+    if not witness_ledger.exists():
+        raise ConfigError(f"--witness-ledger: {witness_ledger} not found")
+    heads = [(h.index, h.digest) for h in witnessed_heads(witness_ledger, node) if h.index >= 0]
+    if not heads:
+        raise ConfigError(f"--witness-ledger: {witness_ledger} holds no head witnessed from {node!r}")
+    return heads
+
+
+def _verified(path: Path, heads: list[str] | None, public_key: str | None = None,
+              peer_heads: list[tuple[int, str]] | None = None):
     from fedalign.protocol.audit import parse_head, verify_ledger
     from fedalign.protocol.errors import CheckpointError, ConfigError
 
     if not path.exists():
         raise ConfigError(f"{path}: ledger not found")
     try:
-        witnessed = [parse_head(h) for h in heads or []]
+        witnessed = [parse_head(h) for h in heads or []] + list(peer_heads or [])
     except ValueError as e:
         raise ConfigError(f"--head: {e}") from None
     res = verify_ledger(path, witnessed=witnessed, signature_check=_signature_check(public_key))
@@ -91,10 +115,12 @@ def make_audit_app(role: str, ledger_of_config: Callable[[Path], Path]) -> typer
 
     @app.command()
     def verify(ledger: Path = typer.Argument(..., help="ledger.jsonl"), head: Optional[list[str]] = _Head,
-               public_key: Optional[str] = _Key, debug: bool = _Debug) -> None:
-        """Check the hash chain (signatures with --public-key, witnessed heads with --head); name the
-        first bad entry. Exit 0 intact, 11 broken."""
-        run_cli(lambda: typer.echo(_verified(ledger, head, public_key).line()), debug=debug)
+               public_key: Optional[str] = _Key, witness_ledger: Optional[Path] = _WitnessLedger,
+               node: Optional[str] = _Node, debug: bool = _Debug) -> None:
+        """Check the hash chain (signatures with --public-key; heads recorded by you with --head or by
+        a peer with --witness-ledger); name the first bad entry. Exit 0 intact, 11 broken."""
+        run_cli(lambda: typer.echo(_verified(ledger, head, public_key, _peer_heads(witness_ledger, node)).line()),
+                debug=debug)
 
     @app.command()
     def show(config: Optional[Path] = ConfigOpt, ledger: Optional[Path] = LedgerOpt,

@@ -140,6 +140,7 @@ class RoundStart:
     n_phases: int
     train_deadline_s: float
     previous_survivors: tuple[str, ...]
+    ledger_head: Mapping[str, object] = field(default_factory=dict)  # the aggregator's, for silos to witness
 
     def __post_init__(self) -> None:
         _nonneg("RoundStart", "round", self.round)
@@ -163,6 +164,7 @@ class UpdateReady:
 
     round: int
     epsilon: float
+    ledger_head: Mapping[str, object] = field(default_factory=dict)  # the silo's signed head, for the aggregator to witness
 
     def __post_init__(self) -> None:
         _nonneg("UpdateReady", "round", self.round)

@@ -21,6 +21,8 @@ from fedalign.protocol.messages import SumScheme, wire_registry
 from fedalign.fedcmp.strategies import make_strategy
 from fedalign.protocol.transport import InMemoryNetwork
 from fedalign.crypto.identity import generate_identity
+from fedalign.protocol.ledger import Ledger
+from fedalign.silo.federation import witness_heads
 from fedalign.silo.participant import SiloOutcome, SiloParticipant, SiloPolicy, TrainedUpdate
 from fedalign.lab.toy import ToyFederation, make_toy
 
@@ -87,6 +89,7 @@ def run_federation(
     names: list[str] | None = None,
     identities: dict | None = None,
     fed: ToyFederation | None = None,
+    ledger_dir: Path | None = None,
     make_trainer: Callable[[ToyFederation, int], Any] | None = None,
 ) -> Result:
     names = names or [f"silo-{i}" for i in range(n_silos)]
@@ -113,7 +116,8 @@ def run_federation(
     store = CheckpointStore(tmp / "ckpt") if tmp is not None else None
     coord = Coordinator(net.server(), strat, strategy_name=strategy, strategy_options=options or {},
                         identities=trusted, policy=RoundPolicy(**pol), state=state, store=store,
-                        events=Log(None, source="aggregator"))
+                        events=Log(None, source="aggregator"),
+                        ledger=Ledger(ledger_dir / "aggregator.jsonl") if ledger_dir is not None else None)
     contributions: dict = {}
     lock = threading.Lock()
     outcomes: dict[str, Any] = {}
@@ -135,6 +139,8 @@ def run_federation(
         p = SiloParticipant(name, client, (make_trainer or ToyTrainer)(fed, i), identity=ids[name], trusted=trusted,
                             policy=SiloPolicy(**sp), state_dir=(tmp / name) if tmp is not None else None,
                             events=Log(None, source=name), on_contribution=record, stop=stop)
+        if ledger_dir is not None:  # each silo's own signed ledger, heads exchanged with the aggregator's
+            witness_heads(p, Ledger(ledger_dir / f"{name}.jsonl", identity=ids[name]))
         try:
             outcomes[name] = p.run()
         except BaseException as e:  # noqa: BLE001 - reported to the test

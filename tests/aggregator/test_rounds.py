@@ -281,3 +281,30 @@ def test_a_nan_epsilon_never_reaches_a_committed_round():
     assert "silo-3" not in rec["survivors"] and "silo-3" not in rec["epsilon"]
     assert all(v == v for v in rec["epsilon"].values())  # no NaN anywhere
     assert any(e["event"] == "message_dropped" for e in res.events)
+
+
+def test_ledger_heads_are_witnessed_both_ways_and_a_cut_silo_ledger_fails_verify(tmp_path):
+    # DESIGN §10: each RoundStart carries the aggregator's head, each UpdateReady the silo's signed
+    # head; each side records the other's. Deleting a silo's newest ledger entries (say, its last
+    # DP charge) then fails `audit verify --witness-ledger`, naming where the ledger ends.
+    from typer.testing import CliRunner
+
+    from fedalign.host.audit_cli import make_audit_app
+    from fedalign.protocol.ledger import witnessed_heads
+
+    res = run_federation(3, rounds=2, options={"rank": 2}, ledger_dir=tmp_path)
+    assert res.error is None and res.state.round == 2
+    agg = tmp_path / "aggregator.jsonl"
+    assert len(witnessed_heads(agg, "silo-0")) == 2  # one signed head per round's UpdateReady
+    assert len(witnessed_heads(tmp_path / "silo-0.jsonl", "aggregator")) >= 2
+
+    app = make_audit_app("silo", lambda c: c)
+    ok = CliRunner().invoke(app, ["verify", str(tmp_path / "silo-0.jsonl"), "--witness-ledger", str(agg),
+                                  "--node", "silo-0"])
+    assert ok.exit_code == 0, ok.output
+    lines = (tmp_path / "silo-0.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "silo-0.jsonl").write_text("".join(lines[:-1]))  # the newest entry deleted at a line boundary
+    assert CliRunner().invoke(app, ["verify", str(tmp_path / "silo-0.jsonl")]).exit_code == 0  # chain alone: blind
+    cut = CliRunner().invoke(app, ["verify", str(tmp_path / "silo-0.jsonl"), "--witness-ledger", str(agg),
+                                   "--node", "silo-0"])
+    assert cut.exit_code == 11 and "deleted" in cut.output, cut.output
