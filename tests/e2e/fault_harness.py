@@ -402,7 +402,7 @@ def _silo_deaths(fed: LoopbackFederation) -> list[tuple[str, int, int, str]]:
     for s in fed.names:
         for line in (fed.root / f"{s}.log").read_text(errors="replace").splitlines():
             if line.startswith("fault_silo: SIGKILL after "):
-                kind, _, phase, _, _, rnd = line.split("after ", 1)[1].split()
+                kind, _, _, phase, _, _, rnd = line.split("after ", 1)[1].split()
                 out.append((s, int(rnd), int(phase), kind))
     return out
 
