@@ -186,6 +186,7 @@ aggregator_timeout_s = 300
     hist = json.loads((root / "agg" / "history.json").read_text())
     bad = {s: str(o)[:200] for s, o in outcomes.items() if isinstance(o, BaseException)}
     return {"silos": n, "rounds": len(hist), "rss_kib": rss, "seconds": time.time() - t0,
+            "history_json_bytes": (root / "agg" / "history.json").stat().st_size,
             "round_seconds": [h["seconds"] for h in hist], "survivors": [len(h["survivors"]) for h in hist],
             "silo_errors": bad}
 
@@ -398,6 +399,9 @@ Aggregator RSS (MiB) as each round committed:
 | RSS MiB | {rows} |
 
 Growth from round 2 to round {a.rounds}: **{100 * growth:+.1f}%** (goal <= 10%: {'met' if growth <= 0.10 else 'NOT met'}).
+The run history the coordinator keeps (and checkpoints) grows by one record per round with per-silo
+fields: history.json is {r['history_json_bytes'] / len(r['round_seconds']) / 1024:.1f} KiB per round here
+(JSON; more as Python objects), which is part of the growth.
 Silos summed per round: {r['survivors']}; median round {statistics.median(r['round_seconds']):.1f} s;
 whole run {r['seconds']:.0f} s; silo errors: {len(r['silo_errors'])}.
 """)
@@ -496,8 +500,9 @@ its RSS before the sum, "sum" the peak above it:
 
 Peak RSS at 100 silos: **{peak100 / 1024:.0f} MiB** ({how}); the sum's part grows by
 {(slope_all or 0):.0f} KiB per silo (sums are accumulated on arrival, so it does not hold one vector per silo).
-Not included: the transport's buffers (ZeroMQ queues up to one message per silo in flight) and the
-RoundStart encodes of theta (one per silo, sent one after the other).
+Not included: the transport's buffers — if all 100 silos' masked inputs of the largest phase sit in
+ZeroMQ's queue at once, that is up to {100 * 4 * max(per_phase[p][ns[-1]]['values'] for p in per_phase) / 2**20:.0f} MiB
+more (4 bytes per value per silo) — and the RoundStart encodes of theta (one per silo, sent one after the other).
 """)
 
     total = time.time() - t_all
