@@ -318,7 +318,10 @@ def replay(fed: LoopbackFederation, attempts: dict[int, list[dict]], rounds: int
 
         def sum_phase(phase, _public, _phase_public, r=r, att=att):
             s = att["sums"][phase]
-            inc = sorted(s["participants"] if include_dropped else set(s["participants"]) - set(s["dropped"]))
+            inc = sorted(set(s["participants"]) - set(s["dropped"]))
+            if include_dropped:  # every participant that computed an input for this sum, dropped or not
+                inc = sorted(x for x in s["participants"]
+                             if x in inc or (fed.root / x / f"contrib-{r}-{phase}.npz").exists())
             parts = [fed.contributions(x, r, phase) for x in inc]
             arrays = {k: sum(p[k].astype(np.float64) for p in parts) for k in parts[0]}
             return PhaseSum(sums_from_arrays(arrays, len(inc), dtype=torch.float32), tuple(inc))
