@@ -53,8 +53,8 @@ AGG_SCHEDULE = [
 ]
 assert set(AGG_SCHEDULE) == set(KILL_POINTS)
 SILO_SCHEDULE = [[(k % 4, p, t)] for k, (p, t) in enumerate((p, t) for p in (0, 1) for t in SUM_TYPES)] + [
-    [(0, 0, "EncryptedShares"), (1, 0, "EncryptedShares")],  # 2 of 4 before their inputs: abort at masked_input
-    [(2, 1, "MaskedInput"), (3, 1, "MaskedInput")],  # 2 of 4 after their inputs: abort at consistency
+    [(0, 0, "EncryptedShares"), (1, 0, "EncryptedShares")],  # 2 of 4 before their inputs: the sum aborts
+    [(2, 1, "MaskedInput"), (3, 1, "MaskedInput")],  # 2 of 4 after their inputs: aborts at consistency
 ]
 QUICK_AGG = ["p0:MaskedInput", "checkpoint_mid", "after_checkpoint", "after_ledger"]
 QUICK_SILO = [[(1, 0, "EncryptedShares")], [(0, 1, "MaskedInput"), (2, 1, "MaskedInput")]]
@@ -113,7 +113,8 @@ def main() -> None:
         f"{'yes' if x.get('checkpoint_ok') else 'NO'} | {'yes' if x.get('ledger_ok') else 'NO'} |"
         for i, x in enumerate(k["kill_log"]))
     inc_rows = "\n".join(
-        f"| {r['silo']} | {r['round']} | {r['phase']} | after {r['after']} | {'yes' if r['in_sum'] else 'no'} | "
+        f"| {r['silo']} | {r['round']} | {r['phase']} | after {r['after']} | "
+        f"{('yes' if r['in_sum'] else 'no') if r['round_outcome'] == 'committed' else 'aborted, nothing summed'} | "
         f"{r['round_outcome']} | {'ok' if r['ok'] else 'WRONG'} |" for r in s["inclusion"])
     goal = "met" if k["kills"] >= 20 and k["rounds_lost"] == 0 and k["ledger_gaps"] == 0 \
         and k["corrupt_checkpoints"] == 0 else "NOT met"
