@@ -143,6 +143,7 @@ class SiloParticipant:
         self.events = events or EventLog(None, source=name)
         self.clock = clock
         self.on_contribution = on_contribution
+        self._answered: tuple[int, set[str]] = (-1, set())  # (instance, message types handed to its sum)
         self.stop = stop or threading.Event()
         self.committed, self.silo_state = self.store.load_state()
         # a round this silo took part in before it was killed: committed iff the next RoundStart says so
@@ -471,6 +472,15 @@ class SiloParticipant:
         if cur is None or cur.sum is None or m.round_id != cur.round or m.instance_id != cur.instance:
             self.events.emit("late_message_ignored", type=type(m).__name__, round=m.round_id, instance=m.instance_id)
             return
+        if self._answered[0] != m.instance_id:
+            self._answered = (m.instance_id, set())
+        if type(m).__name__ in self._answered[1]:
+            # a step this silo already answered: a duplicate (or a replay); handing it to the sum would
+            # make the sum fail and this silo drop out, so it is ignored (the sum answers each step once)
+            self.events.emit("duplicate_message_ignored", type=type(m).__name__, round=m.round_id,
+                             instance=m.instance_id)
+            return
+        self._answered[1].add(type(m).__name__)
         try:
             out = cur.sum.handle(m)
         except SecureSumError as e:

@@ -1,0 +1,91 @@
+"""A toy silo process (the real runtime over ZeroMQ) that SIGKILLs itself at one step of a sum.
+
+    python tests/e2e/fault_silo.py --config silo.toml --index 0 --n-silos 4 [--trigger FILE]
+
+Like ``toy_silo.py`` (same trainer, contributions dumped to ``<out>/contrib-<round>-<phase>.npz``).
+The harness arms a kill by writing ``ROUND:PHASE:TYPE`` to the trigger file: the process then
+SIGKILLs itself right after it sends its first TYPE message (KeyAdvertisement, EncryptedShares,
+MaskedInput, ConsistencySignature, UnmaskResponse) of strategy phase PHASE in a round >= ROUND
+whose sum for that phase has every silo of the federation as a participant (so a kill is always
+one dropout out of a full sum, whatever rounds the restarted silos missed). The file is read
+when the process starts and at each send, so a kill can be armed while the silo runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from toy_silo import ToyTrainer  # noqa: E402
+
+
+def _die(what: str) -> None:
+    sys.stderr.write(f"fault_silo: SIGKILL after {what}\n")
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--index", type=int, required=True)
+    ap.add_argument("--n-silos", type=int, required=True)
+    ap.add_argument("--trigger", default=None, help="file holding ROUND:PHASE:TYPE to arm a kill")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+
+    import fedalign.silo.client
+    from fedalign import silo
+    from fedalign.host.cli_errors import run_cli
+    from fedalign.protocol.config.silo import load_silo_config
+    from fedalign.silo.federation import run_federated
+
+    cfg = load_silo_config(a.config)
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+
+    trigger = Path(a.trigger) if a.trigger else None
+    full: dict[tuple[int, int], bool] = {}  # (round, phase) -> that sum has all n silos
+
+    if trigger is not None:
+        real_recv = silo.client.ZmqClient.recv
+        real_send = silo.client.ZmqClient.send
+
+        def recv(self, timeout_s):
+            env = real_recv(self, timeout_s)
+            m = env.message if env is not None else None
+            if type(m).__name__ == "SumStart":
+                full[(m.round, m.phase)] = len(m.participants) == a.n_silos
+            return env
+
+        def send(self, env):
+            n = real_send(self, env)
+            try:
+                rnd, phase, kind = trigger.read_text().strip().split(":")
+            except (OSError, ValueError):
+                return n
+            if type(env.message).__name__ == kind and env.phase == int(phase) and env.round >= int(rnd) \
+                    and full.get((env.round, env.phase), False):
+                _die(f"{kind} of phase {phase} in round {env.round}")
+            return n
+
+        silo.client.ZmqClient.recv = recv
+        silo.client.ZmqClient.send = send
+
+    def dump(round_id, phase, inputs):
+        np.savez(out / f"contrib-{round_id}-{phase}.npz", **inputs)
+
+    res = run_cli(lambda: run_federated(cfg, trainer=ToyTrainer(a.index, a.n_silos), on_contribution=dump))
+    print(f"{cfg.federation.silo_id}: {res.reason}, rounds_done {res.rounds_done}, committed {res.committed}")
+
+
+if __name__ == "__main__":
+    main()
