@@ -137,7 +137,7 @@ min_silos = 3
 heartbeat_interval_s = 2
 aggregator_timeout_s = 300
 """)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = dict(os.environ)  # with the process defaults applied above (one thread, hubs offline)
     with open(root / "aggregator.log", "wb") as f:
         agg = subprocess.Popen([sys.executable, "-m", "fedalign.aggregator.cli", "serve", "--config", "aggregator.toml",
                                 "--quiet"], cwd=root, env=env, stdout=f, stderr=subprocess.STDOUT)

@@ -83,7 +83,8 @@ def main() -> None:
     def dump(round_id, phase, inputs):
         np.savez(out / f"contrib-{round_id}-{phase}.npz", **inputs)
 
-    res = run_cli(lambda: run_federated(cfg, trainer=ToyTrainer(a.index, a.n_silos), on_contribution=dump))
+    res = run_cli(lambda: run_federated(cfg, trainer=ToyTrainer(a.index, a.n_silos, out / "trained.json"),
+                                        on_contribution=dump))
     print(f"{cfg.federation.silo_id}: {res.reason}, rounds_done {res.rounds_done}, committed {res.committed}")
 
 
