@@ -140,6 +140,24 @@ def _detect(path: Path, fmt: str) -> str:
     raise DataError(f"{path}: cannot tell the format from the suffix; set data.format")
 
 
+def _to_sample(obj: Any, origin: str, parse, root: Path, check_images: bool) -> Sample:
+    """One parsed record checked (fields, one ``<image>``, a caption, the image file) as a Sample."""
+    try:
+        image, prompt, caption = parse(obj)
+    except ValueError as exc:
+        raise DataError(f"{origin}: {exc}") from None
+    if prompt.count(IMAGE_TOKEN) != 1:
+        raise DataError(f"{origin}: prompt must contain {IMAGE_TOKEN} exactly once, got {prompt!r}")
+    if not caption.strip():
+        raise DataError(f"{origin}: empty caption")
+    img_path = Path(image) if Path(image).is_absolute() else root / image
+    if check_images:
+        _check_image(img_path, origin)
+    elif not img_path.is_file():
+        raise DataError(f"{origin}: image file not found: {img_path}")
+    return Sample(img_path, prompt, caption.strip(), origin)
+
+
 def read_records(path: str | Path, *, image_root: str | Path | None = None, fmt: str = "auto",
                  policy: Policy = "fail", check_images: bool = True) -> tuple[list[Sample], DataReport]:
     """Read and validate every record of ``path``.
@@ -179,20 +197,7 @@ def read_records(path: str | Path, *, image_root: str | Path | None = None, fmt:
         try:
             if isinstance(obj, Exception):
                 raise DataError(f"{origin}: invalid JSON: {obj.msg}")
-            try:
-                image, prompt, caption = parse(obj)
-            except ValueError as exc:
-                raise DataError(f"{origin}: {exc}") from None
-            if prompt.count(IMAGE_TOKEN) != 1:
-                raise DataError(f"{origin}: prompt must contain {IMAGE_TOKEN} exactly once, got {prompt!r}")
-            if not caption.strip():
-                raise DataError(f"{origin}: empty caption")
-            img_path = Path(image) if Path(image).is_absolute() else root / image
-            if check_images:
-                _check_image(img_path, origin)
-            elif not img_path.is_file():
-                raise DataError(f"{origin}: image file not found: {img_path}")
-            samples.append(Sample(img_path, prompt, caption.strip(), origin))
+            samples.append(_to_sample(obj, origin, parse, root, check_images))
         except DataError as exc:
             if policy == "fail":
                 raise
