@@ -8,6 +8,7 @@ so a bad input fails before anything is trained or written.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict
 from typing import Any, Callable
@@ -20,7 +21,7 @@ from common.ledger import Ledger
 from silo.data import ShardCursor, fingerprint
 from silo.evaluate import EvalSet, evaluate, prepare_eval
 from silo.model import AlignmentModel, build_projector, load_alignment_model
-from silo.privacy import PrivacyAccountant, RoundCharge
+from silo.privacy import DPPlan, PrivacyAccountant, plan_dp
 from silo.sources import SiloInputs, load_inputs, model_paths
 from silo.trainer import DPSettings, LocalTrainer, Params, RoundResult, TrainSettings, prepare_shard
 
@@ -37,19 +38,21 @@ class SiloSession:
         self.inputs = inputs if inputs is not None else load_inputs(cfg)
         t, p = cfg.train, cfg.privacy
         self.settings = TrainSettings(t.batch_size, t.lr, t.optimizer, t.weight_decay, t.local_steps,
-                                      t.local_epochs, t.prox_mu)
+                                      t.local_epochs, t.prox_mu, t.physical_batch_size)
         state = cfg.state_dir
         self.ledger = Ledger(state / "ledger.jsonl")
         self.accountant: PrivacyAccountant | None = None
         self.dp: DPSettings | None = None
         if p.enabled:
             self.dp = DPSettings(p.noise_multiplier, p.max_grad_norm, p.clipping,
-                                 t.seed if p.insecure_seeded_noise else None)
+                                 t.seed if p.insecure_seeded_noise else None, passes=cfg.data.max_passes)
             self.accountant = PrivacyAccountant(p.epsilon, p.delta, accountant=p.accountant,
                                                 state_path=state / "privacy.json", ledger=self.ledger)
             n = min(cfg.data.shard_size, len(self.inputs.train))
-            self.accountant.check_feasible(RoundCharge(p.noise_multiplier, min(1.0, t.batch_size / n),
-                                                       self.settings.steps_for(n), shard_size=n))
+            # σ from the budget (or the override, refused if it cannot meet it), before any model loads
+            plan_dp(p.epsilon, p.delta, shard_sizes=[n], batch_size=t.batch_size, steps_for=self.settings.steps_for,
+                    max_grad_norm=p.max_grad_norm, passes=cfg.data.max_passes, noise_multiplier=p.noise_multiplier,
+                    accountant=p.accountant)
         if model is None:
             vision, llm = model_paths(cfg)
             m = cfg.model
@@ -59,6 +62,12 @@ class SiloSession:
         self.model = model
         self.trainer = LocalTrainer(model, self.settings, dp=self.dp, accountant=self.accountant,
                                     generator=torch.Generator().manual_seed(t.seed))
+        self.dp_plan: DPPlan | None = None
+        if self.dp is not None:
+            self.dp_plan = self.trainer.plan_dp([min(cfg.data.shard_size, len(self.inputs.train))])
+            assert self.dp_plan is not None
+            print(f"[{cfg.federation.silo_id or 'silo'}] {self.dp_plan.describe()}", file=sys.stderr, flush=True)
+            self.ledger.append("dp_plan", asdict(self.dp_plan), now=clock())
         self._cursor: ShardCursor | None = None
         self._eval: EvalSet | None = None
 
