@@ -36,11 +36,11 @@ TRAIN_KEYS = ("batch_size", "lr", "optimizer", "local_epochs", "physical_batch_s
 FEDCMP_KEYS = ("rank", "server_lr", "beta", "error_feedback")
 
 
-def build(scenario: str, seed: int, silos: int, rounds: int, samples: int, test_size: int):
+def build(scenario: str, seed: int, silos: int, rounds: int, samples: int, test_size: int, device: str = "cpu"):
     from simulation.scenarios import ProblemOptions, build_problem
 
     opts = ProblemOptions(n_silos=silos, rounds=rounds, seed=seed, samples_per_round=samples,
-                          extra={"test_size": test_size})
+                          extra={"test_size": test_size, "device": device})
     return build_problem(scenario, opts)
 
 
@@ -80,6 +80,7 @@ def main(argv=None) -> None:
     ap.add_argument("--config", action="append", default=[], help="JSON object (repeatable)")
     ap.add_argument("--configs", type=Path, help="file with one JSON configuration per line")
     ap.add_argument("--log", type=Path)
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     cfgs = [json.loads(c) for c in args.config]
@@ -100,7 +101,7 @@ def main(argv=None) -> None:
         print("nothing to do")
         return
     t0 = time.perf_counter()
-    fed = build(args.scenario, args.seed, args.silos, args.rounds, args.samples_per_round, args.test_size)
+    fed = build(args.scenario, args.seed, args.silos, args.rounds, args.samples_per_round, args.test_size, args.device)
     base = fed.no_image()
     print(f"problem ready in {time.perf_counter() - t0:.0f}s; no image: {base}", flush=True)
     for cfg in todo:

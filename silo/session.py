@@ -19,7 +19,7 @@ from common.config.silo import SiloConfig
 from common.errors import DataError
 from common.ledger import Ledger
 from silo.data import ShardCursor, fingerprint
-from silo.evaluate import EvalSet, evaluate, prepare_eval
+from silo.evaluate import EvalSet, evaluate, no_image_metrics, prepare_eval
 from silo.model import AlignmentModel, build_projector, load_alignment_model
 from silo.privacy import DPPlan, PrivacyAccountant, plan_dp
 from silo.sources import SiloInputs, load_inputs, model_paths
@@ -70,6 +70,7 @@ class SiloSession:
             self.ledger.append("dp_plan", asdict(self.dp_plan), now=clock())
         self._cursor: ShardCursor | None = None
         self._eval: EvalSet | None = None
+        self._no_image: dict[str, float] | None = None
 
     # -- parameters and data ------------------------------------------------------------------
     def initial_params(self) -> Params:
@@ -105,8 +106,12 @@ class SiloSession:
                                       text_only_prompt=self.inputs.text_only_prompt,
                                       batch_size=self.cfg.eval.batch_size)
         self.model.load_projector_state(params)
-        return evaluate(self.model, self._eval, batch_size=self.cfg.eval.batch_size,
-                        length_normalize=self.cfg.eval.length_normalize)
+        m = evaluate(self.model, self._eval, batch_size=self.cfg.eval.batch_size,
+                     length_normalize=self.cfg.eval.length_normalize)
+        if self._no_image is None:  # the same LM without the image: independent of the projector
+            self._no_image = no_image_metrics(self.model, self._eval, batch_size=self.cfg.eval.batch_size,
+                                              length_normalize=self.cfg.eval.length_normalize)
+        return {**m, **self._no_image}
 
     @property
     def epsilon_spent(self) -> float | None:

@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "physical_batch_size": None,  # micro-batch bound for large (DP) logical batches
     "eval_batch": 64,
     "world": "default",  # "default" or "tiny" (tests)
+    "device": "cpu",  # where the frozen models and the projector run
 }
 
 
@@ -63,7 +64,7 @@ class WorldFederation:
         art = build_world(spec)
         self.world_id = art.vision_path.parent.name  # world-<hash of spec and code>
         self.model = load_alignment_model(
-            str(art.vision_path), str(art.lm_path), projector="mlp2x_gelu", device="cpu",
+            str(art.vision_path), str(art.lm_path), projector="mlp2x_gelu", device=cfg["device"],
             generator=torch.Generator().manual_seed(opts.seed),
         )
         self._init = self.model.projector_state()
