@@ -12,7 +12,7 @@ there (same name and data) are skipped, so a killed sweep resumes.
 
 Configuration keys: name, strategy (simulator preset or fedcmp), eps (None = no DP), delta (1e-5),
 clip, noise (expert σ; default derived from eps), batch_size, lr, optimizer, local_epochs,
-physical_batch_size, and for fedcmp: rank, server_lr, beta, error_feedback.
+physical_batch_size, subspace_rank (train W_t + U·C in the public basis, silo.subspace), and for fedcmp: rank, server_lr, beta, error_feedback.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ apply_process_defaults()
 
 import torch  # noqa: E402
 
-TRAIN_KEYS = ("batch_size", "lr", "optimizer", "local_epochs", "physical_batch_size")
+TRAIN_KEYS = ("batch_size", "lr", "optimizer", "local_epochs", "physical_batch_size", "subspace_rank")
 FEDCMP_KEYS = ("rank", "server_lr", "beta", "error_feedback")
 
 
@@ -52,7 +52,9 @@ def run_config(fed, cfg: dict, rounds: int, seed: int) -> dict:
     dp = None if eps is None else dict(noise_multiplier=cfg.get("noise"), max_grad_norm=cfg.get("clip", 1.0),
                                        epsilon=float(eps), delta=cfg.get("delta", 1e-5))
     train = {k: cfg[k] for k in TRAIN_KEYS if k in cfg}
-    base = {k: fed.cfg[k] for k in TRAIN_KEYS if k in fed.cfg}
+    from simulation.world import DEFAULTS
+
+    base = {k: DEFAULTS[k] for k in TRAIN_KEYS if k in DEFAULTS}  # every run starts from the defaults
     fed.configure(dp=dp, **{**base, **train})
     fc = {k: cfg[k] for k in FEDCMP_KEYS if k in cfg} if cfg["strategy"] == "fedcmp" else {}
     strat = build_strategy(cfg["strategy"], dp=dp is not None, seed=seed, **fc)

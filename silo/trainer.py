@@ -183,9 +183,14 @@ class LocalTrainer:
         return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
 
     # -- the round --------------------------------------------------------------------------
-    def train_round(self, global_params: Params, shard: ShardData) -> RoundResult:
-        """Train from ``global_params`` on ``shard``; return Δ, count, metrics, ε (charged)."""
+    def train_round(self, global_params: Params, shard: ShardData, *, basis: Params | None = None) -> RoundResult:
+        """Train from ``global_params`` on ``shard``; return Δ, count, metrics, ε (charged).
+
+        ``basis`` (weight name -> U, m×r, public and shared): train those weights only as
+        W_t + U·C (:mod:`silo.subspace`); under DP the noise then lives in r·n dimensions."""
         model, s = self.model, self.settings
+        if basis and s.prox_mu > 0:
+            raise PrivacyError("FedProx with subspace training is not supported")
         n = len(shard)
         steps = s.steps_for(n)
         charge = self.plan(n, pass_index=shard.pass_index, shard_index=shard.shard_index)
@@ -194,7 +199,12 @@ class LocalTrainer:
             self.accountant.check(charge)  # before spending compute on a round that cannot be sent
         model.load_projector_state(global_params)
         anchor = model.projector_state()  # clones: the parameters change in place below
-        params = [p for p in model.projector.parameters()]
+        net: torch.nn.Module = model.projector
+        if basis:
+            from silo.subspace import SubspaceProjector
+
+            net = SubspaceProjector(model.projector, basis)
+        params = [p for p in net.parameters() if p.requires_grad or not basis]
         for p in params:
             p.requires_grad_(True)
         opt = self._optimizer(params)
@@ -204,7 +214,7 @@ class LocalTrainer:
         if self.dp is not None:
             assert self._dp_gen is not None
             assert charge is not None
-            dp = DPProjectorTrainer(model.projector, opt, noise_multiplier=charge.noise_multiplier,
+            dp = DPProjectorTrainer(net, opt, noise_multiplier=charge.noise_multiplier,
                                     max_grad_norm=self.dp.max_grad_norm,
                                     expected_batch_size=min(s.batch_size, n), generator=self._dp_gen,
                                     clipping=self.dp.clipping)
@@ -223,7 +233,7 @@ class LocalTrainer:
                 for j, part in enumerate(parts):
                     feats, batch = shard.batch(part)
                     if dp is None:
-                        losses = model.loss_per_sample(feats, batch)
+                        losses = model.caption_nll(batch, net(feats.to(params[0].device, params[0].dtype)))
                         (losses.sum() / len(idx)).backward()
                     else:
                         losses = dp.backward(feats, lambda z, b=batch: model.caption_nll(b, z))
@@ -242,11 +252,14 @@ class LocalTrainer:
             if dp is not None:
                 dp.close()
         elapsed = time.perf_counter() - t0
+        if basis:
+            model.load_projector_state(net.state())  # type: ignore[operator]
         final = model.projector_state()
         delta = {k: final[k] - anchor[k] for k in final}
         metrics = {"train_loss": float(loss_sum) / max(seen, 1), "steps": float(steps),
                    "examples_processed": float(seen), "seconds": elapsed,
-                   "examples_per_second": seen / elapsed if elapsed > 0 else 0.0}
+                   "examples_per_second": seen / elapsed if elapsed > 0 else 0.0,
+                   "trained_params": float(sum(p.numel() for p in params))}
         if dp is not None:
             metrics["noise_multiplier"] = charge.noise_multiplier  # type: ignore[union-attr]
         eps = None

@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "optimizer": "adamw",
     "local_epochs": 1.0,
     "physical_batch_size": None,  # micro-batch bound for large (DP) logical batches
+    "subspace_rank": None,  # r: silos train W_t + U·C in the public basis U of θ_t − θ_0 (silo.subspace)
     "eval_batch": 64,
     "world": "default",  # "default" or "tiny" (tests)
     "device": "cpu",  # where the frozen models and the projector run
@@ -126,8 +127,8 @@ class WorldFederation:
                 accountant = PrivacyAccountant(epsilon=self._dp_budget["epsilon"], delta=self._dp_budget["delta"])
             tr = self._LocalTrainer(self.model, settings, dp=self._dp, accountant=accountant, generator=gen)
             if self._dp is not None:  # one σ for every shard this trainer may see (refused if impossible)
-                rows = self.shards if silo >= 0 else [[s] for s in self._pooled.values()]
-                sizes = [len(sh) for row in rows for sh in row] or [1]
+                shards = self.shards[silo] if silo >= 0 else list(self._pooled.values())
+                sizes = [len(sh) for sh in shards] or [1]  # this silo's own schedule: its own budget
                 plan = tr.plan_dp(sizes)
                 if silo >= 0 and self.dp_plan is None:
                     self.dp_plan = plan
@@ -141,6 +142,8 @@ class WorldFederation:
         runs on the same prepared shards; fresh trainers and accountants follow."""
         from silo.trainer import DPSettings
 
+        if "subspace_rank" in train:
+            self.cfg["subspace_rank"] = train.pop("subspace_rank")
         if train:
             self._settings = replace(self._settings, **train)
         if dp is not False:
@@ -162,8 +165,20 @@ class WorldFederation:
         trainer = self._trainer(silo, prox_mu)
         # same batch order for every strategy: reseed the silo's generator per (silo, round)
         trainer.generator.manual_seed(self.seed * 1_000_003 + silo * 1009 + round)
-        res = trainer.train_round(params, shard)
+        res = trainer.train_round(params, shard, basis=self._basis(params))
         return LocalResult(res.delta, res.n_samples, res.metrics.get("train_loss", math.nan))
+
+    def _basis(self, params: Tensors):
+        """The shared public basis for subspace training (None: full-rank), the same at every silo."""
+        r = self.cfg.get("subspace_rank")
+        if not r:
+            return None
+        from silo.subspace import public_basis
+
+        key = tuple(float(v.double().sum()) for v in params.values())
+        if getattr(self, "_basis_key", None) != key:
+            self._basis_key, self._basis_val = key, public_basis(params, self._init, int(r))
+        return self._basis_val or None
 
     def centralized_update(self, params: Tensors, round: int, lr: float | None = None) -> Tensors:
         """One pass over every silo's round-``round`` shard pooled and shuffled (the centralized

@@ -114,3 +114,23 @@ def test_scenario_options_parse_and_reject_unknown_keys():
     for bad in ("purity", "colour=red", "counts=1"):
         with pytest.raises(ConfigError, match="--scenario-option"):
             parse_scenario_options([bad])
+
+
+def test_cli_dp_world_run_reports_no_image_baseline_and_derived_noise(tmp_path):
+    """final.json holds the no-image baseline beside the result, and the DP plan σ derived from ε."""
+    out = tmp_path / "dp"
+    res = CliRunner().invoke(
+        _app(),
+        ["--scenario", "label", "--world", "tiny", "--silos", "3", "--rounds", "1", "--samples-per-round", "24",
+         "--test-size", "16", "--strategy", "fedavg", "--dp", "--dp-epsilon", "4", "--batch-size", "8",
+         "--physical-batch-size", "4", "--sum", "plain", "--allow-insecure-plain-sums", "--out", str(out)],
+    )
+    assert res.exit_code == 0, res.output
+    assert "DP plan: noise multiplier" in res.output and "derived from the budget" in res.output
+    final = json.loads((out / "final.json").read_text())
+    run = final["runs"][0]
+    for key in ("nll_no_image", "mc_accuracy_no_image", "nll_cut_vs_no_image"):
+        assert isinstance(run[key], float) and key in final
+    assert run["nll_cut_vs_no_image"] == pytest.approx(1 - run["nll"] / run["nll_no_image"])
+    plan = run["dp_plan"]
+    assert plan["derived"] and plan["epsilon"] <= 4.0 and plan["sample_rate"] == pytest.approx(8 / 24)
