@@ -120,7 +120,7 @@ def noise_for_budget(epsilon: float, delta: float, sample_rate: float, steps: in
 
     Uses :func:`compute_epsilon`, the accountant the silo reports with, so the derived plan's ε
     is what the ledger will show. Bisection on σ (ε decreases monotonically in σ).
-    Raises :class:`PrivacyError` when not even ``max_noise`` meets the budget.
+    Raises :class:`PrivacyBudgetExceeded` when not even ``max_noise`` meets the budget.
     """
     if epsilon <= 0 or not 0 < delta < 1:
         raise PrivacyError(f"budget needs epsilon > 0 and 0 < delta < 1, got ({epsilon}, {delta})")
@@ -133,8 +133,8 @@ def noise_for_budget(epsilon: float, delta: float, sample_rate: float, steps: in
             return compute_epsilon([(sigma, sample_rate, steps)] * passes, delta, accountant)
 
     if eps(max_noise) > epsilon:
-        raise PrivacyError(
-            f"cannot meet the privacy budget epsilon={epsilon:g}, delta={delta:g}: even noise multiplier "
+        raise PrivacyBudgetExceeded(
+            f"impossible privacy budget: cannot meet epsilon={epsilon:g}, delta={delta:g}: even noise multiplier "
             f"{max_noise:g} costs epsilon {eps(max_noise):.4g} for {passes} pass(es) of {steps} steps at "
             f"sample rate {sample_rate:.4g}; use fewer steps, a smaller sample rate or a larger budget")
     lo, hi = 0.05, max_noise

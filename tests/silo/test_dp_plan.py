@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from common.errors import PrivacyBudgetExceeded, PrivacyError
+from common.errors import PrivacyBudgetExceeded
 from silo.data import Sample
 from silo.model import IMAGE_TOKEN
 from silo.privacy import PrivacyAccountant, compute_epsilon, noise_for_budget, plan_dp
@@ -36,7 +36,7 @@ def test_plan_derives_sigma_and_refuses_an_override_that_cannot_fit():
     with pytest.raises(PrivacyBudgetExceeded, match="impossible privacy budget"):
         plan_dp(1.0, 1e-5, shard_sizes=[64], batch_size=32, steps_for=lambda n: 10, max_grad_norm=1.0,
                 noise_multiplier=0.5)
-    with pytest.raises(PrivacyError, match="cannot meet the privacy budget"):
+    with pytest.raises(PrivacyBudgetExceeded, match="impossible privacy budget: cannot meet"):
         noise_for_budget(0.01, 1e-5, 1.0, 1000, max_noise=5.0)
 
 
