@@ -135,16 +135,20 @@ def table() -> None:
                                 "epsilon": r.get("epsilon"), "seconds": r.get("seconds")})
         md.append("")
         for eps, bar in ((8, 0.75), (2, 0.5)):
-            best = None
+            per_seed = {}  # seed -> (best ratio, method) over the DP methods run on that seed
             for m in METHODS.values():
                 runs = by.get((sc, f"{m[0]} eps={eps:g}"), {})
-                ratio = [runs[s]["nll_cut"] / ref[s]["nll_cut"] for s in runs if s in ref]
-                if ratio and (best is None or statistics.fmean(ratio) > best[1]):
-                    best = (m[0], statistics.fmean(ratio), min(ratio), len(ratio))
-            if best:
-                ok = best[1] >= bar
-                checks.append(f"{sc}, ε={eps}: best DP method {best[0]} reaches {100 * best[1]:.0f}% of no-DP "
-                              f"FedAvg's cut (min over {best[3]} seed(s) {100 * best[2]:.0f}%; bar {100 * bar:.0f}%): "
+                for s_, r in runs.items():
+                    if s_ in ref and ref[s_]["nll_cut"] > 0:
+                        ratio = r["nll_cut"] / ref[s_]["nll_cut"]
+                        if s_ not in per_seed or ratio > per_seed[s_][0]:
+                            per_seed[s_] = (ratio, m[0])
+            if per_seed:
+                vals = [v[0] for v in per_seed.values()]
+                ok = min(vals) >= bar
+                detail = ", ".join(f"seed {k}: {100 * v[0]:.0f}% ({v[1]})" for k, v in sorted(per_seed.items()))
+                checks.append(f"{sc}, ε={eps}: best DP method per seed reaches {detail} of no-DP FedAvg's cut "
+                              f"(bar {100 * bar:.0f}% on every seed; {len(vals)} seed(s) run): "
                               + ("**met**" if ok else "**not met**"))
         for eps in (1, 2, 4, 8):
             a = by.get((sc, f"DP Fed-CMP r=16 eps={eps:g}"), {})
