@@ -125,6 +125,7 @@ def _train_local(cfg) -> dict[str, Any]:
     session = SiloSession(cfg, notify=say)
     trail = SiloAuditTrail(session.ledger)
     trail.run_start(cfg, policy, networked=False)
+    session.record_dp_plan()
     _data_lines(session.inputs.report)
     if session.samples_seen:
         say(f"resuming from {cfg.state_dir}: {session.samples_seen} record(s) already used"

@@ -19,7 +19,7 @@ import torch
 from fedalign.silo.data import Sample, open_image
 from fedalign.silo.model import IMAGE_TOKEN, AlignmentModel, EncodedText
 
-__all__ = ["EvalSet", "prepare_eval", "evaluate", "remove_image", "presence_metrics"]
+__all__ = ["EvalSet", "prepare_eval", "evaluate", "remove_image", "presence_metrics", "no_image_metrics"]
 
 
 def remove_image(prompt: str) -> str:
@@ -159,3 +159,22 @@ def evaluate(model: AlignmentModel, ev: EvalSet, *, batch_size: int = 64, length
         return m
     finally:
         model.projector.train(was_training)
+
+
+@torch.no_grad()
+def no_image_metrics(model: AlignmentModel, ev: EvalSet, *, batch_size: int = 64,
+                     length_normalize: bool = True) -> dict[str, float]:
+    """The same frozen LM with no image (its text-only prompt form): held-out caption NLL and
+    multiple-choice accuracy, the level a projector must beat to have learned anything."""
+    m: dict[str, float] = {}
+    if len(ev.captions.texts):
+        m["heldout_nll_no_image"] = float(_nll(model, ev.caption_feats, ev.captions, with_image=False,
+                                               length_normalize=True, batch_size=batch_size).mean())
+    if ev.item_offsets:
+        scores = _nll(model, ev.item_feats, ev.items, with_image=False, length_normalize=length_normalize,
+                      batch_size=batch_size)
+        hits = [int(torch.argmin(scores[a:b])) == y for (a, b), y, k in
+                zip(ev.item_offsets, ev.item_answers, ev.item_kinds) if k in ("caption_mc", "mc")]
+        if hits:
+            m["mc_accuracy_no_image"] = float(np.mean(hits))
+    return m

@@ -172,6 +172,7 @@ def federated_train(config: Any, *, insecure_plaintext: bool = False, stop: thre
         say(f"warning: {w}")
     trail = SiloAuditTrail(session.ledger)  # one Ledger object per file: the accountant's
     trail.run_start(config, policy, networked=True)
+    session.record_dp_plan()
     try:
         out = run_federated(config, trainer=trainer, insecure_plaintext=insecure_plaintext, stop=stop, progress=True,
                             configure=lambda p: attach_policy(p, policy, trail))

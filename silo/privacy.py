@@ -48,6 +48,9 @@ __all__ = [
     "dp_generator",
     "poisson_batches",
     "compute_epsilon",
+    "noise_for_budget",
+    "DPPlan",
+    "plan_dp",
 ]
 
 
@@ -108,6 +111,109 @@ def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accoun
     except Exception as exc:  # PRV's domain checks raise ValueError / RuntimeError
         raise PrivacyError(f"{accountant} accountant failed for history {history}: {exc}") from exc
     return eps
+
+
+def noise_for_budget(epsilon: float, delta: float, sample_rate: float, steps: int, *, passes: int = 1,
+                     accountant: Literal["rdp", "prv"] = "rdp", rtol: float = 0.002,
+                     max_noise: float = 200.0) -> float:
+    """The smallest noise multiplier σ (to ``rtol``) whose ``passes`` × (σ, q, T) history costs ≤ ε.
+
+    Uses :func:`compute_epsilon`, the accountant the silo reports with, so the derived plan's ε
+    is what the ledger will show. Bisection on σ (ε decreases monotonically in σ).
+    Raises :class:`PrivacyBudgetExceeded` when not even ``max_noise`` meets the budget.
+    """
+    if epsilon <= 0 or not 0 < delta < 1:
+        raise PrivacyError(f"budget needs epsilon > 0 and 0 < delta < 1, got ({epsilon}, {delta})")
+    if not 0 < sample_rate <= 1 or steps < 1 or passes < 1:
+        raise PrivacyError(f"bad schedule: sample rate {sample_rate}, steps {steps}, passes {passes}")
+
+    def eps(sigma: float) -> float:
+        with warnings.catch_warnings():  # the search visits σ where the optimal RDP order is at the range's end
+            warnings.simplefilter("ignore")
+            return compute_epsilon([(sigma, sample_rate, steps)] * passes, delta, accountant)
+
+    if eps(max_noise) > epsilon:
+        raise PrivacyBudgetExceeded(
+            f"impossible privacy budget: cannot meet epsilon={epsilon:g}, delta={delta:g}: even noise multiplier "
+            f"{max_noise:g} costs epsilon {eps(max_noise):.4g} for {passes} pass(es) of {steps} steps at "
+            f"sample rate {sample_rate:.4g}; use fewer steps, a smaller sample rate or a larger budget")
+    lo, hi = 0.05, max_noise
+    if eps(lo) <= epsilon:
+        return lo
+    while hi / lo > 1 + rtol:
+        mid = (lo * hi) ** 0.5
+        if eps(mid) <= epsilon:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+@dataclass(frozen=True)
+class DPPlan:
+    """A silo's DP schedule for a run, fixed before training: what every round will be charged.
+
+    ``sample_rate`` and ``steps`` are the dominating (largest) ones over the planned shards, so a
+    run that follows the plan spends at most ``epsilon`` (the pass's accountant charge is
+    (min σ, max q, max T)).
+    """
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    passes: int
+    shard_size: int
+    batch_size: int
+    max_grad_norm: float
+    epsilon: float  # what the accountant computes for the planned schedule
+    epsilon_budget: float
+    delta: float
+    accountant: str
+    derived: bool  # True: σ derived from the budget; False: the expert override was used
+    n_params: int = 0
+
+    def describe(self) -> str:
+        """One line for logs: σ, q, steps, passes, ε, and the noise against the clipped signal."""
+        rel = ""
+        if self.n_params:  # noise norm on the averaged gradient, in units of the clip norm
+            rel = (f", noise/clip on the mean gradient ≈ σ·√d/B = "
+                   f"{self.noise_multiplier * self.n_params ** 0.5 / max(self.batch_size, 1):.3g}")
+        src = "derived from the budget" if self.derived else "expert override privacy.noise_multiplier"
+        return (f"DP plan: noise multiplier σ={self.noise_multiplier:.4g} ({src}), Poisson rate q="
+                f"{self.sample_rate:.4g} (batch {self.batch_size} of shard {self.shard_size}), {self.steps} "
+                f"steps/round, {self.passes} pass(es), clip C={self.max_grad_norm:g} -> epsilon="
+                f"{self.epsilon:.4g} of budget {self.epsilon_budget:g} at delta={self.delta:g} "
+                f"({self.accountant}){rel}")
+
+
+def plan_dp(epsilon: float, delta: float, *, shard_sizes: list[int], batch_size: int,
+            steps_for: Callable[[int], int], max_grad_norm: float, passes: int = 1,
+            noise_multiplier: float | None = None, accountant: Literal["rdp", "prv"] = "rdp",
+            n_params: int = 0) -> DPPlan:
+    """The DP plan for shards of ``shard_sizes`` (Poisson rate q = batch/size, T = steps_for(size)).
+
+    ``noise_multiplier=None`` derives σ from (ε, δ) for the dominating (max q, max T) schedule;
+    a given σ is the expert override and is refused (:class:`PrivacyBudgetExceeded`) when its
+    schedule cannot meet the budget.
+    """
+    sizes = [int(n) for n in shard_sizes if n > 0]
+    if not sizes:
+        raise PrivacyError("DP plan: no non-empty shard")
+    q = max(min(1.0, batch_size / n) for n in sizes)
+    T = max(steps_for(n) for n in sizes)
+    if noise_multiplier is None:
+        sigma, derived = noise_for_budget(epsilon, delta, q, T, passes=passes, accountant=accountant), True
+    else:
+        sigma, derived = float(noise_multiplier), False
+    eps = compute_epsilon([(sigma, q, T)] * passes, delta, accountant)
+    if eps > epsilon:
+        raise PrivacyBudgetExceeded(
+            f"impossible privacy budget: the planned schedule ({passes} pass(es) of {T} steps at sample rate "
+            f"{q:.4g}, noise multiplier {sigma:g}) costs epsilon {eps:.4g} > privacy.epsilon {epsilon:g} "
+            f"(delta {delta:g}); leave privacy.noise_multiplier unset to derive it from the budget, or use "
+            "fewer local steps / a smaller batch")
+    return DPPlan(sigma, q, T, passes, max(sizes), batch_size, max_grad_norm, eps, epsilon, delta, accountant,
+                  derived, n_params)
 
 
 class PrivacyAccountant:
@@ -261,6 +367,13 @@ class DPProjectorTrainer:
             q.grad = torch.zeros_like(q)
             if self.clipping == "per_sample":
                 q.grad_sample = torch.zeros((0, *q.shape), device=q.device, dtype=q.dtype)
+
+    def accumulate(self) -> None:
+        """End of a physical micro-batch that is not the last of its logical (Poisson) batch: keep the
+        clipped per-sample gradient sum, add no noise, take no step (Opacus' skip-step mechanism)."""
+        self.optimizer.signal_skip_step(True)
+        self.optimizer.pre_step()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def step(self, extra_grad: Callable[[], None] | None = None) -> None:
         """Noise, scale and step; ``extra_grad`` adds data-independent terms (FedProx) after noise."""

@@ -8,6 +8,7 @@ so a bad input fails before anything is trained or written.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict
 from typing import Any, Callable
@@ -18,9 +19,9 @@ from fedalign.protocol.config.silo import SiloConfig
 from fedalign.protocol.errors import ConfigError, DataError, PrivacyBudgetExceeded
 from fedalign.protocol.ledger import Ledger
 from fedalign.silo.data import ShardCursor, fingerprint
-from fedalign.silo.evaluate import EvalSet, evaluate, prepare_eval
+from fedalign.silo.evaluate import EvalSet, evaluate, no_image_metrics, prepare_eval
 from fedalign.silo.model import AlignmentModel, build_projector, load_alignment_model
-from fedalign.silo.privacy import PrivacyAccountant, RoundCharge
+from fedalign.silo.privacy import DPPlan, PrivacyAccountant, plan_dp
 from fedalign.silo.sources import SiloInputs, load_inputs, model_paths
 from fedalign.silo.trainer import DPSettings, LocalTrainer, Params, RoundResult, TrainSettings, prepare_shard
 
@@ -52,19 +53,21 @@ class SiloSession:
         self.inputs = inputs if inputs is not None else load_inputs(cfg)
         t, p = cfg.train, cfg.privacy
         self.settings = TrainSettings(t.batch_size, t.lr, t.optimizer, t.weight_decay, t.local_steps,
-                                      t.local_epochs, t.prox_mu)
+                                      t.local_epochs, t.prox_mu, t.physical_batch_size)
         state = cfg.state_dir
         self.ledger = Ledger(state / "ledger.jsonl", identity=_ledger_identity(cfg))
         self.accountant: PrivacyAccountant | None = None
         self.dp: DPSettings | None = None
         if p.enabled:
             self.dp = DPSettings(p.noise_multiplier, p.max_grad_norm, p.clipping,
-                                 t.seed if p.insecure_seeded_noise else None)
+                                 t.seed if p.insecure_seeded_noise else None, passes=cfg.data.max_passes)
             self.accountant = PrivacyAccountant(p.epsilon, p.delta, accountant=p.accountant,
                                                 state_path=state / "privacy.json", ledger=self.ledger)
             n = min(cfg.data.shard_size, len(self.inputs.train))
-            self.accountant.check_feasible(RoundCharge(p.noise_multiplier, min(1.0, t.batch_size / n),
-                                                       self.settings.steps_for(n), shard_size=n))
+            # σ from the budget (or the override, refused if it cannot meet it), before any model loads
+            plan_dp(p.epsilon, p.delta, shard_sizes=[n], batch_size=t.batch_size, steps_for=self.settings.steps_for,
+                    max_grad_norm=p.max_grad_norm, passes=cfg.data.max_passes, noise_multiplier=p.noise_multiplier,
+                    accountant=p.accountant)
         t0: float | None = None
         if model is None:
             vision, llm = model_paths(cfg, notify=self.notify)
@@ -80,8 +83,15 @@ class SiloSession:
         self._check_vocabulary()
         self.trainer = LocalTrainer(model, self.settings, dp=self.dp, accountant=self.accountant,
                                     generator=torch.Generator().manual_seed(t.seed))
+        self.dp_plan: DPPlan | None = None
+        if self.dp is not None:
+            self.dp_plan = self.trainer.plan_dp([min(cfg.data.shard_size, len(self.inputs.train))])
+            assert self.dp_plan is not None
+            print(f"[{cfg.federation.silo_id or 'silo'}] {self.dp_plan.describe()}", file=sys.stderr, flush=True)
+        self._plan_recorded = False  # the plan goes to the ledger after the run's policy entry
         self._cursor: ShardCursor | None = None
         self._eval: EvalSet | None = None
+        self._no_image: dict[str, float] | None = None
 
     def _check_vocabulary(self) -> None:
         """Captions the LM cannot read (its tokenizer maps them to <unk>) teach the projector nothing."""
@@ -150,12 +160,20 @@ class SiloSession:
                 f"and LM {c.llm!r} (d={self.model.d_model}) has {'x'.join(map(str, own.get(k, ()))) or 'absent'}; "
                 "nothing was trained")
 
+    def record_dp_plan(self) -> None:
+        """Write the DP plan to the ledger once (after the run's first entry, the site policy; at the
+        latest before the first charge)."""
+        if self.dp_plan is not None and not self._plan_recorded:
+            self.ledger.append("dp_plan", asdict(self.dp_plan), now=self.clock())
+            self._plan_recorded = True
+
     def train_round(self, global_params: Params) -> RoundResult:
         """Draw the next fresh shard (persisted first), train on it, return Δ (DP charged).
 
         θ's shapes and the DP budget are checked before the shard is drawn: a round that cannot
         finish uses no data."""
         self.check_params(global_params)
+        self.record_dp_plan()
         if self.accountant is not None:
             nxt = self.cursor.peek_shard(self.cfg.data.shard_size)
             self.accountant.check(self.trainer.plan(len(nxt.indices), pass_index=nxt.pass_index,
@@ -177,8 +195,11 @@ class SiloSession:
         self.model.load_projector_state(params)
         out = evaluate(self.model, self._eval, batch_size=self.cfg.eval.batch_size,
                        length_normalize=self.cfg.eval.length_normalize)
+        if self._no_image is None:  # the same LM without the image: independent of the projector
+            self._no_image = no_image_metrics(self.model, self._eval, batch_size=self.cfg.eval.batch_size,
+                                              length_normalize=self.cfg.eval.length_normalize)
         self.notify(f"evaluated in {time.monotonic() - t0:.0f}s")
-        return out
+        return {**out, **self._no_image}
 
     @property
     def epsilon_spent(self) -> float | None:

@@ -20,7 +20,8 @@ import torch
 from fedalign.protocol.errors import PrivacyError
 from fedalign.silo.data import Sample, open_image
 from fedalign.silo.model import AlignmentModel, TokenBatch
-from fedalign.silo.privacy import DPProjectorTrainer, PrivacyAccountant, RoundCharge, dp_generator, poisson_batches
+from fedalign.silo.privacy import (DPPlan, DPProjectorTrainer, PrivacyAccountant, RoundCharge, dp_generator, plan_dp,
+                                   poisson_batches)
 
 __all__ = ["TrainSettings", "DPSettings", "ShardData", "RoundResult", "LocalTrainer", "prepare_shard",
            "feature_device", "train_rounds", "Params"]
@@ -37,6 +38,7 @@ class TrainSettings:
     local_steps: int | None = None
     local_epochs: float = 1.0
     prox_mu: float = 0.0
+    physical_batch_size: int | None = None  # memory bound: a logical batch runs as micro-batches of this size
 
     def steps_for(self, n: int) -> int:
         """Optimizer steps for a shard of ``n`` records."""
@@ -47,10 +49,14 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class DPSettings:
-    noise_multiplier: float
+    """``noise_multiplier=None``: derived from the accountant's (ε, δ) budget for the planned
+    schedule (:meth:`LocalTrainer.plan_dp`); a number is the expert override, checked against it."""
+
+    noise_multiplier: float | None
     max_grad_norm: float
     clipping: Literal["ghost", "per_sample"] = "ghost"
     insecure_seed: int | None = None  # INSECURE: tests only; None = OS-seeded noise and sampling
+    passes: int = 1  # planned passes over the data (each composes; the plan covers all of them)
 
 
 @dataclass
@@ -155,13 +161,36 @@ class LocalTrainer:
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self._dp_gen = dp_generator(dp.insecure_seed, model.device) if dp else None
         self._sample_gen = dp_generator(None if dp.insecure_seed is None else dp.insecure_seed + 1) if dp else None
+        self.dp_plan: DPPlan | None = None
 
     # -- planning -------------------------------------------------------------------------
+    def plan_dp(self, shard_sizes: Sequence[int]) -> DPPlan | None:
+        """Fix the run's DP schedule for shards of ``shard_sizes`` (None without DP): σ from the budget
+        (or the override, refused when it cannot meet the budget). Call before training; a round on
+        an unplanned shard size plans for that size alone."""
+        if self.dp is None:
+            return None
+        assert self.accountant is not None
+        acc = self.accountant
+        self.dp_plan = plan_dp(acc.epsilon_budget, acc.delta, shard_sizes=list(shard_sizes),
+                               batch_size=self.settings.batch_size, steps_for=self.settings.steps_for,
+                               max_grad_norm=self.dp.max_grad_norm, passes=self.dp.passes,
+                               noise_multiplier=self.dp.noise_multiplier, accountant=acc.accountant,  # type: ignore[arg-type]
+                               n_params=sum(p.numel() for p in self.model.projector.parameters()))
+        return self.dp_plan
+
+    @property
+    def noise_multiplier(self) -> float | None:
+        return self.dp_plan.noise_multiplier if self.dp_plan is not None else None
+
     def plan(self, n: int, *, pass_index: int = 0, shard_index: int = 0) -> RoundCharge | None:
         """The DP charge a round on ``n`` records would make (None without DP)."""
         if self.dp is None:
             return None
-        return RoundCharge(self.dp.noise_multiplier, min(1.0, self.settings.batch_size / n),
+        if self.dp_plan is None:
+            self.plan_dp([n])
+        assert self.dp_plan is not None
+        return RoundCharge(self.dp_plan.noise_multiplier, min(1.0, self.settings.batch_size / n),
                            self.settings.steps_for(n), pass_index, shard_index, n)
 
     def _batches(self, n: int, steps: int) -> list[torch.Tensor]:
@@ -186,9 +215,14 @@ class LocalTrainer:
         return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
 
     # -- the round --------------------------------------------------------------------------
-    def train_round(self, global_params: Params, shard: ShardData) -> RoundResult:
-        """Train from ``global_params`` on ``shard``; return Δ, count, metrics, ε (charged)."""
+    def train_round(self, global_params: Params, shard: ShardData, *, basis: Params | None = None) -> RoundResult:
+        """Train from ``global_params`` on ``shard``; return Δ, count, metrics, ε (charged).
+
+        ``basis`` (weight name -> U, m×r, public and shared): train those weights only as
+        W_t + U·C (:mod:`silo.subspace`); under DP the noise then lives in r·n dimensions."""
         model, s = self.model, self.settings
+        if basis and s.prox_mu > 0:
+            raise PrivacyError("FedProx with subspace training is not supported")
         n = len(shard)
         steps = s.steps_for(n)
         charge = self.plan(n, pass_index=shard.pass_index, shard_index=shard.shard_index)
@@ -197,7 +231,12 @@ class LocalTrainer:
             self.accountant.check(charge)  # before spending compute on a round that cannot be sent
         model.load_projector_state(global_params)
         anchor = model.projector_state()  # clones: the parameters change in place below
-        params = [p for p in model.projector.parameters()]
+        net: torch.nn.Module = model.projector
+        if basis:
+            from fedalign.silo.subspace import SubspaceProjector
+
+            net = SubspaceProjector(model.projector, basis)
+        params = [p for p in net.parameters() if p.requires_grad or not basis]
         for p in params:
             p.requires_grad_(True)
         opt = self._optimizer(params)
@@ -206,41 +245,55 @@ class LocalTrainer:
         dp = None
         if self.dp is not None:
             assert self._dp_gen is not None
-            dp = DPProjectorTrainer(model.projector, opt, noise_multiplier=self.dp.noise_multiplier,
+            assert charge is not None
+            dp = DPProjectorTrainer(net, opt, noise_multiplier=charge.noise_multiplier,
                                     max_grad_norm=self.dp.max_grad_norm,
                                     expected_batch_size=min(s.batch_size, n), generator=self._dp_gen,
                                     clipping=self.dp.clipping)
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=model.device)
         seen = 0
+        phys = s.physical_batch_size
         try:
             for idx in self._batches(n, steps):
                 if dp is not None and len(idx) == 0:
                     dp.empty_batch()
                     dp.step(prox)
                     continue
-                feats, batch = shard.batch(idx)
+                # one logical batch as memory-bounded physical micro-batches, one optimizer step
+                parts = list(idx.split(phys)) if phys and len(idx) > phys else [idx]
+                for j, part in enumerate(parts):
+                    feats, batch = shard.batch(part)
+                    if dp is None:
+                        losses = model.caption_nll(batch, net(feats.to(params[0].device, params[0].dtype)))
+                        (losses.sum() / len(idx)).backward()
+                    else:
+                        losses = dp.backward(feats, lambda z, b=batch: model.caption_nll(b, z))
+                        if j < len(parts) - 1:
+                            dp.accumulate()
+                    loss_sum += losses.detach().sum()
                 if dp is None:
-                    losses = model.loss_per_sample(feats, batch)
-                    losses.mean().backward()
                     if prox is not None:
                         prox()
                     opt.step()
                     opt.zero_grad(set_to_none=True)
                 else:
-                    losses = dp.backward(feats, lambda z: model.caption_nll(batch, z))
                     dp.step(prox)
-                loss_sum += losses.detach().sum()
                 seen += len(idx)
         finally:
             if dp is not None:
                 dp.close()
         elapsed = time.perf_counter() - t0
+        if basis:
+            model.load_projector_state(net.state())  # type: ignore[operator]
         final = model.projector_state()
         delta = {k: final[k] - anchor[k] for k in final}
         metrics = {"train_loss": float(loss_sum) / max(seen, 1), "steps": float(steps),
                    "examples_processed": float(seen), "seconds": elapsed,
-                   "examples_per_second": seen / elapsed if elapsed > 0 else 0.0}
+                   "examples_per_second": seen / elapsed if elapsed > 0 else 0.0,
+                   "trained_params": float(sum(p.numel() for p in params))}
+        if dp is not None:
+            metrics["noise_multiplier"] = charge.noise_multiplier  # type: ignore[union-attr]
         eps = None
         if charge is not None:
             assert self.accountant is not None

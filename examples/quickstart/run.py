@@ -1,7 +1,9 @@
 """``make demo``: an aggregator and three silos as separate processes on 127.0.0.1.
 
 Embedded world (its tiny frozen models are built and cached on the first run), secure
-aggregation (SecAgg masking over ZeroMQ + CURVE) and DP (Opacus) on, a few rounds of Fed-CMP.
+aggregation (SecAgg masking over ZeroMQ + CURVE) and DP (Opacus; the noise derived from each
+silo's (ε, δ) budget for its planned schedule) on, a few rounds of Fed-CMP. The result is shown
+beside the same frozen LM's no-image baseline.
 It makes keys, writes the configs from the templates next to this file, starts the four
 processes, and at the end prints a metrics table, each round's wire bytes per silo checked
 against the Fed-CMP payload formula, and where the projector, curves and ledgers are.
@@ -80,13 +82,13 @@ def prepare(out: Path, rounds: int, shard: int, world: str) -> dict:
     from fedalign.protocol.keys import load_public
     from fedalign.protocol.policy import key_fingerprint
 
-    fp = key_fingerprint(load_public(keys / "aggregator.key"))
+    fp = key_fingerprint(load_public(keys / "fedalign.aggregator.key"))
     (out / "policy.toml").write_text(_fill(HERE / "policy.toml", aggregator_fingerprint=fp))
     shutil.copy(HERE / "aggregator-policy.toml", out / "aggregator-policy.toml")
     port = free_port()
-    (out / "aggregator.toml").write_text(_fill(HERE / "aggregator.toml", port=port, rounds=rounds))
+    (out / "fedalign.aggregator.toml").write_text(_fill(HERE / "fedalign.aggregator.toml", port=port, rounds=rounds))
     for i, s in enumerate(SILOS):
-        txt = _fill(HERE / "silo.toml", port=port, index=i, name=s, shard_size=shard, samples_per_silo=shard * rounds,
+        txt = _fill(HERE / "fedalign.silo.toml", port=port, index=i, name=s, shard_size=shard, samples_per_silo=shard * rounds,
                     world=world)
         (out / f"{s}.toml").write_text(txt)
     return {"port": port, "d_vision": d_v, "d_model": d_m}
@@ -97,7 +99,7 @@ def launch(out: Path, timeout: float) -> None:
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     env = dict(os.environ)  # the installed fedalign package (pip install -e . or a wheel)
-    cmds = {"aggregator": [sys.executable, "-m", "fedalign.aggregator.cli", "serve", "--config", "aggregator.toml", "--quiet"]}
+    cmds = {"aggregator": [sys.executable, "-m", "fedalign.aggregator.cli", "serve", "--config", "fedalign.aggregator.toml", "--quiet"]}
     for s in SILOS:
         cmds[s] = [sys.executable, "-m", "fedalign.silo.cli", "train", "--config", f"{s}.toml"]
     procs: dict[str, subprocess.Popen] = {}
@@ -165,7 +167,7 @@ def report(out: Path, rounds: int, started: float) -> None:
     from fedalign.protocol.config.aggregator import load_aggregator_config
     from fedalign.fedcmp.strategies import FedCMPConfig
 
-    fc = FedCMPConfig(**load_aggregator_config(out / "aggregator.toml").strategy.options)  # this run's
+    fc = FedCMPConfig(**load_aggregator_config(out / "fedalign.aggregator.toml").strategy.options)  # this run's
     formula = 4 * payload_formula_numbers(init, rank=fc.rank, reliability=fc.reliability != "off")  # uint32
     full = 4 * sum(v.numel() for v in init.values())
 
@@ -208,6 +210,7 @@ def report(out: Path, rounds: int, started: float) -> None:
         vals = [f"{fmt(before.get(k))} -> {fmt(after.get(k))}" for k in keys] + [fmt(summ.get("epsilon_spent"))]
         e.add_row(s, *vals)
     con.print(e)
+    aligned = no_image_check(con, summaries)
 
     curves = out / "curves.png"
     try:
@@ -237,19 +240,50 @@ def report(out: Path, rounds: int, started: float) -> None:
     say(f"  exported (LLaVA) : {out / 'hospital-a-out' / 'mm_projector.safetensors'} (each silo)")
     say(f"  curves           : {curves}")
     say(f"  ledgers          : {agg / 'ledger.jsonl'}, " + ", ".join(str(out / f'{s}-out' / 'state' / 'ledger.jsonl') for s in SILOS))
-    say(f"  logs             : {agg / 'aggregator.jsonl'}, {out / 'logs'}")
+    say(f"  logs             : {agg / 'fedalign.aggregator.jsonl'}, {out / 'logs'}")
     say(f"  audit            : cd {out} && silo audit report --config hospital-a.toml --html hospital-a-report.html"
         "  (docs/compliance.md)")
     say(f"total {time.time() - started:.0f}s")
     if not ok or len(history) != rounds:
         raise SystemExit("quickstart: the payload check or the round count failed")
+    if not aligned:
+        say("quickstart: the trained projector did not clear the no-image bar (see the table above)")
+
+
+def no_image_check(con, summaries: dict) -> bool:
+    """The trained projector against the same frozen LM with no image, on the same held-out set.
+
+    Under DP a projector can end where the LM already is without the image; the quickstart's bar:
+    held-out NLL >= 25% below the no-image NLL and multiple-choice accuracy >= 2x the no-image one."""
+    from rich.table import Table
+
+    ev = next(iter(summaries.values())).get("eval", {})  # every silo evaluates the same global θ
+    nll, base = ev.get("heldout_nll"), ev.get("heldout_nll_no_image", ev.get("heldout_nll_text_only"))
+    mc, mc0 = ev.get("mc_accuracy"), ev.get("mc_accuracy_no_image")
+    if not isinstance(nll, float) or not isinstance(base, float):
+        say("(no-image baseline not available)")
+        return False
+    t = Table(title="trained projector (DP + secure aggregation) vs the same frozen LM with no image")
+    for col in ("metric", "no image", "trained projector", "change", "bar", "met"):
+        t.add_column(col, justify="right")
+    cut = 1.0 - nll / base
+    ok_nll = cut >= 0.25
+    t.add_row("held-out caption NLL", f"{base:.3f}", f"{nll:.3f}", f"{-100 * cut:+.1f}%", "<= -25%",
+              "yes" if ok_nll else "NO")
+    ok_mc = True
+    if isinstance(mc, float) and isinstance(mc0, float):
+        ok_mc = mc >= 2 * mc0
+        t.add_row("multiple-choice accuracy", f"{mc0:.3f}", f"{mc:.3f}", f"{mc / max(mc0, 1e-9):.2f}x", ">= 2x",
+                  "yes" if ok_mc else "NO")
+    con.print(t)
+    return ok_nll and ok_mc
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="work dir (runs/ is git-ignored)")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--shard-size", type=int, default=128, help="records per silo per round")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--shard-size", type=int, default=1024, help="records per silo per round (DP needs thousands)")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--world", choices=("default", "tiny"), default="default",
                     help="embedded world models: default, or tiny (builds in a fraction of the time)")

@@ -22,7 +22,8 @@ from fedalign.fedcmp.strategy import Strategy
 
 __all__ = ["simulate", "build_strategy", "make_sum", "summarise_seeds", "METRICS", "build_app", "main"]
 
-METRICS = ("nll", "mc_accuracy", "presence_f1", "upload_bytes_per_silo_per_round")
+METRICS = ("nll", "mc_accuracy", "presence_f1", "upload_bytes_per_silo_per_round", "nll_no_image",
+           "mc_accuracy_no_image", "nll_cut_vs_no_image")
 
 
 def build_strategy(
@@ -147,9 +148,15 @@ def simulate(
                                               "skew_attribute, unreliable_largest, domain_purity"),
     world: str = typer.Option("default", help="embedded world size: default | tiny (seconds to build; for tests)"),
     test_size: Optional[int] = typer.Option(None, help="held-out samples (default 300)"),
+    batch_size: Optional[int] = typer.Option(None, help="local batch (DP: expected Poisson batch; default 16)"),
+    lr: Optional[float] = typer.Option(None, help="local learning rate (default 2e-3)"),
+    optimizer: Optional[str] = typer.Option(None, help="local optimizer: adamw | sgd (default adamw)"),
+    local_epochs: Optional[float] = typer.Option(None, help="passes over each round's shard (default 1)"),
+    physical_batch_size: Optional[int] = typer.Option(None, help="micro-batch bound for large logical batches"),
     seeds: str = typer.Option("0", help="comma-separated seeds, e.g. 0,1,2"),
     dp: bool = typer.Option(False, "--dp/--no-dp", help="record-level DP at every silo (Opacus)"),
-    dp_noise: float = typer.Option(1.0, help="DP noise multiplier σ"),
+    dp_noise: Optional[float] = typer.Option(None, help="DP noise multiplier σ: expert override (default: derived "
+                                             "from --dp-epsilon/--dp-delta for the planned schedule)"),
     dp_clip: float = typer.Option(1.0, help="DP per-sample clipping norm C"),
     dp_epsilon: float = typer.Option(8.0, help="DP budget ε per silo"),
     dp_delta: float = typer.Option(1e-5, help="DP budget δ per silo"),
@@ -185,6 +192,10 @@ def simulate(
                                   extra={"world": world, **({"test_size": test_size} if test_size else {}),
                                          **({"public_size": public_size} if public_size else {}),
                                          **({"reference_kind": reference_kind} if reference_kind else {}),
+                                         **{k: v for k, v in dict(batch_size=batch_size, lr=lr, optimizer=optimizer,
+                                                                  local_epochs=local_epochs,
+                                                                  physical_batch_size=physical_batch_size).items()
+                                            if v is not None},
                                          **scenario_extra})
             problem = build_problem(scenario, opts)
             keep = [k for k in range(problem.n_silos) if k not in problem.unreliable] if drop_unreliable else None
@@ -207,6 +218,14 @@ def simulate(
             else:
                 raise ConfigError(f"--engine: expected inprocess or network, got {engine!r}")
             final = {"scenario": scenario, "seed": seed, "dp": dp_opts, **res.final}
+            if hasattr(problem, "no_image"):  # the same frozen LM without the image: the level to beat
+                final.update(problem.no_image())
+                if isinstance(final.get("nll"), float):
+                    final["nll_cut_vs_no_image"] = 1.0 - final["nll"] / final["nll_no_image"]
+            if getattr(problem, "dp_plan", None) is not None:
+                from dataclasses import asdict
+
+                final["dp_plan"] = asdict(problem.dp_plan)
             finals.append(final)
             curves[f"seed {seed}"] = res.records
             unreliable[f"seed {seed}"] = tuple(problem.unreliable)

@@ -29,6 +29,9 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 16,
     "lr": 2e-3,
     "optimizer": "adamw",
+    "local_epochs": 1.0,
+    "physical_batch_size": None,  # micro-batch bound for large (DP) logical batches
+    "subspace_rank": None,  # r: silos train W_t + U·C in the public basis U of θ_t − θ_0 (silo.subspace)
     "eval_batch": 64,
     "world": "default",  # "default" or "tiny" (tests)
     "device": "cpu",  # "cpu", "cuda" or "auto": frozen models in bf16 on CUDA, projector float32
@@ -100,10 +103,13 @@ class WorldFederation:
 
         items = make_eval_items(list(sc.test), seed=opts.seed, kinds=_EVAL_KINDS)
         self.eval_set = prepare_eval(self.model, records(sc.test), items, text_only_prompt=text_only_prompt)
-        settings = TrainSettings(batch_size=cfg["batch_size"], lr=cfg["lr"], optimizer=cfg["optimizer"])
+        settings = TrainSettings(batch_size=cfg["batch_size"], lr=cfg["lr"], optimizer=cfg["optimizer"],
+                                 local_epochs=cfg["local_epochs"], physical_batch_size=cfg["physical_batch_size"])
         self._dp = None
-        if opts.dp:
-            self._dp = DPSettings(noise_multiplier=opts.dp["noise_multiplier"], max_grad_norm=opts.dp["max_grad_norm"])
+        if opts.dp:  # noise_multiplier None: σ derived from (ε, δ) for the planned schedule
+            self._dp = DPSettings(noise_multiplier=opts.dp.get("noise_multiplier"),
+                                  max_grad_norm=opts.dp["max_grad_norm"])
+        self.dp_plan = None  # the DP plan of the silos' schedule (set by the first trainer)
         self._settings = settings
         self._trainers: dict[tuple[int, float], Any] = {}
         self._dp_budget = opts.dp
@@ -126,17 +132,60 @@ class WorldFederation:
                 from fedalign.silo.privacy import PrivacyAccountant
 
                 accountant = PrivacyAccountant(epsilon=self._dp_budget["epsilon"], delta=self._dp_budget["delta"])
-            self._trainers[key] = self._LocalTrainer(self.model, settings, dp=self._dp, accountant=accountant,
-                                                     generator=gen)
+            tr = self._LocalTrainer(self.model, settings, dp=self._dp, accountant=accountant, generator=gen)
+            if self._dp is not None:  # one σ for every shard this trainer may see (refused if impossible)
+                shards = self.shards[silo] if silo >= 0 else list(self._pooled.values())
+                sizes = [len(sh) for sh in shards] or [1]  # this silo's own schedule: its own budget
+                plan = tr.plan_dp(sizes)
+                if silo >= 0 and self.dp_plan is None:
+                    self.dp_plan = plan
+                    print(plan.describe(), flush=True)
+            self._trainers[key] = tr
         return self._trainers[key]
+
+    def configure(self, *, dp: dict | None | bool = False, **train) -> None:
+        """Change the silos' training settings (TrainSettings fields) and/or DP options
+        (``dict(noise_multiplier=None|σ, max_grad_norm, epsilon, delta)``, or None for no DP) between
+        runs on the same prepared shards; fresh trainers and accountants follow."""
+        from fedalign.silo.trainer import DPSettings
+
+        if "subspace_rank" in train:
+            self.cfg["subspace_rank"] = train.pop("subspace_rank")
+        if train:
+            self._settings = replace(self._settings, **train)
+        if dp is not False:
+            self._dp_budget = dp
+            self._dp = None if not dp else DPSettings(noise_multiplier=dp.get("noise_multiplier"),
+                                                      max_grad_norm=dp["max_grad_norm"])
+        self.dp_plan = None
+        self.reset()
+
+    def no_image(self) -> dict[str, float]:
+        """The frozen LM with no image on the same held-out set: the level to beat."""
+        from fedalign.silo.evaluate import no_image_metrics
+
+        m = no_image_metrics(self.model, self.eval_set, batch_size=self.cfg["eval_batch"])
+        return {"nll_no_image": m["heldout_nll_no_image"], "mc_accuracy_no_image": m.get("mc_accuracy_no_image")}
 
     def local_update(self, params: Tensors, silo: int, round: int, prox_mu: float) -> LocalResult:
         shard = self.shards[silo][round % self.rounds]
         trainer = self._trainer(silo, prox_mu)
         # same batch order for every strategy: reseed the silo's generator per (silo, round)
         trainer.generator.manual_seed(self.seed * 1_000_003 + silo * 1009 + round)
-        res = trainer.train_round(params, shard)
+        res = trainer.train_round(params, shard, basis=self._basis(params))
         return LocalResult(_on_cpu(res.delta), res.n_samples, res.metrics.get("train_loss", math.nan))
+
+    def _basis(self, params: Tensors):
+        """The shared public basis for subspace training (None: full-rank), the same at every silo."""
+        r = self.cfg.get("subspace_rank")
+        if not r:
+            return None
+        from fedalign.silo.subspace import public_basis
+
+        key = tuple(float(v.double().sum()) for v in params.values())
+        if getattr(self, "_basis_key", None) != key:
+            self._basis_key, self._basis_val = key, public_basis(params, self._init, int(r))
+        return self._basis_val or None
 
     def centralized_update(self, params: Tensors, round: int, lr: float | None = None) -> Tensors:
         """One pass over every silo's round-``round`` shard pooled and shuffled (the centralized

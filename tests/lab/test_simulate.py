@@ -155,3 +155,21 @@ def test_cli_reference_reliability_logs_and_plots_each_silos_rho(tmp_path):
     res = CliRunner().invoke(_app(), ["--scenario", "toy", "--rounds", "1", "--sum", "plain",
                                       "--allow-insecure-plain-sums", "--out", str(tmp_path / "off")])
     assert res.exit_code == 0 and not (tmp_path / "off" / "reliability.png").exists()
+def test_cli_dp_world_run_reports_no_image_baseline_and_derived_noise(tmp_path):
+    """final.json holds the no-image baseline beside the result, and the DP plan σ derived from ε."""
+    out = tmp_path / "dp"
+    res = CliRunner().invoke(
+        _app(),
+        ["--scenario", "label", "--world", "tiny", "--silos", "3", "--rounds", "1", "--samples-per-round", "24",
+         "--test-size", "16", "--strategy", "fedavg", "--dp", "--dp-epsilon", "4", "--batch-size", "8",
+         "--physical-batch-size", "4", "--sum", "plain", "--allow-insecure-plain-sums", "--out", str(out)],
+    )
+    assert res.exit_code == 0, res.output
+    assert "DP plan: noise multiplier" in res.output and "derived from the budget" in res.output
+    final = json.loads((out / "final.json").read_text())
+    run = final["runs"][0]
+    for key in ("nll_no_image", "mc_accuracy_no_image", "nll_cut_vs_no_image"):
+        assert isinstance(run[key], float) and key in final
+    assert run["nll_cut_vs_no_image"] == pytest.approx(1 - run["nll"] / run["nll_no_image"])
+    plan = run["dp_plan"]
+    assert plan["derived"] and plan["epsilon"] <= 4.0 and plan["sample_rate"] == pytest.approx(8 / 24)

@@ -48,29 +48,26 @@ def test_local_run_refuses_a_federated_runs_output_dir(tmp_path, tiny_dir, data_
     assert not (tmp_path / "out" / "state" / "cursor.json").exists()
 
 
-def test_running_out_of_budget_mid_run_keeps_the_finished_rounds_and_spends_nothing_more(tmp_path, tiny_dir, data_files):
+def test_a_budget_that_cannot_last_the_planned_run_is_refused_before_anything_is_spent(tmp_path, tiny_dir, data_files):
+    # Before: the run trained until the budget ran out mid-run and threw away the finished rounds.
+    # Now the silo plans the whole schedule (every pass) before loading data: a noise override
+    # whose schedule passes the budget is refused at once, and no data or ε is spent on it.
+    from fedalign.protocol.errors import PrivacyBudgetExceeded
     from fedalign.silo.privacy import compute_epsilon
 
-    # one pass costs its worst shard; the second pass composes: budget between one and two passes
     sigma, q, steps = 1.0, 8 / 32, 2
     one = compute_epsilon([(sigma, q, steps)], 1e-5)
     two = compute_epsilon([(sigma, q, steps)] * 2, 1e-5)
     cfg = _toml(tmp_path, tiny_dir, data_files, train__rounds=4, data__max_passes=2, privacy__enabled=True,
                 privacy__noise_multiplier=sigma, privacy__epsilon=(one + two) / 2)
     r = runner.invoke(app, ["train", "--local", "-c", str(cfg)])
-    assert r.exit_code == EXIT_CODES[StoppedEarly], r.output
+    assert r.exit_code == EXIT_CODES[PrivacyBudgetExceeded], r.output
     (line,) = _lines(r)
-    assert "stopped after 2 of 4 rounds" in line and "privacy budget" in line and "privacy.epsilon" in line
+    assert "impossible privacy budget" in line and "noise_multiplier" in line
     out = tmp_path / "out"
-    m = json.loads((out / "metrics.json").read_text())
-    assert m["stopped_by"] == "privacy_budget" and m["rounds_completed"] == 2
-    assert m["epsilon_spent"] == pytest.approx(one, rel=1e-6)
-    assert (out / "mm_projector.safetensors").is_file()
-    # the round that could not finish drew no shard; a retry does not advance the cursor either
-    assert json.loads((out / "state" / "cursor.json").read_text())["shards"] == 2
-    again = runner.invoke(app, ["train", "--local", "-c", str(cfg), "--out", str(out)])
-    assert again.exit_code != 0
-    assert json.loads((out / "state" / "cursor.json").read_text())["shards"] == 2
+    assert not (out / "state" / "cursor.json").exists() or \
+        json.loads((out / "state" / "cursor.json").read_text())["shards"] == 0
+    assert not (out / "metrics.json").exists()
 
 
 def test_a_projector_that_does_not_fit_uses_no_data(tmp_path, tiny_dir, data_files):

@@ -96,6 +96,8 @@ class TrainSection(StrictModel):
     weight_decay: float = Field(0.0, ge=0)
     local_steps: int | None = Field(None, ge=1, description="steps per round; default epochs*shard/batch")
     local_epochs: float = Field(1.0, gt=0)
+    physical_batch_size: int | None = Field(None, ge=1, description="memory bound: run each logical batch as "
+                                            "micro-batches of at most this many records (one optimizer step)")
     prox_mu: float = Field(0.0, ge=0, description="FedProx proximal weight")
     seed: int = 0
 
@@ -104,7 +106,8 @@ class PrivacySection(StrictModel):
     enabled: bool = False
     epsilon: float = Field(8.0, gt=0)
     delta: float = Field(1e-5, gt=0, lt=1)
-    noise_multiplier: float = Field(1.0, gt=0)
+    noise_multiplier: float | None = Field(
+        None, gt=0, description="expert override; unset = derived from (epsilon, delta) for the planned schedule")
     max_grad_norm: float = Field(1.0, gt=0)
     accountant: Literal["rdp", "prv"] = "rdp"
     clipping: Literal["ghost", "per_sample"] = "ghost"
