@@ -127,7 +127,9 @@ checkpoint history {k['history_rounds']}: {k['ledger_equals_history']}; the ledg
 (`fedalign.protocol.ledger.verify`); {k['recovered_ledger_entries']} entries were appended by the restart's
 reconciliation (kills between the checkpoint and the ledger). Final parameters vs an uninterrupted process run:
 max abs difference {diff_uninterrupted:.2e}; vs the in-process simulator {k['max_abs_diff_vs_simulator']:.2e}
-(SecAgg fixed point). Survivors per round: {k['survivors_per_round']}. Run with kills {k['seconds']:.0f} s,
+(not 0 by design: a kill after the silos' inputs left, or before the round's checkpoint is whole, redoes
+the round, and a silo never puts an input into a second sum, DESIGN §5, so it trains that round afresh;
+the silo-kill replay below checks the sums' exactness). Survivors per round: {k['survivors_per_round']}. Run with kills {k['seconds']:.0f} s,
 uninterrupted {u['seconds']:.0f} s.
 
 | kill | at | rounds in checkpoint after | ledger entries after | checkpoint loads | ledger verifies |
