@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -86,19 +85,24 @@ def federation(args, dp: bool) -> dict:
     from fedalign.lab.sums import crypto_secure_sum
     from fedalign.silo.evaluate import evaluate
 
-    dp_opts = dict(noise_multiplier=1.0, max_grad_norm=1.0, epsilon=8.0, delta=1e-5) if dp else None
+    # DP: the quickstart's recipe (results/dp_notes.md): σ derived from ε = 8 for the schedule,
+    # 1024 records per silo per round, Poisson batches of 256 in micro-batches of 128, 4 passes
+    dp_opts = dict(noise_multiplier=None, max_grad_norm=1.0, epsilon=8.0, delta=1e-5) if dp else None
+    shard = args.dp_shard if dp else args.shard
+    extra = {"world": args.world, "device": args.device, "test_size": args.test_size, "batch_size": args.batch}
+    if dp:
+        extra.update(batch_size=256, lr=3e-3, local_epochs=4, physical_batch_size=128)
     t0 = time.perf_counter()
-    opts = ProblemOptions(n_silos=args.silos, rounds=args.rounds, seed=0, samples_per_round=args.shard, dp=dp_opts,
-                          extra={"world": args.world, "device": args.device, "test_size": args.test_size,
-                                 "batch_size": args.batch})
+    opts = ProblemOptions(n_silos=args.silos, rounds=args.rounds, seed=0, samples_per_round=shard, dp=dp_opts,
+                          extra=extra)
     problem = build_problem("label", opts)
     setup = time.perf_counter() - t0
     model = problem.model
     shard0 = problem.shards[0][0]
     say(f"  world {problem.world_id} on {model.device}: tower {model.vision.dtype}, LM {model.lm_dtype}, projector "
         f"{next(model.projector.parameters()).dtype}; features cached on {shard0.features.device} "
-        f"({args.silos} silos x {args.rounds} shards of {args.shard}); setup {setup:.1f}s")
-    strat = build_strategy("fedcmp", dp=dp, rank=16, seed=0)
+        f"({args.silos} silos x {args.rounds} shards of {shard}); setup {setup:.1f}s")
+    strat = build_strategy("fedcmp", dp=dp, rank=32 if dp else 16, seed=0)
     sum_fn = crypto_secure_sum("secagg", clip=8.0)
     rounds: list[dict] = []
 
@@ -126,11 +130,11 @@ def federation(args, dp: bool) -> dict:
                            eval_every=args.rounds, on_record=on_record)
     model.load_projector_state(res.params)
     after = evaluate(model, problem.eval_set, batch_size=64)
-    samples = args.silos * args.rounds * args.shard
+    samples = args.silos * args.rounds * shard
     round_s = [r["seconds_train_aggregate"] for r in rounds]
     fig = {
         "dp": dp, "strategy": strat.name, "secure_sum": "secagg", "silos": args.silos, "rounds": args.rounds,
-        "shard": args.shard, "batch": args.batch, "world": problem.world_id, "setup_seconds": round(setup, 2),
+        "shard": shard, "batch": 256 if dp else args.batch, "world": problem.world_id, "setup_seconds": round(setup, 2),
         "features_on": str(shard0.features.device),
         "seconds_per_round_mean": sum(round_s) / len(round_s), "seconds_per_round_first": round_s[0],
         "seconds_per_round_rest": (sum(round_s[1:]) / len(round_s[1:])) if len(round_s) > 1 else round_s[0],
@@ -299,6 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--shard", type=int, default=128, help="records per silo per round")
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--dp-shard", type=int, default=1024, help="records per silo per round with DP (the DP recipe)")
     ap.add_argument("--test-size", type=int, default=300)
     ap.add_argument("--dp", default="both", choices=("both", "on", "off"))
     ap.add_argument("--tower-batch", type=int, default=64)
