@@ -43,10 +43,17 @@ def _epsilon_of_pass(cfg: Any) -> Callable[[], float]:
         from fedalign.silo.privacy import compute_epsilon
         from fedalign.silo.trainer import TrainSettings
 
+        from fedalign.silo.privacy import plan_dp
+
         t, p, n = cfg.train, cfg.privacy, cfg.data.shard_size
-        steps = TrainSettings(t.batch_size, t.lr, t.optimizer, t.weight_decay, t.local_steps, t.local_epochs,
-                              t.prox_mu).steps_for(n)
-        return compute_epsilon([(p.noise_multiplier, min(1.0, t.batch_size / n), steps)], p.delta, p.accountant)
+        steps_for = TrainSettings(t.batch_size, t.lr, t.optimizer, t.weight_decay, t.local_steps, t.local_epochs,
+                                  t.prox_mu).steps_for
+        sigma = p.noise_multiplier
+        if sigma is None:  # derived from the budget for the planned schedule, as the silo will
+            sigma = plan_dp(p.epsilon, p.delta, shard_sizes=[n], batch_size=t.batch_size, steps_for=steps_for,
+                            max_grad_norm=p.max_grad_norm, passes=cfg.data.max_passes,
+                            accountant=p.accountant).noise_multiplier
+        return compute_epsilon([(sigma, min(1.0, t.batch_size / n), steps_for(n))], p.delta, p.accountant)
 
     return f
 

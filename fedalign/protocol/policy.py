@@ -83,7 +83,7 @@ def check_silo_config(cfg: Any, policy: SitePolicy, *, networked: bool,
             eps = epsilon_of_pass()
             if eps > pr.max_epsilon_per_pass:
                 out.append(f"privacy.max_epsilon_per_pass: one pass as configured costs ε = {eps:.4g} "
-                           f"(privacy.noise_multiplier {p.noise_multiplier:g}, train.batch_size "
+                           f"(privacy.noise_multiplier {'derived' if p.noise_multiplier is None else format(p.noise_multiplier, 'g')}, train.batch_size "
                            f"{cfg.train.batch_size}, data.shard_size {cfg.data.shard_size}), over the policy's "
                            f"{pr.max_epsilon_per_pass:g}")
     if run.max_passes is not None and cfg.data.max_passes > run.max_passes:
