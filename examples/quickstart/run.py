@@ -82,13 +82,13 @@ def prepare(out: Path, rounds: int, shard: int, world: str) -> dict:
     from fedalign.protocol.keys import load_public
     from fedalign.protocol.policy import key_fingerprint
 
-    fp = key_fingerprint(load_public(keys / "fedalign.aggregator.key"))
+    fp = key_fingerprint(load_public(keys / "aggregator.key"))
     (out / "policy.toml").write_text(_fill(HERE / "policy.toml", aggregator_fingerprint=fp))
     shutil.copy(HERE / "aggregator-policy.toml", out / "aggregator-policy.toml")
     port = free_port()
-    (out / "fedalign.aggregator.toml").write_text(_fill(HERE / "fedalign.aggregator.toml", port=port, rounds=rounds))
+    (out / "aggregator.toml").write_text(_fill(HERE / "aggregator.toml", port=port, rounds=rounds))
     for i, s in enumerate(SILOS):
-        txt = _fill(HERE / "fedalign.silo.toml", port=port, index=i, name=s, shard_size=shard, samples_per_silo=shard * rounds,
+        txt = _fill(HERE / "silo.toml", port=port, index=i, name=s, shard_size=shard, samples_per_silo=shard * rounds,
                     world=world)
         (out / f"{s}.toml").write_text(txt)
     return {"port": port, "d_vision": d_v, "d_model": d_m}
@@ -99,7 +99,7 @@ def launch(out: Path, timeout: float) -> None:
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     env = dict(os.environ)  # the installed fedalign package (pip install -e . or a wheel)
-    cmds = {"aggregator": [sys.executable, "-m", "fedalign.aggregator.cli", "serve", "--config", "fedalign.aggregator.toml", "--quiet"]}
+    cmds = {"aggregator": [sys.executable, "-m", "fedalign.aggregator.cli", "serve", "--config", "aggregator.toml", "--quiet"]}
     for s in SILOS:
         cmds[s] = [sys.executable, "-m", "fedalign.silo.cli", "train", "--config", f"{s}.toml"]
     procs: dict[str, subprocess.Popen] = {}
@@ -167,7 +167,7 @@ def report(out: Path, rounds: int, started: float) -> None:
     from fedalign.protocol.config.aggregator import load_aggregator_config
     from fedalign.fedcmp.strategies import FedCMPConfig
 
-    fc = FedCMPConfig(**load_aggregator_config(out / "fedalign.aggregator.toml").strategy.options)  # this run's
+    fc = FedCMPConfig(**load_aggregator_config(out / "aggregator.toml").strategy.options)  # this run's
     formula = 4 * payload_formula_numbers(init, rank=fc.rank, reliability=fc.reliability != "off")  # uint32
     full = 4 * sum(v.numel() for v in init.values())
 
@@ -240,7 +240,7 @@ def report(out: Path, rounds: int, started: float) -> None:
     say(f"  exported (LLaVA) : {out / 'hospital-a-out' / 'mm_projector.safetensors'} (each silo)")
     say(f"  curves           : {curves}")
     say(f"  ledgers          : {agg / 'ledger.jsonl'}, " + ", ".join(str(out / f'{s}-out' / 'state' / 'ledger.jsonl') for s in SILOS))
-    say(f"  logs             : {agg / 'fedalign.aggregator.jsonl'}, {out / 'logs'}")
+    say(f"  logs             : {agg / 'aggregator.jsonl'}, {out / 'logs'}")
     say(f"  audit            : cd {out} && silo audit report --config hospital-a.toml --html hospital-a-report.html"
         "  (docs/compliance.md)")
     say(f"total {time.time() - started:.0f}s")

@@ -103,11 +103,11 @@ def test_a_forged_head_is_refused(tmp_path):
 def test_peers_record_heads_in_their_own_ledger(tmp_path):
     agg_id, silo_id = generate_identity(), generate_identity()
     agg = _ledger(tmp_path / "agg.jsonl", n=2, identity=agg_id)
-    silo = Ledger(tmp_path / "fedalign.silo.jsonl", identity=silo_id)
+    silo = Ledger(tmp_path / "silo.jsonl", identity=silo_id)
     silo.record_witness("aggregator", agg.head(), now=5.0)  # e.g. the head a RoundStart carried
     agg.append("round_committed", {"round": 2}, now=6.0)
     silo.record_witness("aggregator", agg.head(), now=7.0)
-    heads = witnessed_heads(tmp_path / "fedalign.silo.jsonl", "aggregator")
+    heads = witnessed_heads(tmp_path / "silo.jsonl", "aggregator")
     assert [h.index for h in heads] == [1, 2]
     assert verify(tmp_path / "agg.jsonl", public_key=agg_id.public_bytes, witnessed_heads=heads) == 3
     lines = (tmp_path / "agg.jsonl").read_bytes().splitlines(keepends=True)

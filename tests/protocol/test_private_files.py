@@ -54,4 +54,4 @@ def test_event_log_bounds_a_record_of_many_bounded_values(tmp_path):
 def test_aggregator_config_refuses_a_ckks_ring_crypto_refuses(value):
     with pytest.raises(ConfigError, match="aggregator.toml: secure_sum.ckks_poly_modulus: Input should be 8192 or 16384"):
         validate_config({"init": {"d_vision": 4, "d_model": 4}, "secure_sum": {"ckks_poly_modulus": value}},
-                        AggregatorConfig, source="fedalign.aggregator.toml")
+                        AggregatorConfig, source="aggregator.toml")
