@@ -285,6 +285,19 @@ class Coordinator:
             env = self._next(min(deadline, self.clock() + 0.25))
             if env is not None:
                 self._late(env, "run finished")
+        # a silo still heard from after it was told missed the RunEnd (a reconnect, a restart):
+        # tell it again for a short while, so no silo waits out its timeout for a finished run
+        told_at = {s: self.clock() for s in told}
+        grace = self.clock() + min(3.0, self.policy.heartbeat_timeout_s)
+        while self.clock() < grace:
+            env = self._next(min(grace, self.clock() + 0.25))
+            if env is not None:
+                self._late(env, "run finished")
+            for s in sorted(told):
+                if self.last_seen.get(s, -1e18) > told_at[s] + 0.5:
+                    self._send(s, self.state.round, end)
+                    told_at[s] = self.clock()
+                    self.events.emit("run_end_resent", silo=s)
         self.events.emit("run_finished", rounds=self.state.round, told=sorted(told))
 
     def _await_roster(self, round_id: int) -> list[str]:
