@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,13 +27,12 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from fault_aggregator import KILL_POINTS, SUM_TYPES  # noqa: E402
-from toy_problem import toy  # noqa: E402
 
 from fedalign.aggregator.checkpoint import CheckpointStore  # noqa: E402
 from fedalign.fedcmp.phases import PhaseSum, run_phases, sums_from_arrays  # noqa: E402
@@ -43,19 +41,12 @@ from fedalign.lab.engine import init_state, run_round  # noqa: E402
 from fedalign.lab.sums import plain_sum_insecure  # noqa: E402
 from fedalign.protocol.errors import CheckpointError  # noqa: E402
 from fedalign.protocol.eventlog import read_events  # noqa: E402
-from fedalign.protocol.keys import write_keypair  # noqa: E402
 from fedalign.protocol.ledger import LedgerError, read_ledger, verify  # noqa: E402
-from fedalign.silo.keys import keygen_silo  # noqa: E402
 
-SHARD = 64  # silo weight cap (data.shard_size), as in test_loopback
+from loopback_setup import SHARD, write_federation  # noqa: E402
 
 __all__ = ["KILL_POINTS", "SUM_TYPES", "LoopbackFederation", "aggregator_kills", "silo_kills", "simulator_params"]
 
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LoopbackFederation:
@@ -69,51 +60,9 @@ class LoopbackFederation:
         self.names = [f"silo-{i}" for i in range(n_silos)]
         self.procs: list[subprocess.Popen] = []
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        keys = root / "keys"
-        write_keypair(keys, "aggregator", role="aggregator")
-        (root / "roster.toml").write_text("\n".join(keygen_silo(keys, s).roster_entry for s in self.names))
-        port = _port()
-        self.fed = toy(n_silos)
-        save_file(self.fed.init_params(), str(root / "init.safetensors"))
-        opts = ", ".join(f"{k} = {json.dumps(v)}" for k, v in options.items())
-        (root / "aggregator.toml").write_text(f"""
-[server]
-bind = "tcp://127.0.0.1:{port}"
-secret_key = "keys/aggregator.key_secret"
-roster = "roster.toml"
-[run]
-rounds = {rounds}
-min_silos = 3
-train_deadline_s = 30
-step_deadline_s = {step_deadline_s}
-heartbeat_timeout_s = {heartbeat_timeout_s}
-roster_wait_s = 60
-max_failed_rounds = {max_failed_rounds}
-[strategy]
-name = "{strategy}"
-options = {{ {opts} }}
-[init]
-params = "init.safetensors"
-[output]
-dir = "agg"
-""")
-        for s in self.names:
-            (root / f"{s}.toml").write_text(f"""
-[data]
-shard_size = {SHARD}
-[output]
-dir = "{s}"
-[federation]
-aggregator = "tcp://127.0.0.1:{port}"
-silo_id = "{s}"
-aggregator_public_key = "keys/aggregator.key"
-secret_key = "keys/{s}.key_secret"
-identity_key = "keys/{s}.identity"
-roster = "roster.toml"
-min_silos = 3
-heartbeat_interval_s = 0.5
-aggregator_timeout_s = 90
-""")
+        self.fed = write_federation(root, self.names, rounds, strategy, options, train_deadline_s=30,
+                                    step_deadline_s=step_deadline_s, heartbeat_timeout_s=heartbeat_timeout_s,
+                                    aggregator_timeout_s=90, max_failed_rounds=max_failed_rounds)
 
     @property
     def agg_dir(self) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,29 +20,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from fedalign.protocol.eventlog import read_events
-from fedalign.protocol.keys import write_keypair
 from fedalign.fedcmp.strategies import make_strategy
 from fedalign.fedcmp.strategy import Sums
-from fedalign.silo.keys import keygen_silo
 from fedalign.lab.engine import init_state, run_round
 from fedalign.lab.sums import plain_sum_insecure
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
-from toy_problem import toy  # noqa: E402
 
 pytestmark = pytest.mark.slow
-SHARD = 64  # silo weight cap (data.shard_size): weight = min(32, 64) / 64
+from loopback_setup import SHARD, write_federation  # noqa: E402
 
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Federation:
@@ -55,50 +46,8 @@ class Federation:
         self.procs: list[subprocess.Popen] = []
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                     }
-        keys = root / "keys"
-        write_keypair(keys, "aggregator", role="aggregator")
-        (root / "roster.toml").write_text("\n".join(keygen_silo(keys, s).roster_entry for s in self.names))
-        port = _port()
-        self.fed = toy(n_silos)
-        save_file(self.fed.init_params(), str(root / "init.safetensors"))
-        opts = ", ".join(f"{k} = {json.dumps(v)}" for k, v in options.items())
-        (root / "aggregator.toml").write_text(f"""
-[server]
-bind = "tcp://127.0.0.1:{port}"
-secret_key = "keys/aggregator.key_secret"
-roster = "roster.toml"
-[run]
-rounds = {rounds}
-min_silos = 3
-train_deadline_s = 20
-step_deadline_s = 3
-heartbeat_timeout_s = 5
-roster_wait_s = 60
-[strategy]
-name = "{strategy}"
-options = {{ {opts} }}
-[init]
-params = "init.safetensors"
-[output]
-dir = "agg"
-""")
-        for s in self.names:
-            (root / f"{s}.toml").write_text(f"""
-[data]
-shard_size = {SHARD}
-[output]
-dir = "{s}"
-[federation]
-aggregator = "tcp://127.0.0.1:{port}"
-silo_id = "{s}"
-aggregator_public_key = "keys/aggregator.key"
-secret_key = "keys/{s}.key_secret"
-identity_key = "keys/{s}.identity"
-roster = "roster.toml"
-min_silos = 3
-heartbeat_interval_s = 0.5
-aggregator_timeout_s = 60
-""")
+        self.fed = write_federation(root, self.names, rounds, strategy, options, train_deadline_s=20,
+                                    step_deadline_s=3, heartbeat_timeout_s=5, aggregator_timeout_s=60)
 
     def start(self, cmd: list[str], log: str) -> subprocess.Popen:
         f = open(self.root / log, "ab")

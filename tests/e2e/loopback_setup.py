@@ -1,0 +1,74 @@
+"""Keys, roster, θ_0 and configs of a toy federation on loopback, shared by the e2e tests and the
+fault harness (one aggregator.toml and one silo.toml per silo in ``root``)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+from safetensors.torch import save_file
+from toy_problem import toy
+
+from fedalign.protocol.keys import write_keypair
+from fedalign.silo.keys import keygen_silo
+
+SHARD = 64  # silo weight cap (data.shard_size): weight = min(32, 64) / 64
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_federation(root: Path, names: list[str], rounds: int, strategy: str, options: dict, *,
+                     train_deadline_s: float, step_deadline_s: float, heartbeat_timeout_s: float,
+                     aggregator_timeout_s: float, max_failed_rounds: int | None = None):
+    """Write everything the processes read; return the toy problem the silos train."""
+    keys = root / "keys"
+    write_keypair(keys, "aggregator", role="aggregator")
+    (root / "roster.toml").write_text("\n".join(keygen_silo(keys, s).roster_entry for s in names))
+    port = free_port()
+    fed = toy(len(names))
+    save_file(fed.init_params(), str(root / "init.safetensors"))
+    opts = ", ".join(f"{k} = {json.dumps(v)}" for k, v in options.items())
+    retries = f"max_failed_rounds = {max_failed_rounds}\n" if max_failed_rounds is not None else ""
+    (root / "aggregator.toml").write_text(f"""
+[server]
+bind = "tcp://127.0.0.1:{port}"
+secret_key = "keys/aggregator.key_secret"
+roster = "roster.toml"
+[run]
+rounds = {rounds}
+min_silos = 3
+train_deadline_s = {train_deadline_s}
+step_deadline_s = {step_deadline_s}
+heartbeat_timeout_s = {heartbeat_timeout_s}
+roster_wait_s = 60
+{retries}[strategy]
+name = "{strategy}"
+options = {{ {opts} }}
+[init]
+params = "init.safetensors"
+[output]
+dir = "agg"
+""")
+    for s in names:
+        (root / f"{s}.toml").write_text(f"""
+[data]
+shard_size = {SHARD}
+[output]
+dir = "{s}"
+[federation]
+aggregator = "tcp://127.0.0.1:{port}"
+silo_id = "{s}"
+aggregator_public_key = "keys/aggregator.key"
+secret_key = "keys/{s}.key_secret"
+identity_key = "keys/{s}.identity"
+roster = "roster.toml"
+min_silos = 3
+heartbeat_interval_s = 0.5
+aggregator_timeout_s = {aggregator_timeout_s}
+""")
+    return fed
