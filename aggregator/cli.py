@@ -60,6 +60,25 @@ def fresh_projector(kind: str, d_vision: int, d_model: int, seed: int) -> dict:
     return out
 
 
+def _reference_config(config, cfg) -> Path:
+    """``[reference] config`` for Fed-CMP reliability "reference", checked before anything is written
+    (with only ``reference.command`` set: the aggregator's own config, for naming and the working folder)."""
+    from fedalign.protocol.errors import ConfigError
+
+    ref = cfg.reference
+    if ref.config is None and ref.command:
+        return Path(config).resolve() if config else Path.cwd() / "aggregator.toml"  # the command needs no file of ours
+    if ref.config is None:
+        raise ConfigError(f"{config}: strategy {cfg.strategy.name!r} uses reliability 'reference' (Fed-CMP's default), "
+                          "which needs the coordinator's public set: set [reference] config = \"public.toml\" (a "
+                          "silo.toml with the silos' models and a public data set, docs/fedcmp.md), or "
+                          "strategy.options.reliability = 'off'")
+    path = cfg.resolve(ref.config)
+    if not path.is_file():
+        raise ConfigError(f"{config}: reference.config: {path} not found (a silo.toml for `silo reference`)")
+    return path
+
+
 def params_source(cfg) -> str:
     """Where θ_0 comes from, in words (the handshake's refusal line names it)."""
     init = cfg.init
@@ -168,14 +187,30 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
     else:
         keypair = load_keypair(cfg.resolve(cfg.server.secret_key))
     strategy = make_strategy(cfg.strategy.name, dp=cfg.strategy.dp, **cfg.strategy.options)
-    if getattr(getattr(strategy, "config", None), "reliability", None) == "reference":
-        raise ConfigError(f"{config}: strategy.options.reliability = 'reference' needs the coordinator's own public "
-                          "set and a model to train on it, which aggregator serve does not support yet (fedalign-lab "
-                          "simulate does); use 'off', 'blend' or 'consensus'")
+    uses_reference = getattr(getattr(strategy, "config", None), "reliability", None) == "reference"
+    ref_cfg = _reference_config(config, cfg) if uses_reference else None
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     store = CheckpointStore(out / "checkpoints")
     state = store.load()
+    reference = None
+    if uses_reference:  # the coordinator's public reference, trained by `silo reference` (docs/fedcmp.md)
+        from fedalign.aggregator.reference import ReferenceProcess
+
+        log: list = []  # the event log, once it is open (the first reference is trained before it)
+
+        def ref_line(event: str, fields: dict) -> None:
+            if log:
+                log[0].emit(event, **fields)
+            if not quiet and event in ("reference_ready", "reference_waiting", "reference_restart"):
+                typer.echo(f"reference: {event.removeprefix('reference_')} "
+                           + " ".join(f"{k}={v}" for k, v in fields.items()), err=True)
+
+        reference = ReferenceProcess(ref_cfg, out / "reference", first_round=0 if state is None else state.round + 1,
+                                     deadline_s=cfg.reference.deadline_s, command=cfg.reference.command,
+                                     notify=ref_line)
+        reference.start()
+        strategy.reference_update = reference
     meta = {"strategy": cfg.strategy.name, "strategy_options": strategy_options(strategy), "scheme": str(scheme)}
     if state is None:
         params = initial_params(cfg)
@@ -188,6 +223,8 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
                               "use a new output.dir or the original settings")
     progress = _Progress(cfg.run.rounds, state.round, quiet=quiet)
     events = _ConsoleLog(out / "aggregator.jsonl", source="aggregator", progress=progress)
+    if reference is not None:
+        log.append(events)
     ledger = Ledger(out / "ledger.jsonl")
     # a crash between the checkpoint and the ledger append leaves a committed round unrecorded:
     # append it now, marked recovered (and refuse a checkpoint older than the ledger)
@@ -218,6 +255,8 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
     finally:
         server.close()
         events.close()
+        if reference is not None:
+            reference.close()
     from safetensors.torch import save_file
 
     atomic_write(out / "final_projector.safetensors",

@@ -30,7 +30,7 @@ apply_process_defaults()
 
 
 TRAIN_KEYS = ("batch_size", "lr", "optimizer", "local_epochs", "physical_batch_size", "subspace_rank")
-FEDCMP_KEYS = ("rank", "server_lr", "beta", "error_feedback")
+FEDCMP_KEYS = ("rank", "server_lr", "beta", "error_feedback", "reliability", "kappa", "rho_smoothing")
 
 
 def build(scenario: str, seed: int, silos: int, rounds: int, samples: int, test_size: int, device: str = "cpu"):

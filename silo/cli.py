@@ -258,6 +258,28 @@ def describe(
 
 
 @app.command()
+def reference(
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[list[str]] = SetOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """The coordinator's public reference for Fed-CMP reliability "reference" (``aggregator serve`` starts it).
+
+    Loads the silos' frozen models and the public set named in the config (privacy off), then
+    answers θ_t -> Δ_ref requests on stdin, one JSON line each (docs/fedcmp.md)."""
+
+    def body():
+        import sys
+
+        cfg = load_config_from_cli(config, config_overrides(sets))
+        from fedalign.silo.reference import serve_requests
+
+        serve_requests(cfg, sys.stdin, sys.stdout, notify=say)
+
+    run_command(body, debug)
+
+
+@app.command()
 def keygen(
     name: str = typer.Option(..., "--name", help="this silo's id (as in the roster)"),
     out: Path = typer.Option(Path("keys"), "--out", help="directory for the key files"),

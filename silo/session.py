@@ -25,7 +25,7 @@ from fedalign.silo.privacy import DPPlan, PrivacyAccountant, plan_dp
 from fedalign.silo.sources import SiloInputs, load_inputs, model_paths
 from fedalign.silo.trainer import DPSettings, LocalTrainer, Params, RoundResult, TrainSettings, prepare_shard
 
-__all__ = ["SiloSession", "run_local", "model_card", "declare_model", "unknown_token_rate", "UNKNOWN_TOKENS_WARN", "UNKNOWN_TOKENS_REFUSE"]
+__all__ = ["SiloSession", "load_model", "train_settings", "run_local", "model_card", "declare_model", "unknown_token_rate", "UNKNOWN_TOKENS_WARN", "UNKNOWN_TOKENS_REFUSE"]
 
 UNKNOWN_TOKENS_WARN = 0.05  # share of caption tokens the LM's tokenizer maps to <unk>: warn above this
 UNKNOWN_TOKENS_REFUSE = 0.5  # refuse above this: the LM cannot read these captions at all
@@ -42,6 +42,27 @@ def _ledger_identity(cfg: SiloConfig):
     return load_identity(cfg.resolve(key))
 
 
+def train_settings(cfg: SiloConfig) -> TrainSettings:
+    """The local trainer's settings from ``[train]``."""
+    t = cfg.train
+    return TrainSettings(t.batch_size, t.lr, t.optimizer, t.weight_decay, t.local_steps, t.local_epochs,
+                         t.prox_mu, t.physical_batch_size)
+
+
+def load_model(cfg: SiloConfig, *, notify: Callable[[str], None] | None = None) -> AlignmentModel:
+    """The frozen tower and LM named in ``cfg.model`` with a fresh projector (progress lines to ``notify``)."""
+    say = notify or (lambda line: None)
+    vision, llm = model_paths(cfg, notify=say)
+    m = cfg.model
+    t0 = time.monotonic()
+    say(f"loading the frozen models (vision {vision}, LM {llm}) ...")
+    model = load_alignment_model(vision, llm, projector=m.projector, select_layer=m.select_layer,
+                                 select_feature=m.select_feature, gguf_file=m.gguf_file,
+                                 device=m.device, max_caption_tokens=m.max_caption_tokens)
+    say(f"models loaded in {time.monotonic() - t0:.0f}s")
+    return model
+
+
 class SiloSession:
     """Everything one silo needs for a run; all state files live in ``cfg.state_dir``."""
 
@@ -52,8 +73,7 @@ class SiloSession:
         self.notify = notify or (lambda line: None)  # progress lines for long phases (the CLI prints them)
         self.inputs = inputs if inputs is not None else load_inputs(cfg)
         t, p = cfg.train, cfg.privacy
-        self.settings = TrainSettings(t.batch_size, t.lr, t.optimizer, t.weight_decay, t.local_steps,
-                                      t.local_epochs, t.prox_mu, t.physical_batch_size)
+        self.settings = train_settings(cfg)
         state = cfg.state_dir
         self.ledger = Ledger(state / "ledger.jsonl", identity=_ledger_identity(cfg))
         self.accountant: PrivacyAccountant | None = None
@@ -68,18 +88,7 @@ class SiloSession:
             plan_dp(p.epsilon, p.delta, shard_sizes=[n], batch_size=t.batch_size, steps_for=self.settings.steps_for,
                     max_grad_norm=p.max_grad_norm, passes=cfg.data.max_passes, noise_multiplier=p.noise_multiplier,
                     accountant=p.accountant)
-        t0: float | None = None
-        if model is None:
-            vision, llm = model_paths(cfg, notify=self.notify)
-            m = cfg.model
-            t0 = time.monotonic()
-            self.notify(f"loading the frozen models (vision {vision}, LM {llm}) ...")
-            model = load_alignment_model(vision, llm, projector=m.projector, select_layer=m.select_layer,
-                                         select_feature=m.select_feature, gguf_file=m.gguf_file,
-                                         device=m.device, max_caption_tokens=m.max_caption_tokens)
-        if t0 is not None:
-            self.notify(f"models loaded in {time.monotonic() - t0:.0f}s")
-        self.model = model
+        self.model = model = model if model is not None else load_model(cfg, notify=self.notify)
         self._check_vocabulary()
         self.trainer = LocalTrainer(model, self.settings, dp=self.dp, accountant=self.accountant,
                                     generator=torch.Generator().manual_seed(t.seed))

@@ -106,10 +106,19 @@ def _world_inputs(cfg: SiloConfig) -> SiloInputs:
     except ConfigError as exc:
         raise ConfigError(f"data.world: {exc}") from None
     silos = range(w.n_silos) if w.silo_index is None else [w.silo_index]
-    train = [r for k in silos for r in world_records(sc.silos[k], f"world:{w.scenario}:silo{k}")]
+    if w.public:  # the coordinator's public set: clean draws from a stream no silo and no test split uses
+        import numpy as np
+
+        from fedalign.world.scenarios import make_samples
+
+        counts = tuple(opts.get("counts", (1, 2, 3)))
+        train = world_records(make_samples(w.samples_per_silo, np.random.default_rng([w.seed, 997]), counts=counts),
+                              "world:public")
+    else:
+        train = [r for k in silos for r in world_records(sc.silos[k], f"world:{w.scenario}:silo{k}")]
     heldout = world_records(sc.test, "world:test")
     items = make_eval_items(sc.test[: w.probe_samples], w.seed) if w.probe_samples else []
-    report = {"source": "world", "scenario": w.scenario, "n_silos": w.n_silos, "silo_index": w.silo_index,
+    report = {"source": "world", "scenario": w.scenario, "n_silos": w.n_silos, "silo_index": w.silo_index, "public": w.public,
               "unreliable_silos": list(sc.unreliable), "kept": len(train), "skipped": 0}
     # the world's LM was pretrained on placeholder prefixes: its fair no-image form; others drop the marker
     text_only = text_only_prompt if cfg.model.llm == EMBEDDED else remove_image

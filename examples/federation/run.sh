@@ -14,7 +14,7 @@ if [ -e "$work/keys" ]; then
   exit 2
 fi
 mkdir -p "$work"
-cp "$here"/aggregator.toml "$here"/hospital-?.toml "$work"/
+cp "$here"/aggregator.toml "$here"/public.toml "$here"/hospital-?.toml "$work"/
 cd "$work"
 sed -i "s/127\.0\.0\.1:5555/127.0.0.1:$port/" aggregator.toml hospital-?.toml
 silos="hospital-a hospital-b hospital-c"

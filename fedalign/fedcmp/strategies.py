@@ -182,7 +182,8 @@ RELIABILITY_MODES = ("off", "blend", "consensus", "reference")
 ReferenceUpdate = Callable[[Tensors], Tensors]
 """The coordinator's reference hook for reliability ``"reference"``: θ_t -> Δ_ref, its own update from
 θ_t on a small clean public set (FLTrust's root-data update, here made public). Set by the driver on
-:attr:`FedCMP.reference_update`; the lab sets it, ``aggregator serve`` does not yet."""
+:attr:`FedCMP.reference_update`: the lab from its problem's public set, ``aggregator serve`` from a
+``silo reference`` process (aggregator/reference.py)."""
 
 
 @dataclass(frozen=True)
@@ -191,8 +192,10 @@ class FedCMPConfig:
 
     rank: int | None = 16  # r = 8 lost to FedAvg under domain skew on the embedded world (results/)
     error_feedback: bool = True
-    reliability: Literal["off", "blend", "consensus", "reference"] = "off"
-    kappa: float = 1.0
+    # the coordinator's public reference (FLTrust through sums), measured in results/reliability.md: the
+    # driver must give it a public set (aggregator.toml [reference]; the lab's problems have one)
+    reliability: Literal["off", "blend", "consensus", "reference"] = "reference"
+    kappa: float = 0.02  # "blend" and "consensus" were measured at κ = 1 (docs/fedcmp.md)
     beta: float = 0.5
     server_lr: float = 1.0
     seed: int = 0
@@ -201,7 +204,7 @@ class FedCMPConfig:
     rho_power: float = 1.0
     normalize: bool = False
     reliable_basis: bool = True  # reliability "reference": ρ also weights phase 0's sum (the basis)
-    rho_smoothing: float = 0.0  # reliability "reference": ρ_t = s ρ_{t-1} + (1 − s) ρ_raw, at each silo (private)
+    rho_smoothing: float = 0.7  # reliability "reference": ρ_t = s ρ_{t-1} + (1 − s) ρ_raw, at each silo (private)
 
     def __post_init__(self) -> None:
         if self.rank is not None and (not isinstance(self.rank, int) or self.rank < 1):
@@ -257,7 +260,7 @@ class FedCMP:
         if self.reference_update is None:
             raise ConfigError(
                 "fedcmp.reliability 'reference' needs the coordinator's public set: set the strategy's "
-                "reference_update hook (fedalign-lab simulate does; aggregator serve does not support it yet)"
+                "reference_update hook (fedalign-lab simulate does; aggregator serve from [reference] config)"
             )
         ref = self.reference_update({k: v.detach().clone() for k, v in params.items()})
         fac = self._factored(params)

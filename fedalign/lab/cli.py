@@ -119,12 +119,12 @@ def simulate(
     strategy: str = typer.Option("fedcmp", help="fedcmp | fedavg | fedavg-lr0.5 | fedprox | fedavgm-b0.5 | fedavgm-b0.9 | fedadam | fedyogi"),
     error_feedback: Optional[bool] = typer.Option(None, "--error-feedback/--no-error-feedback", help="Fed-CMP error feedback (default on; off under DP)"),
     reliability: Optional[str] = typer.Option(None, help="Fed-CMP reliability fusion: off | blend | consensus | "
-                                              "reference (the coordinator's update on its public set; default off)"),
+                                              "reference (the coordinator's update on its public set; the default)"),
     rho_floor: Optional[float] = typer.Option(None, help="Fed-CMP reliability: ρ below this counts as 0 (default 0)"),
     rho_power: Optional[float] = typer.Option(None, help="Fed-CMP reliability: ρ ← ρ^power (default 1)"),
     rho_smoothing: Optional[float] = typer.Option(None, help="Fed-CMP reliability reference: each silo's ρ smoothed "
-                                                  "with its own last ρ, ρ ← s ρ_prev + (1 − s) ρ (default 0; "
-                                                  "results/reliability.md uses 0.7)"),
+                                                  "with its own last ρ, ρ ← s ρ_prev + (1 − s) ρ (default 0.7, as "
+                                                  "measured in results/reliability.md)"),
     normalize: Optional[bool] = typer.Option(None, "--normalize/--no-normalize",
                                              help="Fed-CMP reliability: FLTrust magnitude normalisation (default off)"),
     reliable_basis: Optional[bool] = typer.Option(None, "--reliable-basis/--no-reliable-basis",
@@ -134,9 +134,9 @@ def simulate(
                                               "(world scenarios; default 300)"),
     reference_kind: Optional[str] = typer.Option(None, help="reliability reference: update | contrast (default "
                                                  "update)"),
-    kappa: Optional[float] = typer.Option(None, help="Fed-CMP blend weight κ (default 1)"),
+    kappa: Optional[float] = typer.Option(None, help="Fed-CMP blend weight κ (default 0.02; blend/consensus were measured at 1)"),
     beta: Optional[float] = typer.Option(None, help="Fed-CMP OPM β (default 0.5; 0 under DP)"),
-    rank: Optional[int] = typer.Option(None, help="Fed-CMP rank r (default 8)"),
+    rank: Optional[int] = typer.Option(None, help="Fed-CMP rank r (default 16)"),
     server_lr: Optional[float] = typer.Option(None, help="Fed-CMP server learning rate (default 1)"),
     alpha: Optional[float] = typer.Option(None, help="label skew: Dirichlet α"),
     corruption: Optional[float] = typer.Option(None, help="unreliable: share of mismatched captions at bad silos"),

@@ -128,12 +128,13 @@ class WorldFederation:
             gen = torch.Generator().manual_seed(self.seed * 7919 + silo)
             settings = replace(self._settings, prox_mu=prox_mu, **({"lr": lr} if lr is not None else {}))
             accountant = None
-            if self._dp is not None:
+            dp = None if silo == REFERENCE else self._dp  # the coordinator's public set needs no DP
+            if dp is not None:
                 from fedalign.silo.privacy import PrivacyAccountant
 
                 accountant = PrivacyAccountant(epsilon=self._dp_budget["epsilon"], delta=self._dp_budget["delta"])
-            tr = self._LocalTrainer(self.model, settings, dp=self._dp, accountant=accountant, generator=gen)
-            if self._dp is not None:  # one σ for every shard this trainer may see (refused if impossible)
+            tr = self._LocalTrainer(self.model, settings, dp=dp, accountant=accountant, generator=gen)
+            if dp is not None:  # one σ for every shard this trainer may see (refused if impossible)
                 shards = self.shards[silo] if silo >= 0 else list(self._pooled.values())
                 sizes = [len(sh) for sh in shards] or [1]  # this silo's own schedule: its own budget
                 plan = tr.plan_dp(sizes)
@@ -249,7 +250,7 @@ class WorldFederation:
         t = self._reference_calls
         self._reference_calls += 1
         i = t % len(shards)
-        trainer = self._trainer(-2, 0.0)
+        trainer = self._trainer(REFERENCE, 0.0)
         trainer.generator.manual_seed(self.seed * 1_000_003 + 77_777 + t)
         delta = trainer.train_round(params, shards[i][1]).delta
         if kind == "contrast":
@@ -261,6 +262,9 @@ class WorldFederation:
     def evaluate(self, params: Tensors) -> dict[str, float]:
         self.model.load_projector_state(params)
         return _evaluate(self, params)
+
+
+REFERENCE = -2  # the trainer key of the coordinator's reference update (public data: never DP)
 
 
 def _on_cpu(params: Tensors) -> Tensors:

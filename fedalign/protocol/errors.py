@@ -36,6 +36,7 @@ __all__ = [
     "InsecureModeRefused",
     "CheckpointError",
     "StoppedEarly",
+    "ReferenceFailed",
 ]
 
 
@@ -87,3 +88,8 @@ class StoppedEarly(FedAlignError):
     """The run stopped before its planned rounds (one-pass data spent, DP budget reached); the
     rounds that finished were kept, evaluated and exported, and no data or ε went to a round
     that could not finish. The message says why, how far it got and where the outputs are."""
+
+
+class ReferenceFailed(FedAlignError):
+    """The coordinator's reference process (``silo reference``, Fed-CMP reliability "reference") could
+    not start, failed a request or missed its deadline; the message names its config and its log."""

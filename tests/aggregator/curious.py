@@ -149,6 +149,9 @@ def curious_run(*, n_silos: int = 5, rounds: int = 2, strategy: str = "fedavg", 
     net = InMemoryNetwork(wire_registry())
     server = RecordingServer(net.server())
     strat = RecordingStrategy(make_strategy(strategy, **(options or {})))
+    # Fed-CMP's default reliability "reference": a public reference (here a fixed small step, as public
+    # as the coordinator's own update on its public set would be)
+    strat.inner.reference_update = lambda p: {k: 0.01 * torch.ones_like(v) for k, v in p.items()}
     params = projector(d_vision, d_model)
     state = RunState(0, params, strat.init_public(params), strat.init_server_state(params))
     pol = RoundPolicy(rounds=rounds, min_silos=min_silos, step_deadline_s=30, heartbeat_timeout_s=30,

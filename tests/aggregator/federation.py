@@ -19,6 +19,7 @@ from fedalign.aggregator.rounds import Coordinator, RoundPolicy
 from fedalign.protocol.eventlog import EventLog
 from fedalign.protocol.messages import SumScheme, wire_registry
 from fedalign.fedcmp.strategies import make_strategy
+from fedalign.lab.runner import attach_reference
 from fedalign.protocol.transport import InMemoryNetwork
 from fedalign.crypto.identity import generate_identity
 from fedalign.protocol.ledger import Ledger
@@ -32,6 +33,13 @@ MAX_WEIGHT = 64.0
 def toy(n_silos: int, seed: int = 0) -> ToyFederation:
     prob = make_toy(m=6, n=5, n_silos=n_silos, per_silo=32, generator=torch.Generator().manual_seed(seed))
     return ToyFederation(prob, seed=seed, steps=3, lr=0.05, batch=8)
+
+
+def attach_toy_reference(strategy, fed: ToyFederation, state: RunState | None = None) -> None:
+    """Fed-CMP's default reliability "reference" gets the toy's public reference (the lab's hook); a
+    resumed run asks for round state.round + 1 next, as `aggregator serve`'s reference process does."""
+    attach_reference(strategy, fed)
+    fed._reference_calls = 0 if state is None else state.round + 1
 
 
 class ToyTrainer:
@@ -98,6 +106,7 @@ def run_federation(
     trusted = {s: k.public_hex for s, k in ids.items()}
     net = InMemoryNetwork(wire_registry())
     strat = RecordingStrategy(make_strategy(strategy, **(options or {})))
+    attach_toy_reference(strat.inner, fed, state)
     if state is None:
         params = fed.init_params()
         state = RunState(0, params, strat.init_public(params), strat.init_server_state(params))

@@ -27,13 +27,16 @@ def _federation(tmp_path, **sections):
     """Keys for the aggregator and three silos, a roster, and an aggregator.toml."""
     from fedalign.silo.keys import keygen_silo
 
+    tmp_path.mkdir(parents=True, exist_ok=True)
     code, _ = _run("keygen", "--out", str(tmp_path / "keys"))
     assert code == 0
     (tmp_path / "roster.toml").write_text("\n".join(keygen_silo(tmp_path / "keys", f"s{i}").roster_entry
                                                     for i in range(3)))
     body = {"server": {"bind": '"tcp://127.0.0.1:0"', "secret_key": '"keys/aggregator.key_secret"'},
             "run": {"rounds": 1, "roster_wait_s": 0.5},
-            "init": {"d_vision": 4, "d_model": 6, "projector": '"linear"'}}
+            "init": {"d_vision": 4, "d_model": 6, "projector": '"linear"'},
+            # these tests are not about reliability: Fed-CMP without the coordinator's public reference
+            "strategy": {"options": '{ reliability = "off" }'}}
     for sec, kv in sections.items():
         body.setdefault(sec, {}).update(kv)
     text = "\n".join(f"[{s}]\n" + "\n".join(f"{k} = {v}" for k, v in kv.items()) for s, kv in body.items())
@@ -60,13 +63,19 @@ def test_bad_config_is_one_line_naming_the_field(tmp_path):
     assert code == 2 and "not found" in out
 
 
-def test_reference_reliability_is_refused_by_serve_before_anything_is_written(tmp_path):
-    cfg = _federation(tmp_path, strategy={"name": '"fedcmp"', "options": '{ reliability = "reference" }'},
-                      output={"dir": '"out"'})
+def test_fedcmp_default_reliability_without_a_public_set_is_refused_before_anything_is_written(tmp_path):
+    # Fed-CMP's default is reliability "reference": serve needs [reference] config (the public set)
+    cfg = _federation(tmp_path, strategy={"name": '"fedcmp"', "options": "{}"}, output={"dir": '"out"'})
     code, out = _run("serve", "--config", str(cfg))
     assert code == 2, out
-    assert out.strip().count("\n") == 0 and "does not support yet" in out and "aggregator.toml" in out
+    assert out.strip().count("\n") == 0 and "[reference] config" in out and "aggregator.toml" in out
+    assert "reliability = 'off'" in out
     assert not (tmp_path / "out").exists()
+    cfg = _federation(tmp_path / "b", strategy={"name": '"fedcmp"', "options": "{}"}, output={"dir": '"out"'},
+                      reference={"config": '"nowhere.toml"'})
+    code, out = _run("serve", "--config", str(cfg))
+    assert code == 2 and "reference.config" in out and "nowhere.toml" in out and "not found" in out, out
+    assert not (tmp_path / "b" / "out").exists()
 
 
 def test_roster_smaller_than_min_silos_is_refused(tmp_path):
@@ -168,7 +177,8 @@ def test_serve_repairs_a_ledger_that_lost_a_committed_round(tmp_path):
     from fedalign.protocol.ledger import Ledger
 
     cfg = _federation(tmp_path)
-    meta = {"strategy": "fedcmp", "strategy_options": strategy_options(make_strategy("fedcmp")), "scheme": "secagg"}
+    meta = {"strategy": "fedcmp", "strategy_options": strategy_options(make_strategy("fedcmp", reliability="off")),
+            "scheme": "secagg"}
     store = CheckpointStore(tmp_path / "aggregator-out" / "checkpoints")
     rec = {"round": 0, "survivors": ["s0", "s1", "s2"], "dropped": [], "epsilon": {"s0": 1.0, "s1": 1.0, "s2": 1.0}}
     store.save(RunState(1, {"weight": torch.zeros(6, 4), "bias": torch.zeros(6)}, {}, {}, meta=meta, history=[rec]))

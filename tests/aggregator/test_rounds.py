@@ -12,7 +12,7 @@ from fedalign.protocol.errors import InsecureModeRefused, RoundAborted
 from fedalign.protocol.messages import SumScheme
 from fedalign.fedcmp.strategies import make_strategy
 from fedalign.crypto.messages import EncryptedShares, MaskedInput
-from federation import MAX_WEIGHT, run_federation, toy
+from federation import MAX_WEIGHT, attach_toy_reference, run_federation, toy
 from fedalign.lab.engine import init_state, run_round
 from fedalign.lab.sums import plain_sum_insecure
 
@@ -21,6 +21,7 @@ def _reference(strategy, options, n_silos, rounds):
     """The simulator over the same toy and weights, with exact (plain) sums."""
     fed = toy(n_silos)
     strat = make_strategy(strategy, **options)
+    attach_toy_reference(strat, fed)
     st = init_state(strat, fed.init_params(), n_silos)
     for r in range(rounds):
         res = [fed.local_update(st.params, k, r, 0.0) for k in range(n_silos)]

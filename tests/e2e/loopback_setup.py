@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -34,6 +35,12 @@ def write_federation(root: Path, names: list[str], rounds: int, strategy: str, o
     save_file(fed.init_params(), str(root / "init.safetensors"))
     opts = ", ".join(f"{k} = {json.dumps(v)}" for k, v in options.items())
     retries = f"max_failed_rounds = {max_failed_rounds}\n" if max_failed_rounds is not None else ""
+    # Fed-CMP's default reliability "reference": the coordinator's public reference from a child process
+    # speaking `silo reference`'s protocol over the toy (the lab's hook, round by round)
+    reference = ""
+    if strategy == "fedcmp" and options.get("reliability", "reference") == "reference":
+        cmd = [sys.executable, str(Path(__file__).with_name("toy_reference.py")), "--toy", str(len(names))]
+        reference = f"[reference]\ncommand = {json.dumps(cmd)}\ndeadline_s = 60\n"
     (root / "aggregator.toml").write_text(f"""
 [server]
 bind = "tcp://127.0.0.1:{port}"
@@ -51,7 +58,7 @@ name = "{strategy}"
 options = {{ {opts} }}
 [init]
 params = "init.safetensors"
-[output]
+{reference}[output]
 dir = "agg"
 """)
     for s in names:

@@ -26,6 +26,7 @@ from fedalign.protocol.eventlog import read_events
 from fedalign.fedcmp.strategies import make_strategy
 from fedalign.fedcmp.strategy import Sums
 from fedalign.lab.engine import init_state, run_round
+from fedalign.lab.runner import attach_reference
 from fedalign.lab.sums import plain_sum_insecure
 
 HERE = Path(__file__).resolve().parent
@@ -125,6 +126,7 @@ def _sum(fed: Federation, members, rnd: int, phase: int) -> Sums:
 def assert_final_equals_simulator(fed, rounds: int, strategy: str, **options) -> None:
     """The aggregator's final projector equals the in-process simulator's over the same shards."""
     strat = make_strategy(strategy, **options)
+    attach_reference(strat, fed.fed)  # the same toy reference the aggregator's child process computed
     st = init_state(strat, fed.fed.init_params(), 3)
     for r in range(rounds):
         res = [fed.fed.local_update(st.params, k, r, 0.0) for k in range(3)]
@@ -151,6 +153,7 @@ def test_silo_killed_during_a_secure_sum(federation):
     # Recompute the round from the contributions the silos fed in: phase 0 over all four,
     # phase 1 over the survivors only. The aggregator's result must match to fixed-point precision.
     strat = make_strategy("fedcmp", rank=2)
+    attach_reference(strat, fed.fed)
     params = fed.fed.init_params()
     public, server = strat.init_public(params), strat.init_server_state(params)
     o0 = strat.aggregate(0, _sum(fed, fed.names, 0, 0), params, public, server)

@@ -79,7 +79,7 @@ def test_basis_orthonormal_every_round(shape):
 def test_full_rank_single_round_equals_fedavg_float32(shape):
     prob = make_toy(m=shape[0], n=shape[1], n_silos=4, generator=_gen(5))
     w = [0.3, 1.0, 0.7, 0.5]
-    cmp_ = FedCMP(FedCMPConfig(rank=None, error_feedback=False, beta=0.0))
+    cmp_ = FedCMP(FedCMPConfig(rank=None, error_feedback=False, beta=0.0, reliability="off"))
     (a, _), = list(_rounds(cmp_, prob, 1, 4, weights=w))
     (b, _), = list(_rounds(FedAvg(), prob, 1, 4, weights=w))
     for n in a.params:
@@ -89,7 +89,7 @@ def test_full_rank_single_round_equals_fedavg_float32(shape):
 @pytest.mark.parametrize("shape", [(12, 10), (8, 14)])
 def test_full_rank_equals_fedavg_over_rounds_float64(shape):
     prob = make_toy(m=shape[0], n=shape[1], n_silos=3, generator=_gen(6), dtype=torch.float64)
-    cmp_ = FedCMP(FedCMPConfig(rank=None, error_feedback=False, beta=0.0))
+    cmp_ = FedCMP(FedCMPConfig(rank=None, error_feedback=False, beta=0.0, reliability="off"))
     for (a, _), (b, _) in zip(_rounds(cmp_, prob, 10, 3), _rounds(FedAvg(), prob, 10, 3)):
         for n in a.params:
             assert torch.allclose(a.params[n], b.params[n], atol=1e-10), (a.round, n)
@@ -100,7 +100,7 @@ def test_full_rank_opm_equals_heavy_ball_float64():
     # projection is the identity. (With m > n, span(U) is the current sum's column space and
     # the projection drops the part of the previous step outside it: not heavy-ball.)
     prob = make_toy(m=7, n=9, n_silos=3, generator=_gen(7), dtype=torch.float64)
-    cmp_ = FedCMP(FedCMPConfig(rank=None, error_feedback=False, beta=0.5))
+    cmp_ = FedCMP(FedCMPConfig(rank=None, error_feedback=False, beta=0.5, reliability="off"))
     for (a, _), (b, _) in zip(_rounds(cmp_, prob, 8, 3), _rounds(FedAvgM(beta=0.5), prob, 8, 3)):
         # m > n: U spans the column space of the summed update, which holds every step
         for n in a.params:
@@ -110,7 +110,7 @@ def test_full_rank_opm_equals_heavy_ball_float64():
 def test_low_rank_differs_from_fedavg():
     # The equivalence tests above must be able to fail: at low rank without EF they do.
     prob = make_toy(m=12, n=10, n_silos=3, generator=_gen(5))
-    cmp_ = FedCMP(FedCMPConfig(rank=2, error_feedback=False, beta=0.0))
+    cmp_ = FedCMP(FedCMPConfig(rank=2, error_feedback=False, beta=0.0, reliability="off"))
     (a, _), = list(_rounds(cmp_, prob, 1, 3))
     (b, _), = list(_rounds(FedAvg(), prob, 1, 3))
     assert not torch.allclose(a.params["weight"], b.params["weight"], atol=1e-4)
@@ -176,7 +176,7 @@ def test_llava_payload_at_least_10x_smaller():
 def test_error_feedback_carried_plus_sent_equals_update(seed, r, w):
     g = _gen(seed)
     m, n = 9, 7
-    strat = FedCMP(FedCMPConfig(rank=r))
+    strat = FedCMP(FedCMPConfig(rank=r, reliability="off"))
     params = {"weight": torch.randn(m, n, generator=g, dtype=torch.float64)}
     public = strat.init_public(params)
     e_old = torch.randn(m, n, generator=g, dtype=torch.float64)
@@ -191,7 +191,7 @@ def test_error_feedback_carried_plus_sent_equals_update(seed, r, w):
 
 
 def test_without_error_feedback_silo_state_stays_empty():
-    strat = FedCMP(FedCMPConfig(rank=2, error_feedback=False))
+    strat = FedCMP(FedCMPConfig(rank=2, error_feedback=False, reliability="off"))
     assert strat.init_silo_state({"weight": torch.zeros(4, 3)}) == {}
     cfg = FedCMPConfig().under_dp()
     assert cfg.error_feedback is False and cfg.beta == 0.0
@@ -320,7 +320,7 @@ def test_reference_reliability_scores_each_silo_against_the_coordinators_update(
     # with ρ_3 = 0 and small κ the step is (nearly) the clean silos' mean; plain fusion would cancel it
     clean = sum(deltas[:3]) / 3
     assert torch.allclose(st_.params["weight"], clean, atol=0.05 * float(clean.abs().max()))
-    off, _ = _reference_round(FedCMPConfig(rank=5, beta=0.0, error_feedback=False), deltas, good, [1.0] * 4)
+    off, _ = _reference_round(FedCMPConfig(rank=5, beta=0.0, error_feedback=False, reliability="off"), deltas, good, [1.0] * 4)
     assert not torch.allclose(off.params["weight"], clean, atol=0.05 * float(clean.abs().max()))
 
 
@@ -328,7 +328,7 @@ def test_reference_reliability_without_the_coordinators_hook_is_a_config_error()
     from fedalign.protocol.errors import ConfigError
 
     strat = FedCMP(FedCMPConfig(rank=2, reliability="reference"))
-    with pytest.raises(ConfigError, match="aggregator serve does not support it yet"):
+    with pytest.raises(ConfigError, match=r"needs the coordinator's public set.*\[reference\] config"):
         init_state(strat, {"weight": torch.zeros(4, 3)}, 2)  # round 0 needs the reference already
 
 

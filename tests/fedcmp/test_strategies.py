@@ -109,7 +109,7 @@ def test_fedcmp_names_say_which_switches_differ():
 
 
 def test_bad_phase_and_missing_public_state_raise_protocol_error():
-    s = FedCMP(FedCMPConfig(rank=2))
+    s = FedCMP(FedCMPConfig(rank=2, reliability="off"))
     params = {"w": torch.zeros(4, 3)}
     with pytest.raises(ProtocolError, match="phase 2"):
         s.contribution_spec(2, params)

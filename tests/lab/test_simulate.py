@@ -32,8 +32,8 @@ def test_cli_tiny_run_writes_metrics_final_and_png(tmp_path):
     final = json.loads((out / "final.json").read_text())
     assert final["secure_sum"] == PLAIN_LABEL and final["strategy"] == "fedcmp(rank=4)"
     assert [r["seed"] for r in final["runs"]] == [0, 1]
-    # bytes: phase 0 P (24×4) + phase 1 A (4×16) + bias 24 + Σw, float32
-    assert final["upload_bytes_per_silo_per_round"] == 4 * (24 * 4 + 4 * 16 + 24 + 1)
+    # bytes: phase 0 P (24×4) + phase 1 A (4×16), the default reliability's ρA (4×16) and ρ, bias 24, Σw; float32
+    assert final["upload_bytes_per_silo_per_round"] == 4 * (24 * 4 + 4 * 16 + 4 * 16 + 1 + 24 + 1)
     for run in final["runs"]:
         assert run["upload_bytes_per_silo_per_round"] == run["upload_bytes_per_silo_per_round_formula"]
     assert final["nll"] == pytest.approx(sum(r["nll"] for r in final["runs"]) / 2)
@@ -126,7 +126,7 @@ def test_reference_reliability_on_the_toy_reports_each_silos_rho_and_finds_the_b
     assert len(rhos) == 4 and all(set(r) == {"0", "1", "2", "3"} for r in rhos)
     # the silo fitting a wrong map agrees less with the coordinator's clean update in every round
     assert all(r["3"] < min(r["0"], r["1"], r["2"]) for r in rhos)
-    off = simulate_problem(prob, make_strategy("fedcmp", rank=4), 4)
+    off = simulate_problem(prob, make_strategy("fedcmp", rank=4, reliability="off"), 4)
     assert "rho" not in off.records[-1]
     assert res.final["nll"] < off.final["nll"]
 
@@ -148,11 +148,11 @@ def test_cli_reference_reliability_logs_and_plots_each_silos_rho(tmp_path):
     )
     assert res.exit_code == 0, res.output
     final = json.loads((out / "final.json").read_text())
-    assert final["strategy"] == "fedcmp(rank=4,reliability=reference,kappa=0.1,rho_floor=0.05,rho_smoothing=0.5)"
+    assert final["strategy"] == "fedcmp(rank=4,kappa=0.1,rho_floor=0.05,rho_smoothing=0.5)"
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [sorted(r["rho"]) for r in recs if r["round"] > 0] == [["0", "1", "2", "3"]] * 3
     assert (out / "reliability.png").stat().st_size > 1000
-    res = CliRunner().invoke(_app(), ["--scenario", "toy", "--rounds", "1", "--sum", "plain",
+    res = CliRunner().invoke(_app(), ["--scenario", "toy", "--rounds", "1", "--sum", "plain", "--reliability", "off",
                                       "--allow-insecure-plain-sums", "--out", str(tmp_path / "off")])
     assert res.exit_code == 0 and not (tmp_path / "off" / "reliability.png").exists()
 def test_cli_dp_world_run_reports_no_image_baseline_and_derived_noise(tmp_path):

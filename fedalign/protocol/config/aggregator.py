@@ -20,6 +20,7 @@ __all__ = [
     "SecureSumSection",
     "StrategySection",
     "InitSection",
+    "ReferenceSection",
     "AggregatorOutputSection",
     "AggregatorConfig",
     "load_aggregator_config",
@@ -77,6 +78,17 @@ class InitSection(StrictModel):
         return self
 
 
+class ReferenceSection(StrictModel):
+    """Fed-CMP reliability "reference" (its default): the coordinator's own update on a public set,
+    trained each round by a ``silo reference`` process that ``aggregator serve`` starts (docs/fedcmp.md)."""
+
+    config: Path | None = Field(None, description="a silo.toml with the silos' models and the coordinator's public "
+                                                  "set (data.world.public = true, or files); privacy off")
+    deadline_s: float = Field(600.0, gt=0, description="for loading the models, and for each round's reference")
+    command: list[str] | None = Field(None, description="the process to run instead of this Python's "
+                                                        "`-m fedalign.silo.cli reference --config <config>`")
+
+
 class AggregatorOutputSection(StrictModel):
     dir: Path = Path("aggregator-out")
 
@@ -88,6 +100,7 @@ class AggregatorConfig(FileConfig):
     secure_sum: SecureSumSection = Field(default_factory=SecureSumSection)
     strategy: StrategySection = Field(default_factory=StrategySection)
     init: InitSection
+    reference: ReferenceSection = Field(default_factory=ReferenceSection)
     output: AggregatorOutputSection = Field(default_factory=AggregatorOutputSection)
 
 

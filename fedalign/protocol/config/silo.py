@@ -53,6 +53,9 @@ class WorldSection(StrictModel):
     scenario: str = "iid"
     n_silos: int = Field(1, ge=1)
     silo_index: int | None = Field(None, ge=0, description="None: all silos' data (centralized)")
+    public: bool = Field(False, description="the coordinator's public set instead of silo data: samples_per_silo "
+                                            "clean samples from their own random stream (Fed-CMP's reliability "
+                                            "reference, `silo reference`)")
     alpha: float = Field(0.1, gt=0, description="Dirichlet concentration of label_skew")
     seed: int = 0
     samples_per_silo: int = Field(4096, ge=1)

@@ -1,0 +1,189 @@
+"""The coordinator's reference update for Fed-CMP reliability "reference", from a child process.
+
+The coordinator holds no models: ``aggregator serve`` starts ``silo reference --config <public.toml>``
+(``[reference]`` in aggregator.toml) and uses :class:`ReferenceProcess` as the strategy's
+``reference_update`` hook (θ_t -> Δ_ref). Each call writes θ_t as safetensors into the output
+folder, sends one JSON request line, waits for the answer (progress every few seconds, the
+section's deadline) and reads Δ_ref back as safetensors, checked against θ's names and shapes and
+for finite values. A child that dies is started again once per call; a second failure, a refused
+request or a missed deadline raise :class:`ReferenceFailed` naming the config and the child's log.
+
+Round t's reference comes from public shard t mod n with a seed fixed by t (silo/reference.py), so
+a restarted coordinator asks for the same round number and gets the same Δ_ref.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from fedalign.protocol.errors import ReferenceFailed
+
+__all__ = ["ReferenceProcess", "REPLY_PREFIX"]
+
+REPLY_PREFIX = "fedalign-reference "  # the silo side's answer lines (silo/reference.py; no import across rooms)
+PROGRESS_S = 10.0
+
+
+class ReferenceProcess:
+    """θ_t -> Δ_ref through a ``silo reference`` child; call :meth:`start` first, :meth:`close` at the end."""
+
+    def __init__(self, config: Path, workdir: Path, *, first_round: int = 0, deadline_s: float = 600.0,
+                 command: list[str] | None = None, notify: Callable[[str, dict[str, Any]], None] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.config = Path(config)
+        self.workdir = Path(workdir)
+        self.round = first_round
+        self.deadline_s = deadline_s
+        self.command = command or [sys.executable, "-m", "fedalign.silo.cli", "reference", "--config", str(self.config)]
+        self.notify = notify or (lambda event, fields: None)
+        self.env = env
+        self.log_path = self.workdir / "reference.log"
+        self._proc: subprocess.Popen | None = None
+        self._lines: queue.Queue = queue.Queue()
+
+    # -- the child -----------------------------------------------------------------------------
+    def start(self) -> dict[str, Any]:
+        """Start the child and wait for its ready line (it loads the frozen models: may take minutes)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        try:
+            self._proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                          text=True, bufsize=1, env=self.env or os.environ.copy(),
+                                          cwd=str(self.config.parent))
+        except OSError as e:
+            raise ReferenceFailed(f"reference.command {self.command[0]!r}: cannot start: {e}") from None
+        finally:
+            log.close()
+        self._lines = queue.Queue()
+        threading.Thread(target=self._read, args=(self._proc, self._lines), daemon=True,
+                         name="reference-reader").start()
+        ready = self._answer("starting (loading the silos' frozen models and the public set)", None)
+        if not ready.get("ready"):
+            raise self._failed(f"expected a ready line, got {ready}")
+        self.notify("reference_ready", {"records": ready.get("records"), "shards": ready.get("shards")})
+        return ready
+
+    @staticmethod
+    def _read(proc: subprocess.Popen, lines: queue.Queue) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(REPLY_PREFIX):
+                lines.put(line[len(REPLY_PREFIX):])
+        lines.put(None)  # EOF: the child exited
+
+    def _answer(self, what: str, round_id: int | None) -> dict[str, Any]:
+        t0 = time.monotonic()
+        while True:
+            left = self.deadline_s - (time.monotonic() - t0)
+            if left <= 0:
+                self._kill()
+                raise self._failed(f"{what}: no answer within reference.deadline_s = {self.deadline_s:g}s", final=True)
+            try:
+                line = self._lines.get(timeout=min(PROGRESS_S, left))
+            except queue.Empty:
+                self.notify("reference_waiting", {"round": round_id, "what": what,
+                                                  "waited_s": round(time.monotonic() - t0)})
+                continue
+            if line is None:
+                code = self._proc.wait() if self._proc is not None else None
+                self._proc = None
+                raise self._failed(f"{what}: the process exited (code {code})")
+            try:
+                return json.loads(line)
+            except ValueError:
+                raise self._failed(f"{what}: unreadable answer {line[:200]!r}") from None
+
+    def _failed(self, why: str, *, final: bool = False) -> ReferenceFailed:
+        """The error naming the config, why and the log's last line; ``final``: starting the child
+        again would not help (a deadline missed, a request refused)."""
+        tail = ""
+        try:
+            lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
+            if lines:
+                tail = f"; its last log line: {lines[-1][:300]}"
+        except OSError:
+            pass
+        err = ReferenceFailed(f"the reference process for {self.config}: {why}{tail} (log: {self.log_path})")
+        err.final = final  # type: ignore[attr-defined]
+        return err
+
+    def _kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+    def close(self) -> None:
+        """Close the child's stdin (it exits after the current request); kill it if it lingers."""
+        p, self._proc = self._proc, None
+        if p is None:
+            return
+        try:
+            if p.stdin is not None:
+                p.stdin.close()
+            p.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            p.kill()
+            p.wait()
+
+    # -- the hook ------------------------------------------------------------------------------
+    def __call__(self, params: dict) -> dict:
+        """Δ_ref for the next round from θ_t = ``params`` (the strategy's ``reference_update``)."""
+        try:
+            return self._request(params)
+        except ReferenceFailed as first:
+            if getattr(first, "final", False):
+                raise
+            self.notify("reference_restart", {"round": self.round, "why": str(first)[:300]})
+            self.start()
+            return self._request(params)
+
+    def _request(self, params: dict) -> dict:
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        from fedalign.host.atomic import atomic_write
+
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = None
+            raise self._failed("not running")
+        t = self.round
+        src, dst = self.workdir / "params.safetensors", self.workdir / "reference.safetensors"
+        flat = {k: v.detach().cpu().contiguous() for k, v in params.items()}
+        atomic_write(src, lambda p: save_file(flat, str(p)))
+        dst.unlink(missing_ok=True)
+        self.notify("reference_request", {"round": t})
+        try:
+            assert self._proc.stdin is not None
+            self._proc.stdin.write(json.dumps({"round": t, "params": str(src.resolve()),
+                                               "out": str(dst.resolve())}) + "\n")
+            self._proc.stdin.flush()
+        except OSError:
+            self._kill()
+            raise self._failed(f"round {t}: cannot send the request (the process exited)") from None
+        ans = self._answer(f"round {t}'s reference update", t)
+        if not ans.get("ok") or ans.get("round") != t:
+            why = ans.get("error") or f"an answer for round {ans.get('round')!r}"
+            raise self._failed(f"round {t}: {why}", final=True)
+        try:
+            delta = load_file(str(dst))
+        except Exception as e:  # noqa: BLE001 - any unreadable file is the child's failure
+            raise self._failed(f"round {t}: cannot read {dst}: {e}") from None
+        want = {k: tuple(v.shape) for k, v in flat.items()}
+        got = {k: tuple(v.shape) for k, v in delta.items()}
+        if got != want:
+            raise self._failed(f"round {t}: Δ_ref has tensors {got}, θ has {want} (the reference's [model] must be "
+                               "the silos' models)", final=True)
+        if not all(bool(torch.isfinite(v).all()) for v in delta.values()):
+            raise self._failed(f"round {t}: Δ_ref is not finite", final=True)
+        self.notify("reference_done", {"round": t, "n_samples": ans.get("n_samples"), "seconds": ans.get("seconds")})
+        self.round += 1
+        return {k: v.to(params[k].dtype) for k, v in delta.items()}

@@ -1,0 +1,69 @@
+"""A stand-in for ``silo reference`` in tests: the same line protocol (silo/reference.py) over a toy.
+
+    python toy_reference.py [--toy N] [--exit-at R] [--hang-at R] [--bad-shape-at R]
+
+``--toy N``: Δ_ref is the toy federation's own public reference (tests/e2e/toy_problem.toy(N), the
+lab's hook) for the requested round; otherwise a fixed small step seeded by the round. The other
+flags break it on purpose at round R: exit (a crash), never answer (a hang), a wrong tensor shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+PREFIX = "fedalign-reference "
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--toy", type=int)
+    ap.add_argument("--exit-at", type=int)
+    ap.add_argument("--hang-at", type=int)
+    ap.add_argument("--bad-shape-at", type=int)
+    ap.add_argument("--marker", type=Path, help="a file touched once the process started (restarts append)")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    if a.marker:
+        with open(a.marker, "a") as f:
+            f.write("started\n")
+    fed = None
+    if a.toy:
+        from toy_problem import toy
+
+        fed = toy(a.toy)
+    print("loading nothing; ready", file=sys.stderr, flush=True)
+    print(PREFIX + json.dumps({"ready": True, "records": 32, "shards": 1}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        t = req["round"]
+        if t == a.exit_at:
+            print(f"toy reference: exiting at round {t} on purpose", file=sys.stderr, flush=True)
+            sys.exit(3)
+        if t == a.hang_at:
+            import time
+
+            time.sleep(3600)
+        params = load_file(req["params"])
+        if fed is not None:
+            fed._reference_calls = t
+            delta = fed.reference_update(params)
+        else:
+            g = torch.Generator().manual_seed(1000 + t)
+            delta = {k: 0.01 * torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in params.items()}
+        if t == a.bad_shape_at:
+            k = next(iter(delta))
+            delta[k] = torch.zeros(1, 1)
+        save_file({k: v.contiguous() for k, v in delta.items()}, req["out"])
+        print(PREFIX + json.dumps({"round": t, "ok": True, "n_samples": 32, "seconds": 0.0}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
