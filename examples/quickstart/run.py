@@ -87,6 +87,7 @@ def prepare(out: Path, rounds: int, shard: int, world: str) -> dict:
     shutil.copy(HERE / "aggregator-policy.toml", out / "aggregator-policy.toml")
     port = free_port()
     (out / "aggregator.toml").write_text(_fill(HERE / "aggregator.toml", port=port, rounds=rounds))
+    (out / "public.toml").write_text(_fill(HERE / "public.toml", world=world))
     for i, s in enumerate(SILOS):
         txt = _fill(HERE / "silo.toml", port=port, index=i, name=s, shard_size=shard, samples_per_silo=shard * rounds,
                     world=world)

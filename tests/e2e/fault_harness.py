@@ -38,6 +38,7 @@ from fedalign.aggregator.checkpoint import CheckpointStore  # noqa: E402
 from fedalign.fedcmp.phases import PhaseSum, run_phases, sums_from_arrays  # noqa: E402
 from fedalign.fedcmp.strategies import make_strategy  # noqa: E402
 from fedalign.lab.engine import init_state, run_round  # noqa: E402
+from fedalign.lab.runner import attach_reference  # noqa: E402
 from fedalign.lab.sums import plain_sum_insecure  # noqa: E402
 from fedalign.protocol.errors import CheckpointError  # noqa: E402
 from fedalign.protocol.eventlog import read_events  # noqa: E402
@@ -136,6 +137,8 @@ def integrity(fed: LoopbackFederation) -> dict[str, Any]:
 def simulator_params(fed: LoopbackFederation, rounds: int) -> dict[str, torch.Tensor]:
     """An uninterrupted run in one process (exact sums) over the same shards: the reference."""
     strat = make_strategy(fed.strategy, **fed.options)
+    attach_reference(strat, fed.fed)  # Fed-CMP's default: the toy reference the aggregator's child computed
+    fed.fed.reset()
     st = init_state(strat, fed.fed.init_params(), fed.n)
     for r in range(rounds):
         res = [fed.fed.local_update(st.params, k, r, 0.0) for k in range(fed.n)]
@@ -260,6 +263,8 @@ def replay(fed: LoopbackFederation, attempts: dict[int, list[dict]], rounds: int
     """Each committed round recomputed from the silos' own contributions over the sets the aggregator
     reported (or, ``include_dropped``, over every participant: the negative control)."""
     strat = make_strategy(fed.strategy, **fed.options)
+    attach_reference(strat, fed.fed)
+    fed.fed.reset()
     params = fed.fed.init_params()
     public, server = strat.init_public(params), strat.init_server_state(params)
     for r in range(rounds):
