@@ -225,9 +225,37 @@ def train(
             "privacy.enabled": dp, "privacy.epsilon": epsilon,
             "policy": str(policy.resolve()) if policy else None})
         cfg = load_config_from_cli(config, ov)
-        return _train_local(cfg) if local else _train_federated(cfg, debug, insecure_plaintext)
+        return _on_ranks(cfg, lambda: _train_local(cfg) if local else _train_federated(cfg, debug, insecure_plaintext))
 
     run_command(body, debug)
+
+
+def _on_ranks(cfg, main: Callable[[], Any]) -> Any:
+    """Run ``main`` in one process, or under torchrun: rank 0 runs it (the silo: aggregator, state,
+    ledger, outputs, printing) and every other rank serves rank 0's rounds (``SiloSession.serve``)."""
+    from fedalign.protocol.errors import DistributedError
+    from fedalign.silo import distributed
+
+    group = distributed.init_from_env(cfg.model.device)
+    if group is None:
+        return main()
+    try:
+        if not group.is_main:
+            from fedalign.silo.session import SiloSession
+
+            return SiloSession(cfg).serve()
+        try:
+            out = main()
+        except BaseException:
+            try:
+                group.stop()  # the other ranks wait for a command: release them (skipped mid-round)
+            except DistributedError:
+                pass  # a rank is gone already; torchrun stops the rest
+            raise
+        group.stop()
+        return out
+    finally:
+        group.close()
 
 
 @app.command()

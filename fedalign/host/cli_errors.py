@@ -33,6 +33,7 @@ EXIT_CODES: dict[type[BaseException], int] = {
     E.InsecureModeRefused: 10,
     E.CheckpointError: 11,
     E.StoppedEarly: 18,
+    E.DistributedError: 19,
     C.EncodingOverflow: 12,
     C.InsecurePlaintextRefused: 17,
     C.SecureSumUsageError: 13,

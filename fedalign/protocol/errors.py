@@ -14,8 +14,9 @@ these classes to exit codes in one table (``common.cli_errors``) and print one l
     │   └── RoundAborted                  too few silos survived a step; nothing was revealed
     ├── InsecureModeRefused               an insecure mode was asked for without every permission
     ├── CheckpointError                   a checkpoint or ledger cannot be read or written
-    └── StoppedEarly                      the run ended before its planned rounds (data spent, budget
-                                          reached); what finished was evaluated and exported
+    ├── StoppedEarly                      the run ended before its planned rounds (data spent, budget
+    │                                     reached); what finished was evaluated and exported
+    └── DistributedError                  a rank of a multi-process (torchrun) silo failed or stalled
 
 Cryptographic failures live in ``crypto.errors`` (crypto imports nothing from here) and are
 opaque on purpose: one type, no detail an attacker could use.
@@ -36,6 +37,7 @@ __all__ = [
     "InsecureModeRefused",
     "CheckpointError",
     "StoppedEarly",
+    "DistributedError",
 ]
 
 
@@ -87,3 +89,8 @@ class StoppedEarly(FedAlignError):
     """The run stopped before its planned rounds (one-pass data spent, DP budget reached); the
     rounds that finished were kept, evaluated and exported, and no data or ε went to a round
     that could not finish. The message says why, how far it got and where the outputs are."""
+
+
+class DistributedError(FedAlignError):
+    """A process of a multi-process silo (torchrun) failed, stalled past the timeout, or could not
+    join the process group; the message names this process's rank."""
