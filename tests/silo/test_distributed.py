@@ -27,7 +27,8 @@ def _toml(tmp_path, tiny_dir, data_files, dp: bool):
         "model": {"vision_tower": str(tiny_dir / "vit"), "llm": str(tiny_dir / "llama"), "device": "cpu"},
         "data": {"source": "files", "train": str(data_files / "train.jsonl"), "eval": str(data_files / "train.json"),
                  "shard_size": 24},
-        "train": {"rounds": 2, "batch_size": 8, "local_steps": 3, "seed": 3, "physical_batch_size": 3},
+        "train": {"rounds": 2, "batch_size": 8, "local_steps": 3, "seed": 3, "physical_batch_size": 3,
+                  "optimizer": "sgd", "lr": 0.5},  # SGD: a wrong gradient scale moves the step (Adam hides it)
         "eval": {"batch_size": 16},
     }
     if dp:  # seeded noise and sampling (tests only): the same draw in both runs
