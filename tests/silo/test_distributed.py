@@ -81,3 +81,17 @@ def test_two_processes_train_the_one_process_projector(tmp_path, tiny_dir, data_
     ledger = [json.loads(line) for line in (main / "state" / "ledger.jsonl").read_text().splitlines()]
     ref_ledger = [json.loads(line) for line in (tmp_path / "one" / "state" / "ledger.jsonl").read_text().splitlines()]
     assert [e["kind"] for e in ledger] == [e["kind"] for e in ref_ledger]  # one writer, no duplicated entries
+
+
+def test_a_failing_rank_ends_the_run(tmp_path, tiny_dir, data_files):
+    """Rank 1 cannot load its LM: the run ends non-zero (nobody waits forever), rank 1's error is one
+    line, and rank 0 exports nothing."""
+    cfg = _toml(tmp_path, tiny_dir, data_files, dp=False)
+    cmd = (f'[ "$RANK" = 1 ] && bad="--set model.llm=\\"{tmp_path}/no-such-llm\\""; '
+           f'exec "{sys.executable}" -m fedalign.silo.cli train --local -c "{cfg}" --out "{tmp_path}/two/rank$RANK" $bad')
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FEDALIGN_DIST_TIMEOUT_S": "60"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "--no-python", "sh", "-c", cmd], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "error: ModelLoadError: rank 1 of 2: model.llm" in r.stderr and "no-such-llm" in r.stderr, r.stderr[-3000:]
+    assert not (tmp_path / "two" / "rank0" / "mm_projector.safetensors").exists()
