@@ -239,23 +239,26 @@ def _on_ranks(cfg, main: Callable[[], Any]) -> Any:
     group = distributed.init_from_env(cfg.model.device)
     if group is None:
         return main()
+    clean = False
     try:
         if not group.is_main:
             from fedalign.silo.session import SiloSession
 
-            return SiloSession(cfg).serve()
+            served = SiloSession(cfg).serve()
+            clean = True
+            return served
         try:
             out = main()
         except BaseException:
             try:
-                group.stop()  # the other ranks wait for a command: release them (skipped mid-round)
+                clean = group.stop()  # the other ranks wait for a command: release them (not mid-round)
             except DistributedError:
                 pass  # a rank is gone already; torchrun stops the rest
             raise
-        group.stop()
+        clean = group.stop()
         return out
     finally:
-        group.close()
+        group.close(clean=clean)
 
 
 @app.command()

@@ -171,17 +171,26 @@ class Group:
         self.mid_round = True
         self.broadcast_([params[k] for k in sorted(params)])
 
-    def stop(self) -> None:
-        """Rank 0: tell the other ranks the run is over (skipped mid-round: they are in a collective
-        rank 0 left, and torchrun stops them when rank 0 exits non-zero)."""
-        if self.is_main and self.world > 1 and not self.mid_round:
+    def stop(self) -> bool:
+        """Rank 0: tell the other ranks the run is over; False when skipped mid-round (they are in a
+        collective rank 0 left, and torchrun stops them when rank 0 exits non-zero)."""
+        assert self.is_main
+        if self.mid_round:
+            return False
+        if self.world > 1:
             self.broadcast_json({"op": "stop"}, what="the stop")
+        return True
 
-    def close(self) -> None:
+    def close(self, *, clean: bool = False) -> None:
+        """Leave the process group. ``clean`` (the run ended normally on every rank): first wait for
+        all ranks, so none tears down while another still relays the last message (with 3 gloo
+        ranks that aborted a process at exit)."""
         global _current
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if clean and self.world > 1:
+                self.guard("the final barrier", dist.barrier)
             dist.destroy_process_group()
         if _current is self:
             _current = None

@@ -197,10 +197,9 @@ class SiloSession:
                                  pass_index=shard.pass_index, shard_index=shard.shard_index)
             return self.trainer.train_round(global_params, data)
         self.group.send_round(shard.indices, shard.pass_index, shard.shard_index, global_params)
-        try:
-            return self._train_slice(global_params, list(shard.indices), shard.pass_index, shard.shard_index)
-        finally:
-            self.group.mid_round = False
+        res = self._train_slice(global_params, list(shard.indices), shard.pass_index, shard.shard_index)
+        self.group.mid_round = False  # stays True when the round failed here: the ranks are not listening
+        return res
 
     def _train_slice(self, params: Params, indices: list[int], pass_index: int, shard_index: int) -> RoundResult:
         """This rank's part of a round of a multi-process silo: its contiguous slice of the shard."""
