@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -344,7 +345,17 @@ _mount_audit()
 def main() -> None:
     """Console-script entry point (``silo = fedalign.silo.cli:main``)."""
     offline_by_default()
-    app()
+    try:
+        app()
+    except SystemExit as e:
+        from fedalign.silo.distributed import exit_process
+
+        code = e.code
+        if code is not None and not isinstance(code, int):
+            print(code, file=sys.stderr)
+            code = 1
+        exit_process(code or 0)  # a torchrun rank: skip the C++ teardown (see its docstring)
+        raise
 
 
 if __name__ == "__main__":

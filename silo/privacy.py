@@ -336,7 +336,8 @@ class DPProjectorTrainer:
         self.group = group
         distributed = group is not None
         self.params = [p for p in projector.parameters() if p.requires_grad]
-        per_rank = expected_batch_size / group.world if distributed else expected_batch_size  # Opacus then divides the sum by the world size
+        # each rank's share of the expected batch; Opacus divides the reduced sum by the world size
+        per_rank = expected_batch_size / group.world if distributed else expected_batch_size
         kw = dict(noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                   expected_batch_size=per_rank, loss_reduction="mean", generator=generator)
         with warnings.catch_warnings():

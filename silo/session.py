@@ -47,7 +47,7 @@ class SiloSession:
 
     ``group`` (default: the process group of a torchrun silo, :func:`silo.distributed.current`):
     on rank 0 each round is broadcast to the other ranks and trained on rank 0's slice; another
-    rank's session writes nothing (no ledger, cursor or accountant file) and only :meth:`serve`\s.
+    rank's session writes nothing (no ledger, cursor or accountant file); it only runs :meth:`serve`.
     """
 
     def __init__(self, cfg: SiloConfig, *, inputs: SiloInputs | None = None, model: AlignmentModel | None = None,
@@ -185,6 +185,7 @@ class SiloSession:
 
         θ's shapes and the DP budget are checked before the shard is drawn: a round that cannot
         finish uses no data."""
+        assert self.is_main, "only rank 0 draws shards; the other ranks serve()"
         self.check_params(global_params)
         self.record_dp_plan()
         if self.accountant is not None:

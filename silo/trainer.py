@@ -247,7 +247,7 @@ class LocalTrainer:
 
         ``basis`` (weight name -> U, m×r, public and shared): train those weights only as
         W_t + U·C (:mod:`silo.subspace`); under DP the noise then lives in r·n dimensions."""
-        model, s, group = self.model, self.settings, self.group
+        model, s = self.model, self.settings
         if basis and s.prox_mu > 0:
             raise PrivacyError("FedProx with subspace training is not supported")
         n = shard.size
@@ -303,9 +303,6 @@ class LocalTrainer:
                     dp.step(prox)
                     seen += len(idx)
                     continue
-                if dp is None and len(own) == 0:  # another rank holds every member
-                    for p in params:
-                        p.grad = torch.zeros_like(p)
                 # one logical batch as memory-bounded physical micro-batches, one optimizer step
                 parts = list(own.split(phys)) if phys and len(own) > phys else ([own] if len(own) else [])
                 for j, part in enumerate(parts):
@@ -320,6 +317,9 @@ class LocalTrainer:
                     loss_sum += losses.detach().sum()
                 if dp is None:
                     if group is not None:  # sum of per-rank sums / global batch = the one-process gradient
+                        for p in params:
+                            if p.grad is None:  # another rank holds every member of this batch
+                                p.grad = torch.zeros_like(p)
                         group.all_reduce_sum_([p.grad for p in params])
                     if prox is not None:
                         prox()

@@ -88,7 +88,8 @@ def test_a_failing_rank_ends_the_run(tmp_path, tiny_dir, data_files):
     line, and rank 0 exports nothing."""
     cfg = _toml(tmp_path, tiny_dir, data_files, dp=False)
     cmd = (f'[ "$RANK" = 1 ] && bad="--set model.llm=\\"{tmp_path}/no-such-llm\\""; '
-           f'exec "{sys.executable}" -m fedalign.silo.cli train --local -c "{cfg}" --out "{tmp_path}/two/rank$RANK" $bad')
+           f'exec "{sys.executable}" -m fedalign.silo.cli train --local -c "{cfg}" '
+           f'--out "{tmp_path}/two/rank$RANK" $bad')
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FEDALIGN_DIST_TIMEOUT_S": "60"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         "--no-python", "sh", "-c", cmd], env=env, capture_output=True, text=True, timeout=300)
