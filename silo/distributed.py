@@ -138,21 +138,19 @@ class Group:
         return self.guard("broadcast of the round's batches", go)
 
     def all_reduce_sum_(self, tensors: Iterable[torch.Tensor], *, what: str = "the gradients") -> None:
-        """Sum ``tensors`` over the ranks, in place, as one flat buffer (one collective)."""
+        """Sum ``tensors`` over the ranks, in place, one collective per tensor (as Opacus' DP
+        optimizer does: for a 21M-value projector on 2 gloo ranks this took 70-89 ms, one flat
+        buffer with its copies 142-145 ms)."""
         import torch.distributed as dist
 
         ts = list(tensors)
-        if not ts:
-            return
 
         def go():
-            flat = torch.cat([t.detach().reshape(-1).to(self.device, torch.float32) for t in ts])
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            pos = 0
             for t in ts:
-                k = t.numel()
-                t.copy_(flat[pos : pos + k].view_as(t).to(t.device, t.dtype))
-                pos += k
+                buf = t if t.device == self.device else t.to(self.device)
+                dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+                if buf is not t:
+                    t.copy_(buf)
 
         self.guard(f"all-reduce of {what}", go)
 
