@@ -256,7 +256,7 @@ def exit_process(code: int) -> None:
     Measured here (torch 2.13, gloo): with every collective finished and the group destroyed, a
     rank still aborted at interpreter exit now and then ("terminate called without an active
     exception", SIGABRT in a thread with no Python frame, while the other ranks were still
-    connected): 1 of 3 runs of 3 ranks without the final barrier, 1 of about 25 with it (2 ranks); with
+    connected): 3 of 5 runs of 3 ranks without the final barrier, 1 of about 25 with it (2 ranks); with
     this exit, 0 of 8 runs of 3 ranks without the barrier. That
     turned a finished run (outputs written and fsynced) into a failure for torchrun. Skipping the
     C++ teardown avoids it; nothing of ours needs atexit: every file is written atomically and
