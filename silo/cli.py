@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -225,9 +226,40 @@ def train(
             "privacy.enabled": dp, "privacy.epsilon": epsilon,
             "policy": str(policy.resolve()) if policy else None})
         cfg = load_config_from_cli(config, ov)
-        return _train_local(cfg) if local else _train_federated(cfg, debug, insecure_plaintext)
+        return _on_ranks(cfg, lambda: _train_local(cfg) if local else _train_federated(cfg, debug, insecure_plaintext))
 
     run_command(body, debug)
+
+
+def _on_ranks(cfg, main: Callable[[], Any]) -> Any:
+    """Run ``main`` in one process, or under torchrun: rank 0 runs it (the silo: aggregator, state,
+    ledger, outputs, printing) and every other rank serves rank 0's rounds (``SiloSession.serve``)."""
+    from fedalign.protocol.errors import DistributedError
+    from fedalign.silo import distributed
+
+    group = distributed.init_from_env(cfg.model.device)
+    if group is None:
+        return main()
+    clean = False
+    try:
+        if not group.is_main:
+            from fedalign.silo.session import SiloSession
+
+            served = SiloSession(cfg).serve()
+            clean = True
+            return served
+        try:
+            out = main()
+        except BaseException:
+            try:
+                clean = group.stop()  # the other ranks wait for a command: release them (not mid-round)
+            except DistributedError:
+                pass  # a rank is gone already; torchrun stops the rest
+            raise
+        clean = group.stop()
+        return out
+    finally:
+        group.close(clean=clean)
 
 
 @app.command()
@@ -335,7 +367,17 @@ _mount_audit()
 def main() -> None:
     """Console-script entry point (``silo = fedalign.silo.cli:main``)."""
     offline_by_default()
-    app()
+    try:
+        app()
+    except SystemExit as e:
+        from fedalign.silo.distributed import exit_process
+
+        code = e.code
+        if code is not None and not isinstance(code, int):
+            print(code, file=sys.stderr)
+            code = 1
+        exit_process(code or 0)  # a torchrun rank: skip the C++ teardown (see its docstring)
+        raise
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from torch import nn
@@ -317,28 +317,40 @@ class DPProjectorTrainer:
     ``clipping='ghost'`` uses Opacus' ghost clipping (norms without per-sample gradients);
     ``'per_sample'`` materialises per-sample gradients (Opacus hooks). Both see the surrogate
     loss described in the module docstring, so the frozen LM is traversed once per step.
+
+    ``group`` (one rank of a torchrun silo, a :class:`silo.distributed.Group`): Opacus'
+    ``DistributedDPOptimizer`` classes; each rank clips its own samples, rank 0 alone adds the
+    noise, and :meth:`step` sums the ranks' gradients. ``expected_batch_size`` is the *global*
+    one; each rank divides by its share and Opacus' reduction by the world size, so the step is
+    (Σ clipped + one noise draw) / expected batch, as in one process.
     """
 
     def __init__(self, projector: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
                  max_grad_norm: float, expected_batch_size: int, generator: torch.Generator,
-                 clipping: Literal["ghost", "per_sample"] = "ghost"):
+                 clipping: Literal["ghost", "per_sample"] = "ghost", group: Any = None):
         from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
-        from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+        from opacus.optimizers import (DistributedDPOptimizer, DistributedDPOptimizerFastGradientClipping,
+                                       DPOptimizer, DPOptimizerFastGradientClipping)
 
         self.clipping = clipping
+        self.group = group
+        distributed = group is not None
         self.params = [p for p in projector.parameters() if p.requires_grad]
+        # each rank's share of the expected batch; Opacus divides the reduced sum by the world size
+        per_rank = expected_batch_size / group.world if distributed else expected_batch_size
         kw = dict(noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-                  expected_batch_size=expected_batch_size, loss_reduction="mean", generator=generator)
+                  expected_batch_size=per_rank, loss_reduction="mean", generator=generator)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Opacus warns that secure_mode is off; docs/silo.md says why
             if clipping == "ghost":
                 self.module = GradSampleModuleFastGradientClipping(
                     projector, batch_first=True, loss_reduction="sum", max_grad_norm=max_grad_norm,
                     use_ghost_clipping=True)
-                self.optimizer = DPOptimizerFastGradientClipping(optimizer, **kw)
+                self.optimizer = (DistributedDPOptimizerFastGradientClipping if distributed
+                                  else DPOptimizerFastGradientClipping)(optimizer, **kw)
             elif clipping == "per_sample":
                 self.module = GradSampleModule(projector, batch_first=True, loss_reduction="sum")
-                self.optimizer = DPOptimizer(optimizer, **kw)
+                self.optimizer = (DistributedDPOptimizer if distributed else DPOptimizer)(optimizer, **kw)
             else:
                 raise PrivacyError(f"privacy.clipping must be 'ghost' or 'per_sample', got {clipping!r}")
 
@@ -376,8 +388,11 @@ class DPProjectorTrainer:
         self.optimizer.zero_grad(set_to_none=True)
 
     def step(self, extra_grad: Callable[[], None] | None = None) -> None:
-        """Noise, scale and step; ``extra_grad`` adds data-independent terms (FedProx) after noise."""
+        """Noise, scale and step; ``extra_grad`` adds data-independent terms (FedProx) after noise
+        (and after the ranks' gradients are summed: it is added once)."""
         if self.optimizer.pre_step():
+            if self.group is not None:  # all-reduce: Σ ranks' clipped sums + rank 0's noise
+                self.group.guard("all-reduce of the DP gradients", self.optimizer.reduce_gradients)
             if extra_grad is not None:
                 extra_grad()
             self.optimizer.original_optimizer.step()

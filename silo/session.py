@@ -64,25 +64,37 @@ def load_model(cfg: SiloConfig, *, notify: Callable[[str], None] | None = None) 
 
 
 class SiloSession:
-    """Everything one silo needs for a run; all state files live in ``cfg.state_dir``."""
+    """Everything one silo needs for a run; all state files live in ``cfg.state_dir``.
+
+    ``group`` (default: the process group of a torchrun silo, :func:`silo.distributed.current`):
+    on rank 0 each round is broadcast to the other ranks and trained on rank 0's slice; another
+    rank's session writes nothing (no ledger, cursor or accountant file); it only runs :meth:`serve`.
+    """
 
     def __init__(self, cfg: SiloConfig, *, inputs: SiloInputs | None = None, model: AlignmentModel | None = None,
-                 clock: Callable[[], float] = time.time, notify: Callable[[str], None] | None = None):
+                 clock: Callable[[], float] = time.time, notify: Callable[[str], None] | None = None,
+                 group: Any = None):
+        from fedalign.silo import distributed
+
+        self.group = group if group is not None else distributed.current()
+        self.is_main = self.group is None or self.group.is_main
         self.cfg = cfg
         self.clock = clock
-        self.notify = notify or (lambda line: None)  # progress lines for long phases (the CLI prints them)
+        self.notify = (notify or (lambda line: None)) if self.is_main else (lambda line: None)
         self.inputs = inputs if inputs is not None else load_inputs(cfg)
         t, p = cfg.train, cfg.privacy
         self.settings = train_settings(cfg)
         state = cfg.state_dir
-        self.ledger = Ledger(state / "ledger.jsonl", identity=_ledger_identity(cfg))
+        # another rank keeps no ledger (and reads no identity key): it would be a second writer
+        self.ledger = Ledger(state / "ledger.jsonl", identity=_ledger_identity(cfg)) if self.is_main else None
         self.accountant: PrivacyAccountant | None = None
         self.dp: DPSettings | None = None
         if p.enabled:
             self.dp = DPSettings(p.noise_multiplier, p.max_grad_norm, p.clipping,
                                  t.seed if p.insecure_seeded_noise else None, passes=cfg.data.max_passes)
             self.accountant = PrivacyAccountant(p.epsilon, p.delta, accountant=p.accountant,
-                                                state_path=state / "privacy.json", ledger=self.ledger)
+                                                state_path=state / "privacy.json", ledger=self.ledger) \
+                if self.is_main else PrivacyAccountant(p.epsilon, p.delta, accountant=p.accountant)  # plans only
             n = min(cfg.data.shard_size, len(self.inputs.train))
             # σ from the budget (or the override, refused if it cannot meet it), before any model loads
             plan_dp(p.epsilon, p.delta, shard_sizes=[n], batch_size=t.batch_size, steps_for=self.settings.steps_for,
@@ -91,12 +103,13 @@ class SiloSession:
         self.model = model = model if model is not None else load_model(cfg, notify=self.notify)
         self._check_vocabulary()
         self.trainer = LocalTrainer(model, self.settings, dp=self.dp, accountant=self.accountant,
-                                    generator=torch.Generator().manual_seed(t.seed))
+                                    generator=torch.Generator().manual_seed(t.seed), group=self.group)
         self.dp_plan: DPPlan | None = None
         if self.dp is not None:
             self.dp_plan = self.trainer.plan_dp([min(cfg.data.shard_size, len(self.inputs.train))])
             assert self.dp_plan is not None
-            print(f"[{cfg.federation.silo_id or 'silo'}] {self.dp_plan.describe()}", file=sys.stderr, flush=True)
+            if self.is_main:
+                print(f"[{cfg.federation.silo_id or 'silo'}] {self.dp_plan.describe()}", file=sys.stderr, flush=True)
         self._plan_recorded = False  # the plan goes to the ledger after the run's policy entry
         self._cursor: ShardCursor | None = None
         self._eval: EvalSet | None = None
@@ -181,6 +194,7 @@ class SiloSession:
 
         θ's shapes and the DP budget are checked before the shard is drawn: a round that cannot
         finish uses no data."""
+        assert self.is_main, "only rank 0 draws shards; the other ranks serve()"
         self.check_params(global_params)
         self.record_dp_plan()
         if self.accountant is not None:
@@ -188,9 +202,39 @@ class SiloSession:
             self.accountant.check(self.trainer.plan(len(nxt.indices), pass_index=nxt.pass_index,
                                                     shard_index=nxt.shard_index))
         shard = self.cursor.next_shard(self.cfg.data.shard_size)
-        data = prepare_shard(self.model, [self.inputs.train[i] for i in shard.indices],
-                             pass_index=shard.pass_index, shard_index=shard.shard_index)
-        return self.trainer.train_round(global_params, data)
+        if self.group is None:
+            data = prepare_shard(self.model, [self.inputs.train[i] for i in shard.indices],
+                                 pass_index=shard.pass_index, shard_index=shard.shard_index)
+            return self.trainer.train_round(global_params, data)
+        self.group.send_round(shard.indices, shard.pass_index, shard.shard_index, global_params)
+        res = self._train_slice(global_params, list(shard.indices), shard.pass_index, shard.shard_index)
+        self.group.mid_round = False  # stays True when the round failed here: the ranks are not listening
+        return res
+
+    def _train_slice(self, params: Params, indices: list[int], pass_index: int, shard_index: int) -> RoundResult:
+        """This rank's part of a round of a multi-process silo: its contiguous slice of the shard."""
+        assert self.group is not None
+        lo, hi = self.group.chunk(len(indices))
+        data = prepare_shard(self.model, [self.inputs.train[i] for i in indices[lo:hi]], pass_index=pass_index,
+                             shard_index=shard_index, offset=lo, total=len(indices))
+        return self.trainer.train_round(params, data)
+
+    def serve(self) -> int:
+        """A rank other than 0: train each round rank 0 broadcasts until it says stop; returns the
+        number of rounds trained. Nothing is written and nothing leaves this process but collectives."""
+        assert self.group is not None and not self.is_main
+        template = self.model.projector_state()
+        rounds = 0
+        while True:
+            cmd = self.group.broadcast_json(what="the next command")
+            if cmd.get("op") == "stop":
+                return rounds
+            if cmd.get("op") != "round":
+                raise ConfigError(f"rank {self.group.rank}: unknown command from rank 0: {cmd.get('op')!r}")
+            self.group.broadcast_([template[k] for k in sorted(template)])
+            self._train_slice(template, [int(i) for i in cmd["indices"]], int(cmd["pass_index"]),
+                              int(cmd["shard_index"]))
+            rounds += 1
 
     # -- evaluation -----------------------------------------------------------------------------
     def evaluate(self, params: Params, *, label: str = "the projector") -> dict[str, float]:

@@ -68,9 +68,22 @@ class ShardData:
     lengths: torch.Tensor  # (n,) true row lengths (CPU)
     pass_index: int = 0
     shard_index: int = 0
+    offset: int = 0  # a multi-process silo: this rank holds rows [offset, offset + len) of the shard
+    total: int | None = None  # the whole shard's size (None: this object holds the whole shard)
 
     def __len__(self) -> int:
         return self.features.shape[0]
+
+    @property
+    def size(self) -> int:
+        """Records in the whole shard (what the batches index and the accountant sees)."""
+        return len(self) if self.total is None else self.total
+
+    def owned(self, idx: torch.Tensor) -> torch.Tensor:
+        """The members of a global batch ``idx`` this object holds, as local row indices."""
+        if self.total is None:
+            return idx
+        return idx[(idx >= self.offset) & (idx < self.offset + len(self))] - self.offset
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, TokenBatch]:
         """Rows ``idx`` trimmed to their longest row (right padding only).
@@ -110,10 +123,13 @@ def feature_device(model: AlignmentModel, n: int, *, gpu_fraction: float = 0.25)
 
 
 def prepare_shard(model: AlignmentModel, samples: Sequence[Sample], *, pass_index: int = 0,
-                  shard_index: int = 0, batch_size: int = 64) -> ShardData:
+                  shard_index: int = 0, batch_size: int = 64, offset: int = 0,
+                  total: int | None = None) -> ShardData:
     """Decode images, run the frozen tower once (the cache), tokenise every record.
 
     The cache stays on the GPU when it fits (:func:`feature_device`), else in host memory.
+    ``offset``/``total``: ``samples`` are rows ``[offset, offset + len)`` of a ``total``-row shard
+    (one rank's slice in a multi-process silo).
     """
     images = [_as_image(s.image, s.origin) for s in samples]
     where = feature_device(model, len(images))
@@ -124,7 +140,7 @@ def prepare_shard(model: AlignmentModel, samples: Sequence[Sample], *, pass_inde
                            for i in range(0, len(images), batch_size)])
     texts = [model.encode_text(s.prompt, s.caption) for s in samples]
     tokens = model.collate(texts)
-    return ShardData(feats, tokens, tokens.attention_mask.sum(1).cpu(), pass_index, shard_index)
+    return ShardData(feats, tokens, tokens.attention_mask.sum(1).cpu(), pass_index, shard_index, offset, total)
 
 
 @dataclass
@@ -148,10 +164,16 @@ class LocalTrainer:
     With ``dp`` set, an ``accountant`` is required: the round's charge is checked before any
     compute and committed before the update is returned (fail closed: on
     :class:`PrivacyBudgetExceeded` no update exists outside this call).
+
+    ``group`` (:mod:`silo.distributed`): one rank of a multi-process silo. Rank 0 draws the
+    logical batches (as one process would) and broadcasts them; each rank trains on the members
+    of its shard slice; gradients are summed over the ranks; DP noise is added once, on rank 0;
+    only rank 0 checks and charges the accountant (the others plan with an unsaved one).
     """
 
     def __init__(self, model: AlignmentModel, settings: TrainSettings, *, dp: DPSettings | None = None,
-                 accountant: PrivacyAccountant | None = None, generator: torch.Generator | None = None):
+                 accountant: PrivacyAccountant | None = None, generator: torch.Generator | None = None,
+                 group: Any = None):
         if dp is not None and accountant is None:
             raise PrivacyError("DP training needs a PrivacyAccountant (the budget must be checked)")
         self.model = model
@@ -162,6 +184,11 @@ class LocalTrainer:
         self._dp_gen = dp_generator(dp.insecure_seed, model.device) if dp else None
         self._sample_gen = dp_generator(None if dp.insecure_seed is None else dp.insecure_seed + 1) if dp else None
         self.dp_plan: DPPlan | None = None
+        self.group = group
+
+    @property
+    def is_main(self) -> bool:
+        return self.group is None or self.group.is_main
 
     # -- planning -------------------------------------------------------------------------
     def plan_dp(self, shard_sizes: Sequence[int]) -> DPPlan | None:
@@ -223,12 +250,22 @@ class LocalTrainer:
         model, s = self.model, self.settings
         if basis and s.prox_mu > 0:
             raise PrivacyError("FedProx with subspace training is not supported")
-        n = len(shard)
+        n = shard.size
         steps = s.steps_for(n)
         charge = self.plan(n, pass_index=shard.pass_index, shard_index=shard.shard_index)
-        if charge is not None:
+        if charge is not None and self.is_main:
             assert self.accountant is not None
             self.accountant.check(charge)  # before spending compute on a round that cannot be sent
+        was_training = model.projector.training
+        model.projector.train()  # Opacus' hooks record activations in train mode only
+        try:
+            return self._train(global_params, shard, basis, n, steps, charge)
+        finally:
+            model.projector.train(was_training)
+
+    def _train(self, global_params: Params, shard: ShardData, basis: Params | None, n: int, steps: int,
+               charge: RoundCharge | None) -> RoundResult:
+        model, s, group = self.model, self.settings, self.group
         model.load_projector_state(global_params)
         anchor = model.projector_state()  # clones: the parameters change in place below
         net: torch.nn.Module = model.projector
@@ -249,19 +286,25 @@ class LocalTrainer:
             dp = DPProjectorTrainer(net, opt, noise_multiplier=charge.noise_multiplier,
                                     max_grad_norm=self.dp.max_grad_norm,
                                     expected_batch_size=min(s.batch_size, n), generator=self._dp_gen,
-                                    clipping=self.dp.clipping)
+                                    clipping=self.dp.clipping, group=group)
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=model.device)
         seen = 0
         phys = s.physical_batch_size
+        batches = self._batches(n, steps) if self.is_main else None
+        if group is not None:  # every rank steps on rank 0's draw (the one-process batches)
+            batches = group.broadcast_batches(batches, steps)
+        assert batches is not None
         try:
-            for idx in self._batches(n, steps):
-                if dp is not None and len(idx) == 0:
+            for idx in batches:
+                own = shard.owned(idx)  # this rank's members of the global batch (all of it in one process)
+                if dp is not None and len(own) == 0:
                     dp.empty_batch()
                     dp.step(prox)
+                    seen += len(idx)
                     continue
                 # one logical batch as memory-bounded physical micro-batches, one optimizer step
-                parts = list(idx.split(phys)) if phys and len(idx) > phys else [idx]
+                parts = list(own.split(phys)) if phys and len(own) > phys else ([own] if len(own) else [])
                 for j, part in enumerate(parts):
                     feats, batch = shard.batch(part)
                     if dp is None:
@@ -273,6 +316,11 @@ class LocalTrainer:
                             dp.accumulate()
                     loss_sum += losses.detach().sum()
                 if dp is None:
+                    if group is not None:  # sum of per-rank sums / global batch = the one-process gradient
+                        for p in params:
+                            if p.grad is None:  # another rank holds every member of this batch
+                                p.grad = torch.zeros_like(p)
+                        group.all_reduce_sum_([p.grad for p in params])
                     if prox is not None:
                         prox()
                     opt.step()
@@ -283,6 +331,8 @@ class LocalTrainer:
         finally:
             if dp is not None:
                 dp.close()
+        if group is not None:
+            group.all_reduce_sum_([loss_sum], what="the training loss")
         elapsed = time.perf_counter() - t0
         if basis:
             model.load_projector_state(net.state())  # type: ignore[operator]
@@ -295,7 +345,7 @@ class LocalTrainer:
         if dp is not None:
             metrics["noise_multiplier"] = charge.noise_multiplier  # type: ignore[union-attr]
         eps = None
-        if charge is not None:
+        if charge is not None and self.is_main:
             assert self.accountant is not None
             eps = self.accountant.charge(charge)  # committed before the update is handed out
         return RoundResult(delta, n, metrics, eps, charge)

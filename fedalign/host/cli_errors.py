@@ -33,7 +33,8 @@ EXIT_CODES: dict[type[BaseException], int] = {
     E.InsecureModeRefused: 10,
     E.CheckpointError: 11,
     E.StoppedEarly: 18,
-    E.ReferenceFailed: 19,
+    E.DistributedError: 19,
+    E.ReferenceFailed: 20,
     C.EncodingOverflow: 12,
     C.InsecurePlaintextRefused: 17,
     C.SecureSumUsageError: 13,
@@ -63,8 +64,14 @@ def exit_code_for(exc: BaseException) -> int | None:
 
 
 def format_error(exc: BaseException) -> str:
-    """One line: the class name and the message, newlines folded."""
+    """One line: the class name and the message, newlines folded; in a process of a multi-process
+    run (torchrun's WORLD_SIZE > 1) the message starts with its rank."""
+    import os
+
     msg = " ".join(str(exc).split()) or "(no message)"
+    world, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK")
+    if rank is not None and world not in ("", "1") and not msg.startswith("rank "):
+        msg = f"rank {rank} of {world}: {msg}"
     return f"error: {type(exc).__name__}: {msg}"
 
 

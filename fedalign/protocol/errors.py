@@ -14,8 +14,9 @@ these classes to exit codes in one table (``common.cli_errors``) and print one l
     │   └── RoundAborted                  too few silos survived a step; nothing was revealed
     ├── InsecureModeRefused               an insecure mode was asked for without every permission
     ├── CheckpointError                   a checkpoint or ledger cannot be read or written
-    └── StoppedEarly                      the run ended before its planned rounds (data spent, budget
-                                          reached); what finished was evaluated and exported
+    ├── StoppedEarly                      the run ended before its planned rounds (data spent, budget
+    │                                     reached); what finished was evaluated and exported
+    └── DistributedError                  a rank of a multi-process (torchrun) silo failed or stalled
 
 Cryptographic failures live in ``crypto.errors`` (crypto imports nothing from here) and are
 opaque on purpose: one type, no detail an attacker could use.
@@ -37,6 +38,7 @@ __all__ = [
     "CheckpointError",
     "StoppedEarly",
     "ReferenceFailed",
+    "DistributedError",
 ]
 
 
@@ -93,3 +95,8 @@ class StoppedEarly(FedAlignError):
 class ReferenceFailed(FedAlignError):
     """The coordinator's reference process (``silo reference``, Fed-CMP reliability "reference") could
     not start, failed a request or missed its deadline; the message names its config and its log."""
+
+
+class DistributedError(FedAlignError):
+    """A process of a multi-process silo (torchrun) failed, stalled past the timeout, or could not
+    join the process group; the message names this process's rank."""

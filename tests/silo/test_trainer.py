@@ -108,3 +108,17 @@ def test_train_rounds_applies_deltas(tiny_model, shards):
     theta, results = train_rounds(tr, _init(tiny_model), lambda: next(it, None), rounds=5)
     assert len(results) == 2
     torch.testing.assert_close(theta, tiny_model.projector_state())
+
+
+@pytest.mark.parametrize("clipping", ["ghost", "per_sample"])
+def test_round_trains_a_projector_left_in_eval_mode(tiny_model, shards, clipping):
+    """A caller (evaluation) may leave the projector in eval mode: the round sets train mode itself
+    (Opacus records activations only in train mode) and gives the caller's mode back."""
+    tiny_model.projector.eval()
+    try:
+        res = _dp_trainer(tiny_model, PrivacyAccountant(50.0, 1e-5), clipping=clipping).train_round(
+            _init(tiny_model), shards["small"])
+        assert any(float(v.abs().max()) > 0 for v in res.delta.values())
+        assert not tiny_model.projector.training
+    finally:
+        tiny_model.projector.train()
