@@ -179,7 +179,7 @@ def report(out: Path, rounds: int, started: float) -> None:
                 train_loss.setdefault(e["round"], []).append(e["train_loss"])
 
     t = Table(title="Fed-CMP over secure aggregation, 3 silos, DP on")
-    for col in ("round", "silos summed", "train loss", "ε spent (max)", "payload B/silo", "formula B",
+    for col in ("round", "silos summed", "train loss", "mean ρ", "ε spent (max)", "payload B/silo", "formula B",
                 "wire up B/silo", "sum s", "round s"):
         t.add_column(col, justify="right")
     ok = True
@@ -190,7 +190,9 @@ def report(out: Path, rounds: int, started: float) -> None:
         losses = train_loss.get(rec["round"], [])
         eps = max(rec["epsilon"].values()) if rec["epsilon"] else 0.0
         t.add_row(str(rec["round"]), str(len(rec["survivors"])),
-                  f"{sum(losses) / len(losses):.3f}" if losses else "-", f"{eps:.2f}",
+                  f"{sum(losses) / len(losses):.3f}" if losses else "-",
+                  f"{rec['metrics']['mean_reliability']:.2f}" if "mean_reliability" in rec.get("metrics", {}) else "-",
+                  f"{eps:.2f}",
                   ",".join(f"{p:,}" for p in pay), f"{formula:,}", f"{min(up):,}-{max(up):,}",
                   f"{rec['sum_seconds']:.2f}", f"{rec['seconds']:.1f}")
     con.print(t)
@@ -233,7 +235,8 @@ def report(out: Path, rounds: int, started: float) -> None:
 
     drift = max(float((final[k] - init[k]).abs().max()) for k in final)
     say(f"\nwire bytes per silo per round: payload {formula:,} B = 4 B x Fed-CMP formula "
-        f"(r(m+n) per matrix + biases + weight; full update would be {full:,} B, {full / formula:.1f}x more): "
+        f"(r(m+n) per matrix" + (", + r·n + 1 for reliability" if fc.reliability != "off" else "")
+        + f" + biases + weight; full update would be {full:,} B, {full / formula:.1f}x more): "
         + ("MATCH" if ok else "MISMATCH"))
     say(f"the projector moved by up to {drift:.4f} per entry over {len(history)} rounds")
     say("\noutputs:")
