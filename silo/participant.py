@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping, Protocol
 import numpy as np
 import torch
 
+from fedalign.fedcmp.core import RHO
 from fedalign.fedcmp.phases import sum_inputs
 from fedalign.fedcmp.strategies import FedCMP, make_strategy
 from fedalign.fedcmp.strategy import Strategy, Tensors
@@ -441,6 +442,10 @@ class SiloParticipant:
         contrib, new_state = cur.strategy.silo_contribution(m.phase, cur.delta, cur.weight, public, self.silo_state or {})
         cur.pending_state = new_state
         self.store.save_pending(cur.round, new_state)  # before this phase's input leaves
+        rho = {k.rsplit("/", 1)[0]: round(float(v.reshape(-1)[0]), 4) for k, v in new_state.items()
+               if k.endswith("/" + RHO)} if m.phase == cur.strategy.n_phases - 1 else {}
+        if rho:  # reliability: this silo's own ρ per matrix (private: only its log has it; the sums carry w·ρ)
+            self.events.emit("reliability", round=m.round, rho=rho)
         inputs, clipped = sum_inputs(contrib, m.clip)  # the simulator converts with this same function
         if clipped:
             self.events.emit("contribution_clipped", round=m.round, phase=m.phase, values=clipped, clip=m.clip)

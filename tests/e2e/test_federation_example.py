@@ -52,3 +52,9 @@ def test_the_federation_example_runs(tmp_path):
         assert summary["data"]["kept"] == 64 and summary["data"]["skipped"] == 0
         assert (out / "mm_projector.safetensors").is_file()  # where `silo train --local` puts it too
         assert "joined the aggregator" in (work / f"{s}.log").read_text()
+        # Fed-CMP's default reliability: each silo logs its own ρ per round (private: the sums carry w·ρ)
+        rel = [json.loads(x) for x in (out / f"{s}.jsonl").read_text().splitlines() if '"reliability"' in x]
+        assert [e["round"] for e in rel] == [0, 1] and all(0 <= r <= 1 for e in rel for r in e["rho"].values())
+    # ... against the coordinator's update on its public set, trained by `silo reference`
+    log = (work / "aggregator-out" / "reference" / "reference.log").read_text()
+    assert "reference for round 0" in log and "reference for round 1" in log
