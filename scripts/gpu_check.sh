@@ -70,9 +70,9 @@ export PYTHONPATH=/tmp/fa:/tmp/site:$ROOT
 "$PY" -P -c "import fedalign, fedalign.silo.model, fedalign.crypto.secagg, opacus, zmq, pydantic; print('imports ok:', fedalign.__file__)" 2>&1 | tee -a "$OUT/env.txt"
 
 echo "== tests" | tee "$OUT/tests.log"
-timeout 200 "$PY" -P -m pytest -p no:cacheprovider -rs \
+timeout 240 "$PY" -P -m pytest -p no:cacheprovider -rs \
   tests/silo/test_gpu.py tests/silo/test_towers.py tests/silo/test_model.py tests/silo/test_trainer.py \
-  tests/silo/test_privacy.py tests/silo/test_evaluate.py 2>&1 | tee -a "$OUT/tests.log"
+  tests/silo/test_privacy.py tests/silo/test_evaluate.py tests/silo/test_distributed.py 2>&1 | tee -a "$OUT/tests.log"
 tests_rc=${PIPESTATUS[0]}
 
 echo "== benchmarks/gpu_federation.py" | tee "$OUT/gpu_federation.log"

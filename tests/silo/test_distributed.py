@@ -22,9 +22,9 @@ from fedalign.silo.cli import app
 TOLERANCE = 1e-5  # max abs difference of any projector entry, float32, after 2 rounds x 3 steps
 
 
-def _toml(tmp_path, tiny_dir, data_files, dp: bool):
+def _toml(tmp_path, tiny_dir, data_files, dp: bool, device: str = "cpu"):
     sections = {
-        "model": {"vision_tower": str(tiny_dir / "vit"), "llm": str(tiny_dir / "llama"), "device": "cpu"},
+        "model": {"vision_tower": str(tiny_dir / "vit"), "llm": str(tiny_dir / "llama"), "device": device},
         "data": {"source": "files", "train": str(data_files / "train.jsonl"), "eval": str(data_files / "train.json"),
                  "shard_size": 24},
         "train": {"rounds": 2, "batch_size": 8, "local_steps": 3, "seed": 3, "physical_batch_size": 3,
@@ -96,3 +96,18 @@ def test_a_failing_rank_ends_the_run(tmp_path, tiny_dir, data_files):
     assert r.returncode != 0
     assert "error: ModelLoadError: rank 1 of 2: model.llm" in r.stderr and "no-such-llm" in r.stderr, r.stderr[-3000:]
     assert not (tmp_path / "two" / "rank0" / "mm_projector.safetensors").exists()
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh)")
+def test_a_cuda_process_under_torchrun_joins_nccl_and_trains_the_in_process_projector(tmp_path, tiny_dir, data_files):
+    """The NCCL path (one GPU: one rank): the same projector as the in-process run on the same GPU."""
+    cfg = _toml(tmp_path, tiny_dir, data_files, dp=True, device="cuda")
+    ref = CliRunner().invoke(app, ["train", "--local", "-c", str(cfg), "--out", str(tmp_path / "one")])
+    assert ref.exit_code == 0, ref.output
+    r = _torchrun(cfg, tmp_path / "nccl", 1)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = _projector(tmp_path / "one"), _projector(tmp_path / "nccl" / "rank0")
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    print(f"max abs diff in-process vs torchrun/NCCL on cuda: {diff:.3g}")
+    assert diff <= 1e-4
+
