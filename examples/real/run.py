@@ -348,7 +348,7 @@ def federate(model, init, shards, held, args, dp: dict | None, initial: dict | N
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--silos", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--shard", type=int, default=120, help="digits per silo per round (one pass)")
     ap.add_argument("--batch", type=int, default=8, help="batch without DP")
     ap.add_argument("--lr", type=float, default=2e-2, help="AdamW lr without DP")
@@ -357,13 +357,13 @@ def main(argv: list[str] | None = None) -> None:
                     help="caption templates used (1: 'The digit seven.' alone, the shortest)")
     ap.add_argument("--rank", type=int, default=64, help="Fed-CMP rank")
     ap.add_argument("--alpha", type=float, default=0.5, help="label skew: Dirichlet alpha over silos per class")
-    ap.add_argument("--test-per-class", type=int, default=10, help="held-out digits per class")
+    ap.add_argument("--test-per-class", type=int, default=20, help="held-out digits per class")
     ap.add_argument("--dp", default="both", choices=("both", "off", "on"))
     ap.add_argument("--dp-rounds", type=int, default=2)
-    ap.add_argument("--dp-shard", type=int, default=240, help="digits per silo per round with DP (one round's data)")
-    ap.add_argument("--dp-batch", type=int, default=60, help="expected Poisson batch with DP (q = batch / shard)")
+    ap.add_argument("--dp-shard", type=int, default=200, help="digits per silo per round with DP (one round's data)")
+    ap.add_argument("--dp-batch", type=int, default=50, help="expected Poisson batch with DP (q = batch / shard)")
     ap.add_argument("--dp-passes", type=float, default=2.0, help="passes over each round's shard with DP")
-    ap.add_argument("--dp-lr", type=float, default=3e-2, help="AdamW lr with DP")
+    ap.add_argument("--dp-lr", type=float, default=0.1, help="AdamW lr with DP")
     ap.add_argument("--dp-subspace", type=int, default=10,
                     help="DP trains in a public subspace of this rank (0: all 1.07 M projector weights)")
     ap.add_argument("--dp-sigma", type=float, default=None,
