@@ -30,8 +30,8 @@ import importlib.util
 import json
 import os
 import time
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
