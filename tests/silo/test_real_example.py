@@ -53,3 +53,38 @@ def test_mc_scorer_ranks_like_whole_caption_likelihood(real, tiny_model):
                 whole.append(-float(m.caption_nll(b, m.project(feats[i : i + 1]))) * n)
             diffs = np.array(whole) - whole[0]
             np.testing.assert_allclose(lp[i].numpy() - lp[i, 0].item(), diffs, atol=1e-4)
+
+
+def test_dp_round_derives_sigma_from_the_budget_and_trains_in_the_public_subspace(real, tiny_model):
+    """The example's DP run: σ comes from (ε, δ) for the silo's whole schedule (no fixed σ), and the
+    projector's update lies in the public basis (output layer: the span of the digit words' embeddings)."""
+    from fedalign.silo.model import IMAGE_TOKEN
+    from fedalign.silo.trainer import ShardData, TrainSettings
+
+    m = tiny_model
+    init = m.projector_state()
+    word_ids = torch.arange(5, 15)
+    basis = real.public_basis(m, word_ids, rank=3, seed=0)
+    assert basis["2.weight"].shape == (m.d_model, 10) and basis["0.weight"].shape[1] == 3
+    rng = np.random.default_rng(0)
+    feats = m.encode_images([rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(48)])
+
+    def shard(t):
+        texts = [m.encode_text(IMAGE_TOKEN + " :", f"a {w}") for w in ("red", "blue", "green") * 8]
+        tok = m.collate(texts)
+        return ShardData(feats[24 * t : 24 * (t + 1)], tok, tok.attention_mask.sum(1), 0, t)
+
+    dp = dict(sigma=None, clip=1.0, epsilon=8.0, delta=1e-5)
+    fed = real.DigitFederation(m, init, [[shard(0), shard(1)]], None, TrainSettings(batch_size=6, lr=1e-2,
+                               local_epochs=2.0), dp, seed=0, basis=basis)
+    try:
+        res = fed.local_update(init, 0, 0, 0.0)
+    finally:
+        m.load_projector_state(init)  # the fixture is shared
+    assert fed.plan.derived and 0 < fed.plan.noise_multiplier and fed.plan.epsilon <= 8.0
+    assert fed.plan.steps == 8 and abs(fed.plan.sample_rate - 0.25) < 1e-9
+    assert 0 < fed.epsilon() <= 8.0
+    for name, U in basis.items():
+        d = res.delta[name]
+        assert float(d.norm()) > 0
+        assert float((d - U @ (U.T @ d)).norm()) < 1e-4 * float(d.norm())  # inside span(U)
