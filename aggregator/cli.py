@@ -189,6 +189,10 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
     strategy = make_strategy(cfg.strategy.name, dp=cfg.strategy.dp, **cfg.strategy.options)
     uses_reference = getattr(getattr(strategy, "config", None), "reliability", None) == "reference"
     ref_cfg = _reference_config(config, cfg) if uses_reference else None
+    if not uses_reference and (cfg.reference.config or cfg.reference.command) and not quiet:
+        typer.echo(f"note: {config}: [reference] is set but strategy {strategy.name!r} does not use the coordinator's "
+                   "public set (Fed-CMP under DP turns reliability off by default; set "
+                   "strategy.options.reliability = 'reference' to use it)", err=True)
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     store = CheckpointStore(out / "checkpoints")

@@ -23,7 +23,7 @@ import concurrent.futures
 import json
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
@@ -32,7 +32,7 @@ import torch
 
 from fedalign.fedcmp.core import RHO
 from fedalign.fedcmp.phases import sum_inputs
-from fedalign.fedcmp.strategies import FedCMP, make_strategy
+from fedalign.fedcmp.strategies import make_strategy
 from fedalign.fedcmp.strategy import Strategy, Tensors
 from fedalign.protocol.errors import ConfigError, DataError, InsecureModeRefused, PrivacyBudgetExceeded, ProtocolError
 from fedalign.protocol.eventlog import EventLog
@@ -197,12 +197,7 @@ class SiloParticipant:
     def _strategy(self, name: str, options: Mapping[str, Any]) -> Strategy:
         key = json.dumps([name, dict(options)], sort_keys=True, default=str)
         if key not in self._strategies:
-            strat = make_strategy(name, **dict(options))
-            if self.policy.dp_enabled and isinstance(strat, FedCMP) and strat.config.error_feedback:
-                # DESIGN §4: error feedback would re-inject noise the projection removed; it is silo-local.
-                strat = FedCMP(replace(strat.config, error_feedback=False))
-                self.events.emit("error_feedback_off_under_dp")
-            self._strategies[key] = strat
+            self._strategies[key] = make_strategy(name, **dict(options))  # the aggregator's options, as sent
         return self._strategies[key]
 
     def _refused(self, what: str, round_id: int, reason: str, **fields: Any) -> None:

@@ -87,7 +87,6 @@ def prepare(out: Path, rounds: int, shard: int, world: str) -> dict:
     shutil.copy(HERE / "aggregator-policy.toml", out / "aggregator-policy.toml")
     port = free_port()
     (out / "aggregator.toml").write_text(_fill(HERE / "aggregator.toml", port=port, rounds=rounds))
-    (out / "public.toml").write_text(_fill(HERE / "public.toml", world=world))
     for i, s in enumerate(SILOS):
         txt = _fill(HERE / "silo.toml", port=port, index=i, name=s, shard_size=shard, samples_per_silo=shard * rounds,
                     world=world)
@@ -165,10 +164,11 @@ def report(out: Path, rounds: int, started: float) -> None:
     history = json.loads((agg / "history.json").read_text())
     final = load_file(str(agg / "final_projector.safetensors"))
     init = load_file(str(out / "init_projector.safetensors"))
+    from fedalign.fedcmp.strategies import make_strategy
     from fedalign.protocol.config.aggregator import load_aggregator_config
-    from fedalign.fedcmp.strategies import FedCMPConfig
 
-    fc = FedCMPConfig(**load_aggregator_config(out / "aggregator.toml").strategy.options)  # this run's
+    sec = load_aggregator_config(out / "aggregator.toml").strategy
+    fc = make_strategy(sec.name, dp=sec.dp, **sec.options).config  # this run's (DP defaults included)
     formula = 4 * payload_formula_numbers(init, rank=fc.rank, reliability=fc.reliability != "off")  # uint32
     full = 4 * sum(v.numel() for v in init.values())
 

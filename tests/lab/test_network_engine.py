@@ -56,4 +56,4 @@ def test_aggregator_config_and_simulator_build_the_same_strategy_under_dp(tmp_pa
     served = make_strategy(sec.name, dp=sec.dp, **sec.options)
     simulated = build_strategy("fedcmp", dp=True, rank=4)
     assert strategy_options(served) == strategy_options(simulated)
-    assert served.config.beta == 0.0 and served.config.error_feedback is False
+    assert served.config.beta == 0.0 and served.config.error_feedback is True and served.config.reliability == "off"
