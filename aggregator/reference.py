@@ -14,7 +14,6 @@ a restarted coordinator asks for the same round number and gets the same Δ_ref.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import subprocess
@@ -25,10 +24,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fedalign.protocol.errors import ReferenceFailed
+from fedalign.protocol.reference import parse_answer, request_line
 
-__all__ = ["ReferenceProcess", "REPLY_PREFIX"]
+__all__ = ["ReferenceProcess"]
 
-REPLY_PREFIX = "fedalign-reference "  # the silo side's answer lines (silo/reference.py; no import across rooms)
 PROGRESS_S = 10.0
 
 
@@ -75,8 +74,12 @@ class ReferenceProcess:
     def _read(proc: subprocess.Popen, lines: queue.Queue) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            if line.startswith(REPLY_PREFIX):
-                lines.put(line[len(REPLY_PREFIX):])
+            try:
+                ans = parse_answer(line)
+            except ValueError:
+                ans = {"unreadable": line[:200]}
+            if ans is not None:
+                lines.put(ans)
         lines.put(None)  # EOF: the child exited
 
     def _answer(self, what: str, round_id: int | None) -> dict[str, Any]:
@@ -96,10 +99,9 @@ class ReferenceProcess:
                 code = self._proc.wait() if self._proc is not None else None
                 self._proc = None
                 raise self._failed(f"{what}: the process exited (code {code})")
-            try:
-                return json.loads(line)
-            except ValueError:
-                raise self._failed(f"{what}: unreadable answer {line[:200]!r}") from None
+            if "unreadable" in line:
+                raise self._failed(f"{what}: unreadable answer {line['unreadable']!r}", final=True)
+            return line
 
     def _failed(self, why: str, *, final: bool = False) -> ReferenceFailed:
         """The error naming the config, why and the log's last line; ``final``: starting the child
@@ -163,8 +165,7 @@ class ReferenceProcess:
         self.notify("reference_request", {"round": t})
         try:
             assert self._proc.stdin is not None
-            self._proc.stdin.write(json.dumps({"round": t, "params": str(src.resolve()),
-                                               "out": str(dst.resolve())}) + "\n")
+            self._proc.stdin.write(request_line(t, src.resolve(), dst.resolve()))
             self._proc.stdin.flush()
         except OSError:
             self._kill()

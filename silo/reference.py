@@ -1,7 +1,7 @@
 """The coordinator's public reference for Fed-CMP reliability "reference", trained by the silo's own code.
 
 ``aggregator serve`` starts ``silo reference --config public.toml`` beside itself when its strategy
-uses reliability "reference" (FLTrust's root-data update made public, docs/fedcmp.md). The config
+uses reliability "reference" (the line protocol: :mod:`fedalign.protocol.reference`) (FLTrust's root-data update made public, docs/fedcmp.md). The config
 is a silo.toml whose models are the silos' own and whose data is the coordinator's small *public*
 set (``data.world.public = true`` for the embedded world, or files); privacy stays off, since
 nothing private is in it. The process answers requests on stdin, one JSON line each::
@@ -20,7 +20,6 @@ Progress and everything else go to stderr. Files cross this boundary as safetens
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable, TextIO
@@ -29,11 +28,10 @@ import torch
 
 from fedalign.protocol.config.silo import SiloConfig
 from fedalign.protocol.errors import ConfigError, DataError, FedAlignError
+from fedalign.protocol.reference import answer_line, parse_request
 from fedalign.silo.trainer import LocalTrainer, Params, ShardData, TrainSettings, prepare_shard
 
-__all__ = ["REPLY_PREFIX", "ReferenceTrainer", "serve_requests", "reference_seed"]
-
-REPLY_PREFIX = "fedalign-reference "
+__all__ = ["ReferenceTrainer", "serve_requests", "reference_seed"]
 
 
 def reference_seed(seed: int, round_id: int) -> int:
@@ -83,19 +81,8 @@ class ReferenceTrainer:
 
 
 def _reply(out: TextIO, **fields: Any) -> None:
-    out.write(REPLY_PREFIX + json.dumps(fields, allow_nan=False) + "\n")
+    out.write(answer_line(**fields))
     out.flush()
-
-
-def _request(line: str) -> tuple[int, Path, Path]:
-    try:
-        req = json.loads(line)
-        t, src, dst = req["round"], Path(req["params"]), Path(req["out"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"bad request line {line[:200]!r}: {e}") from None
-    if not isinstance(t, int) or t < 0:
-        raise ConfigError(f"bad request: round must be an int ≥ 0, got {t!r}")
-    return t, src, dst
 
 
 def serve_requests(cfg: SiloConfig, stdin: TextIO, stdout: TextIO, *,
@@ -115,7 +102,7 @@ def serve_requests(cfg: SiloConfig, stdin: TextIO, stdout: TextIO, *,
             continue
         t = None
         try:
-            t, src, dst = _request(line)
+            t, src, dst = parse_request(line)
             t0 = time.monotonic()
             params = load_file(str(src))
             delta, n = ref.update(t, params)

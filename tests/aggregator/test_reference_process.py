@@ -89,3 +89,11 @@ def test_a_child_that_cannot_start_names_its_log(tmp_path):
     p2 = ReferenceProcess(tmp_path / "aggregator.toml", tmp_path / "ref2", command=["/nonexistent/python"])
     with pytest.raises(ReferenceFailed, match="cannot start"):
         p2.start()
+
+
+def test_an_unreadable_answer_is_refused_not_guessed(tmp_path):
+    cmd = [sys.executable, "-c", "print('loading...'); print('fedalign-reference {not json', flush=True)"]
+    p = ReferenceProcess(tmp_path / "aggregator.toml", tmp_path / "ref", command=cmd, deadline_s=20)
+    with pytest.raises(ReferenceFailed, match=r"unreadable answer"):
+        p.start()  # the unprefixed line is ignored; the prefixed one that is not JSON fails
+    p.close()

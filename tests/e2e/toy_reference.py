@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-PREFIX = "fedalign-reference "
+from fedalign.protocol.reference import REPLY_PREFIX as PREFIX  # noqa: E402
 
 
 def main() -> None:

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from fedalign.protocol.config.silo import load_silo_config
 from fedalign.protocol.errors import ConfigError
 from fedalign.silo.cli import app
-from fedalign.silo.reference import REPLY_PREFIX, serve_requests
+from fedalign.protocol.reference import REPLY_PREFIX
+from fedalign.silo.reference import serve_requests
 from fedalign.silo.sources import load_inputs
 
 PUBLIC = """
