@@ -36,9 +36,11 @@ RECIPE = dict(batch_size=256, lr=3e-3, local_epochs=4, physical_batch_size=128, 
 NO_DP = dict(batch_size=16, lr=2e-3)  # the project's default (non-DP) recipe
 METHODS = {"fedavg": ("DP FedAvg", "fedavg", {}),
            "fedavgm": ("DP FedAvgM β=0.5", "fedavgm-b0.5", {}),
-           # the rows run before reliability "reference" became Fed-CMP's default: pinned off to reproduce them
-           "fedcmp": ("DP Fed-CMP r=16", "fedcmp", {"rank": 16, "reliability": "off"}),
-           "fedcmp32": ("DP Fed-CMP r=32", "fedcmp", {"rank": 32, "reliability": "off"}),
+           # the rows run under the old DP defaults (no error feedback, reliability off): pinned to reproduce them
+           "fedcmp": ("DP Fed-CMP r=16", "fedcmp", {"rank": 16, "reliability": "off", "error_feedback": False}),
+           "fedcmp32": ("DP Fed-CMP r=32", "fedcmp", {"rank": 32, "reliability": "off", "error_feedback": False}),
+           # Fed-CMP's DP defaults now (error feedback on, reliability off; results/dp_notes.md)
+           "fedcmp32ef": ("DP Fed-CMP r=32 EF on", "fedcmp", {"rank": 32, "reliability": "off", "error_feedback": True}),
            # Fed-CMP's default reliability (the coordinator's public reference, κ 0.02, ρ smoothed 0.7)
            "fedcmp32ref": ("DP Fed-CMP r=32 rel=reference", "fedcmp",
                            {"rank": 32, "reliability": "reference", "kappa": 0.02, "rho_smoothing": 0.7})}
