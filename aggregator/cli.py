@@ -215,40 +215,45 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
                                      notify=ref_line)
         reference.start()
         strategy.reference_update = reference
-    meta = {"strategy": cfg.strategy.name, "strategy_options": strategy_options(strategy), "scheme": str(scheme)}
-    if state is None:
-        params = initial_params(cfg)
-        state = RunState(0, params, strategy.init_public(params), strategy.init_server_state(params), meta=meta)
-        source = params_source(cfg)
-    else:
-        source = f"the checkpoint in {store.state_path.parent} (round {state.round})"
-    if {k: state.meta.get(k) for k in meta} != json.loads(json.dumps(meta)):
-        raise CheckpointError(f"{store.state_path}: checkpoint was made with {state.meta}, config says {meta}; "
-                              "use a new output.dir or the original settings")
-    progress = _Progress(cfg.run.rounds, state.round, quiet=quiet)
-    events = _ConsoleLog(out / "aggregator.jsonl", source="aggregator", progress=progress)
-    if reference is not None:
-        log.append(events)
-    ledger = Ledger(out / "ledger.jsonl")
-    # a crash between the checkpoint and the ledger append leaves a committed round unrecorded:
-    # append it now, marked recovered (and refuse a checkpoint older than the ledger)
-    recovered = reconcile_ledger(ledger, state, now=time.time())
-    if recovered:
-        events.emit("ledger_reconciled", rounds=[e.fields.get("round") for e in recovered])
-    record_run_start(ledger, cfg, site_policy, roster, curve_public=keypair.public if keypair else None,
-                     resumed_round=state.round)
-    policy = RoundPolicy(
-        rounds=cfg.run.rounds, min_silos=cfg.run.min_silos, train_deadline_s=cfg.run.train_deadline_s,
-        step_deadline_s=cfg.run.step_deadline_s, heartbeat_timeout_s=cfg.run.heartbeat_timeout_s,
-        roster_wait_s=cfg.run.roster_wait_s, report_interval_s=cfg.run.report_interval_s,
-        max_failed_rounds=cfg.run.max_failed_rounds, seed=cfg.run.seed,
-        scheme=scheme, clip=cfg.secure_sum.clip, neighbours=cfg.secure_sum.neighbours,
-        ckks_poly_modulus=cfg.secure_sum.ckks_poly_modulus, allow_insecure_plaintext=insecure,
-    )
-    server = ZmqServer(cfg.server.bind, keypair=keypair, allowlist=roster.curve_keys(), registry=wire_registry(),
-                       max_bytes=cfg.server.max_message_mb << 20, allow_insecure_plaintext=insecure)
-    events.emit("listening", endpoint=server.endpoint, resumed_round=state.round, silos=sorted(roster.silos),
-                need=cfg.run.min_silos, wait_s=cfg.run.roster_wait_s, params=source)
+    try:  # a failure before the rounds start must not leave the reference child behind
+        meta = {"strategy": cfg.strategy.name, "strategy_options": strategy_options(strategy), "scheme": str(scheme)}
+        if state is None:
+            params = initial_params(cfg)
+            state = RunState(0, params, strategy.init_public(params), strategy.init_server_state(params), meta=meta)
+            source = params_source(cfg)
+        else:
+            source = f"the checkpoint in {store.state_path.parent} (round {state.round})"
+        if {k: state.meta.get(k) for k in meta} != json.loads(json.dumps(meta)):
+            raise CheckpointError(f"{store.state_path}: checkpoint was made with {state.meta}, config says {meta}; "
+                                  "use a new output.dir or the original settings")
+        progress = _Progress(cfg.run.rounds, state.round, quiet=quiet)
+        events = _ConsoleLog(out / "aggregator.jsonl", source="aggregator", progress=progress)
+        if reference is not None:
+            log.append(events)
+        ledger = Ledger(out / "ledger.jsonl")
+        # a crash between the checkpoint and the ledger append leaves a committed round unrecorded:
+        # append it now, marked recovered (and refuse a checkpoint older than the ledger)
+        recovered = reconcile_ledger(ledger, state, now=time.time())
+        if recovered:
+            events.emit("ledger_reconciled", rounds=[e.fields.get("round") for e in recovered])
+        record_run_start(ledger, cfg, site_policy, roster, curve_public=keypair.public if keypair else None,
+                         resumed_round=state.round)
+        policy = RoundPolicy(
+            rounds=cfg.run.rounds, min_silos=cfg.run.min_silos, train_deadline_s=cfg.run.train_deadline_s,
+            step_deadline_s=cfg.run.step_deadline_s, heartbeat_timeout_s=cfg.run.heartbeat_timeout_s,
+            roster_wait_s=cfg.run.roster_wait_s, report_interval_s=cfg.run.report_interval_s,
+            max_failed_rounds=cfg.run.max_failed_rounds, seed=cfg.run.seed,
+            scheme=scheme, clip=cfg.secure_sum.clip, neighbours=cfg.secure_sum.neighbours,
+            ckks_poly_modulus=cfg.secure_sum.ckks_poly_modulus, allow_insecure_plaintext=insecure,
+        )
+        server = ZmqServer(cfg.server.bind, keypair=keypair, allowlist=roster.curve_keys(), registry=wire_registry(),
+                           max_bytes=cfg.server.max_message_mb << 20, allow_insecure_plaintext=insecure)
+        events.emit("listening", endpoint=server.endpoint, resumed_round=state.round, silos=sorted(roster.silos),
+                    need=cfg.run.min_silos, wait_s=cfg.run.roster_wait_s, params=source)
+    except BaseException:
+        if reference is not None:
+            reference.close()
+        raise
     try:
         coord = Coordinator(server, strategy, strategy_name=cfg.strategy.name, strategy_options=strategy_options(strategy),
                             identities=roster.identities(), policy=policy, state=state, store=store, events=events,
