@@ -77,7 +77,7 @@ class ReferenceProcess:
             try:
                 ans = parse_answer(line)
             except ValueError:
-                ans = {"unreadable": line[:200]}
+                ans = line[:200]  # a prefixed line that is not an answer: _answer refuses it
             if ans is not None:
                 lines.put(ans)
         lines.put(None)  # EOF: the child exited
@@ -90,18 +90,18 @@ class ReferenceProcess:
                 self._kill()
                 raise self._failed(f"{what}: no answer within reference.deadline_s = {self.deadline_s:g}s", final=True)
             try:
-                line = self._lines.get(timeout=min(PROGRESS_S, left))
+                item = self._lines.get(timeout=min(PROGRESS_S, left))
             except queue.Empty:
                 self.notify("reference_waiting", {"round": round_id, "what": what,
                                                   "waited_s": round(time.monotonic() - t0)})
                 continue
-            if line is None:
+            if item is None:
                 code = self._proc.wait() if self._proc is not None else None
                 self._proc = None
                 raise self._failed(f"{what}: the process exited (code {code})")
-            if "unreadable" in line:
-                raise self._failed(f"{what}: unreadable answer {line['unreadable']!r}", final=True)
-            return line
+            if isinstance(item, str):
+                raise self._failed(f"{what}: unreadable answer {item!r}", final=True)
+            return item
 
     def _failed(self, why: str, *, final: bool = False) -> ReferenceFailed:
         """The error naming the config, why and the log's last line; ``final``: starting the child

@@ -28,15 +28,10 @@ import torch
 
 from fedalign.protocol.config.silo import SiloConfig
 from fedalign.protocol.errors import ConfigError, DataError, FedAlignError
-from fedalign.protocol.reference import answer_line, parse_request
+from fedalign.protocol.reference import answer_line, parse_request, reference_seed
 from fedalign.silo.trainer import LocalTrainer, Params, ShardData, TrainSettings, prepare_shard
 
-__all__ = ["ReferenceTrainer", "serve_requests", "reference_seed"]
-
-
-def reference_seed(seed: int, round_id: int) -> int:
-    """The trainer's generator seed for round ``round_id``'s reference (the lab uses the same rule)."""
-    return seed * 1_000_003 + 77_777 + round_id
+__all__ = ["ReferenceTrainer", "serve_requests"]
 
 
 class ReferenceTrainer:

@@ -92,6 +92,8 @@ class ToyFederation:
     def reference_update(self, params: Tensors) -> Tensors:
         """The coordinator's reference (Fed-CMP reliability "reference"): the same local SGD from θ_t
         on a small clean public set (32 fresh inputs with the true map, its own generator)."""
+        from fedalign.protocol.reference import reference_seed
+
         p = self.problem
         if not hasattr(self, "_public"):
             g = torch.Generator().manual_seed(self.seed * 31 + 997)
@@ -99,7 +101,7 @@ class ToyFederation:
             self._public = ToyProblem(p.target, [x], [x @ p.target.T], p.test_x, p.test_y)
         t = getattr(self, "_reference_calls", 0)
         self._reference_calls = t + 1
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + 77_777 + t)
+        g = torch.Generator().manual_seed(reference_seed(self.seed, t))
         return self._public.local_update(params, 0, self.steps, self.lr, self.batch, g)
 
     def evaluate(self, params: Tensors) -> dict[str, float]:

@@ -243,6 +243,8 @@ class WorldFederation:
         the next shard of its public set, with the silos' trainer settings (FLTrust's server update).
         ``reference_kind`` "contrast": that update minus the update on the same images with shuffled
         captions, i.e. what the true image-caption pairing teaches beyond caption language."""
+        from fedalign.protocol.reference import reference_seed
+
         kind = self.cfg["reference_kind"]
         if kind not in ("update", "contrast"):
             raise ConfigError(f"reference_kind: expected update or contrast, got {kind!r}")
@@ -251,10 +253,10 @@ class WorldFederation:
         self._reference_calls += 1
         i = t % len(shards)
         trainer = self._trainer(REFERENCE, 0.0)
-        trainer.generator.manual_seed(self.seed * 1_000_003 + 77_777 + t)
+        trainer.generator.manual_seed(reference_seed(self.seed, t))
         delta = trainer.train_round(params, shards[i][1]).delta
         if kind == "contrast":
-            trainer.generator.manual_seed(self.seed * 1_000_003 + 77_777 + t)
+            trainer.generator.manual_seed(reference_seed(self.seed, t))
             other = trainer.train_round(params, self._shuffled(i)).delta
             delta = {k: delta[k] - other[k] for k in delta}
         return delta

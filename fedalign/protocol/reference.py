@@ -18,9 +18,15 @@ from typing import Any
 
 from fedalign.protocol.errors import ConfigError
 
-__all__ = ["REPLY_PREFIX", "request_line", "parse_request", "answer_line", "parse_answer"]
+__all__ = ["REPLY_PREFIX", "reference_seed", "request_line", "parse_request", "answer_line", "parse_answer"]
 
 REPLY_PREFIX = "fedalign-reference "
+
+
+def reference_seed(seed: int, round_id: int) -> int:
+    """The trainer's generator seed for round ``round_id``'s reference: fixed by the round, so a
+    restarted coordinator gets the same Δ_ref (``silo reference`` and the lab's problems use it)."""
+    return seed * 1_000_003 + 77_777 + round_id
 
 
 def request_line(round_id: int, params: Path, out: Path) -> str:
