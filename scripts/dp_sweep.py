@@ -8,7 +8,7 @@ The world problem (shards, tower features, held-out set) is built once per (scen
 configuration then trains from θ_0 on the same shards: DP FedAvg / FedAvgM / Fed-CMP and the
 non-DP reference differ only in what the configuration says. One JSON line per configuration is
 appended to ``--log`` (default results/dp_runs/<scenario>-s<seed>.jsonl); configurations already
-there (same name and data) are skipped, so a killed sweep resumes.
+there (same data and configuration) are skipped, so a killed sweep resumes.
 
 Configuration keys: name, strategy (simulator preset or fedcmp), eps (None = no DP), delta (1e-5),
 clip, noise (expert σ; default derived from eps), batch_size, lr, optimizer, local_epochs,
@@ -68,6 +68,11 @@ def run_config(fed, cfg: dict, rounds: int, seed: int) -> dict:
     return out
 
 
+def _what(cfg: dict) -> dict:
+    """What a configuration runs (its labels aside)."""
+    return {k: v for k, v in cfg.items() if k not in ("name", "method")}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenario", default="label")
@@ -88,13 +93,13 @@ def main(argv=None) -> None:
                 samples_per_round=args.samples_per_round, test_size=args.test_size)
     log = args.log or ROOT / "results" / "dp_runs" / f"{args.scenario}-s{args.seed}.jsonl"
     log.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
+    done = []  # a configuration is done when a line has the same data and the same configuration
     if log.exists():
         for line in log.read_text().splitlines():
             r = json.loads(line)
             if r.get("data") == data:
-                done.add(r["name"])
-    todo = [c for c in cfgs if c["name"] not in done]
+                done.append(_what(r["config"]))
+    todo = [c for c in cfgs if _what(c) not in done]
     if not todo:
         print("nothing to do")
         return

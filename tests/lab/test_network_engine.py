@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("name,opts,dp", [
     ("fedcmp", {"rank": 3, "reliability": "blend"}, False),
     ("fedcmp", {"rank": 3, "reliability": "reference", "kappa": 0.1}, False),  # coordinator's reference hook
-    ("fedcmp", {"rank": 3}, True),  # DP defaults: β = 0, no error feedback, on both sides
+    ("fedcmp", {"rank": 3}, True),  # DP defaults (reliability off), on both sides
     ("fedavgm-b0.5", {}, False),
 ])
 def test_network_engine_matches_in_process(name, opts, dp):
@@ -56,4 +56,4 @@ def test_aggregator_config_and_simulator_build_the_same_strategy_under_dp(tmp_pa
     served = make_strategy(sec.name, dp=sec.dp, **sec.options)
     simulated = build_strategy("fedcmp", dp=True, rank=4)
     assert strategy_options(served) == strategy_options(simulated)
-    assert served.config.beta == 0.0 and served.config.error_feedback is True and served.config.reliability == "off"
+    assert served.config.beta == 0.5 and served.config.error_feedback is True and served.config.reliability == "off"

@@ -98,7 +98,7 @@ def test_oracle_local_only_and_centralized_references():
 
 def test_dp_defaults_for_fedcmp_and_option_errors():
     s = build_strategy("fedcmp", dp=True)  # measured DP defaults (results/dp_notes.md)
-    assert s.config.error_feedback is True and s.config.beta == 0.0 and s.config.reliability == "off"
+    assert s.config.error_feedback is True and s.config.beta == 0.5 and s.config.reliability == "off"
     assert build_strategy("fedcmp", dp=True, beta=0.3).config.beta == 0.3
     with pytest.raises(ValueError, match="fedcmp only"):
         build_strategy("fedavg", rank=4)

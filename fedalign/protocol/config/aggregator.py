@@ -57,8 +57,8 @@ class SecureSumSection(StrictModel):
 
 class StrategySection(StrictModel):
     name: str = "fedcmp"
-    dp: bool = Field(False, description="the silos train under DP: Fed-CMP starts from DESIGN §4's DP "
-                                        "defaults (β = 0, no error feedback) before `options` apply")
+    dp: bool = Field(False, description="the silos train under DP: Fed-CMP starts from its measured DP "
+                                        "defaults (reliability off; docs/fedcmp.md) before `options` apply")
     options: dict[str, Any] = Field(default_factory=dict, description="FedCMPConfig fields for fedcmp")
 
 
