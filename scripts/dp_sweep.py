@@ -12,7 +12,8 @@ there (same data and configuration) are skipped, so a killed sweep resumes.
 
 Configuration keys: name, strategy (simulator preset or fedcmp), eps (None = no DP), delta (1e-5),
 clip, noise (expert σ; default derived from eps), batch_size, lr, optimizer, local_epochs,
-physical_batch_size, subspace_rank (train W_t + U·C in the public basis, silo.subspace), and for fedcmp: rank, server_lr, beta, error_feedback.
+physical_batch_size, subspace_rank (train W_t + U·C in a public basis, silo.subspace), subspace_basis
+(cumulative | public: where that basis comes from), and for fedcmp: rank, server_lr, beta, error_feedback.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from fedalign.host.process import apply_process_defaults  # noqa: E402
 apply_process_defaults()
 
 
-TRAIN_KEYS = ("batch_size", "lr", "optimizer", "local_epochs", "physical_batch_size", "subspace_rank")
+TRAIN_KEYS = ("batch_size", "lr", "optimizer", "local_epochs", "physical_batch_size", "subspace_rank",
+              "subspace_basis")
 FEDCMP_KEYS = ("rank", "server_lr", "beta", "error_feedback", "reliability", "kappa", "rho_smoothing")
 
 

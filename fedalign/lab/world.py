@@ -31,7 +31,10 @@ DEFAULTS: dict[str, Any] = {
     "optimizer": "adamw",
     "local_epochs": 1.0,
     "physical_batch_size": None,  # micro-batch bound for large (DP) logical batches
-    "subspace_rank": None,  # r: silos train W_t + U·C in the public basis U of θ_t − θ_0 (silo.subspace)
+    "subspace_rank": None,  # r: silos train W_t + U·C in a public basis U (silo.subspace)
+    # where U comes from: "cumulative" (top-r of θ_t − θ_0; full rank at round 0) or "public" (top-r of
+    # the loss gradient at θ_t on the coordinator's public set, GEP-style; no privacy cost)
+    "subspace_basis": "cumulative",
     "eval_batch": 64,
     "world": "default",  # "default" or "tiny" (tests)
     "device": "cpu",  # "cpu", "cuda" or "auto": frozen models in bf16 on CUDA, projector float32
@@ -150,8 +153,9 @@ class WorldFederation:
         runs on the same prepared shards; fresh trainers and accountants follow."""
         from fedalign.silo.trainer import DPSettings
 
-        if "subspace_rank" in train:
-            self.cfg["subspace_rank"] = train.pop("subspace_rank")
+        for k in ("subspace_rank", "subspace_basis"):
+            if k in train:
+                self.cfg[k] = train.pop(k)
         if train:
             self._settings = replace(self._settings, **train)
         if dp is not False:
@@ -183,10 +187,36 @@ class WorldFederation:
             return None
         from fedalign.silo.subspace import public_basis
 
-        key = tuple(float(v.double().sum()) for v in params.values())
+        source = self.cfg.get("subspace_basis", "cumulative")
+        key = (source, int(r), *(float(v.double().sum()) for v in params.values()))
         if getattr(self, "_basis_key", None) != key:
-            self._basis_key, self._basis_val = key, public_basis(params, self._init, int(r))
+            if source == "public":
+                g = self._public_gradient(params)
+                val = public_basis(g, {k: torch.zeros_like(v) for k, v in g.items()}, int(r))
+            elif source == "cumulative":
+                val = public_basis(params, self._init, int(r))
+            else:
+                raise ConfigError(f"subspace_basis: expected cumulative or public, got {source!r}")
+            self._basis_key, self._basis_val = key, val
         return self._basis_val or None
+
+    def _public_gradient(self, params: Tensors) -> Tensors:
+        """−(mean loss gradient) at θ_t on the coordinator's whole public set: one full-batch SGD step
+        of lr 1 (no DP: public data), the same at every silo for the same θ_t."""
+        from fedalign.silo.trainer import TrainSettings
+
+        shards = self._public_shards()
+        if len(shards) == 1:
+            pooled = shards[0][1]
+        else:
+            if getattr(self, "_public_pooled", None) is None:
+                self._public_pooled = self._prepare_shard(self.model, [r for sh in shards for r in sh[0]],
+                                                          shard_index=0)
+            pooled = self._public_pooled
+        settings = TrainSettings(batch_size=len(pooled), lr=1.0, optimizer="sgd", local_steps=1,
+                                 physical_batch_size=self._settings.physical_batch_size)
+        tr = self._LocalTrainer(self.model, settings, dp=None, accountant=None, generator=torch.Generator().manual_seed(0))
+        return _on_cpu(tr.train_round(params, pooled).delta)
 
     def centralized_update(self, params: Tensors, round: int, lr: float | None = None) -> Tensors:
         """One pass over every silo's round-``round`` shard pooled and shuffled (the centralized

@@ -55,3 +55,37 @@ def test_centralized_reference_takes_its_own_learning_rate():
     toy = build_problem("toy", ProblemOptions(n_silos=2, seed=0))
     with pytest.raises(ConfigError, match="own lr"):
         centralized(toy, 2, lr=1e-3)
+
+
+def test_public_gradient_basis_is_shared_orthonormal_and_holds_the_update():
+    """subspace_basis "public": U from the loss gradient on the coordinator's public set at θ_t (no
+    privacy cost), available from round 0 (the cumulative basis is empty there); a silo's update
+    then lies in span(U) for every factored weight."""
+    import torch
+
+    from fedalign.protocol.errors import ConfigError
+    from fedalign.lab.scenarios import ProblemOptions, build_problem
+
+    prob = build_problem("label", ProblemOptions(n_silos=2, rounds=2, seed=0, samples_per_round=16,
+                                                 extra={"world": "tiny", "test_size": 16, "public_size": 24}))
+    theta = prob.init_params()
+    prob.configure(subspace_rank=2, subspace_basis="cumulative")
+    assert prob._basis(theta) is None  # θ_0 − θ_0 = 0: round 0 trains full-rank
+    prob.configure(subspace_rank=2, subspace_basis="public")
+    basis = prob._basis(theta)
+    assert basis and all(theta[k].ndim == 2 for k in basis)
+    g = prob._public_gradient(theta)
+    for k, U in basis.items():
+        assert U.shape == (theta[k].shape[0], 2)
+        torch.testing.assert_close(U.T @ U, torch.eye(2), atol=1e-5, rtol=0)
+        s = torch.linalg.svdvals(g[k].double())
+        captured = (U.double().T @ g[k].double()).norm() ** 2
+        assert float(captured) == pytest.approx(float((s[:2] ** 2).sum()), rel=1e-4)  # the top-2 directions
+    res = prob.local_update(theta, 0, 0, 0.0)
+    for k, U in basis.items():
+        resid = res.delta[k] - U @ (U.T @ res.delta[k])
+        assert float(resid.norm()) < 1e-5 * max(1.0, float(res.delta[k].norm()))
+        assert float(res.delta[k].norm()) > 0
+    prob.configure(subspace_basis="spectral")
+    with pytest.raises(ConfigError, match="subspace_basis"):
+        prob._basis(theta)
