@@ -7,13 +7,16 @@ DP FedAvgM and DP Fed-CMP on the same data, each beside the frozen LM's no-image
 ``run`` goes through scripts/dp_sweep.py (one process per (scenario, seed): the world problem is
 built once and every configuration trains on the same prepared shards); its JSON lines land in
 results/dp_runs/<scenario>-s<seed>.jsonl and finished configurations are skipped, so a killed run
-resumes. The full grid is 4 × 3 × (3 methods × 4 ε + 3 no-DP) = 180 trainings, about 10 CPU-hours
-at the recipe below on one core; ``--eps``, ``--seeds``, ``--scenarios`` and ``--methods`` cut it.
+resumes (a configuration is identified by what it runs, not by its name). The full grid is
+4 scenarios × 3 seeds × (3 methods × 4 ε + the no-DP reference) = 156 trainings, about 17
+CPU-hours at the recipe below on one core (6-8 min per DP run; about 1 min on an H100);
+``--eps``, ``--seeds``, ``--scenarios`` and ``--methods`` cut it.
 
 The DP recipe (measured in results/dp_notes.md): 1024 samples per silo per round, Poisson batches
-of 256 (q = 0.25) run as micro-batches of 128, 4 passes over each round's shard (16 steps), AdamW
+of 256 (q = 0.25) run as micro-batches of 128, 8 passes over each round's shard (32 steps), AdamW
 lr 3e-3, clip 1, σ derived from (ε, δ = 1e-5) for that schedule. The no-DP reference is the
-project's default recipe (batch 16, AdamW lr 2e-3, one pass) on the same data.
+project's default recipe (batch 16, AdamW lr 2e-3, one pass) on the same data. Rows run at
+another pass count (the 4-pass recipe of earlier sessions) are kept and marked "[4 passes]".
 """
 
 from __future__ import annotations
