@@ -95,7 +95,7 @@ def grid(eps_list: list[float], methods: list[str], no_dp: bool = True) -> list[
 @app.command()
 def run(scenarios: str = "label,domain,style,unreliable", seeds: str = "0,1,2", eps: str = "1,2,4,8",
         methods: str = "fedavg,fedavgm,fedcmp", no_dp: bool = typer.Option(True, "--no-dp-rows/--dp-only"),
-        device: str = typer.Option("cpu", help="cpu | cuda (about 36 s per DP run on an H100)")) -> None:
+        device: str = typer.Option("cpu", help="cpu | cuda (36 s per DP run measured on an H100 at 4 passes)")) -> None:
     """Run the grid (resumable), one (scenario, seed) problem at a time."""
     if str(ROOT) not in sys.path:  # run as `python scripts/dp_table.py`
         sys.path.insert(0, str(ROOT))
