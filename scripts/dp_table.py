@@ -214,7 +214,8 @@ def table() -> None:
             if common:
                 d = [a[s]["nll"] - b[s]["nll"] for s in common]
                 sd = statistics.stdev(d) if len(d) > 1 else 0.0
-                verdict = "beats" if statistics.fmean(d) < -sd else "loses to" if statistics.fmean(d) > sd else "ties"
+                verdict = ("one seed: no verdict" if len(d) < 2 else "beats" if statistics.fmean(d) < -sd
+                           else "loses to" if statistics.fmean(d) > sd else "ties")
                 checks.append(f"{sc}, ε={eps}: {label('fedcmp')} vs DP FedAvg paired ΔNLL {statistics.fmean(d):+.4f} "
                               f"± {sd:.4f} over {len(d)} seed(s), lower in {sum(x < 0 for x in d)}: {verdict}")
     md += ["## Must-show checks", ""] + [f"- {c}" for c in checks] + [""]
