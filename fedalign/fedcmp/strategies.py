@@ -448,9 +448,9 @@ PRESETS: dict[str, Callable[[], Strategy]] = {
 def make_strategy(name: str, *, dp: bool = False, **fedcmp_options) -> Strategy:
     """A strategy by preset name; ``fedcmp_options`` (FedCMPConfig fields) apply to ``fedcmp`` only.
 
-    ``dp``: the silos train under differential privacy, so Fed-CMP starts from DESIGN §4's DP
-    defaults (:meth:`FedCMPConfig.under_dp`: reliability off) before ``fedcmp_options`` apply. The aggregator, the
-    silos and the simulator all build strategies here, so they agree on those defaults.
+    ``dp``: the silos train under differential privacy, so Fed-CMP starts from its measured DP
+    defaults (:meth:`FedCMPConfig.under_dp`: reliability off) before ``fedcmp_options`` apply. The
+    aggregator, the silos and the simulator all build strategies here, so they agree on those defaults.
     """
     if name == "fedcmp":
         base = FedCMPConfig().under_dp() if dp else FedCMPConfig()

@@ -215,7 +215,8 @@ class WorldFederation:
             pooled = self._public_pooled
         settings = TrainSettings(batch_size=len(pooled), lr=1.0, optimizer="sgd", local_steps=1,
                                  physical_batch_size=self._settings.physical_batch_size)
-        tr = self._LocalTrainer(self.model, settings, dp=None, accountant=None, generator=torch.Generator().manual_seed(0))
+        tr = self._LocalTrainer(self.model, settings, dp=None, accountant=None,
+                                generator=torch.Generator().manual_seed(0))
         return _on_cpu(tr.train_round(params, pooled).delta)
 
     def centralized_update(self, params: Tensors, round: int, lr: float | None = None) -> Tensors:
