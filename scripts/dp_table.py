@@ -39,19 +39,18 @@ app = typer.Typer(add_completion=False, help=__doc__)
 DATA = dict(silos=5, rounds=5, samples_per_round=1024, test_size=300)
 RECIPE = dict(batch_size=256, lr=3e-3, local_epochs=8, physical_batch_size=128, clip=1.0)
 NO_DP = dict(batch_size=16, lr=2e-3)  # the project's default (non-DP) recipe: a row without these keys ran it
-FEDCMP_OFF = {"reliability": "off"}
 # every (strategy, options) the table knows; the first Fed-CMP entry is Fed-CMP's DP default
 METHODS = {"fedavg": ("fedavg", {}),
            "fedavgm": ("fedavgm-b0.5", {}),
            # Fed-CMP's DP defaults (FedCMPConfig.under_dp): error feedback on, OPM β = 0.5, reliability off
-           "fedcmp": ("fedcmp", {"rank": 32, **FEDCMP_OFF, "error_feedback": True, "beta": 0.5}),
+           "fedcmp": ("fedcmp", {"rank": 32, "reliability": "off", "error_feedback": True, "beta": 0.5}),
            # earlier DP defaults, pinned so their rows reproduce: EF off (DESIGN §4), then EF on with β = 0
-           "fedcmp16": ("fedcmp", {"rank": 16, **FEDCMP_OFF, "error_feedback": False}),
-           "fedcmp32": ("fedcmp", {"rank": 32, **FEDCMP_OFF, "error_feedback": False}),
-           "fedcmp32ef": ("fedcmp", {"rank": 32, **FEDCMP_OFF, "error_feedback": True}),
+           "fedcmp16": ("fedcmp", {"rank": 16, "reliability": "off", "error_feedback": False, "beta": 0.0}),
+           "fedcmp32": ("fedcmp", {"rank": 32, "reliability": "off", "error_feedback": False, "beta": 0.0}),
+           "fedcmp32ef": ("fedcmp", {"rank": 32, "reliability": "off", "error_feedback": True, "beta": 0.0}),
            # Fed-CMP's default reliability without DP (the coordinator's public reference, κ 0.02, ρ smoothed 0.7)
-           "fedcmp32ref": ("fedcmp", {"rank": 32, "error_feedback": True, "reliability": "reference", "kappa": 0.02,
-                                      "rho_smoothing": 0.7})}
+           "fedcmp32ref": ("fedcmp", {"rank": 32, "error_feedback": True, "beta": 0.0, "reliability": "reference",
+                                      "kappa": 0.02, "rho_smoothing": 0.7})}
 
 
 def describe(strategy: str, cfg: dict) -> str:

@@ -1,21 +1,14 @@
 """The coordinator's public reference for Fed-CMP reliability "reference", trained by the silo's own code.
 
 ``aggregator serve`` starts ``silo reference --config public.toml`` beside itself when its strategy
-uses reliability "reference" (the line protocol: :mod:`fedalign.protocol.reference`) (FLTrust's root-data update made public, docs/fedcmp.md). The config
+uses reliability "reference" (FLTrust's root-data update made public, docs/fedcmp.md). The config
 is a silo.toml whose models are the silos' own and whose data is the coordinator's small *public*
 set (``data.world.public = true`` for the embedded world, or files); privacy stays off, since
-nothing private is in it. The process answers requests on stdin, one JSON line each::
-
-    {"round": t, "params": "<θ_t .safetensors>", "out": "<Δ_ref .safetensors>"}
-
-by training one local round from θ_t (the silos' trainer settings) on public shard t mod n, with
-the generator reseeded from ``(train.seed, t)`` — the same round gives the same Δ_ref after either
-side restarts — writing Δ_ref atomically and answering one line on stdout::
-
-    fedalign-reference {"round": t, "ok": true, "n_samples": n, "seconds": s}
-
-(``"ok": false, "error": "..."`` for a request it cannot serve). The first line says it is ready.
-Progress and everything else go to stderr. Files cross this boundary as safetensors only.
+nothing private is in it. Requests and answers follow the line protocol of
+:mod:`fedalign.protocol.reference`: each request trains one local round from θ_t (the silos'
+trainer settings) on public shard t mod n, with the generator seeded by ``reference_seed(train.seed,
+t)`` — the same round gives the same Δ_ref after either side restarts — and writes Δ_ref
+atomically. Progress and everything else go to stderr. Files cross this boundary as safetensors only.
 """
 
 from __future__ import annotations
