@@ -13,7 +13,9 @@ there (same data and configuration) are skipped, so a killed sweep resumes.
 Configuration keys: name, strategy (simulator preset or fedcmp), eps (None = no DP), delta (1e-5),
 clip, noise (expert σ; default derived from eps), batch_size, lr, optimizer, local_epochs,
 physical_batch_size, subspace_rank (train W_t + U·C in a public basis, silo.subspace), subspace_basis
-(cumulative | public: where that basis comes from), and for fedcmp: rank, server_lr, beta, error_feedback.
+(cumulative | public: where that basis comes from), sampling (shards | pooled: a round trains on its own
+shard, or Poisson-samples the silo's whole data), public_warm_start (E passes over the coordinator's public
+set give θ_0), and for fedcmp: rank, server_lr, beta, error_feedback.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ apply_process_defaults()
 
 
 TRAIN_KEYS = ("batch_size", "lr", "optimizer", "local_epochs", "physical_batch_size", "subspace_rank",
-              "subspace_basis")
+              "subspace_basis", "sampling", "public_warm_start")
 FEDCMP_KEYS = ("rank", "server_lr", "beta", "error_feedback", "reliability", "kappa", "rho_smoothing")
 
 
@@ -63,7 +65,11 @@ def run_config(fed, cfg: dict, rounds: int, seed: int) -> dict:
     out = {"name": cfg["name"], "config": cfg, "nll": res.final["nll"], "mc_accuracy": res.final.get("mc_accuracy"),
            "seconds": secs, "train_seconds": sum(r.get("seconds_train_aggregate", 0.0) for r in res.records),
            "round_seconds": [r.get("seconds_train_aggregate") for r in res.records[1:]],
-           "train_loss_last": res.records[-1].get("train_loss")}
+           "train_loss_last": res.records[-1].get("train_loss"),
+           **{k: res.final[k] for k in ("nll_rare", "nll_common") if k in res.final},
+           "nll_start": res.records[0].get("nll")}  # θ_0's (the public warm start's, if any)
+    if getattr(fed, "rare", ()):
+        out["rare"] = list(fed.rare)
     if fed.dp_plan is not None:
         p = fed.dp_plan
         out.update(sigma=p.noise_multiplier, q=p.sample_rate, steps=p.steps, epsilon=p.epsilon)

@@ -19,7 +19,8 @@ import torch
 from fedalign.silo.data import Sample, open_image
 from fedalign.silo.model import IMAGE_TOKEN, AlignmentModel, EncodedText
 
-__all__ = ["EvalSet", "prepare_eval", "evaluate", "remove_image", "presence_metrics", "no_image_metrics"]
+__all__ = ["EvalSet", "prepare_eval", "evaluate", "remove_image", "presence_metrics", "no_image_metrics",
+           "caption_nlls"]
 
 
 def remove_image(prompt: str) -> str:
@@ -112,6 +113,17 @@ def _nll(model: AlignmentModel, feats: torch.Tensor, scored: _Scored, *, with_im
             nll = nll * batch.target_mask.sum(1)
         out.append(nll.float().cpu())
     return torch.cat(out) if out else torch.empty(0)
+
+
+def caption_nlls(model: AlignmentModel, ev: EvalSet, *, batch_size: int = 64) -> torch.Tensor:
+    """Each held-out caption's token-mean NLL with the image, in the order of the held-out samples."""
+    was_training = model.projector.training
+    model.projector.eval()
+    try:
+        return _nll(model, ev.caption_feats, ev.captions, with_image=True, length_normalize=True,
+                    batch_size=batch_size)
+    finally:
+        model.projector.train(was_training)
 
 
 def presence_metrics(pred_yes: np.ndarray, true_yes: np.ndarray) -> dict[str, float]:

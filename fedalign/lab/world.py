@@ -35,6 +35,14 @@ DEFAULTS: dict[str, Any] = {
     # where U comes from: "cumulative" (top-r of θ_t − θ_0; full rank at round 0) or "public" (top-r of
     # the loss gradient at θ_t on the coordinator's public set, GEP-style; no privacy cost)
     "subspace_basis": "cumulative",
+    # what a round trains on: "shards" (round t on the silo's t-th disjoint shard; ε is one pass of
+    # (σ, q = B/shard, T)) or "pooled" (every round Poisson-samples the silo's whole data, q = B/all;
+    # ε composes R rounds of (σ, q, T), and the smaller q buys a smaller σ at the same budget). Steps
+    # per round are the same in both: local_epochs passes over a round's worth (samples_per_round).
+    "sampling": "shards",
+    # E > 0: θ_0 is the fresh projector trained E passes over the coordinator's public set (no DP: public
+    # data; batch_size/lr of these defaults), the same start for every strategy
+    "public_warm_start": 0,
     "eval_batch": 64,
     "world": "default",  # "default" or "tiny" (tests)
     "device": "cpu",  # "cpu", "cuda" or "auto": frozen models in bf16 on CUDA, projector float32
@@ -99,13 +107,16 @@ class WorldFederation:
         self.shards = [[prepare_shard(self.model, c, shard_index=t) for t, c in enumerate(row)] for row in chunks]
         self._chunks = chunks
         self._pooled: dict[int, Any] = {}
+        self._whole: dict[int, Any] = {}  # silo -> all its records as one shard ("pooled" sampling)
         self._prepare_shard = prepare_shard
         from fedalign.silo.evaluate import prepare_eval
         from fedalign.world.probes import make_eval_items
         from fedalign.world.text import text_only_prompt
 
+        self.rare, self._rare_rows = _rare_split(sc)
         items = make_eval_items(list(sc.test), seed=opts.seed, kinds=_EVAL_KINDS)
         self.eval_set = prepare_eval(self.model, records(sc.test), items, text_only_prompt=text_only_prompt)
+        self._pooled_sampling()  # refuses an unknown mode before any training
         settings = TrainSettings(batch_size=cfg["batch_size"], lr=cfg["lr"], optimizer=cfg["optimizer"],
                                  local_epochs=cfg["local_epochs"], physical_batch_size=cfg["physical_batch_size"])
         self._dp = None
@@ -123,22 +134,44 @@ class WorldFederation:
 
     # -- FederatedProblem ----------------------------------------------------------------
     def init_params(self) -> Tensors:
-        return {k: v.clone() for k, v in self._init.items()}
+        """θ_0: the fresh projector, or (``public_warm_start`` = E > 0) that projector after E passes
+        over the coordinator's public set (no DP: public data), the same for every strategy."""
+        epochs = float(self.cfg.get("public_warm_start") or 0)
+        if epochs <= 0:
+            return {k: v.clone() for k, v in self._init.items()}
+        if getattr(self, "_warm_key", None) != epochs:
+            from fedalign.silo.trainer import TrainSettings
+
+            settings = TrainSettings(batch_size=DEFAULTS["batch_size"], lr=DEFAULTS["lr"], optimizer="adamw",
+                                     local_epochs=epochs)
+            tr = self._LocalTrainer(self.model, settings, dp=None, accountant=None,
+                                    generator=torch.Generator().manual_seed(self.seed * 31 + 5))
+            delta = tr.train_round(self._init, self._public_all()).delta
+            self._warm_key, self._warm = epochs, {k: self._init[k] + delta[k].cpu() for k in self._init}
+        return {k: v.clone() for k, v in self._warm.items()}
 
     def _trainer(self, silo: int, prox_mu: float, lr: float | None = None):
         key = (silo, prox_mu, lr)
         if key not in self._trainers:
             gen = torch.Generator().manual_seed(self.seed * 7919 + silo)
             settings = replace(self._settings, prox_mu=prox_mu, **({"lr": lr} if lr is not None else {}))
-            accountant = None
             dp = None if silo == REFERENCE else self._dp  # the coordinator's public set needs no DP
+            if silo >= 0 and self._pooled_sampling():  # a round's worth of steps on the whole data
+                per_round = math.ceil(sum(len(sh) for sh in self.shards[silo]) / self.rounds)
+                settings = replace(settings, local_steps=settings.steps_for(per_round))
+                if dp is not None:  # every round is a pass over the whole data: R of them compose
+                    dp = replace(dp, passes=self.rounds)
+            accountant = None
             if dp is not None:
                 from fedalign.silo.privacy import PrivacyAccountant
 
                 accountant = PrivacyAccountant(epsilon=self._dp_budget["epsilon"], delta=self._dp_budget["delta"])
             tr = self._LocalTrainer(self.model, settings, dp=dp, accountant=accountant, generator=gen)
             if dp is not None:  # one σ for every shard this trainer may see (refused if impossible)
-                shards = self.shards[silo] if silo >= 0 else list(self._pooled.values())
+                if silo >= 0:
+                    shards = [self._silo_data(silo)] if self._pooled_sampling() else self.shards[silo]
+                else:
+                    shards = list(self._pooled.values())
                 sizes = [len(sh) for sh in shards] or [1]  # this silo's own schedule: its own budget
                 plan = tr.plan_dp(sizes)
                 if silo >= 0 and self.dp_plan is None:
@@ -153,7 +186,7 @@ class WorldFederation:
         runs on the same prepared shards; fresh trainers and accountants follow."""
         from fedalign.silo.trainer import DPSettings
 
-        for k in ("subspace_rank", "subspace_basis"):
+        for k in ("subspace_rank", "subspace_basis", "sampling", "public_warm_start"):
             if k in train:
                 self.cfg[k] = train.pop(k)
         if train:
@@ -172,8 +205,23 @@ class WorldFederation:
         m = no_image_metrics(self.model, self.eval_set, batch_size=self.cfg["eval_batch"])
         return {"nll_no_image": m["heldout_nll_no_image"], "mc_accuracy_no_image": m.get("mc_accuracy_no_image")}
 
+    def _pooled_sampling(self) -> bool:
+        mode = self.cfg.get("sampling", "shards")
+        if mode not in ("shards", "pooled"):
+            raise ConfigError(f"sampling: expected shards or pooled, got {mode!r}")
+        return mode == "pooled"
+
+    def _silo_data(self, silo: int):
+        """All of ``silo``'s records as one prepared shard (built on first use)."""
+        if silo not in self._whole:
+            self._whole[silo] = self._prepare_shard(self.model, [r for c in self._chunks[silo] for r in c])
+        return self._whole[silo]
+
     def local_update(self, params: Tensors, silo: int, round: int, prox_mu: float) -> LocalResult:
-        shard = self.shards[silo][round % self.rounds]
+        if self._pooled_sampling():  # round t: pass t over the silo's whole data
+            shard = replace(self._silo_data(silo), pass_index=round)
+        else:
+            shard = self.shards[silo][round % self.rounds]
         trainer = self._trainer(silo, prox_mu)
         # same batch order for every strategy: reseed the silo's generator per (silo, round)
         trainer.generator.manual_seed(self.seed * 1_000_003 + silo * 1009 + round)
@@ -205,19 +253,21 @@ class WorldFederation:
         of lr 1 (no DP: public data), the same at every silo for the same θ_t."""
         from fedalign.silo.trainer import TrainSettings
 
-        shards = self._public_shards()
-        if len(shards) == 1:
-            pooled = shards[0][1]
-        else:
-            if getattr(self, "_public_pooled", None) is None:
-                self._public_pooled = self._prepare_shard(self.model, [r for sh in shards for r in sh[0]],
-                                                          shard_index=0)
-            pooled = self._public_pooled
+        pooled = self._public_all()
         settings = TrainSettings(batch_size=len(pooled), lr=1.0, optimizer="sgd", local_steps=1,
                                  physical_batch_size=self._settings.physical_batch_size)
         tr = self._LocalTrainer(self.model, settings, dp=None, accountant=None,
                                 generator=torch.Generator().manual_seed(0))
         return _on_cpu(tr.train_round(params, pooled).delta)
+
+    def _public_all(self):
+        """The coordinator's whole public set as one prepared shard."""
+        shards = self._public_shards()
+        if len(shards) == 1:
+            return shards[0][1]
+        if getattr(self, "_public_pooled", None) is None:
+            self._public_pooled = self._prepare_shard(self.model, [r for sh in shards for r in sh[0]], shard_index=0)
+        return self._public_pooled
 
     def centralized_update(self, params: Tensors, round: int, lr: float | None = None) -> Tensors:
         """One pass over every silo's round-``round`` shard pooled and shuffled (the centralized
@@ -315,10 +365,37 @@ _RENAME = {"heldout_nll": "nll"}
 
 def _evaluate(fed: WorldFederation, params: Tensors) -> dict[str, float]:
     """Held-out caption NLL, multiple-choice caption accuracy and presence probe (silo.evaluate)."""
-    from fedalign.silo.evaluate import evaluate
+    from fedalign.silo.evaluate import caption_nlls, evaluate
 
     m = evaluate(fed.model, fed.eval_set, batch_size=fed.cfg["eval_batch"], text_only_baseline=False)
-    return {_RENAME.get(k, k): v for k, v in m.items() if not k.startswith("n_")}
+    out = {_RENAME.get(k, k): v for k, v in m.items() if not k.startswith("n_")}
+    rows = fed._rare_rows
+    if rows is not None and 0 < int(rows.sum()) < len(rows):  # where the federation's data is thin
+        nll = caption_nlls(fed.model, fed.eval_set, batch_size=fed.cfg["eval_batch"])
+        out["nll_rare"], out["nll_common"] = float(nll[rows].mean()), float(nll[~rows].mean())
+    return out
+
+
+RARE_SHARE = 0.01  # a label value under this share of the silos' training objects counts as rare
+
+
+def _rare_split(sc) -> tuple[tuple[str, ...], torch.Tensor | None]:
+    """label_skew: the skewed attribute's values under RARE_SHARE of all silos' training objects, and
+    which held-out samples show one (None elsewhere, or when no value is rare)."""
+    if sc.name != "label_skew":
+        return (), None
+    attr = sc.params.get("skew_attribute", "shape")
+    counts: dict[str, int] = {}
+    for silo in sc.silos:
+        for s in silo:
+            for o in s.scene.objects:
+                counts[getattr(o, attr)] = counts.get(getattr(o, attr), 0) + 1
+    total = sum(counts.values())
+    test_values = {getattr(o, attr) for s in sc.test for o in s.scene.objects}
+    rare = tuple(sorted(v for v in test_values if counts.get(v, 0) < RARE_SHARE * total))
+    if not rare:
+        return (), None
+    return rare, torch.tensor([any(getattr(o, attr) in rare for o in s.scene.objects) for s in sc.test])
 
 
 def build_world_problem(scenario: str, opts) -> WorldFederation:

@@ -89,3 +89,74 @@ def test_public_gradient_basis_is_shared_orthonormal_and_holds_the_update():
     prob.configure(subspace_basis="spectral")
     with pytest.raises(ConfigError, match="subspace_basis"):
         prob._basis(theta)
+
+
+def test_pooled_sampling_charges_every_round_at_the_whole_data_rate():
+    """sampling "pooled": each round Poisson-samples the silo's whole data (q = B / all records) for the
+    same number of steps as a round's shard; ε composes one pass per round, and at the same budget
+    the smaller q buys a smaller σ than one pass over per-round shards."""
+    from fedalign.protocol.errors import ConfigError
+    from fedalign.lab.scenarios import ProblemOptions, build_problem
+
+    prob = build_problem("domain", ProblemOptions(n_silos=2, rounds=3, seed=0, samples_per_round=16,
+                                                  extra={"world": "tiny", "test_size": 16}))
+    dp = dict(noise_multiplier=None, max_grad_norm=1.0, epsilon=8.0, delta=1e-5)
+    prob.configure(dp=dp, batch_size=8, local_epochs=2.0)
+    prob.local_update(prob.init_params(), 0, 0, 0.0)
+    shards = prob.dp_plan
+    assert (shards.shard_size, shards.sample_rate, shards.steps, shards.passes) == (16, 0.5, 4, 1)
+    prob.configure(dp=dp, sampling="pooled")
+    theta = prob.init_params()
+    for t in range(2):
+        prob.local_update(theta, 0, t, 0.0)
+    pooled = prob.dp_plan
+    assert (pooled.shard_size, pooled.sample_rate, pooled.steps, pooled.passes) == (48, 8 / 48, 4, 3)
+    assert pooled.noise_multiplier < shards.noise_multiplier
+    acc = prob._trainers[(0, 0.0, None)].accountant
+    assert sorted(acc.passes) == [0, 1]  # two rounds, two composed passes, within the budget
+    assert 0 < acc.spent < pooled.epsilon <= 8.0
+    prob.configure(sampling="everything")
+    with pytest.raises(ConfigError, match="sampling"):
+        prob.local_update(theta, 0, 0, 0.0)
+
+
+def test_label_skew_reports_where_the_data_is_thin():
+    """label_skew: held-out NLL split into samples showing a shape under 1% of the silos' training
+    objects and the rest, so a DP gap can be traced to the rare labels."""
+    from fedalign.lab.world import RARE_SHARE, _rare_split
+    from fedalign.world.scenarios import make_scenario
+
+    sc = make_scenario("label_skew", n_silos=5, seed=1, samples_per_silo=400, test_size=60)
+    rare, rows = _rare_split(sc)
+    counts: dict[str, int] = {}
+    for silo in sc.silos:
+        for s in silo:
+            for o in s.scene.objects:
+                counts[o.shape] = counts.get(o.shape, 0) + 1
+    total = sum(counts.values())
+    assert rare and all(counts.get(v, 0) < RARE_SHARE * total for v in rare)
+    assert all(counts[v] >= RARE_SHARE * total for v in counts if v not in rare)
+    assert rows.tolist() == [any(o.shape in rare for o in s.scene.objects) for s in sc.test]
+    assert 0 < int(rows.sum()) < len(rows)
+    assert _rare_split(make_scenario("domain_skew", n_silos=2, seed=1, samples_per_silo=40, test_size=8)) == ((), None)
+
+
+def test_public_warm_start_trains_theta0_on_the_public_set_only():
+    """public_warm_start E: θ_0 is the fresh projector after E passes over the coordinator's public set,
+    the same θ_0 on every call (every strategy starts there); 0 gives the fresh projector back."""
+    import torch
+
+    from fedalign.lab.scenarios import ProblemOptions, build_problem
+
+    prob = build_problem("label", ProblemOptions(n_silos=2, rounds=2, seed=0, samples_per_round=16,
+                                                 extra={"world": "tiny", "test_size": 16, "public_size": 24}))
+    fresh = prob.init_params()
+    prob.configure(public_warm_start=2)
+    warm, again = prob.init_params(), prob.init_params()
+    assert any(not torch.equal(fresh[k], warm[k]) for k in fresh)
+    for k in warm:
+        torch.testing.assert_close(warm[k], again[k], rtol=0, atol=0)
+    assert prob.evaluate(warm)["nll"] < prob.evaluate(fresh)["nll"]  # the public set teaches the pairing
+    prob.configure(public_warm_start=0)
+    for k in fresh:
+        torch.testing.assert_close(prob.init_params()[k], fresh[k], rtol=0, atol=0)
