@@ -30,9 +30,11 @@ def initial_params(cfg) -> dict:
     """θ_0 from ``init.params`` (safetensors) or a fresh projector initialised like ``nn.Linear``.
 
     Keys follow the projector's ``nn.Sequential`` (``0.*``, and ``2.*`` for mlp2x_gelu), which
-    is what every silo's ``projector_state()`` holds.
+    is what every silo's ``projector_state()`` holds; a file in LLaVA's or HF Llava's layout (a
+    silo's export, e.g. `silo train --local` on the coordinator's public set) is read into it.
     """
     from fedalign.protocol.errors import ConfigError
+    from fedalign.protocol.layout import to_our_layout
 
     init = cfg.init
     if init.params is not None:
@@ -40,9 +42,14 @@ def initial_params(cfg) -> dict:
 
         path = cfg.resolve(init.params)
         try:
-            return load_file(str(path))
+            state = load_file(str(path))
         except Exception as e:  # noqa: BLE001 - any failure is a bad config value
             raise ConfigError(f"init.params: cannot read {path}: {e}") from e
+        try:
+            return to_our_layout(state)
+        except ConfigError as e:
+            raise ConfigError(f"init.params: {path}: {e}; expected a projector in our, LLaVA's "
+                              "(model.mm_projector.*) or HF Llava's (multi_modal_projector.*) layout") from None
     return fresh_projector(init.projector, init.d_vision, init.d_model, init.seed)
 
 
@@ -193,6 +200,7 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
         typer.echo(f"note: {config}: [reference] is set but strategy {strategy.name!r} does not use the coordinator's "
                    "public set (Fed-CMP under DP turns reliability off by default; set "
                    "strategy.options.reliability = 'reference' to use it)", err=True)
+    first_params = initial_params(cfg)  # a bad init.params is refused before anything is written
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     store = CheckpointStore(out / "checkpoints")
@@ -218,7 +226,7 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
     try:  # a failure before the rounds start must not leave the reference child behind
         meta = {"strategy": cfg.strategy.name, "strategy_options": strategy_options(strategy), "scheme": str(scheme)}
         if state is None:
-            params = initial_params(cfg)
+            params = first_params
             state = RunState(0, params, strategy.init_public(params), strategy.init_server_state(params), meta=meta)
             source = params_source(cfg)
         else:

@@ -126,6 +126,8 @@ def _load() -> list[dict]:
             cfg = r["config"]
             if not all(d.get(k) == v for k, v in DATA.items()):
                 continue
+            if cfg.get("sampling", "shards") != "shards" or cfg.get("public_warm_start"):
+                continue  # another schedule or start (results/dp_notes.md), not the table's
             if cfg.get("eps") is None:  # the no-DP reference: FedAvg at the project's default recipe
                 if cfg["strategy"] != "fedavg" or any(cfg.get(k, v) != v for k, v in NO_DP.items()) \
                         or cfg.get("local_epochs", 1) != 1:

@@ -198,3 +198,41 @@ def test_serve_refuses_a_config_breaking_its_site_policy_and_names_every_clause(
     for clause in ("secure_sum.schemes", "secure_sum.min_silos", "silos.allowed: the roster lists ['s2']"):
         assert clause in out
     assert not (tmp_path / "aggregator-out").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("kind", ["mlp2x_gelu", "linear"])
+def test_init_params_reads_a_silo_export_in_llava_or_hf_layout(tmp_path, kind):
+    """θ_0 may be a projector a silo exported (e.g. `silo train --local` on the coordinator's public set):
+    LLaVA's and HF Llava's layouts read back to the same state as our own keys."""
+    from safetensors.torch import save_file
+
+    from fedalign.aggregator.cli import initial_params
+    from fedalign.protocol.config.aggregator import load_aggregator_config
+    from fedalign.silo.export import export_projector
+
+    g = torch.Generator().manual_seed(3)
+    state = {"0.weight": torch.randn(6, 4, generator=g), "0.bias": torch.randn(6, generator=g)}
+    if kind == "mlp2x_gelu":
+        state.update({"2.weight": torch.randn(6, 6, generator=g), "2.bias": torch.randn(6, generator=g)})
+    files = export_projector(state, tmp_path / "public-out")
+    save_file(state, str(tmp_path / "ours.safetensors"))
+    for path in [tmp_path / "ours.safetensors", *files.values()]:
+        cfg = load_aggregator_config(_federation(tmp_path / path.stem, init={"params": f'"{path}"'}))
+        got = initial_params(cfg)
+        assert set(got) == set(state)
+        for k in state:
+            assert torch.equal(got[k], state[k]), (path.name, k)
+    assert len(files) == (2 if kind == "mlp2x_gelu" else 1)
+
+
+def test_init_params_that_is_not_a_projector_is_one_line_naming_the_file(tmp_path):
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "weights.safetensors"
+    save_file({"encoder.weight": torch.zeros(2, 2)}, str(bad))
+    cfg = _federation(tmp_path, init={"params": f'"{bad}"'})
+    code, out = _run("serve", "--config", str(cfg))
+    assert code == 2, out
+    assert out.strip().count("\n") == 0, out
+    assert "init.params" in out and "weights.safetensors" in out and "mm_projector" in out
+    assert not (tmp_path / "aggregator-out").exists()
