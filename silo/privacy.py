@@ -179,9 +179,11 @@ class DPPlan:
             rel = (f", noise/clip on the mean gradient ≈ σ·√d/B = "
                    f"{self.noise_multiplier * self.n_params ** 0.5 / max(self.batch_size, 1):.3g}")
         src = "derived from the budget" if self.derived else "expert override privacy.noise_multiplier"
+        epochs = self.steps * self.sample_rate  # expected visits of each record of the round's shard
         return (f"DP plan: noise multiplier σ={self.noise_multiplier:.4g} ({src}), Poisson rate q="
                 f"{self.sample_rate:.4g} (batch {self.batch_size} of shard {self.shard_size}), {self.steps} "
-                f"steps/round, {self.passes} pass(es), clip C={self.max_grad_norm:g} -> epsilon="
+                f"steps/round (each record of the shard seen {epochs:.3g}× on average), {self.passes} pass(es) "
+                f"over the data composed, clip C={self.max_grad_norm:g} -> epsilon="
                 f"{self.epsilon:.4g} of budget {self.epsilon_budget:g} at delta={self.delta:g} "
                 f"({self.accountant}){rel}")
 

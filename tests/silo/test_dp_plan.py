@@ -30,6 +30,7 @@ def test_plan_derives_sigma_and_refuses_an_override_that_cannot_fit():
     assert plan.sample_rate == pytest.approx(256 / 900) and plan.steps == 4  # the dominating schedule
     text = plan.describe()
     assert "σ=" in text and "q=" in text and "4 steps" in text and "epsilon=" in text
+    assert "seen 1.14× on average" in text and "1 pass(es) over the data" in text  # local epochs vs data passes
     override = plan_dp(8.0, 1e-5, shard_sizes=[1024], batch_size=256, steps_for=lambda n: 4, max_grad_norm=1.0,
                        noise_multiplier=2.0)
     assert not override.derived and override.noise_multiplier == 2.0
