@@ -252,20 +252,23 @@ def _plot(by, scenarios) -> None:
     fig, axes = plt.subplots(1, len(scenarios), figsize=(4.2 * len(scenarios), 3.4), squeeze=False)
     for ax, sc in zip(axes[0], scenarios):
         for m in METHODS:
-            xs, ys = [], []
+            full, part = [], []  # (ε, mean cut): over 3 seeds (joined by a line) or fewer (hollow, alone)
             for e in (1, 2, 4, 8):
                 runs = by.get((sc, f"{label(m)} eps={e:g}"), {})
                 if runs:
-                    xs.append(e)
-                    ys.append(statistics.fmean(r["nll_cut"] for r in runs.values()))
-            if xs:
-                ax.plot(xs, ys, marker="o", label=label(m))
+                    (full if len(runs) >= 3 else part).append((e, statistics.fmean(r["nll_cut"] for r in runs.values())))
+            if full or part:
+                line, = ax.plot(*zip(*full), marker="o", label=label(m)) if full else ax.plot([], [], marker="o",
+                                                                                               label=label(m))
+                if part:
+                    ax.plot(*zip(*part), ls="none", marker="o", mfc="none", color=line.get_color())
         ref = by.get((sc, REFERENCE), {})
         if ref:
             ax.axhline(statistics.fmean(r["nll_cut"] for r in ref.values()), color="k", ls="--", label=REFERENCE)
         ax.set(xscale="log", xlabel="ε (δ = 1e-5, per silo)", ylabel="held-out NLL cut vs no image", title=sc)
         ax.set_xticks([1, 2, 4, 8], ["1", "2", "4", "8"])
-    axes[0][0].legend(fontsize=7)
+        ax.minorticks_off()
+    axes[0][0].legend(fontsize=7, title="hollow: fewer than 3 seeds", title_fontsize=7)
     fig.tight_layout()
     fig.savefig(RESULTS / "dp_utility.png", dpi=110)
 
