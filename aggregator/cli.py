@@ -48,8 +48,8 @@ def initial_params(cfg) -> dict:
         try:
             return to_our_layout(state)
         except ConfigError as e:
-            raise ConfigError(f"init.params: {path}: {e}; expected a projector in our, LLaVA's "
-                              "(model.mm_projector.*) or HF Llava's (multi_modal_projector.*) layout") from None
+            raise ConfigError(f"init.params: {path}: {e}; a file in LLaVA's (model.mm_projector.*) or HF "
+                              "Llava's (multi_modal_projector.*) layout must hold the whole projector") from None
     return fresh_projector(init.projector, init.d_vision, init.d_model, init.seed)
 
 

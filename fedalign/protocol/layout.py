@@ -65,11 +65,11 @@ def from_hf_llava_layout(state: dict[str, T]) -> dict[str, T]:
 
 
 def to_our_layout(state: dict[str, T]) -> dict[str, T]:
-    """A projector state dict in any of the three layouts, in ours (ConfigError naming the keys if none)."""
+    """A state dict in LLaVA's or HF Llava's projector layout, in ours (ConfigError if its keys are not a
+    whole projector); any other state dict unchanged (the round's parameters need not be a projector)."""
     keys = list(state)
     if keys and all("multi_modal_projector." in k for k in keys):
         return from_hf_llava_layout(state)
     if keys and all("mm_projector." in k for k in keys):
         return from_llava_layout(state)
-    projector_kind(state)
     return state

@@ -225,14 +225,23 @@ def test_init_params_reads_a_silo_export_in_llava_or_hf_layout(tmp_path, kind):
     assert len(files) == (2 if kind == "mlp2x_gelu" else 1)
 
 
-def test_init_params_that_is_not_a_projector_is_one_line_naming_the_file(tmp_path):
+def test_init_params_holding_part_of_a_llava_projector_is_one_line_naming_the_file(tmp_path):
+    """A LLaVA-layout file without the whole projector (here its second linear only) is refused before
+    anything is written; a state dict in no projector layout still passes through (toy federations)."""
     from safetensors.torch import save_file
 
-    bad = tmp_path / "weights.safetensors"
-    save_file({"encoder.weight": torch.zeros(2, 2)}, str(bad))
+    from fedalign.aggregator.cli import initial_params
+    from fedalign.protocol.config.aggregator import load_aggregator_config
+
+    bad = tmp_path / "part.safetensors"
+    save_file({"model.mm_projector.2.weight": torch.zeros(6, 6), "model.mm_projector.2.bias": torch.zeros(6)}, str(bad))
     cfg = _federation(tmp_path, init={"params": f'"{bad}"'})
     code, out = _run("serve", "--config", str(cfg))
     assert code == 2, out
     assert out.strip().count("\n") == 0, out
-    assert "init.params" in out and "weights.safetensors" in out and "mm_projector" in out
+    assert "init.params" in out and "part.safetensors" in out and "whole projector" in out
     assert not (tmp_path / "aggregator-out").exists()
+    toy = tmp_path / "toy.safetensors"
+    save_file({"weight": torch.ones(2, 3), "bias": torch.zeros(2)}, str(toy))
+    got = initial_params(load_aggregator_config(_federation(tmp_path / "toy", init={"params": f'"{toy}"'})))
+    assert set(got) == {"weight", "bias"} and torch.equal(got["weight"], torch.ones(2, 3))
