@@ -200,11 +200,11 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
         typer.echo(f"note: {config}: [reference] is set but strategy {strategy.name!r} does not use the coordinator's "
                    "public set (Fed-CMP under DP turns reliability off by default; set "
                    "strategy.options.reliability = 'reference' to use it)", err=True)
-    first_params = initial_params(cfg)  # a bad init.params is refused before anything is written
     out = cfg.out_dir
-    out.mkdir(parents=True, exist_ok=True)
     store = CheckpointStore(out / "checkpoints")
-    state = store.load()
+    state = store.load()  # reads only: nothing is written before the config is known good
+    first_params = initial_params(cfg) if state is None else None  # a bad init.params: refused here
+    out.mkdir(parents=True, exist_ok=True)
     reference = None
     if uses_reference:  # the coordinator's public reference, trained by `silo reference` (docs/fedcmp.md)
         from fedalign.aggregator.reference import ReferenceProcess
@@ -226,6 +226,7 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
     try:  # a failure before the rounds start must not leave the reference child behind
         meta = {"strategy": cfg.strategy.name, "strategy_options": strategy_options(strategy), "scheme": str(scheme)}
         if state is None:
+            assert first_params is not None
             params = first_params
             state = RunState(0, params, strategy.init_public(params), strategy.init_server_state(params), meta=meta)
             source = params_source(cfg)

@@ -258,8 +258,7 @@ def _plot(by, scenarios) -> None:
                 if runs:
                     (full if len(runs) >= 3 else part).append((e, statistics.fmean(r["nll_cut"] for r in runs.values())))
             if full or part:
-                line, = ax.plot(*zip(*full), marker="o", label=label(m)) if full else ax.plot([], [], marker="o",
-                                                                                               label=label(m))
+                line, = ax.plot(*(zip(*full) if full else ([], [])), marker="o", label=label(m))
                 if part:
                     ax.plot(*zip(*part), ls="none", marker="o", mfc="none", color=line.get_color())
         ref = by.get((sc, REFERENCE), {})

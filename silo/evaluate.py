@@ -144,8 +144,7 @@ def evaluate(model: AlignmentModel, ev: EvalSet, *, batch_size: int = 64, length
     try:
         m: dict[str, float] = {}
         if len(ev.captions.texts):
-            m["heldout_nll"] = float(_nll(model, ev.caption_feats, ev.captions, with_image=True,
-                                          length_normalize=True, batch_size=batch_size).mean())
+            m["heldout_nll"] = float(caption_nlls(model, ev, batch_size=batch_size).mean())
             if text_only_baseline:
                 base = float(_nll(model, ev.caption_feats, ev.captions, with_image=False,
                                   length_normalize=True, batch_size=batch_size).mean())
