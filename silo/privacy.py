@@ -170,7 +170,7 @@ class DPPlan:
     delta: float
     accountant: str
     derived: bool  # True: σ derived from the budget; False: the expert override was used
-    n_params: int = 0
+    n_params: int = 0  # d: values trained, and noised, per step (r·n per factored weight in a subspace)
 
     def describe(self) -> str:
         """One line for logs: σ, q, steps, passes, ε, and the noise against the clipped signal."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["public_basis", "SubspaceProjector"]
+__all__ = ["public_basis", "SubspaceProjector", "subspace_numel"]
 
 
 @torch.no_grad()
@@ -119,3 +119,12 @@ class SubspaceProjector(nn.Module):
                 if layer.bias is not None:
                     out[f"{i}.bias"] = layer.bias.detach().clone()
         return out
+
+
+def subspace_numel(projector: nn.Sequential, rank: int) -> int:
+    """How many values a silo trains (and DP noises) per step when every weight that
+    :func:`public_basis` factors at ``rank`` trains as W_t + U·C: r·n per such m×n weight, the rest
+    in full. The dimension DP's σ·√d noise lives in; the whole projector's size without a basis."""
+    bases = {f"{i}.weight": torch.zeros(layer.out_features, rank) for i, layer in enumerate(projector)
+             if isinstance(layer, nn.Linear) and rank < min(layer.weight.shape)}
+    return SubspaceProjector(projector, bases).trainable_numel()

@@ -175,6 +175,11 @@ class WorldFederation:
                 sizes = [len(sh) for sh in shards] or [1]  # this silo's own schedule: its own budget
                 plan = tr.plan_dp(sizes)
                 if silo >= 0 and self.dp_plan is None:
+                    r = self.cfg.get("subspace_rank")
+                    if r:  # the noise lives in the coefficients C, not in every projector weight
+                        from fedalign.silo.subspace import subspace_numel
+
+                        plan = replace(plan, n_params=subspace_numel(self.model.projector, int(r)))
                     self.dp_plan = plan
                     print(plan.describe(), flush=True)
             self._trainers[key] = tr

@@ -91,6 +91,26 @@ def test_public_gradient_basis_is_shared_orthonormal_and_holds_the_update():
         prob._basis(theta)
 
 
+def test_dp_plan_counts_the_subspace_dimensions_it_noises():
+    """With subspace training the plan line's noise/clip uses the coefficients' count (r·n per factored
+    weight), not the whole projector's: that is where DP's σ·√d noise lives."""
+    from fedalign.lab.scenarios import ProblemOptions, build_problem
+    from fedalign.silo.subspace import subspace_numel
+
+    prob = build_problem("label", ProblemOptions(n_silos=2, rounds=2, seed=0, samples_per_round=16,
+                                                 extra={"world": "tiny", "test_size": 16, "public_size": 24}))
+    dp = dict(noise_multiplier=None, max_grad_norm=1.0, epsilon=8.0, delta=1e-5)
+    prob.configure(dp=dp, batch_size=8)
+    prob.local_update(prob.init_params(), 0, 0, 0.0)
+    full = prob.dp_plan
+    assert full.n_params == sum(p.numel() for p in prob.model.projector.parameters())
+    prob.configure(dp=dp, subspace_rank=2, subspace_basis="public")
+    prob.local_update(prob.init_params(), 0, 0, 0.0)
+    sub = prob.dp_plan
+    assert sub.n_params == subspace_numel(prob.model.projector, 2) < full.n_params
+    assert sub.noise_multiplier == full.noise_multiplier  # the same schedule, fewer noised values
+
+
 def test_pooled_sampling_charges_every_round_at_the_whole_data_rate():
     """sampling "pooled": each round Poisson-samples the silo's whole data (q = B / all records) for the
     same number of steps as a round's shard; ε composes one pass per round, and at the same budget

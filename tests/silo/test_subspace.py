@@ -5,7 +5,7 @@ import torch
 from fedalign.silo.data import Sample
 from fedalign.silo.model import IMAGE_TOKEN, build_projector
 from fedalign.silo.privacy import PrivacyAccountant
-from fedalign.silo.subspace import SubspaceProjector, public_basis
+from fedalign.silo.subspace import SubspaceProjector, public_basis, subspace_numel
 from fedalign.silo.trainer import DPSettings, LocalTrainer, TrainSettings, prepare_shard
 from tests.silo.conftest import make_samples
 
@@ -31,7 +31,8 @@ def test_subspace_projector_starts_equal_and_maps_back():
     sp = SubspaceProjector(base, U)
     x = torch.randn(2, 3, 24)
     torch.testing.assert_close(sp(x), base(x))
-    assert sp.trainable_numel() == 5 * 24 + 32 + 5 * 32 + 32
+    assert sp.trainable_numel() == 5 * 24 + 32 + 5 * 32 + 32 == subspace_numel(base, 5)
+    assert subspace_numel(base, 32) == sum(p.numel() for p in base.parameters())  # r ≥ min(m, n): in full
     with torch.no_grad():
         for p in sp.parameters():
             if p.requires_grad:
