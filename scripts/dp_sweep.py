@@ -12,8 +12,7 @@ there (same data and configuration) are skipped, so a killed sweep resumes.
 
 Configuration keys: name, strategy (simulator preset or fedcmp), eps (None = no DP), delta (1e-5),
 clip, noise (expert σ; default derived from eps), batch_size, lr, optimizer, local_epochs,
-physical_batch_size, lr_schedule (constant | cosine within each round), average_last (release the mean of
-that fraction of a round's last iterates), subspace_rank (train W_t + U·C in a public basis, silo.subspace), subspace_basis
+physical_batch_size, subspace_rank (train W_t + U·C in a public basis, silo.subspace), subspace_basis
 (cumulative | public: where that basis comes from), sampling (shards | pooled: a round trains on its own
 shard, or Poisson-samples the silo's whole data), public_warm_start (E passes over the coordinator's public
 set give θ_0), and for fedcmp: rank, server_lr, beta, error_feedback.
@@ -33,8 +32,8 @@ from fedalign.host.process import apply_process_defaults  # noqa: E402
 apply_process_defaults()
 
 
-TRAIN_KEYS = ("batch_size", "lr", "optimizer", "local_epochs", "physical_batch_size", "lr_schedule", "average_last",
-              "subspace_rank", "subspace_basis", "sampling", "public_warm_start")
+TRAIN_KEYS = ("batch_size", "lr", "optimizer", "local_epochs", "physical_batch_size", "subspace_rank",
+              "subspace_basis", "sampling", "public_warm_start")
 FEDCMP_KEYS = ("rank", "server_lr", "beta", "error_feedback", "reliability", "kappa", "rho_smoothing")
 
 

@@ -39,8 +39,6 @@ class TrainSettings:
     local_epochs: float = 1.0
     prox_mu: float = 0.0
     physical_batch_size: int | None = None  # memory bound: a logical batch runs as micro-batches of this size
-    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: lr decays to 0 over each round's steps
-    average_last: float = 0.0  # release the mean of the last fraction of a round's iterates, not the last one
 
     def steps_for(self, n: int) -> int:
         """Optimizer steps for a shard of ``n`` records."""
@@ -297,12 +295,8 @@ class LocalTrainer:
         if group is not None:  # every rank steps on rank 0's draw (the one-process batches)
             batches = group.broadcast_batches(batches, steps)
         assert batches is not None
-        lr_at = _lr_schedule(s, steps)
-        averager = _TailAverage(params, steps, s.average_last)
         try:
-            for step, idx in enumerate(batches):
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(step)
+            for idx in batches:
                 own = shard.owned(idx)  # this rank's members of the global batch (all of it in one process)
                 if dp is not None and len(own) == 0:
                     dp.empty_batch()
@@ -334,11 +328,9 @@ class LocalTrainer:
                 else:
                     dp.step(prox)
                 seen += len(idx)
-                averager.update(step)
         finally:
             if dp is not None:
                 dp.close()
-        averager.apply()
         if group is not None:
             group.all_reduce_sum_([loss_sum], what="the training loss")
         elapsed = time.perf_counter() - t0
@@ -369,45 +361,6 @@ class LocalTrainer:
                     p.grad.add_(p.detach() - anchor[name], alpha=mu)
 
         return add
-
-
-def _lr_schedule(s: TrainSettings, steps: int) -> Callable[[int], float]:
-    """The learning rate at each of a round's ``steps`` optimizer steps."""
-    if s.lr_schedule == "constant":
-        return lambda step: s.lr
-    if s.lr_schedule == "cosine":
-        return lambda step: s.lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
-    raise ValueError(f"train.lr_schedule: expected constant or cosine, got {s.lr_schedule!r}")
-
-
-class _TailAverage:
-    """The running mean of the trained tensors over a round's last ``fraction`` of steps, written back
-    at the end (iterate averaging). Under DP it is post-processing of the noised iterates: it costs no
-    privacy and averages part of the per-step noise away."""
-
-    def __init__(self, params: list[torch.Tensor], steps: int, fraction: float):
-        if not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"train.average_last: expected a fraction in [0, 1], got {fraction}")
-        self.params = params
-        self.start = steps - max(1, round(fraction * steps)) if fraction > 0 else steps
-        self.mean: list[torch.Tensor] = []
-        self.count = 0
-
-    @torch.no_grad()
-    def update(self, step: int) -> None:
-        if step < self.start:
-            return
-        self.count += 1
-        if not self.mean:
-            self.mean = [p.detach().clone() for p in self.params]
-            return
-        for m, p in zip(self.mean, self.params):
-            m.add_(p.detach() - m, alpha=1.0 / self.count)
-
-    @torch.no_grad()
-    def apply(self) -> None:
-        for m, p in zip(self.mean, self.params):
-            p.copy_(m)
 
 
 def train_rounds(trainer: LocalTrainer, params: Params, shards: Callable[[], ShardData | None], *,

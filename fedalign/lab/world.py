@@ -31,8 +31,6 @@ DEFAULTS: dict[str, Any] = {
     "optimizer": "adamw",
     "local_epochs": 1.0,
     "physical_batch_size": None,  # micro-batch bound for large (DP) logical batches
-    "lr_schedule": "constant",  # or "cosine": the local lr decays to 0 over each round's steps
-    "average_last": 0.0,  # > 0: a silo releases the mean of that fraction of its round's last iterates
     "subspace_rank": None,  # r: silos train W_t + U·C in a public basis U (silo.subspace)
     # where U comes from: "cumulative" (top-r of θ_t − θ_0; full rank at round 0) or "public" (top-r of
     # the loss gradient at θ_t on the coordinator's public set, GEP-style; no privacy cost)
@@ -120,8 +118,7 @@ class WorldFederation:
         self.eval_set = prepare_eval(self.model, records(sc.test), items, text_only_prompt=text_only_prompt)
         self._pooled_sampling()  # refuses an unknown mode before any training
         settings = TrainSettings(batch_size=cfg["batch_size"], lr=cfg["lr"], optimizer=cfg["optimizer"],
-                                 local_epochs=cfg["local_epochs"], physical_batch_size=cfg["physical_batch_size"],
-                                 lr_schedule=cfg["lr_schedule"], average_last=cfg["average_last"])
+                                 local_epochs=cfg["local_epochs"], physical_batch_size=cfg["physical_batch_size"])
         self._dp = None
         if opts.dp:  # noise_multiplier None: σ derived from (ε, δ) for the planned schedule
             self._dp = DPSettings(noise_multiplier=opts.dp.get("noise_multiplier"),

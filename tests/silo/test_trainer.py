@@ -122,36 +122,3 @@ def test_round_trains_a_projector_left_in_eval_mode(tiny_model, shards, clipping
         assert not tiny_model.projector.training
     finally:
         tiny_model.projector.train()
-
-
-def test_average_last_releases_the_mean_of_the_last_iterates(tiny_model, shards):
-    """average_last=0.5 over 4 SGD steps releases the mean of the iterates after steps 3 and 4 (batches are
-    drawn in order, so the rounds of 3 and 4 steps from the same seed are those two iterates)."""
-    theta = _init(tiny_model)
-
-    def round_(steps, **kw):
-        tr = LocalTrainer(tiny_model, TrainSettings(batch_size=8, local_steps=steps, optimizer="sgd", lr=0.05, **kw),
-                          generator=torch.Generator().manual_seed(3))
-        return tr.train_round(theta, shards["train"]).delta
-
-    d3, d4, avg = round_(3), round_(4), round_(4, average_last=0.5)
-    torch.testing.assert_close(avg, {k: (d3[k] + d4[k]) / 2 for k in d3})
-    assert any(not torch.allclose(avg[k], d4[k]) for k in d4)  # not the last iterate
-    torch.testing.assert_close(round_(4, average_last=0.25), d4)  # the last quarter of 4 steps: the last one
-
-
-def test_cosine_lr_schedule_and_bad_training_options(tiny_model, shards):
-    from fedalign.silo.trainer import _lr_schedule
-
-    lr_at = _lr_schedule(TrainSettings(lr=0.1, lr_schedule="cosine"), 10)
-    assert lr_at(0) == pytest.approx(0.1) and lr_at(5) == pytest.approx(0.05)
-    assert all(lr_at(i) > lr_at(i + 1) > 0 for i in range(9))
-    theta = _init(tiny_model)
-    deltas = [LocalTrainer(tiny_model, TrainSettings(batch_size=8, local_steps=6, optimizer="sgd", lr=0.05, lr_schedule=s),
-                           generator=torch.Generator().manual_seed(4)).train_round(theta, shards["train"]).delta
-              for s in ("constant", "cosine")]
-    assert sum(float(v.norm()) for v in deltas[1].values()) < sum(float(v.norm()) for v in deltas[0].values())
-    for bad in (dict(lr_schedule="linear"), dict(average_last=1.5)):
-        with pytest.raises(ValueError, match="train\\."):
-            LocalTrainer(tiny_model, TrainSettings(batch_size=8, local_steps=2, **bad),
-                         generator=torch.Generator().manual_seed(0)).train_round(theta, shards["small"])
