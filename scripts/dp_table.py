@@ -150,9 +150,9 @@ def _bar_check(sc: str, eps: float, bar: float, by: dict, ref: dict) -> str:
     """The must-show at one ε: one DP configuration (method and pass count) whose cut reaches ``bar`` of
     no-DP FedAvg's on every seed; the configuration with the best worst seed is named."""
     tag = f" eps={eps:g}"
-    cands = []  # (seeds run, worst ratio, name, per-seed ratios)
+    cands = []  # (seeds run, worst ratio, name, per-seed ratios, worst margin)
     for (sc_, name), runs in by.items():
-        head, found, rest = name.partition(tag)
+        _, found, rest = name.partition(tag)
         if sc_ != sc or not found or name == REFERENCE or (rest and not rest.startswith(" [")):
             continue
         ratios = {s: r["nll_cut"] / ref[s]["nll_cut"] for s, r in runs.items() if s in ref and ref[s]["nll_cut"] > 0}

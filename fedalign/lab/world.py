@@ -176,7 +176,8 @@ class WorldFederation:
                 plan = tr.plan_dp(sizes)
                 if silo >= 0 and self.dp_plan is None:
                     r = self.cfg.get("subspace_rank")
-                    if r:  # the noise lives in the coefficients C, not in every projector weight
+                    if r:  # the noise lives in the coefficients C, not in every projector weight (a round
+                        # without a basis yet, round 0 of the cumulative one, trains and noises all of them)
                         from fedalign.silo.subspace import subspace_numel
 
                         plan = replace(plan, n_params=subspace_numel(self.model.projector, int(r)))
