@@ -2,6 +2,7 @@
 DP FedAvgM and DP Fed-CMP on the same data, each beside the frozen LM's no-image baseline.
 
     python scripts/dp_table.py run [--scenarios label,domain,style,unreliable] [--seeds 0,1,2] [--eps 1,2,4,8]
+                                   [--passes 16] [--sampling pooled]
     python scripts/dp_table.py table     # results/dp_utility.{md,csv,png} from results/dp_runs/*.jsonl
 
 ``run`` goes through scripts/dp_sweep.py (one process per (scenario, seed): the world problem is
@@ -16,7 +17,10 @@ The DP recipe (measured in results/dp_notes.md): 1024 samples per silo per round
 of 256 (q = 0.25) run as micro-batches of 128, 8 passes over each round's shard (32 steps), AdamW
 lr 3e-3, clip 1, σ derived from (ε, δ = 1e-5) for that schedule. The no-DP reference is the
 project's default recipe (batch 16, AdamW lr 2e-3, one pass) on the same data. Rows run at
-another pass count (the 4-pass recipe of earlier sessions) are kept and marked "[4 passes]".
+another pass count (the 4-pass recipe of earlier sessions) are kept and marked "[4 passes]"; rows with
+pooled sampling (every round Poisson-samples the silo's whole data, q = 256/5120, and ε composes the 5
+rounds: results/dp_notes.md, sixth session) are marked "[pooled, N passes]", N passes of a round's
+worth (1024) of steps.
 """
 
 from __future__ import annotations
@@ -80,7 +84,13 @@ REFERENCE = "no DP FedAvg"
 SPREAD = 0.03  # held-out NLL between two DP runs of one configuration and seed (results/dp_notes.md)
 
 
-def grid(eps_list: list[float], methods: list[str], no_dp: bool = True) -> list[dict]:
+def grid(eps_list: list[float], methods: list[str], no_dp: bool = True, *, passes: int | None = None,
+         sampling: str = "shards") -> list[dict]:
+    """The run configurations; ``passes``/``sampling`` move the DP rows off the table's schedule."""
+    if sampling not in ("shards", "pooled"):
+        raise typer.BadParameter(f"--sampling: expected shards or pooled, got {sampling!r}")
+    sched = {**RECIPE, **({"local_epochs": passes} if passes else {}),
+             **({"sampling": sampling} if sampling != "shards" else {})}
     cfgs = []
     for m in methods:
         strat, extra = METHODS[m]
@@ -88,21 +98,25 @@ def grid(eps_list: list[float], methods: list[str], no_dp: bool = True) -> list[
         if no_dp or m == "fedavg":  # the no-DP FedAvg reference is always run
             cfgs.append({"name": f"no {name}", "method": m, "strategy": strat, **extra, **NO_DP})
         for e in eps_list:
-            cfgs.append({"name": f"{name} eps={e:g}", "method": m, "strategy": strat, "eps": e, **extra, **RECIPE})
+            cfgs.append({"name": f"{name} eps={e:g}{_schedule_tag(sched)}", "method": m, "strategy": strat,
+                         "eps": e, **extra, **sched})
     return cfgs
 
 
 @app.command()
 def run(scenarios: str = "label,domain,style,unreliable", seeds: str = "0,1,2", eps: str = "1,2,4,8",
         methods: str = "fedavg,fedavgm,fedcmp", no_dp: bool = typer.Option(True, "--no-dp-rows/--dp-only"),
-        device: str = typer.Option("cpu", help="cpu | cuda (36 s per DP run measured on an H100 at 4 passes)")) -> None:
+        device: str = typer.Option("cpu", help="cpu | cuda (36 s per DP run measured on an H100 at 4 passes)"),
+        passes: int = typer.Option(None, help="local passes per round for the DP rows (default: the recipe's 8)"),
+        sampling: str = typer.Option("shards", help="shards | pooled (every round samples the silo's whole data)"),
+        ) -> None:
     """Run the grid (resumable), one (scenario, seed) problem at a time."""
     if str(ROOT) not in sys.path:  # run as `python scripts/dp_table.py`
         sys.path.insert(0, str(ROOT))
     from scripts.dp_sweep import main as sweep
 
     eps_list = [float(e) for e in eps.split(",") if e]
-    cfgs = grid(eps_list, [m for m in methods.split(",") if m], no_dp)
+    cfgs = grid(eps_list, [m for m in methods.split(",") if m], no_dp, passes=passes, sampling=sampling)
     tmp = RUNS / f"_grid-{os.getpid()}.jsonl"  # one per process: two grids may run side by side
     RUNS.mkdir(parents=True, exist_ok=True)
     tmp.write_text("".join(json.dumps(c) + "\n" for c in cfgs))
@@ -127,8 +141,8 @@ def _load() -> list[dict]:
             cfg = r["config"]
             if not all(d.get(k) == v for k, v in DATA.items()):
                 continue
-            if cfg.get("sampling", "shards") != "shards" or cfg.get("public_warm_start"):
-                continue  # another schedule or start (results/dp_notes.md), not the table's
+            if cfg.get("sampling", "shards") not in ("shards", "pooled") or cfg.get("public_warm_start"):
+                continue  # another start (results/dp_notes.md), not the table's
             if cfg.get("eps") is None:  # the no-DP reference: FedAvg at the project's default recipe
                 if cfg["strategy"] != "fedavg" or any(cfg.get(k, v) != v for k, v in NO_DP.items()) \
                         or cfg.get("local_epochs", 1) != 1:
@@ -138,16 +152,23 @@ def _load() -> list[dict]:
                 if any(cfg.get(k) != v for k, v in RECIPE.items() if k != "local_epochs") \
                         or cfg.get("delta", 1e-5) != 1e-5 or cfg.get("noise") or cfg.get("subspace_rank"):
                     continue
-                r["name"] = f"{describe(cfg['strategy'], cfg)} eps={cfg['eps']:g}"
-                passes = cfg.get("local_epochs", 1)
-                if passes != RECIPE["local_epochs"]:
-                    r["name"] += f" [{passes} passes]"
+                r["name"] = f"{describe(cfg['strategy'], cfg)} eps={cfg['eps']:g}" + _schedule_tag(cfg)
             rows.append(r)
     return rows
 
 
+def _schedule_tag(cfg: dict) -> str:
+    """" [16 passes]" / " [pooled, 8 passes]" for a DP row off the table's schedule ("" on it)."""
+    passes = cfg.get("local_epochs", 1)
+    tags = (["pooled"] if cfg.get("sampling") == "pooled" else []) \
+        + ([f"{passes} passes"] if passes != RECIPE["local_epochs"] else [])
+    if tags == ["pooled"]:
+        tags.append(f"{passes} passes")
+    return f" [{', '.join(tags)}]" if tags else ""
+
+
 def _bar_check(sc: str, eps: float, bar: float, by: dict, ref: dict) -> str:
-    """The must-show at one ε: one DP configuration (method and pass count) whose cut reaches ``bar`` of
+    """The must-show at one ε: one DP configuration (method, sampling and pass count) whose cut reaches ``bar`` of
     no-DP FedAvg's on every seed; the configuration with the best worst seed is named."""
     tag = f" eps={eps:g}"
     cands = []  # (seeds run, worst ratio, name, per-seed ratios, worst margin)

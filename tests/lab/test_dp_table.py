@@ -39,3 +39,32 @@ def test_a_bar_cleared_inside_the_run_spread_is_not_robust():
     by = {("label", "DP FedAvg eps=2"): _runs(0.30, 0.19, 0.30)}
     line = dp_table._bar_check("label", 2, 0.5, by, REF)
     assert "**not met**" in line and "below the bar" in line
+
+
+def test_pooled_and_shard_runs_are_separate_configurations(tmp_path, monkeypatch):
+    import json
+
+    base = {"method": "fedavgm", "strategy": "fedavgm-b0.5", "eps": 2.0, **dp_table.RECIPE}
+    runs = [dict(base), dict(base, local_epochs=16), dict(base, local_epochs=16, sampling="pooled"),
+            dict(base, sampling="pooled"), dict(base, sampling="pooled", public_warm_start=8)]
+    lines = [json.dumps({"config": c, "data": dict(dp_table.DATA, scenario="label", seed=1), "nll": 0.8,
+                         "nll_cut": 0.2}) for c in runs]
+    (tmp_path / "label-s1.jsonl").write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(dp_table, "RUNS", tmp_path)
+    names = [r["name"] for r in dp_table._load()]
+    assert names == ["DP FedAvgM β=0.5 eps=2", "DP FedAvgM β=0.5 eps=2 [16 passes]",
+                     "DP FedAvgM β=0.5 eps=2 [pooled, 16 passes]", "DP FedAvgM β=0.5 eps=2 [pooled, 8 passes]"]
+
+
+def test_grid_moves_only_the_dp_rows_off_the_schedule():
+    cfgs = dp_table.grid([2.0], ["fedavg"], passes=16, sampling="pooled")
+    ref, dp = cfgs
+    assert "sampling" not in ref and "local_epochs" not in ref  # the no-DP reference keeps its recipe
+    assert dp["sampling"] == "pooled" and dp["local_epochs"] == 16
+    assert dp["name"] == "DP FedAvg eps=2 [pooled, 16 passes]"
+    assert dp_table.grid([2.0], ["fedavg"])[1]["name"] == "DP FedAvg eps=2"
+    import pytest
+    import typer
+
+    with pytest.raises(typer.BadParameter):
+        dp_table.grid([2.0], ["fedavg"], sampling="whole")
