@@ -200,3 +200,25 @@ def test_describe_and_init_make_a_projector_that_fits(tmp_path, tiny_dir, data_f
         assert f.metadata()["llm"] == card["llm"]
     session = SiloSession(load_silo_config(cfg))
     assert shapes == {k: tuple(v.shape) for k, v in session.initial_params().items()}
+
+
+def test_sampling_the_whole_data_every_round_composes_the_rounds(tmp_path, tiny_dir, data_files):
+    """Pooled sampling through the silo's own config (docs/silo.md): shard_size at or above the data,
+    one pass per round, max_passes = rounds. Every round Poisson-samples all 64 records (q = 8/64),
+    and the ε spent is the three rounds composed, as the plan said before training."""
+    from fedalign.silo.privacy import compute_epsilon, noise_for_budget
+
+    cfg = _toml(tmp_path, tiny_dir, data_files, data__shard_size=1000, data__max_passes=3, train__rounds=3,
+                privacy__enabled=True, privacy__epsilon=8.0)
+    r = runner.invoke(app, ["train", "--local", "-c", str(cfg)])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["rounds_completed"] == 3 and m["samples_seen"] == 3 * 64
+    sigma = noise_for_budget(8.0, 1e-5, 8 / 64, 2, passes=3)
+    assert f"σ={sigma:.4g}" in r.output and "q=0.125" in r.output
+    assert m["epsilon_spent"] == pytest.approx(compute_epsilon([(sigma, 8 / 64, 2)] * 3, 1e-5), rel=1e-6)
+    assert 7.5 < m["epsilon_spent"] <= 8.0
+    charges = [json.loads(l) for l in (tmp_path / "out" / "state" / "ledger.jsonl").read_text().splitlines()]
+    rounds = [c for c in charges if c["kind"] == "privacy_charge"]
+    assert [(c.get("pass_index"), c.get("shard_size"), c.get("sample_rate")) for c in rounds] == \
+        [(p, 64, 0.125) for p in range(3)], rounds
