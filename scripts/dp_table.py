@@ -283,16 +283,19 @@ def _plot(by, scenarios) -> None:
 
     if not scenarios:
         return
-    fig, axes = plt.subplots(1, len(scenarios), figsize=(4.2 * len(scenarios), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(4.2 * len(scenarios) + 2.6, 3.4), squeeze=False)
     for ax, sc in zip(axes[0], scenarios):
-        for m in METHODS:
+        # the table's schedule per method (solid), and each method's pooled-sampling schedules (dashed)
+        tags = sorted({n.partition(" eps=")[2].partition(" ")[2] for s_, n in by if s_ == sc and "[pooled" in n})
+        for m, tag in [(m, "") for m in METHODS] + [(m, t) for t in tags for m in METHODS]:
             full, part = [], []  # (ε, mean cut): over 3 seeds (joined by a line) or fewer (hollow, alone)
             for e in (1, 2, 4, 8):
-                runs = by.get((sc, f"{label(m)} eps={e:g}"), {})
+                runs = by.get((sc, f"{label(m)} eps={e:g}" + (f" {tag}" if tag else "")), {})
                 if runs:
                     (full if len(runs) >= 3 else part).append((e, statistics.fmean(r["nll_cut"] for r in runs.values())))
             if full or part:
-                line, = ax.plot(*(zip(*full) if full else ([], [])), marker="o", label=label(m))
+                line, = ax.plot(*(zip(*full) if full else ([], [])), marker="o", ls="--" if tag else "-",
+                                color=f"C{list(METHODS).index(m)}", label=f"{label(m)} {tag}".strip())
                 if part:
                     ax.plot(*zip(*part), ls="none", marker="o", mfc="none", color=line.get_color())
         ref = by.get((sc, REFERENCE), {})
@@ -301,8 +304,9 @@ def _plot(by, scenarios) -> None:
         ax.set(xscale="log", xlabel="ε (δ = 1e-5, per silo)", ylabel="held-out NLL cut vs no image", title=sc)
         ax.set_xticks([1, 2, 4, 8], ["1", "2", "4", "8"])
         ax.minorticks_off()
-    axes[0][0].legend(fontsize=7, title="hollow: fewer than 3 seeds", title_fontsize=7)
-    fig.tight_layout()
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center right", fontsize=7,
+               title="hollow: fewer than 3 seeds", title_fontsize=7)
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
     fig.savefig(RESULTS / "dp_utility.png", dpi=110)
 
 
