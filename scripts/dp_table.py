@@ -158,7 +158,8 @@ def _load() -> list[dict]:
 
 
 def _schedule_tag(cfg: dict) -> str:
-    """" [16 passes]" / " [pooled, 8 passes]" for a DP row off the table's schedule ("" on it)."""
+    """The name's tag for a DP row off the table's schedule: " [16 passes]", " [pooled, 8 passes]";
+    "" on it."""
     passes = cfg.get("local_epochs", 1)
     tags = (["pooled"] if cfg.get("sampling") == "pooled" else []) \
         + ([f"{passes} passes"] if passes != RECIPE["local_epochs"] else [])
