@@ -141,7 +141,7 @@ def _load() -> list[dict]:
             cfg = r["config"]
             if not all(d.get(k) == v for k, v in DATA.items()):
                 continue
-            if cfg.get("sampling", "shards") not in ("shards", "pooled") or cfg.get("public_warm_start"):
+            if cfg.get("public_warm_start"):
                 continue  # another start (results/dp_notes.md), not the table's
             if cfg.get("eps") is None:  # the no-DP reference: FedAvg at the project's default recipe
                 if cfg["strategy"] != "fedavg" or any(cfg.get(k, v) != v for k, v in NO_DP.items()) \
@@ -161,11 +161,9 @@ def _schedule_tag(cfg: dict) -> str:
     """The name's tag for a DP row off the table's schedule: " [16 passes]", " [pooled, 8 passes]";
     "" on it."""
     passes = cfg.get("local_epochs", 1)
-    tags = (["pooled"] if cfg.get("sampling") == "pooled" else []) \
-        + ([f"{passes} passes"] if passes != RECIPE["local_epochs"] else [])
-    if tags == ["pooled"]:
-        tags.append(f"{passes} passes")
-    return f" [{', '.join(tags)}]" if tags else ""
+    if cfg.get("sampling") == "pooled":
+        return f" [pooled, {passes} passes]"
+    return f" [{passes} passes]" if passes != RECIPE["local_epochs"] else ""
 
 
 def _bar_check(sc: str, eps: float, bar: float, by: dict, ref: dict) -> str:
