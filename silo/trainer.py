@@ -85,6 +85,20 @@ class ShardData:
             return idx
         return idx[(idx >= self.offset) & (idx < self.offset + len(self))] - self.offset
 
+    def micro_batches(self, idx: torch.Tensor, size: int | None) -> list[torch.Tensor]:
+        """``idx`` as memory-bounded micro-batches of at most ``size`` rows (None: one batch).
+
+        Rows are grouped by length, so that each micro-batch pads to a shorter longest row: about a
+        quarter fewer tokens through the LM at 256 rows in parts of 128. Per-sample losses, their
+        clipped gradients and the step they sum into do not depend on the grouping.
+        """
+        if not len(idx):
+            return []
+        if not size or len(idx) <= size:
+            return [idx]
+        by_length = idx[torch.argsort(self.lengths[idx.cpu()], stable=True).to(idx.device)]
+        return list(by_length.tensor_split(-(-len(idx) // size)))
+
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, TokenBatch]:
         """Rows ``idx`` trimmed to their longest row (right padding only).
 
@@ -304,7 +318,7 @@ class LocalTrainer:
                     seen += len(idx)
                     continue
                 # one logical batch as memory-bounded physical micro-batches, one optimizer step
-                parts = list(own.split(phys)) if phys and len(own) > phys else ([own] if len(own) else [])
+                parts = shard.micro_batches(own, phys)
                 for j, part in enumerate(parts):
                     feats, batch = shard.batch(part)
                     if dp is None:

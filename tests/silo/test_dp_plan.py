@@ -101,3 +101,22 @@ def test_trainer_derives_noise_from_budget(tiny_model, shard):
     res = tr.train_round(_init(), shard)
     assert res.charge.noise_multiplier == plan.noise_multiplier
     assert 0.97 * 4.0 < res.epsilon <= 4.0  # the budget is spent, not exceeded
+
+
+def test_micro_batches_group_rows_by_length(tiny_model):
+    """Each row once, no part over the bound, and fewer padded tokens through the LM than cutting the
+    batch in draw order (the LM runs every row of a micro-batch to that micro-batch's longest row)."""
+    shard = prepare_shard(tiny_model, [Sample(im, IMAGE_TOKEN, " ".join([c] * (1 + i % 4)))
+                                       for i, (im, c) in enumerate(make_samples(40, 22))])
+    idx = torch.randperm(len(shard), generator=torch.Generator().manual_seed(3))[:37]
+    parts = shard.micro_batches(idx, 8)
+    assert len(parts) == 5 and all(0 < len(p) <= 8 for p in parts)
+    assert sorted(torch.cat(parts).tolist()) == sorted(idx.tolist())
+
+    def padded(ps):
+        return sum(len(p) * int(shard.lengths[p].max()) for p in ps)
+
+    assert len(set(shard.lengths.tolist())) > 3  # the shard's rows differ in length
+    assert padded(parts) < padded(list(idx.split(8)))
+    assert shard.micro_batches(idx, None) == [idx] and shard.micro_batches(idx, 64) == [idx]
+    assert shard.micro_batches(idx[:0], 8) == []
