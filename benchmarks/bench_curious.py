@@ -36,6 +36,11 @@ from curious import analyse, curious_run, weak_mask  # noqa: E402
 from robustness_results import write_section  # noqa: E402
 
 
+def _n(res: dict) -> str:
+    """The phases' vector lengths, e.g. '768 / 1,347'."""
+    return " / ".join(f"{n:,}" for n in res["n_values"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--d-vision", type=int, default=128)
@@ -50,10 +55,10 @@ def main() -> None:
         res = analyse(curious_run(strategy=strat, options=opt, rounds=a.rounds, d_vision=a.d_vision,
                                   d_model=a.d_model, drop_after_shares="silo-4"))
         secure[strat] = res
-        print(f"{strat:7} real mask: N={res['n_values']:,} values, bound 5/sqrt(N)={res['bound']:.4f}; max |r| own "
-              f"{res['max_abs_corr_own']:.4f}, other silo {res['max_abs_corr_other']:.4f}, "
-              f"{res['subsets_checked']} subsets {res['max_abs_corr_subset']:.4f}, all before unmask "
-              f"{res['max_abs_corr_all_before_unmask']:.4f}; silos with both secrets revealed "
+        print(f"{strat:7} real mask: N={_n(res)} values; max |r|·sqrt(N) (bound {res['bound']:.0f}) own "
+              f"{res['max_z_own']:.2f}, other silo {res['max_z_other']:.2f}, "
+              f"{res['subsets_checked']} subsets {res['max_z_subset']:.2f}, all before unmask "
+              f"{res['max_z_all_before_unmask']:.2f}; silos with both secrets revealed "
               f"{len(res['silos_with_both_secrets_revealed'])}; smallest sum {res['min_n_silos_in_a_sum']} silos, "
               f"max err vs included {res['max_err_sum_vs_included']:.1e}; recovered: {res['recovered']}")
     weak = {}
@@ -65,33 +70,34 @@ def main() -> None:
         finally:
             secagg.apply_masks = real_apply
         weak[bits] = res
-        print(f"fedavg, mask streams cut to {bits:2d} bits: max |r| own {res['max_abs_corr_own']:.4f} "
-              f"(x bound {res['max_abs_corr_own'] / res['bound']:.1f}), subsets {res['max_abs_corr_subset']:.4f}; "
+        print(f"fedavg, mask streams cut to {bits:2d} bits: max |r|·sqrt(N) own {res['max_z_own']:.2f} "
+              f"(x bound {res['max_z_own'] / res['bound']:.1f}), subsets {res['max_z_subset']:.2f}; "
               f"recovered: {res['recovered']}")
     total = time.time() - t0
 
     rows = "\n".join(
-        f"| {s} | {r['n_values']:,} | {r['masked_inputs']} | {r['bound']:.4f} | {r['max_abs_corr_own']:.4f} | "
-        f"{r['max_abs_corr_subset']:.4f} ({r['subsets_checked']}) | {r['max_abs_corr_all_before_unmask']:.4f} | "
+        f"| {s} | {_n(r)} | {r['masked_inputs']} | {r['max_z_own']:.2f} | "
+        f"{r['max_z_subset']:.2f} ({r['subsets_checked']}) | {r['max_z_all_before_unmask']:.2f} | "
         f"{len(r['silos_with_both_secrets_revealed'])} | {r['min_n_silos_in_a_sum']} | {r['max_err_sum_vs_included']:.1e} | "
         f"{'YES' if r['recovered'] else 'no'} |" for s, r in secure.items())
     wrows = "\n".join(
-        f"| {b}{' (real)' if b == 32 else ''} | {r['max_abs_corr_own']:.4f} | {r['max_abs_corr_own'] / r['bound']:.1f} | "
-        f"{r['max_abs_corr_subset']:.4f} | {'YES' if r['recovered'] else 'no'} |" for b, r in weak.items())
+        f"| {b}{' (real)' if b == 32 else ''} | {r['max_z_own']:.2f} | {r['max_z_own'] / r['bound']:.1f} | "
+        f"{r['max_z_subset']:.2f} | {'YES' if r['recovered'] else 'no'} |" for b, r in weak.items())
     body = f"""
 The aggregator's transport records every envelope it receives in a SecAgg run (5 silos, min_silos 3,
 silo-4 cut off after its shares in round 0, {a.rounds} rounds, projector {a.d_vision}->{a.d_model}); the
 curious aggregator then correlates what it holds with the silos' own contributions (recorded at the silos).
-|r| is read against 5 standard errors of a zero correlation, 5/sqrt(N).
+Each |r| is read in standard errors of a zero correlation, |r|·sqrt(N) for a vector of N values (the
+phases differ in N), against a bound of 5.
 
-| strategy | N values | masked inputs | 5/sqrt(N) | max \\|r\\| own input | max \\|r\\| subset sums (count) | max \\|r\\| all, before unmask | silos with both secrets revealed | smallest sum (silos) | max error of sums vs included | recovered |
-|---|---|---|---|---|---|---|---|---|---|---|
+| strategy | N values | masked inputs | max \\|r\\|·√N own input | max \\|r\\|·√N subset sums (count) | max \\|r\\|·√N all, before unmask | silos with both secrets revealed | smallest sum (silos) | max error of sums vs included | recovered |
+|---|---|---|---|---|---|---|---|---|---|
 {rows}
 
 Same harness, fedavg, 1 round, each mask stream cut to its low b bits (still consistent, so the sums
 stay exact: only this analysis sees the leak):
 
-| mask bits | max \\|r\\| own input | / bound | max \\|r\\| subset sums | recovered |
+| mask bits | max \\|r\\|·√N own input | / bound | max \\|r\\|·√N subset sums | recovered |
 |---|---|---|---|---|
 {wrows}
 
@@ -109,7 +115,7 @@ min_silos and DP).
     print(json.dumps({
         "bench": "curious", "seconds": round(total, 1),
         "secure": {s: {k: v for k, v in r.items() if k != "sums"} for s, r in secure.items()},
-        "weak_max_abs_corr_own": {b: r["max_abs_corr_own"] for b, r in weak.items()},
+        "weak_max_z_own": {b: r["max_z_own"] for b, r in weak.items()},
         "weak_recovered": {b: r["recovered"] for b, r in weak.items()}, "first_undetected_bits": detect,
     }, default=str))
 

@@ -12,8 +12,9 @@ must not learn). :func:`analyse` then plays the curious aggregator:
   contribution; and for every proper subset of a sum's silos, the correlation between the sum
   of their masked inputs (mod 2^32) and the sum of their contributions: pairwise masks cancel
   only over a whole sum and self masks only after unmasking, so every one of these must be
-  statistically zero (|r| below ``z`` standard errors, 1/sqrt(N)); a recovered update shows as a
-  large |r|. The sum over all silos before unmasking is checked the same way.
+  statistically zero (|r| below ``z`` standard errors, 1/sqrt(N) for a vector of N words: phases differ
+  in length, so each |r| is judged by its own N and reported as |r|·sqrt(N)); a recovered update shows
+  as a large |r|. The sum over all silos before unmasking is checked the same way.
 - *shares*: from the UnmaskResponses, how many shares of each silo's self-mask seed and of its
   mask key the aggregator received; holding t of both would unmask that silo alone.
 - *unmasked sums*: every Sums the strategy was handed covers at least ``min_silos`` silos and
@@ -194,6 +195,11 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / d) if d else 0.0
 
 
+def _z(a: np.ndarray, b: np.ndarray) -> float:
+    """|corr(a, b)| in standard errors under independence (1/sqrt(N) for N words)."""
+    return abs(_corr(a, b)) * float(np.sqrt(len(a)))
+
+
 def analyse(run: CuriousRun, *, z: float = 5.0) -> dict[str, Any]:
     masked: dict[tuple[int, int], dict[str, np.ndarray]] = {}
     shares: dict[tuple[int, int], dict[str, dict[str, int]]] = {}
@@ -210,27 +216,25 @@ def analyse(run: CuriousRun, *, z: float = 5.0) -> dict[str, Any]:
                 per.setdefault(owner, {"self_seed": 0, "mask_key": 0})["mask_key"] += 1
 
     single, control, subsets, full = [], [], [], []
-    n_words = 0
+    n_words: list[int] = []
     for (r, ph), by_silo in sorted(masked.items()):
         silos = sorted(by_silo)
         x = {s: _flat(run.contributions[(r, ph, s)]) for s in silos}
-        n_words = max(n_words, len(next(iter(x.values()))))
+        n_words.append(len(next(iter(x.values()))))
         for s in silos:
             y = by_silo[s].view(np.int32).astype(np.float64)
-            single.append(abs(_corr(y, x[s])))
-            control.extend(abs(_corr(y, x[o])) for o in silos if o != s)
+            single.append(_z(y, x[s]))
+            control.extend(_z(y, x[o]) for o in silos if o != s)
         for k in range(2, len(silos) + 1):
             for sub in itertools.combinations(silos, k):
                 tot = np.zeros_like(by_silo[silos[0]])
                 for s in sub:
                     tot += by_silo[s]
-                r_ = abs(_corr(tot.view(np.int32).astype(np.float64), sum(x[s] for s in sub)))
+                r_ = _z(tot.view(np.int32).astype(np.float64), sum(x[s] for s in sub))
                 (full if k == len(silos) else subsets).append(r_)
-    bound = z / np.sqrt(max(n_words, 1))
 
     # shares: a silo whose self-seed AND mask-key shares both reached the threshold is unmaskable alone
     exposed = []
-    thresholds = {h["round"]: None for h in run.history}
     for (r, ph), per in shares.items():
         for owner, c in per.items():
             if c["self_seed"] >= run.min_silos and c["mask_key"] >= run.min_silos:
@@ -257,14 +261,13 @@ def analyse(run: CuriousRun, *, z: float = 5.0) -> dict[str, Any]:
     max_single = max(single) if single else 0.0
     max_subset = max(subsets) if subsets else 0.0
     max_full = max(full) if full else 0.0
-    recovered = max(max_single, max_subset, max_full) > bound
-    del thresholds
+    recovered = max(max_single, max_subset, max_full) > z
     return {
-        "n_values": n_words, "bound": float(bound), "masked_inputs": len(single),
-        "max_abs_corr_own": max_single, "mean_abs_corr_own": float(np.mean(single)) if single else 0.0,
-        "max_abs_corr_other": max(control) if control else 0.0,
-        "subsets_checked": len(subsets), "max_abs_corr_subset": max_subset,
-        "max_abs_corr_all_before_unmask": max_full,
+        "n_values": sorted(set(n_words)), "bound": z, "masked_inputs": len(single),
+        "max_z_own": max_single, "mean_z_own": float(np.mean(single)) if single else 0.0,
+        "max_z_other": max(control) if control else 0.0,
+        "subsets_checked": len(subsets), "max_z_subset": max_subset,
+        "max_z_all_before_unmask": max_full,
         "silos_with_both_secrets_revealed": exposed,
         "sums": sums_rows, "min_n_silos_in_a_sum": min((s["n_silos"] for s in sums_rows), default=0),
         "max_err_sum_vs_included": max((s["err_vs_included_sum"] for s in sums_rows), default=0.0),
