@@ -212,8 +212,16 @@ def test_silo_killed_and_restarted_rejoins(federation):
     ev = read_events(fed.root / "silo-0" / "silo-0.jsonl")
     assert sum(1 for e in ev if e["event"] == "silo_started") == 2
     # across the kill it committed every round exactly once, in order (a round whose RoundEnd it
-    # never saw is committed from its pending state when the next RoundStart lists it a survivor)
-    assert [e["round"] for e in ev if e["event"] == "round_committed"] == list(range(rounds))
+    # never saw is committed from its pending state when the next RoundStart lists it a survivor).
+    # The state file is the record: a kill between its write and the event line leaves the commit
+    # to the restart's silo_started.committed_round (seen under load: the line for round 0 or 2 missing)
+    committed: list[int] = []
+    for e in ev:
+        if e["event"] == "round_committed":
+            committed.append(e["round"])
+        elif e["event"] == "silo_started" and e["committed_round"] > (committed[-1] if committed else -1):
+            committed.append(e["committed_round"])
+    assert committed == list(range(rounds))
     # the same parameters as the simulator: the killed silo's error-feedback state survived. Only
     # when no round was trained twice: a round retried after its inputs went into a sum trains
     # fresh shards (an update never goes into two sums), so it differs from the simulator's.
