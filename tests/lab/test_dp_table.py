@@ -68,3 +68,18 @@ def test_grid_moves_only_the_dp_rows_off_the_schedule():
 
     with pytest.raises(typer.BadParameter):
         dp_table.grid([2.0], ["fedavg"], sampling="whole")
+
+
+def test_coverage_names_each_missing_cell_and_its_seeds():
+    full = {0: {}, 1: {}, 2: {}}
+    by = {(sc, name): dict(full) for sc in ("label", "domain", "style", "unreliable")
+          for name in [dp_table.REFERENCE] + [f"{dp_table.label(m)} eps={e}" for m in ("fedavg", "fedavgm", "fedcmp")
+                                              for e in (1, 2, 4, 8)]}
+    by[("style", "DP Fed-CMP r=32 OPM β=0.5 eps=4")] = {0: {}}
+    by[("label", "DP FedAvg eps=1 [pooled, 16 passes]")] = dict(full)  # another schedule: not a grid cell
+    del by[("label", "DP FedAvg eps=1")]
+    lines = dp_table._coverage(by, ["label", "domain", "style", "unreliable"])
+    assert lines[0].startswith("151 of 156 cells")
+    assert "- label: missing DP FedAvg eps=1 (seeds 0, 1, 2)" in lines
+    assert "- style: missing DP Fed-CMP r=32 OPM β=0.5 eps=4 (seeds 1, 2)" in lines
+    assert "- domain: complete" in lines
