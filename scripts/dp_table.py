@@ -43,6 +43,7 @@ app = typer.Typer(add_completion=False, help=__doc__)
 DATA = dict(silos=5, rounds=5, samples_per_round=1024, test_size=300)
 RECIPE = dict(batch_size=256, lr=3e-3, local_epochs=8, physical_batch_size=128, clip=1.0)
 NO_DP = dict(batch_size=16, lr=2e-3)  # the project's default (non-DP) recipe: a row without these keys ran it
+GRID_SEEDS, GRID_EPS, GRID_METHODS = (0, 1, 2), (1, 2, 4, 8), ("fedavg", "fedavgm", "fedcmp")  # the issue's grid
 # every (strategy, options) the table knows; the first Fed-CMP entry is Fed-CMP's DP default
 METHODS = {"fedavg": ("fedavg", {}),
            "fedavgm": ("fedavgm-b0.5", {}),
@@ -104,8 +105,8 @@ def grid(eps_list: list[float], methods: list[str], no_dp: bool = True, *, passe
 
 
 @app.command()
-def run(scenarios: str = "label,domain,style,unreliable", seeds: str = "0,1,2", eps: str = "1,2,4,8",
-        methods: str = "fedavg,fedavgm,fedcmp", no_dp: bool = typer.Option(True, "--no-dp-rows/--dp-only"),
+def run(scenarios: str = "label,domain,style,unreliable", seeds: str = ",".join(map(str, GRID_SEEDS)),
+        eps: str = ",".join(map(str, GRID_EPS)), methods: str = ",".join(GRID_METHODS), no_dp: bool = typer.Option(True, "--no-dp-rows/--dp-only"),
         device: str = typer.Option("cpu", help="cpu | cuda (36 s per DP run measured on an H100 at 4 passes)"),
         passes: int = typer.Option(None, help="local passes per round for the DP rows (default: the recipe's 8)"),
         sampling: str = typer.Option("shards", help="shards | pooled (every round samples the silo's whole data)"),
@@ -193,22 +194,21 @@ def _bar_check(sc: str, eps: float, bar: float, by: dict, ref: dict) -> str:
             f"FedAvg's cut on seeds {', '.join(map(str, sorted(ratios)))} (bar {100 * bar:.0f}% on every seed): {verdict}")
 
 
-def _coverage(by: dict, scenarios: list[str]) -> list[str]:
+def _coverage(by: dict) -> list[str]:
     """What of the table's grid (the no-DP reference and every method at every ε, on the table's own
     schedule, over 3 seeds) has run, and the seeds each missing cell still needs."""
-    seeds, eps_list = (0, 1, 2), (1, 2, 4, 8)
-    cells = [REFERENCE] + [f"{label(m)} eps={e:g}" for m in ("fedavg", "fedavgm", "fedcmp") for e in eps_list]
+    cells = [c["name"] for c in grid(list(GRID_EPS), list(GRID_METHODS), no_dp=False)]
     done, lines = 0, []
     for sc in ("label", "domain", "style", "unreliable"):
         missing = []
         for name in cells:
-            have = by.get((sc, name), {}) if sc in scenarios else {}
-            done += sum(s in have for s in seeds)
-            lack = [s for s in seeds if s not in have]
+            have = by.get((sc, name), {})
+            done += sum(s in have for s in GRID_SEEDS)
+            lack = [s for s in GRID_SEEDS if s not in have]
             if lack:
                 missing.append(f"{name} (seed{'s' * (len(lack) > 1)} {', '.join(map(str, lack))})")
         lines.append(f"{sc}: " + ("complete" if not missing else "missing " + "; ".join(missing)))
-    total = 4 * len(seeds) * len(cells)
+    total = 4 * len(GRID_SEEDS) * len(cells)
     head = (f"{done} of {total} cells have run at the table's schedule (8 passes over each round's shard). "
             "`python scripts/dp_table.py run --dp-only` runs only the missing ones (it skips what is logged).")
     return [head, ""] + [f"- {x}" for x in lines]
@@ -262,7 +262,7 @@ def table() -> None:
         md.append("")
         for eps, bar in ((8, 0.75), (2, 0.5)):
             checks.append(_bar_check(sc, eps, bar, by, ref))
-        for eps in (1, 2, 4, 8):
+        for eps in GRID_EPS:
             for m in ("fedcmp", "fedavgm"):  # the must-show (Fed-CMP), and the momentum baseline beside it
                 a = by.get((sc, f"{label(m)} eps={eps:g}"), {})
                 b = by.get((sc, f"DP FedAvg eps={eps:g}"), {})
@@ -275,7 +275,7 @@ def table() -> None:
                     checks.append(f"{sc}, ε={eps}: {label(m)} vs DP FedAvg paired ΔNLL {statistics.fmean(d):+.4f} "
                                   f"± {sd:.4f} over {len(d)} seed(s), lower in {sum(x < 0 for x in d)}: {verdict}")
     md += ["## Must-show checks", ""] + [f"- {c}" for c in checks] + [""]
-    md += ["## Grid coverage", ""] + _coverage(by, scenarios) + [""]
+    md += ["## Grid coverage", ""] + _coverage(by) + [""]
     (RESULTS / "dp_utility.md").write_text("\n".join(md))
     if out_csv:
         with (RESULTS / "dp_utility.csv").open("w", newline="") as f:
@@ -310,7 +310,7 @@ def _plot(by, scenarios) -> None:
         tags = sorted({n.partition(" eps=")[2].partition(" ")[2] for s_, n in by if s_ == sc and "[pooled" in n})
         for m, tag in [(m, "") for m in METHODS] + [(m, t) for t in tags for m in METHODS]:
             full, part = [], []  # (ε, mean cut): over 3 seeds (joined by a line) or fewer (hollow, alone)
-            for e in (1, 2, 4, 8):
+            for e in GRID_EPS:
                 runs = by.get((sc, f"{label(m)} eps={e:g}" + (f" {tag}" if tag else "")), {})
                 if runs:
                     (full if len(runs) >= 3 else part).append((e, statistics.fmean(r["nll_cut"] for r in runs.values())))

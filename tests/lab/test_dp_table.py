@@ -78,7 +78,7 @@ def test_coverage_names_each_missing_cell_and_its_seeds():
     by[("style", "DP Fed-CMP r=32 OPM β=0.5 eps=4")] = {0: {}}
     by[("label", "DP FedAvg eps=1 [pooled, 16 passes]")] = dict(full)  # another schedule: not a grid cell
     del by[("label", "DP FedAvg eps=1")]
-    lines = dp_table._coverage(by, ["label", "domain", "style", "unreliable"])
+    lines = dp_table._coverage(by)
     assert lines[0].startswith("151 of 156 cells")
     assert "- label: missing DP FedAvg eps=1 (seeds 0, 1, 2)" in lines
     assert "- style: missing DP Fed-CMP r=32 OPM β=0.5 eps=4 (seeds 1, 2)" in lines
