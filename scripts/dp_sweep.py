@@ -8,7 +8,9 @@ The world problem (shards, tower features, held-out set) is built once per (scen
 configuration then trains from θ_0 on the same shards: DP FedAvg / FedAvgM / Fed-CMP and the
 non-DP reference differ only in what the configuration says. One JSON line per configuration is
 appended to ``--log`` (default results/dp_runs/<scenario>-s<seed>.jsonl); configurations already
-there (same data and configuration) are skipped, so a killed sweep resumes.
+there (same data and configuration) are skipped, so a killed sweep resumes. A Fed-CMP row with error
+feedback also carries the residual probe (:func:`residual_probe`): ``residual_share``, ``residual_norms``
+and the held-out ``nll_flushed`` / ``mc_accuracy_flushed`` had the silos' last residuals been applied.
 
 Configuration keys: name, strategy (simulator preset or fedcmp), eps (None = no DP), delta (1e-5),
 clip, noise (expert σ; default derived from eps), batch_size, lr, optimizer, local_epochs,
@@ -68,12 +70,32 @@ def run_config(fed, cfg: dict, rounds: int, seed: int) -> dict:
            "train_loss_last": res.records[-1].get("train_loss"),
            **{k: res.final[k] for k in ("nll_rare", "nll_common") if k in res.final},
            "nll_start": res.records[0].get("nll")}  # θ_0's (the public warm start's, if any)
+    out.update(residual_probe(fed, res))
     if getattr(fed, "rare", ()):
         out["rare"] = list(fed.rare)
     if fed.dp_plan is not None:
         p = fed.dp_plan
         out.update(sigma=p.noise_multiplier, q=p.sample_rate, steps=p.steps, epsilon=p.epsilon)
     return out
+
+
+def residual_probe(fed, res) -> dict:
+    """Fed-CMP with error feedback: what its silos' residuals still hold after the last round, and the
+    held-out scores had each silo's residual been applied then (θ_T + Σ w_k e_k / Σ w_k; a diagnostic of
+    the lab's view, not something the protocol sends). ``residual_share`` = ‖that step‖ / ‖θ_T − θ_0‖."""
+    from fedalign.fedcmp.core import key
+
+    states, w = res.silo_states, res.last_weights
+    names = [n for n in res.params if states and key(n, "e") in states[0]]
+    if not names:
+        return {}
+    theta0 = fed.init_params()
+    flush = {n: sum(wk * s[key(n, "e")] for wk, s in zip(w, states)) / sum(w) for n in names}
+    moved = sum(float((res.params[n] - theta0[n]).norm() ** 2) for n in names) ** 0.5
+    ev = fed.evaluate({**res.params, **{n: res.params[n] + flush[n] for n in names}})
+    return {"nll_flushed": ev["nll"], "mc_accuracy_flushed": ev.get("mc_accuracy"),
+            "residual_share": sum(float(f.norm() ** 2) for f in flush.values()) ** 0.5 / moved,
+            "residual_norms": [sum(float(s[key(n, "e")].norm() ** 2) for n in names) ** 0.5 for s in states]}
 
 
 def _what(cfg: dict) -> dict:

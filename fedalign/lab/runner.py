@@ -30,6 +30,10 @@ class SimulationResult:
     records: list[dict] = field(default_factory=list)
     final: dict = field(default_factory=dict)
     params: Tensors | None = None
+    # the lab's view after the last round (a networked aggregator never sees these): each silo's private
+    # carried state (Fed-CMP's error-feedback residuals) and the last round's aggregation weights
+    silo_states: list[Tensors] = field(default_factory=list)
+    last_weights: list[float] = field(default_factory=list)
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -94,6 +98,7 @@ def simulate_problem(
             rec.update(evaluated)
         emit(rec)
     res.params = state.params
+    res.silo_states, res.last_weights = list(state.silo_states), list(weights) if rounds else []
     res.final = {
         "strategy": strategy.name,
         "secure_sum": secure_sum_label,

@@ -173,3 +173,16 @@ def test_cli_dp_world_run_reports_no_image_baseline_and_derived_noise(tmp_path):
     assert run["nll_cut_vs_no_image"] == pytest.approx(1 - run["nll"] / run["nll_no_image"])
     plan = run["dp_plan"]
     assert plan["derived"] and plan["epsilon"] <= 4.0 and plan["sample_rate"] == pytest.approx(8 / 24)
+
+
+def test_result_keeps_final_silo_states_and_weights_for_the_residual_probe():
+    """scripts/dp_sweep.py's residual probe reads each silo's error-feedback residual after the last round."""
+    prob = build_problem("toy", ProblemOptions(n_silos=3, seed=2))
+    res = simulate_problem(prob, make_strategy("fedcmp", rank=2, reliability="off", error_feedback=True), 2)
+    assert len(res.silo_states) == 3 and len(res.last_weights) == 3
+    assert all(0 < w <= 1 for w in res.last_weights)
+    matrices = [n for n, t in res.params.items() if t.ndim == 2]
+    for s in res.silo_states:  # rank 2 cannot carry a whole update: every silo keeps a non-zero residual
+        assert sorted(k for k in s if k.endswith("/e")) == sorted(f"{n}/e" for n in matrices)
+        assert all(float(s[f"{n}/e"].norm()) > 0 for n in matrices)
+    assert simulate_problem(prob, FedAvg(), 1).silo_states == [{}, {}, {}]
