@@ -214,6 +214,29 @@ def _coverage(by: dict) -> list[str]:
     return [head, ""] + [f"- {x}" for x in lines]
 
 
+def _residual_section(by: dict) -> list[str]:
+    """Fed-CMP reruns with the residual probe (results/dp_runs/residual/, scripts/dp_sweep.py's
+    ``residual_probe``) beside the grid's DP FedAvg and Fed-CMP rows of the same scenario, seed and ε."""
+    probes = []
+    for f in sorted((RUNS / "residual").glob("*.jsonl")):
+        probes += [r for r in map(json.loads, f.read_text().splitlines()) if "nll_flushed" in r]
+    if not probes:
+        return []
+    out = ["## Fed-CMP's error-feedback residual after the last round", "",
+           "Reruns of a grid cell's Fed-CMP configuration (results/dp_runs/residual/). 'applied': held-out NLL of "
+           "θ_T + Σ w_k e_k / Σ w_k, had each silo's last residual been sent through the sum after round 5 (the "
+           "protocol does not send it); share = ‖that step‖ / ‖θ_T − θ_0‖.", "",
+           "| scenario | seed | ε | DP FedAvg (grid) | Fed-CMP (grid) | Fed-CMP (rerun) | rerun, residual applied | "
+           "gain | share |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(probes, key=lambda r: (r["data"]["scenario"], r["data"]["seed"], r["config"]["eps"])):
+        sc, s, eps = r["data"]["scenario"], r["data"]["seed"], r["config"]["eps"]
+        grid_nll = [by.get((sc, f"{label(m)} eps={eps:g}"), {}).get(s, {}).get("nll") for m in ("fedavg", "fedcmp")]
+        cells = [f"{x:.4f}" if x is not None else "-" for x in grid_nll]
+        out.append(f"| {sc} | {s} | {eps:g} | {cells[0]} | {cells[1]} | {r['nll']:.4f} | {r['nll_flushed']:.4f} | "
+                   f"{r['nll'] - r['nll_flushed']:+.4f} | {r['residual_share']:.2f} |")
+    return out + [""]
+
+
 def _ms(xs: list[float]) -> str:
     if not xs:
         return "-"
@@ -276,6 +299,7 @@ def table() -> None:
                                   f"± {sd:.4f} over {len(d)} seed(s), lower in {sum(x < 0 for x in d)}: {verdict}")
     md += ["## Must-show checks", ""] + [f"- {c}" for c in checks] + [""]
     md += ["## Grid coverage", ""] + _coverage(by) + [""]
+    md += _residual_section(by)
     (RESULTS / "dp_utility.md").write_text("\n".join(md))
     if out_csv:
         with (RESULTS / "dp_utility.csv").open("w", newline="") as f:
