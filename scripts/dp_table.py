@@ -214,6 +214,20 @@ def _coverage(by: dict) -> list[str]:
     return [head, ""] + [f"- {x}" for x in lines]
 
 
+def _fedcmp_verdict(checks: list[str]) -> str | None:
+    """The issue's Fed-CMP must-show in one line, from the paired per-(scenario, ε) checks: DP Fed-CMP at
+    least ties DP FedAvg in every cell and beats it in at least two scenarios."""
+    cells = [c for c in checks if f": {label('fedcmp')} vs DP FedAvg" in c and "no verdict" not in c]
+    if not cells:
+        return None
+    lost = sum(c.endswith("loses to") for c in cells)
+    won = sorted({c.split(",")[0] for c in cells if c.endswith("beats")})
+    met = lost == 0 and len(won) >= 2
+    return (f"DP Fed-CMP at least ties DP FedAvg in every (scenario, ε) and beats it in two scenarios: "
+            f"{'**met**' if met else '**not met**'} (loses in {lost} of {len(cells)} cells, beats in "
+            f"{len(won)} scenario(s)); what was tried: results/dp_notes.md")
+
+
 def _residual_section(by: dict) -> list[str]:
     """Fed-CMP reruns with the residual probe (results/dp_runs/residual/, scripts/dp_sweep.py's
     ``residual_probe``) beside the grid's DP FedAvg and Fed-CMP rows of the same scenario, seed and ε."""
@@ -297,6 +311,9 @@ def table() -> None:
                                else "loses to" if statistics.fmean(d) > sd else "ties")
                     checks.append(f"{sc}, ε={eps}: {label(m)} vs DP FedAvg paired ΔNLL {statistics.fmean(d):+.4f} "
                                   f"± {sd:.4f} over {len(d)} seed(s), lower in {sum(x < 0 for x in d)}: {verdict}")
+    verdict = _fedcmp_verdict(checks)
+    if verdict:
+        checks.insert(0, verdict)
     md += ["## Must-show checks", ""] + [f"- {c}" for c in checks] + [""]
     md += ["## Grid coverage", ""] + _coverage(by) + [""]
     md += _residual_section(by)
