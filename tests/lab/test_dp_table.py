@@ -86,12 +86,9 @@ def test_coverage_names_each_missing_cell_and_its_seeds():
 
 
 def test_fedcmp_must_show_needs_no_loss_and_wins_in_two_scenarios():
-    cmp = dp_table.label("fedcmp")
-    line = lambda sc, eps, v: f"{sc}, ε={eps}: {cmp} vs DP FedAvg paired ΔNLL -0.01 ± 0.001 over 3 seed(s), lower in 3: {v}"
-    fedavgm = f"label, ε=8: {dp_table.label('fedavgm')} vs DP FedAvg paired ΔNLL -0.03 ± 0.01 over 3 seed(s), lower in 3: beats"
-    assert dp_table._fedcmp_verdict([fedavgm]) is None
-    wins_one = [line("label", 8, "beats"), line("domain", 8, "ties"), fedavgm]
+    assert dp_table._fedcmp_verdict([]) is None
+    wins_one = [("label", "beats"), ("domain", "ties"), ("label", "beats")]
     assert "**not met**" in dp_table._fedcmp_verdict(wins_one)
-    wins_two = wins_one + [line("style", 2, "beats")]
-    assert "**met** (loses in 0 of 3 cells, beats in 2" in dp_table._fedcmp_verdict(wins_two)
-    assert "**not met** (loses in 1 of 4" in dp_table._fedcmp_verdict(wins_two + [line("unreliable", 1, "loses to")])
+    wins_two = wins_one + [("style", "beats")]
+    assert "**met** (loses in 0 of 4 cells, beats in 2" in dp_table._fedcmp_verdict(wins_two)
+    assert "**not met** (loses in 1 of 5" in dp_table._fedcmp_verdict(wins_two + [("unreliable", "loses to")])
