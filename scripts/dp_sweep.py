@@ -83,19 +83,19 @@ def residual_probe(fed, res) -> dict:
     """Fed-CMP with error feedback: what its silos' residuals still hold after the last round, and the
     held-out scores had each silo's residual been applied then (θ_T + Σ w_k e_k / Σ w_k; a diagnostic of
     the lab's view, not something the protocol sends). ``residual_share`` = ‖that step‖ / ‖θ_T − θ_0‖."""
-    from fedalign.fedcmp.core import key
+    from fedalign.fedcmp.core import E, key
 
     states, w = res.silo_states, res.last_weights
-    names = [n for n in res.params if states and key(n, "e") in states[0]]
+    names = [n for n in res.params if states and key(n, E) in states[0]]
     if not names:
         return {}
     theta0 = fed.init_params()
-    flush = {n: sum(wk * s[key(n, "e")] for wk, s in zip(w, states)) / sum(w) for n in names}
+    flush = {n: sum(wk * s[key(n, E)] for wk, s in zip(w, states)) / sum(w) for n in names}
     moved = sum(float((res.params[n] - theta0[n]).norm() ** 2) for n in names) ** 0.5
     ev = fed.evaluate({**res.params, **{n: res.params[n] + flush[n] for n in names}})
     return {"nll_flushed": ev["nll"], "mc_accuracy_flushed": ev.get("mc_accuracy"),
             "residual_share": sum(float(f.norm() ** 2) for f in flush.values()) ** 0.5 / moved,
-            "residual_norms": [sum(float(s[key(n, "e")].norm() ** 2) for n in names) ** 0.5 for s in states]}
+            "residual_norms": [sum(float(s[key(n, E)].norm() ** 2) for n in names) ** 0.5 for s in states]}
 
 
 def _what(cfg: dict) -> dict:

@@ -55,6 +55,7 @@ Q, U, U_PREV, C_PREV = "Q", "U", "U_prev", "C_prev"  # public state
 D, D_BAR = "D", "D_bar"  # consensus reliability: unit-norm fresh coefficients; their mean (public)
 R = "R"  # reference reliability: the coordinator's own update from θ_t on its public set (public, m×n)
 RHO = "rho"  # a silo's own last ρ per matrix, kept in its private state (diagnostics, never sent)
+E = "e"  # a silo's error-feedback residual per matrix, kept in its private state (never sent)
 WD, WEIGHT = "wd", "weight"  # weighted small tensors; Σ w
 
 

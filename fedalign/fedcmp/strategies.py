@@ -314,7 +314,7 @@ class FedCMP:
     def init_silo_state(self, params: Tensors) -> Tensors:
         if not self.config.error_feedback:
             return {}
-        return {fm.key(n, "e"): torch.zeros_like(params[n]) for n in self._factored(params)}
+        return {fm.key(n, fm.E): torch.zeros_like(params[n]) for n in self._factored(params)}
 
     def contribution_spec(self, phase: int, params: Tensors) -> dict[str, tuple[int, ...]]:
         _check_phase(self, phase)
@@ -337,7 +337,7 @@ class FedCMP:
 
     def _carried(self, name: str, delta: torch.Tensor, silo_state: Tensors) -> torch.Tensor:
         if self.config.error_feedback:
-            return delta + _need(silo_state, fm.key(name, "e"), f"{self.name} silo state")
+            return delta + _need(silo_state, fm.key(name, fm.E), f"{self.name} silo state")
         return delta
 
     def silo_contribution(
@@ -382,7 +382,7 @@ class FedCMP:
                     rho=rho)
                 new_state[fm.key(n, fm.RHO)] = torch.tensor([rho], dtype=m_k.dtype)  # the silo's own log only
             if self.config.error_feedback:
-                new_state[fm.key(n, "e")] = fm.error_residual(m_k, u)
+                new_state[fm.key(n, fm.E)] = fm.error_residual(m_k, u)
         for n, d in delta.items():
             if n not in fac:
                 out[fm.key(n, fm.WD)] = weight * d
