@@ -64,6 +64,10 @@ class _Instance:
     def seal_context(self, leader: str, recipient: str) -> tuple:
         return (*self.ctx(Stage.SHARE_CONTEXT), "secret-context", leader, recipient)
 
+    def input_parts(self, silo: str) -> tuple:
+        """What a silo signs with its encrypted input: its view of the round (config.view)."""
+        return (*self.ctx(Stage.ENCRYPTED_INPUT), silo, self.config.view)
+
     def n_chunks(self, total: int) -> int:
         return math.ceil(total / self.slots)
 
@@ -174,7 +178,16 @@ class CkksSilo:
         chunks = ckks.encrypt_chunks(self._ctx, flat, inst.slots)
         self._layout, self._inputs = layout, None
         self.stage = Stage.DECRYPT
-        return [self._msg(CkksInput, names=layout.names, shapes=layout.shapes, chunks=chunks)]
+        sig = signing.sign(self.identity.private_key, *inst.input_parts(me))
+        return [self._msg(CkksInput, names=layout.names, shapes=layout.shapes, chunks=chunks, signature=sig)]
+
+    @property
+    def survivors(self) -> tuple[str, ...] | None:
+        """The roster once this silo's input left, when the sum allows no dropouts (the decryptor
+        then decrypts only a sum over all of it); None otherwise."""
+        if self.stage in (Stage.DECRYPT, Stage.DONE) and not self.inst.config.allow_dropouts:
+            return tuple(self.inst.roster.ids)
+        return None
 
     def _on_decrypt(self, msg: CkksDecryptRequest) -> list[Message]:
         inst, me = self.inst, self.me
@@ -182,6 +195,15 @@ class CkksSilo:
         total = self._layout.total
         if me not in included or len(included) < inst.t or not isinstance(msg.chunks, tuple) or len(msg.chunks) != inst.n_chunks(total):
             raise CryptoError("decrypt request rejected")
+        if not inst.config.allow_dropouts and set(included) != set(inst.roster.ids):
+            raise CryptoError("decrypt request rejected: this sum allows no dropouts")
+        sigs = msg.signatures
+        if not isinstance(sigs, dict) or set(sigs) != set(included):
+            raise CryptoError("decrypt request rejected: every included silo must sign the round's view")
+        for v in sorted(included):  # one view: a silo shown other public values signed another one
+            if not isinstance(sigs[v], bytes):
+                raise CryptoError("decrypt request rejected")
+            signing.verify(inst.roster.members[v], sigs[v], *inst.input_parts(v))
         values = ckks.decrypt_chunks(self._ctx, msg.chunks, total, inst.slots, inst.config.ckks_scale_bits // 2)
         self._ctx = None  # decrypt once per instance
         self.stage = Stage.DONE
@@ -197,12 +219,13 @@ class CkksAggregator(StepMachine):
         self.result = None
         self._layout = None
         self._sums = None
+        self._signatures: dict[str, bytes] = {}
 
     def _msg(self, cls, **fields):
         return cls(round_id=self.inst.round_id, instance_id=self.inst.instance_id, sender=AGGREGATOR, **fields)
 
     def _minimum(self, stage) -> int:
-        return 1 if stage in (Stage.SHARE_CONTEXT, Stage.DECRYPT) else self.threshold
+        return 1 if stage in (Stage.SHARE_CONTEXT, Stage.DECRYPT) else self.inst.config.minimum(len(self.inst.roster))
 
     def _reject(self, sender, stage):
         return CryptoError(f"message rejected (from {sender!r} at stage {stage.value})")
@@ -229,6 +252,10 @@ class CkksAggregator(StepMachine):
             total = layout.total
             if (self._layout is not None and layout != self._layout) or not isinstance(msg.chunks, tuple) or len(msg.chunks) != inst.n_chunks(total):
                 raise self._reject(sender, stage)
+            if not isinstance(msg.signature, bytes):
+                raise self._reject(sender, stage)
+            signing.verify(inst.roster.members[sender], msg.signature, *inst.input_parts(sender))
+            self._signatures[sender] = msg.signature
             vecs = [ckks.load_vector(self._public, raw, min(inst.slots, total - i * inst.slots)) for i, raw in enumerate(msg.chunks)]
             if self._sums is None:
                 self._layout, self._sums = layout, vecs
@@ -265,7 +292,9 @@ class CkksAggregator(StepMachine):
             decryptor = self.included[0]
             chunks = tuple(v.serialize() for v in self._sums)
             self._sums = None
-            return [(decryptor, self._msg(CkksDecryptRequest, included=self.included, chunks=chunks))], Stage.DECRYPT, {decryptor}
+            sigs = {v: self._signatures[v] for v in self.included}
+            return [(decryptor, self._msg(CkksDecryptRequest, included=self.included, chunks=chunks, signatures=sigs))], \
+                Stage.DECRYPT, {decryptor}
         if stage == Stage.DECRYPT:
             (values,) = answers.values()
             self.result = ({n: a.copy() for n, a in self._layout.split(values).items()}, self.included)

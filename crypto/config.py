@@ -28,6 +28,14 @@ class SecureSumConfig:
     neighbours: None for the complete graph (SecAgg), or k for the SecAgg+ k-regular graph.
     graph_seed: public bytes mixed into the graph's shuffle (with round and instance ids).
     ckks_poly_modulus / ckks_scale_bits: CKKS parameters; slots per chunk = poly_modulus / 2.
+    view: the caller's digest of everything its input depends on (the round's public values, the
+        participant set, ...: ``fedalign.protocol.view``). Bound into the consistency signatures: the
+        sum unmasks only when every survivor signed the same view, so an aggregator that showed two
+        silos different public values gets nothing. Opaque bytes here.
+    allow_dropouts: False when the instance must sum exactly its whole roster (a later phase of a
+        multi-phase round: a dropout between phases would reveal the dropped silo's input through
+        the difference of two sums). Every step then needs every silo, and a silo never reveals a
+        mask-key share.
     """
 
     mode: str
@@ -39,6 +47,8 @@ class SecureSumConfig:
     graph_seed: bytes = b""
     ckks_poly_modulus: int = 8192
     ckks_scale_bits: int = 40
+    view: bytes = b""
+    allow_dropouts: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -63,10 +73,18 @@ class SecureSumConfig:
             raise SecureSumUsageError(f"SecureSumConfig.neighbours must be None or an int >= 2, got {self.neighbours!r}")
         if self.fractional_bits is not None and not (isinstance(self.fractional_bits, int) and 0 <= self.fractional_bits <= 30):
             raise SecureSumUsageError(f"SecureSumConfig.fractional_bits must be None or 0..30, got {self.fractional_bits!r}")
+        if not isinstance(self.view, bytes) or len(self.view) > 64:
+            raise SecureSumUsageError("SecureSumConfig.view must be bytes (a digest, at most 64 bytes)")
+        if not isinstance(self.allow_dropouts, bool):
+            raise SecureSumUsageError("SecureSumConfig.allow_dropouts must be a bool")
         if not isinstance(self.graph_seed, bytes):
             raise SecureSumUsageError("SecureSumConfig.graph_seed must be bytes")
         if self.ckks_poly_modulus not in (8192, 16384) or not 20 <= self.ckks_scale_bits <= 50:
             raise SecureSumUsageError("SecureSumConfig: ckks_poly_modulus in {8192, 16384}, ckks_scale_bits in 20..50")
+
+    def minimum(self, n_silos: int) -> int:
+        """Silos every step needs: the threshold, or all ``n_silos`` when dropouts are not allowed."""
+        return self.threshold if self.allow_dropouts else n_silos
 
     def frac_bits(self, n_silos: int) -> int:
         """Fractional bits for a roster of ``n_silos``; raises EncodingOverflow without headroom."""

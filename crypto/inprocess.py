@@ -35,6 +35,7 @@ def secure_sum_inprocess(
     round_id: int = 0,
     instance_id: int = 0,
     identities: Mapping[str, IdentityKey] | None = None,
+    silo_configs: Mapping[str, SecureSumConfig] | None = None,
 ) -> SecureSumResult:
     """Securely sum ``inputs`` (silo_id -> name -> array) under ``config``.
 
@@ -52,7 +53,9 @@ def secure_sum_inprocess(
         return silo_of_stage.get(s, len(_ORDER)) <= _ORDER.index(agg.stage)
 
     silo_of_stage = silent_from
-    silos = {s: SiloSecureSum(identities[s], s, roster, round_id, instance_id, config) for s in ids}
+    # ``silo_configs``: a silo's own config where it differs from the aggregator's (tests: another view)
+    silos = {s: SiloSecureSum(identities[s], s, roster, round_id, instance_id, (silo_configs or {}).get(s, config))
+             for s in ids}
     outbox: list[tuple[str, Message]] = []
     for s in ids:
         silos[s].set_inputs(inputs[s])

@@ -208,15 +208,18 @@ class CkksInput(Message):
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
     chunks: tuple[bytes, ...]
+    signature: bytes  # over the silo's view (config.view): the decryptor checks every included silo's
 
 
 @dataclass(frozen=True, kw_only=True)
 class CkksDecryptRequest(Message):
-    """Aggregator -> one silo: the summed ciphertexts and the silos included in the sum."""
+    """Aggregator -> one silo: the summed ciphertexts, the silos included in the sum, and each
+    included silo's signature over its view (the decryptor decrypts only if all signed its own)."""
 
     STAGE = Stage.DECRYPT
     included: tuple[str, ...]
     chunks: tuple[bytes, ...]
+    signatures: dict[str, bytes]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -32,6 +32,12 @@ class PlainSilo:
         self.me, self.round_id, self.instance_id, self.config = silo_id, round_id, instance_id, config
         self.stage = Stage.PLAIN_INPUT
         self._inputs = None
+        self._roster_ids = tuple(roster.ids)
+
+    @property
+    def survivors(self) -> tuple[str, ...] | None:
+        """Plain sums verify nothing: the roster once the input left, when the sum allows no dropouts."""
+        return self._roster_ids if self.stage == Stage.DONE and not self.config.allow_dropouts else None
 
     def set_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
         layout = Layout.of_inputs(inputs)
@@ -59,6 +65,7 @@ class PlainAggregator(StepMachine):
         _check(roster, config)
         super().__init__(Stage.PLAIN_INPUT, roster.ids, config.threshold)
         self.round_id, self.instance_id = round_id, instance_id
+        self._need = config.minimum(len(roster))
         self.result = None
         self._layout, self._total = None, None
 
@@ -75,5 +82,9 @@ class PlainAggregator(StepMachine):
         return None
 
     def _advance(self, stage, answers):
+        if len(answers) < self._need:
+            from fedalign.crypto.errors import SecAggAborted
+
+            raise SecAggAborted("plain sum: a silo is missing and this sum allows no dropouts")
         self.result = (self._layout.split(self._total), tuple(sorted(answers)))
         return [], Stage.DONE, ()

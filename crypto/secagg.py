@@ -5,9 +5,14 @@ Steps, each ended by the aggregator when every expected silo answered or at a de
   share_keys      silo: Shamir shares (threshold t) of its self-mask seed b and mask key s,
                   sealed to each neighbour with AEAD; the aggregator relays what it cannot read
   masked_input    silo: y = encode(x) + PRG(b) + sum_v +-PRG(KA(s, s_v)) mod 2^32
-  consistency     silo: signs the survivor list U3, so every silo sees the same one
-  unmask          silo: for each neighbour, the b-share if it survived, else the s-share;
-                  never both for one silo, and only once per instance
+  consistency     silo: signs the survivor list U3 and the caller's view (config.view: a digest of
+                  every public value its input depends on), so every silo sees the same list and
+                  the same public values
+  unmask          silo: checks the signatures of every survivor of its group (its neighbours
+                  only, under SecAgg+), then for each neighbour the b-share if it survived, else
+                  the s-share; never both for one silo, and only once per instance
+With ``config.allow_dropouts`` False (a later phase of a multi-phase round) every step needs the
+whole roster and no silo ever reveals an s-share.
 The aggregator reconstructs the b of survivors and the s of dropouts, removes their masks
 and decodes the sum. Fewer than t survivors at any step: SecAggAborted, nothing revealed.
 """
@@ -62,6 +67,7 @@ class _Instance:
         self.t = config.threshold
         self.graph = config.check_roster(roster.ids, round_id, instance_id)
         self.frac_bits = config.frac_bits(len(roster))
+        self.minimum = config.minimum(len(roster))
 
     def ctx(self, stage: Stage) -> tuple:
         return (_TAG, self.round_id, self.instance_id, stage.value)
@@ -86,6 +92,17 @@ class _Instance:
     def ciphertext_len(self, sender: str, recipient: str) -> int:
         return len(canonical(sender, recipient)) + _SHARE_PT + 16
 
+    def consistency_parts(self, u: str, survivors: tuple[str, ...]) -> tuple:
+        """What ``u`` signs in the consistency step: the survivor list and the view it computed under."""
+        return (*self.ctx(Stage.CONSISTENCY), u, survivors, self.config.view)
+
+    def check_no_dropouts(self, present, what: str) -> None:
+        """With dropouts not allowed, ``present`` must be the whole roster (else the sum ends here)."""
+        if not self.config.allow_dropouts and set(present) != set(self.roster.ids):
+            missing = sorted(set(self.roster.ids) - set(present))
+            raise SecAggAborted(f"{what}: {', '.join(missing)} missing and this sum allows no dropouts "
+                                "(a later phase of a multi-phase round); aborted, nothing revealed")
+
     def pairwise_sign(self, u: str, v: str) -> int:
         """+1 if u adds the pairwise mask with v, -1 if it subtracts it."""
         return 1 if u < v else -1
@@ -103,6 +120,12 @@ class SecAggSilo:
         self._dead = False
 
     # -- caller API ---------------------------------------------------------------------
+    @property
+    def survivors(self) -> tuple[str, ...] | None:
+        """The survivor list this silo signed (with every survivor of its group), once it answered the
+        unmask step; None before."""
+        return self._survivors if self.stage == Stage.DONE else None
+
     def set_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
         if self.stage not in (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT):
             raise SecureSumUsageError(f"silo {self.me!r}: set_inputs() after the masked input was sent")
@@ -164,6 +187,8 @@ class SecAggSilo:
             raise CryptoError("key roster rejected")
         if len(peers) < inst.t:
             raise SecAggAborted(f"silo {me!r}: {len(peers)} silos of its group advertised keys, threshold {inst.t}")
+        if not inst.config.allow_dropouts and set(peers) != inst.group(me):
+            raise SecAggAborted(f"silo {me!r}: its group did not all advertise keys, and this sum allows no dropouts")
         self._seed = os.urandom(32)
         holders = sorted(peers)
         xs = {v: inst.roster.point(v) for v in holders}
@@ -206,6 +231,8 @@ class SecAggSilo:
         alive = set(relayed) | {me}
         if len(alive) < inst.t:
             raise SecAggAborted(f"silo {me!r}: {len(alive)} silos of its group shared keys, threshold {inst.t}")
+        if not inst.config.allow_dropouts and alive != inst.group(me):
+            raise SecAggAborted(f"silo {me!r}: its group did not all share keys, and this sum allows no dropouts")
         layout, masked = self._inputs  # masked in place: the encoding is not needed again
         adds = [inst.self_key(self._seed, me)]
         subs = []
@@ -223,7 +250,8 @@ class SecAggSilo:
         survivors = check_ids(msg.survivors, inst.roster.ids, what="survivors")
         if me not in survivors or len(survivors) < inst.t:
             raise CryptoError("consistency request rejected")
-        sig = signing.sign(self.identity.private_key, *inst.ctx(Stage.CONSISTENCY), me, survivors)
+        inst.check_no_dropouts(survivors, f"silo {me!r} at the consistency step")
+        sig = signing.sign(self.identity.private_key, *inst.consistency_parts(me, survivors))
         self._survivors = survivors
         self.stage = Stage.UNMASK
         return [self._msg(ConsistencySignature, signature=sig)]
@@ -235,15 +263,21 @@ class SecAggSilo:
         # One request per instance, on the survivor list this silo signed; never both seeds.
         if survivors != self._survivors or set(survivors) & set(dropped) or me in dropped:
             raise CryptoError("unmask request rejected")
+        if dropped and not inst.config.allow_dropouts:
+            raise CryptoError("unmask request rejected: this sum allows no dropouts, so no mask-key share is revealed")
         sigs = msg.signatures
         if not isinstance(sigs, dict) or not set(sigs) <= set(survivors):
             raise CryptoError("unmask request rejected")
-        for v in sorted(sigs):
+        # every survivor this silo holds shares of (its group) must have signed the same list and view:
+        # a survivor shown other public values signed another view, and its neighbours reveal nothing
+        need = set(survivors) & inst.group(me)
+        if not need <= set(sigs):
+            raise SecAggAborted(f"silo {me!r}: no consistency signature from {sorted(need - set(sigs))}; "
+                                "every survivor must sign the round's view")
+        for v in sorted(need):
             if not isinstance(sigs[v], bytes):
                 raise CryptoError("unmask request rejected")
-            signing.verify(inst.roster.members[v], sigs[v], *inst.ctx(Stage.CONSISTENCY), v, survivors)
-        if len(sigs) < inst.t:
-            raise SecAggAborted(f"silo {me!r}: {len(sigs)} consistency signatures, threshold {inst.t}")
+            signing.verify(inst.roster.members[v], sigs[v], *inst.consistency_parts(v, survivors))
         b_out = {v: shamir.share_to_bytes(self._held_b[v]) for v in sorted(self._alive) if v in survivors}
         s_out = {v: shamir.share_to_bytes(self._held_s[v]) for v in sorted(self._alive) if v in dropped}
         self._held_s = self._held_b = None  # one answer per instance
@@ -301,7 +335,7 @@ class SecAggAggregator(StepMachine):
             check_envelope(msg, ConsistencySignature, inst.round_id, inst.instance_id, sender)
             if not isinstance(msg.signature, bytes):
                 raise CryptoError(f"message rejected (from {sender!r} at stage {stage.value})")
-            signing.verify(inst.roster.members[sender], msg.signature, *inst.ctx(Stage.CONSISTENCY), sender, self.u3)
+            signing.verify(inst.roster.members[sender], msg.signature, *inst.consistency_parts(sender, self.u3))
             return msg.signature
         if stage == Stage.UNMASK:
             check_envelope(msg, UnmaskResponse, inst.round_id, inst.instance_id, sender)
@@ -337,15 +371,28 @@ class SecAggAggregator(StepMachine):
             return out, Stage.MASKED_INPUT, self.u2
         if stage == Stage.MASKED_INPUT:
             self.u3 = tuple(sorted(answers))
+            inst.check_no_dropouts(self.u3, "masked input")
             return [(u, self._msg(ConsistencyRequest, survivors=self.u3)) for u in self.u3], Stage.CONSISTENCY, self.u3
         if stage == Stage.CONSISTENCY:
+            unsigned = sorted(set(self.u3) - set(answers))
+            if unsigned:
+                raise SecAggAborted(f"consistency: {', '.join(unsigned)} did not sign the survivor list and view; "
+                                    "every survivor must; aborted, nothing revealed")
             dropped = tuple(sorted(self.u2 - set(self.u3)))
-            req = self._msg(UnmaskRequest, survivors=self.u3, dropped=dropped, signatures=dict(answers))
-            return [(u, req) for u in sorted(answers)], Stage.UNMASK, answers
+            # each silo gets the signatures of its own group only: what it checks (SecAgg+: O(k), not O(n))
+            out = [(u, self._msg(UnmaskRequest, survivors=self.u3, dropped=dropped,
+                                 signatures={v: answers[v] for v in sorted(inst.group(u) & set(answers))}))
+                   for u in sorted(answers)]
+            return out, Stage.UNMASK, answers
         if stage == Stage.UNMASK:
             self._unmask(answers)
             return [], Stage.DONE, ()
         raise AssertionError(stage)
+
+    def _minimum(self, stage) -> int:
+        # every input step needs the whole roster when dropouts are not allowed; the unmask step only
+        # needs t shares of each seed (a silo silent there has its input in the sum already)
+        return self.inst.t if stage == Stage.UNMASK else self.inst.minimum
 
     def _reconstruct(self, owner: str, answers, field: str) -> bytes:
         inst = self.inst

@@ -78,6 +78,13 @@ class SiloSecureSum:
         asked to decrypt the sum)."""
         return getattr(self._impl, "done", self._impl.stage == Stage.DONE)
 
+    @property
+    def survivors(self) -> tuple[str, ...] | None:
+        """The silos whose input the sum holds, as this silo verified them (secagg: the survivor list
+        every survivor of its group signed, once it answered the unmask step; ckks and plain: the
+        roster, once its input left, when the sum allows no dropouts); None while unknown."""
+        return self._impl.survivors
+
 
 class AggregatorSecureSum:
     """The aggregator's side of one secure-sum instance.

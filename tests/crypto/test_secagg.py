@@ -59,8 +59,9 @@ def _patterns(n, t):
 
 def _survivors_ok(n, t, drop):
     # Every step must keep >= t: the survivors of the last step are those never dropped, and
-    # each earlier step has at least as many.
-    return n - len(drop) >= t
+    # each earlier step has at least as many. A silo whose masked input arrived must also sign the
+    # consistency step (the survivor list and the round's view): one that goes silent there aborts.
+    return n - len(drop) >= t and Stage.CONSISTENCY not in drop.values()
 
 
 @pytest.mark.parametrize("n,t", [(4, 3), (5, 3)])
@@ -276,6 +277,10 @@ def test_secagg_plus_every_single_and_paired_dropout(secagg):
     patterns += [dict(zip(pair, sts)) for pair in itertools.combinations(ids, 2)
                  for sts in itertools.product([Stage.SHARE_KEYS, Stage.UNMASK], repeat=2)]
     for drop in patterns:
+        if Stage.CONSISTENCY in drop.values():  # a survivor that never signs the view ends the sum
+            with pytest.raises(SecAggAborted, match="did not sign"):
+                secure_sum_inprocess(inputs, cfg, drop=drop)
+            continue
         res = secure_sum_inprocess(inputs, cfg, drop=drop)
         late = {s for s, st in drop.items() if SILO_STEPS.index(st) >= SILO_STEPS.index(Stage.CONSISTENCY)}
         assert set(res.included) == (set(ids) - set(drop)) | late
@@ -286,9 +291,9 @@ def test_secagg_plus_aborts_when_one_group_falls_below_t(secagg):
     cfg = secagg(3, neighbours=4)
     inputs = _inputs(7, 22, shapes=((5,),))
     victim_group = sorted(cfg.graph(sorted(inputs), 0, 0)["s0"])
-    # Three of s0's four neighbours go silent after masking: s0's self-mask seed has only
+    # Three of s0's four neighbours go silent after signing: s0's self-mask seed has only
     # two holders left (s0 and one neighbour), fewer than t = 3.
-    drop = {v: Stage.CONSISTENCY for v in victim_group[:3]}
+    drop = {v: Stage.UNMASK for v in victim_group[:3]}
     with pytest.raises(SecAggAborted, match="shares"):
         secure_sum_inprocess(inputs, cfg, drop=drop)
 
