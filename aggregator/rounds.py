@@ -28,9 +28,10 @@ from fedalign.protocol.eventlog import EventLog
 from fedalign.protocol.ledger import Ledger, LedgerHead, verify_head
 from fedalign.protocol.messages import (Heartbeat, JoinReply, LeaveNotice, ModelDeclaration, RoundEnd, RoundStart, RunEnd,
                                         SumScheme, SumStart, UpdateReady)
-from fedalign.fedcmp.phases import PhaseSum, run_phases, sums_from_arrays
+from fedalign.fedcmp.phases import PhaseSum, phase_allows_dropouts, run_phases, sums_from_arrays
 from fedalign.fedcmp.strategy import Strategy, Tensors
 from fedalign.protocol.transport import AGGREGATOR, ServerTransport
+from fedalign.protocol.view import phase_view, round_view
 from fedalign.protocol.wire import Envelope
 from fedalign.aggregator.checkpoint import ROUND_COMMITTED_FIELDS, CheckpointStore, RunState
 
@@ -397,16 +398,22 @@ class Coordinator:
         if len(ready) < p.min_silos:
             raise _Abandon(f"{len(ready)} silo(s) finished training, run.min_silos is {p.min_silos}")
 
-        # the phases, each one secure sum, through the one phase loop the simulator also runs
+        # the phases, each one secure sum, through the one phase loop the simulator also runs; one
+        # participant set per round: every later phase sums exactly the set phase 0 summed (the silos
+        # refuse anything else), so a set that shrinks after phase 0 abandons the round
         participants = sorted(ready)
+        view = round_view(start)
 
         def sum_phase(phase: int, public: Tensors, phase_public: Tensors) -> PhaseSum:
             nonlocal participants
-            sums, included = self._secure_sum(t, phase, participants, phase_public, seed, rec)
+            sums, included = self._secure_sum(t, phase, participants, phase_public, seed, rec, view)
             gone = sorted(set(participants) - set(included))
             if gone:
                 rec.dropped += gone
                 self.events.emit("dropouts", round=t, stage=f"sum phase {phase}", silos=gone)
+                if phase > 0:
+                    raise _Abandon(f"phase {phase} lost {', '.join(gone)} after phase 0; a round sums one set "
+                                   "of silos, so it is abandoned (the retry trains fresh shards)")
             if len(included) < p.min_silos:
                 raise _Abandon(f"phase {phase} summed {len(included)} silo(s), run.min_silos is {p.min_silos}")
             participants = list(included)
@@ -474,12 +481,17 @@ class Coordinator:
 
     # ------------------------------------------------------------------ one secure sum
     def _secure_sum(
-        self, t: int, phase: int, participants: list[str], phase_public: Tensors, seed: bytes, rec: _RoundRecord
+        self, t: int, phase: int, participants: list[str], phase_public: Tensors, seed: bytes, rec: _RoundRecord,
+        view: bytes = b"",
     ) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+        """One phase's secure sum over ``participants``; ``view`` is the round's digest (protocol.view),
+        which every survivor signs with this phase's SumStart."""
         p = self.policy
         self._instance += 1
         inst = self._instance
         threshold = sum_threshold(len(participants), p.min_silos, p.neighbours)
+        msg = SumStart(t, phase, inst, p.scheme, tuple(participants), threshold, p.clip, p.neighbours or 0,
+                       p.ckks_poly_modulus, to_numpy(phase_public))
         cfg = SecureSumConfig(
             mode=str(p.scheme),
             threshold=threshold,
@@ -488,13 +500,13 @@ class Coordinator:
             neighbours=p.neighbours,
             graph_seed=seed,
             ckks_poly_modulus=p.ckks_poly_modulus,
+            view=phase_view(view, msg, tuple(sorted(participants))),
+            allow_dropouts=phase_allows_dropouts(self.strategy.n_phases, phase, str(p.scheme)),
         )
         try:
             agg = AggregatorSecureSum(Roster({s: self.identities[s] for s in participants}), t, inst, cfg)
         except SecureSumUsageError as e:
             raise _Abandon(f"phase {phase}: cannot open a secure sum over {participants}: {e}") from e
-        msg = SumStart(t, phase, inst, p.scheme, tuple(participants), threshold, p.clip, p.neighbours or 0,
-                       p.ckks_poly_modulus, to_numpy(phase_public))
         for s in participants:
             self._send(s, t, msg, instance=inst, phase=phase)
         self.events.emit("sum_started", round=t, phase=phase, instance=inst, participants=participants,

@@ -31,14 +31,16 @@ import numpy as np
 import torch
 
 from fedalign.fedcmp.core import RHO
-from fedalign.fedcmp.phases import sum_inputs
+from fedalign.fedcmp.phases import phase_allows_dropouts, sum_inputs
 from fedalign.fedcmp.strategies import make_strategy
-from fedalign.fedcmp.strategy import Strategy, Tensors
+from fedalign.fedcmp.pin import StrategyPin, pin_violations
+from fedalign.fedcmp.strategy import Strategy, Tensors, contribution_problems
 from fedalign.protocol.errors import ConfigError, DataError, InsecureModeRefused, PrivacyBudgetExceeded, ProtocolError
 from fedalign.protocol.eventlog import EventLog
 from fedalign.protocol.messages import (Heartbeat, JoinReply, LeaveNotice, ModelDeclaration, RoundEnd, RoundStart, RunEnd,
                                         Stage, SumScheme, SumStart, UpdateReady)
 from fedalign.protocol.transport import ClientTransport
+from fedalign.protocol.view import phase_view, round_view
 from fedalign.protocol.wire import Envelope
 from fedalign.silo.store import FederationStore, TrainedUpdate, params_digest
 
@@ -77,6 +79,10 @@ class SiloPolicy:
     # The one secure-sum scheme this silo's own configuration pins (DESIGN §5): a SumStart asking
     # for another one is refused, whatever the aggregator says ("plain" also needs the permission).
     scheme: str = "secagg"
+    # The strategy and options this silo accepts ([strategy] of silo.toml): a RoundStart naming
+    # another is refused. None (library use, the in-process simulator): any strategy, but under DP
+    # reliability is still refused (a silo's ρ weighs its update inside the sums).
+    strategy: StrategyPin | None = None
 
 
 @dataclass
@@ -107,6 +113,8 @@ class _Round:
     joined: dict[int, int] = field(default_factory=dict)  # phase -> the one instance this update joined
     released: dict[str, Any] = field(default_factory=dict)  # what the open sum's input is (for the ledger)
     exposed: bool = False  # its input went into a sum: never reuse this update in another one
+    view: bytes = b""  # protocol.view.round_view of this round's RoundStart
+    completed: dict[int, tuple[str, ...]] = field(default_factory=dict)  # phase -> the set its sum verifiably held
     pending_state: Tensors | None = None
     sum: SiloSecureSum | None = None
     instance: int = -1
@@ -195,10 +203,21 @@ class SiloParticipant:
         return SiloOutcome(params, round_id, self.committed_rounds, reason, *self._first)
 
     def _strategy(self, name: str, options: Mapping[str, Any]) -> Strategy:
+        """The round's strategy: the aggregator's name and options, once :meth:`_strategy_problems` found
+        them inside this silo's pin (so they are the silo's own choice, or inside its ranges)."""
         key = json.dumps([name, dict(options)], sort_keys=True, default=str)
         if key not in self._strategies:
-            self._strategies[key] = make_strategy(name, **dict(options))  # the aggregator's options, as sent
+            self._strategies[key] = make_strategy(name, **dict(options))
         return self._strategies[key]
+
+    def _strategy_problems(self, m: RoundStart) -> list[str]:
+        pin = self.policy.strategy
+        if pin is not None:
+            return pin_violations(pin, m.strategy, m.strategy_options)
+        reliability = m.strategy_options.get("reliability", "off") if isinstance(m.strategy_options, Mapping) else "off"
+        if self.policy.dp_enabled and reliability not in ("off", None):
+            return [f"reliability {reliability!r} under DP: this silo pins no strategy that allows it"]
+        return []
 
     def _refused(self, what: str, round_id: int, reason: str, **fields: Any) -> None:
         """Log a refused request (event, and the ledger through ``on_refusal``); no state changed."""
@@ -327,8 +346,8 @@ class SiloParticipant:
         if m.round <= self.committed:
             self.events.emit("late_message_ignored", type="RoundStart", round=m.round, committed=self.committed)
             return
-        problems = [p for check in self.extra_round_checks for p in check(m)]
-        if problems:  # the site policy forbids this round: refuse, record, leave
+        problems = self._strategy_problems(m) + [p for check in self.extra_round_checks for p in check(m)]
+        if problems:  # this silo's pin or its site policy forbids this round: refuse, record, leave
             from fedalign.protocol.policy import PolicyRefused
 
             reason = f"silo {self.name}: refused RoundStart round {m.round}: " + "; ".join(problems)
@@ -368,7 +387,7 @@ class SiloParticipant:
                                  **{k: float(v) for k, v in upd.metrics.items()})
             weight = min(float(upd.n_samples), self.policy.max_weight) / self.policy.max_weight
         self.cur = _Round(m.round, params, _to_torch(m.public), m.seed, strat, upd.delta, weight, digest=digest,
-                          update_digest=params_digest(upd.delta))
+                          update_digest=params_digest(upd.delta), view=round_view(m))
         head = self.ledger_head() if self.ledger_head is not None else {}
         self._send(UpdateReady(m.round, float(upd.epsilon or 0.0), head), m.round)
 
@@ -405,6 +424,17 @@ class SiloParticipant:
             problems.append(f"{len(parts)} participants, policy min_silos is {p.min_silos}")
         if m.threshold < min(p.min_silos, len(parts)):
             problems.append(f"threshold {m.threshold} is under policy min_silos {p.min_silos}")
+        # one participant set per round: a later phase sums exactly the set phase 0 verifiably summed,
+        # and only after this silo saw the previous phase complete (else ΣA − ΣP isolates a silo)
+        n_phases = cur.strategy.n_phases
+        if m.phase >= n_phases:
+            problems.append(f"phase {m.phase} is out of range: strategy {cur.strategy.name} has {n_phases}")
+        elif m.phase > 0:
+            if m.phase - 1 not in cur.completed:
+                problems.append(f"phase {m.phase - 1} of this round did not complete for this silo")
+            elif tuple(sorted(parts)) != cur.completed[0]:
+                problems.append(f"participants {sorted(parts)} are not the set phase 0 summed "
+                                f"{list(cur.completed[0])}; a round sums one set")
         # DESIGN §5: one (round, phase) input goes into at most one sum; two sums over different
         # silo sets with the same input reveal the difference (in memory, and across restarts)
         if m.phase in cur.joined:
@@ -432,9 +462,22 @@ class SiloParticipant:
             self._refused("SumStart", m.round, str(e), phase=m.phase, instance=m.instance, scheme=str(m.scheme),
                           participants=list(m.participants))
             return
-        cur.joined[m.phase] = m.instance  # before anything leaves: a second SumStart for this phase is refused
         public = {**cur.public, **_to_torch(m.public)}
-        contrib, new_state = cur.strategy.silo_contribution(m.phase, cur.delta, cur.weight, public, self.silo_state or {})
+        # public values checked before they touch the update: declared names and shapes, finite, the
+        # bases orthonormal; then the contribution against its declared spec
+        problems = [f"{p}" for p in cur.strategy.public_violations(m.phase, cur.params, public)]
+        contrib, new_state = {}, None
+        if not problems:
+            contrib, new_state = cur.strategy.silo_contribution(m.phase, cur.delta, cur.weight, public,
+                                                                self.silo_state or {})
+            problems = contribution_problems(cur.strategy.contribution_spec(m.phase, cur.params), contrib)
+        if problems:
+            reason = (f"silo {self.name}: refused SumStart round {m.round} phase {m.phase} instance {m.instance}: "
+                      + "; ".join(problems))
+            self._refused("SumStart", m.round, reason, phase=m.phase, instance=m.instance, scheme=str(m.scheme),
+                          participants=list(m.participants))
+            return
+        cur.joined[m.phase] = m.instance  # before anything leaves: a second SumStart for this phase is refused
         cur.pending_state = new_state
         self.store.save_pending(cur.round, new_state)  # before this phase's input leaves
         rho = {k.rsplit("/", 1)[0]: round(float(v.reshape(-1)[0]), 4) for k, v in new_state.items()
@@ -449,10 +492,13 @@ class SiloParticipant:
         cur.released = {"round": m.round, "phase": m.phase, "instance": m.instance, "scheme": str(m.scheme),
                         "participants": list(m.participants), "threshold": m.threshold,
                         "shapes": {k: list(np.shape(v)) for k, v in inputs.items()}}
+        round_set = tuple(sorted(m.participants)) if m.phase == 0 else cur.completed[0]
         cfg = SecureSumConfig(
             mode=str(m.scheme), threshold=m.threshold, clip=m.clip,
             allow_insecure_plaintext=m.scheme == SumScheme.PLAIN_INSECURE and self.policy.allow_insecure_plaintext,
             neighbours=m.neighbours or None, graph_seed=cur.seed, ckks_poly_modulus=m.ckks_poly_modulus,
+            view=phase_view(cur.view, m, round_set),
+            allow_dropouts=phase_allows_dropouts(cur.strategy.n_phases, m.phase, str(m.scheme)),
         )
         roster = Roster({s: self.trusted[s] for s in m.participants})
         try:
@@ -487,6 +533,9 @@ class SiloParticipant:
             self.events.emit("sum_failed", round=cur.round, phase=cur.phase, reason=str(e))
             cur.sum = None
             return
+        survivors = cur.sum.survivors
+        if survivors is not None and cur.phase not in cur.completed:
+            cur.completed[cur.phase] = tuple(sorted(survivors))  # the set this phase verifiably summed
         self._send_sum(out)
 
     def _send_sum(self, out: list[CryptoMessage]) -> None:

@@ -20,7 +20,7 @@ import torch
 
 from fedalign.fedcmp.strategy import Strategy, Sums, Tensors
 
-__all__ = ["PhaseSum", "RoundOutcome", "run_phases", "sum_inputs", "sums_from_arrays"]
+__all__ = ["PhaseSum", "RoundOutcome", "run_phases", "sum_inputs", "sums_from_arrays", "phase_allows_dropouts"]
 
 
 @dataclass(frozen=True)
@@ -104,3 +104,13 @@ def sums_from_arrays(arrays: Mapping[str, np.ndarray], n_silos: int, like: Tenso
             t = t.reshape(like[k].shape)
         out[k] = t.to(want) if want is not None else t
     return Sums(out, n_silos=n_silos)
+
+
+def phase_allows_dropouts(n_phases: int, phase: int, scheme: str) -> bool:
+    """Whether a phase's secure sum may complete without some of its participants.
+
+    One-phase strategies: yes (SecAgg's dropout tolerance). Multi-phase: only phase 0 under secagg,
+    whose signed survivor list fixes the round's one set; every later phase must sum exactly that
+    set. Under ckks (and plain) a silo cannot verify who was included, so no phase allows dropouts.
+    The aggregator applies the same rule (it must: both sides configure the sum)."""
+    return n_phases == 1 or (phase == 0 and scheme == "secagg")

@@ -16,7 +16,7 @@ import torch
 
 from fedalign.fedcmp import core as fm
 from fedalign.protocol.errors import ConfigError, ProtocolError
-from fedalign.fedcmp.strategy import PhaseOutcome, Strategy, Sums, Tensors
+from fedalign.fedcmp.strategy import PhaseOutcome, Strategy, Sums, Tensors, public_problems
 
 __all__ = [
     "strategy_options",
@@ -73,6 +73,10 @@ class _MeanUpdateStrategy:
         spec = {fm.key(n, fm.WD): tuple(t.shape) for n, t in params.items()}
         spec[fm.WEIGHT] = (1,)
         return spec
+
+    def public_violations(self, phase: int, params: Tensors, public: Tensors) -> list[str]:
+        _check_phase(self, phase)
+        return public_problems({}, public, next(iter(params.values())).dtype if params else torch.float32)
 
     def silo_contribution(
         self, phase: int, delta: Tensors, weight: float, public: Tensors, silo_state: Tensors
@@ -334,6 +338,30 @@ class FedCMP:
                 spec[fm.key(n, fm.WD)] = tuple(t.shape)
         spec[fm.WEIGHT] = (1,)
         return spec
+
+    def public_spec(self, phase: int, params: Tensors) -> dict[str, tuple[int, ...]]:
+        """Names and shapes of the public tensors a silo uses in ``phase``: the round's carried state
+        (Q, U_{t-1}, C_{t-1}, and Δ_ref under reliability "reference") and what earlier phases published."""
+        _check_phase(self, phase)
+        spec: dict[str, tuple[int, ...]] = {}
+        for n, (m, k, r) in self._factored(params).items():
+            spec[fm.key(n, fm.Q)] = (k, r)
+            spec[fm.key(n, fm.U_PREV)] = (m, r)
+            spec[fm.key(n, fm.C_PREV)] = (r, k)
+            if self.config.reliability == "reference":
+                spec[fm.key(n, fm.R)] = (m, k)
+            if phase >= 1:
+                spec[fm.key(n, fm.U)] = (m, r)
+            if phase >= 2:
+                spec[fm.key(n, fm.D_BAR)] = (r, k)
+        return spec
+
+    def public_violations(self, phase: int, params: Tensors, public: Tensors) -> list[str]:
+        fac = self._factored(params)
+        bases = tuple(fm.key(n, p) for n in fac for p in (fm.Q, fm.U, fm.U_PREV))
+        dtype = next(iter(params.values())).dtype if params else torch.float32
+        return public_problems(self.public_spec(phase, params), public, dtype, orthonormal=bases,
+                               zero_ok=tuple(fm.key(n, fm.U_PREV) for n in fac))
 
     def _carried(self, name: str, delta: torch.Tensor, silo_state: Tensors) -> torch.Tensor:
         if self.config.error_feedback:

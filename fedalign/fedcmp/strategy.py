@@ -28,7 +28,8 @@ from typing import Mapping, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["Tensors", "Sums", "PhaseOutcome", "Strategy", "silo_weight", "payload_numbers"]
+__all__ = ["Tensors", "Sums", "PhaseOutcome", "Strategy", "silo_weight", "payload_numbers", "public_problems",
+           "contribution_problems"]
 
 Tensors = dict[str, torch.Tensor]
 
@@ -110,6 +111,15 @@ class Strategy(Protocol):
     ) -> PhaseOutcome:
         """The aggregator's step after ``phase`` from the phase's sums only."""
 
+    def public_violations(self, phase: int, params: Tensors, public: Tensors) -> list[str]:
+        """What is wrong with the public values a silo was sent for ``phase`` (empty: nothing).
+
+        Checked at the silo before it computes a contribution: every public tensor the phase uses,
+        no other, each of its declared shape and the parameters' dtype, finite, and the bases
+        orthonormal; a contribution computed from anything else could hold more of the silo's
+        update than the contribution spec declares (a basis of the wrong shape, e.g. the identity,
+        turns a rank-r sketch into the whole matrix)."""
+
 
 def silo_weight(n_samples: int, cap: int) -> float:
     """A silo's aggregation weight: its sample count clipped to ``cap`` and divided by it.
@@ -122,6 +132,51 @@ def silo_weight(n_samples: int, cap: int) -> float:
     if not isinstance(n_samples, int) or n_samples < 0:
         raise ValueError(f"silo_weight: n_samples must be a non-negative int, got {n_samples!r}")
     return min(n_samples, cap) / cap
+
+
+_ORTH_TOL = 1e-3  # ‖UᵀU − I‖_F of a float32 QR basis is ~1e-6; anything near 1 is no basis
+
+
+def public_problems(expected: Mapping[str, tuple[int, ...]], public: Mapping[str, torch.Tensor],
+                    dtype: torch.dtype, orthonormal: tuple[str, ...] = (), zero_ok: tuple[str, ...] = ()) -> list[str]:
+    """``public`` against ``expected`` names and shapes: one line per problem (missing, unknown, shape,
+    dtype, non-finite, a basis in ``orthonormal`` that is not; those in ``zero_ok`` may also be all zero)."""
+    problems = []
+    for k in sorted(set(expected) - set(public)):
+        problems.append(f"public tensor {k!r} is missing")
+    for k in sorted(set(public) - set(expected)):
+        problems.append(f"public tensor {k!r} is not one this phase uses")
+    for k in sorted(set(expected) & set(public)):
+        t = public[k]
+        if not isinstance(t, torch.Tensor):
+            problems.append(f"public tensor {k!r} is not a tensor")
+            continue
+        if tuple(t.shape) != tuple(expected[k]):
+            problems.append(f"public tensor {k!r} has shape {tuple(t.shape)}, the contribution spec needs "
+                            f"{tuple(expected[k])}")
+            continue
+        if t.dtype != dtype:
+            problems.append(f"public tensor {k!r} is {t.dtype}, the projector is {dtype}")
+            continue
+        if not bool(torch.isfinite(t).all()):
+            problems.append(f"public tensor {k!r} holds NaN or inf")
+            continue
+        if k in orthonormal and not (k in zero_ok and not bool(t.any())):
+            u = t.to(torch.float64)
+            err = float(torch.linalg.matrix_norm(u.T @ u - torch.eye(u.shape[1], dtype=torch.float64)))
+            if not err < _ORTH_TOL:
+                problems.append(f"public basis {k!r} is not orthonormal (‖UᵀU − I‖ = {err:.3g})")
+    return problems
+
+
+def contribution_problems(spec: Mapping[str, tuple[int, ...]], contribution: Mapping[str, torch.Tensor]) -> list[str]:
+    """A computed contribution against its declared spec: names and shapes must match exactly."""
+    got = {k: tuple(v.shape) for k, v in contribution.items()}
+    want = {k: tuple(v) for k, v in spec.items()}
+    if got == want:
+        return []
+    diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+    return [f"contribution {k!r} would be {got.get(k, 'absent')}, its spec is {want.get(k, 'absent')}" for k in diff]
 
 
 def payload_numbers(strategy: Strategy, params: Tensors) -> int:

@@ -11,7 +11,7 @@ from fedalign.aggregator.checkpoint import CheckpointStore
 from fedalign.protocol.errors import InsecureModeRefused, RoundAborted
 from fedalign.protocol.messages import SumScheme
 from fedalign.fedcmp.strategies import make_strategy
-from fedalign.crypto.messages import EncryptedShares, MaskedInput
+from fedalign.crypto.messages import ConsistencySignature, EncryptedShares, MaskedInput
 from federation import MAX_WEIGHT, attach_toy_reference, run_federation, toy
 from fedalign.lab.engine import init_state, run_round
 from fedalign.lab.sums import plain_sum_insecure
@@ -92,30 +92,68 @@ def _check_sum(res, phase, members):
         np.testing.assert_allclose(got.double().numpy(), want, atol=len(members) * 2.0**-24 * 2, rtol=1e-6)
 
 
-@pytest.mark.parametrize("phase", [0, 1])
-def test_silo_dying_before_its_masked_input_is_left_out_exactly(phase):
+def test_silo_dying_before_its_masked_input_in_phase_0_is_left_out_exactly():
     victim = "silo-2"
-    wrap = (lambda name, c, net: DiesAfter(c, net, EncryptedShares, phase) if name == victim else c)
+    wrap = (lambda name, c, net: DiesAfter(c, net, EncryptedShares, 0) if name == victim else c)
     res = run_federation(4, rounds=1, strategy="fedcmp", options={"rank": 2}, wrap_client=wrap)
     assert res.error is None, res.error
     rec = res.state.history[0]
     assert rec["survivors"] == ["silo-0", "silo-1", "silo-3"] and victim in rec["dropped"]
-    _check_sum(res, phase, rec["survivors"])
+    for phase in (0, 1):  # phase 1 summed exactly the set phase 0 summed
+        _check_sum(res, phase, rec["survivors"])
     # its shares were used to remove its pairwise masks: the sum without it is still exact
-    ph, sums = [x for x in res.strategy.sums if x[0] == phase][0]
+    ph, sums = [x for x in res.strategy.sums if x[0] == 0][0]
     name = next(iter(sums.tensors))
-    assert np.abs(res.contributions[(0, phase, victim)][name]).max() > 1e-4  # it had something to add
+    assert np.abs(res.contributions[(0, 0, victim)][name]).max() > 1e-4  # it had something to add
     assert any(e["event"] == "step_deadline" for e in res.events)
 
 
-def test_silo_dying_after_its_masked_input_is_still_summed_exactly():
-    # Bonawitz et al.: a masked input that arrived counts; the survivors reveal its self-mask seed.
+@pytest.mark.parametrize("kind,phase", [(ConsistencySignature, 0), (EncryptedShares, 1), (MaskedInput, 1)])
+def test_a_silo_lost_after_phase_0_abandons_the_round(kind, phase):
+    # one participant set per round: were phase 1 summed without the silo phase 0 summed, the two sums
+    # would give its update back ((1+κ)·Uᵀ·ΣP − (ΣRA + κ·ΣA)·Q on the old code). The round is abandoned,
+    # nothing of it is handed to the strategy, and the retry commits over the others on fresh shards.
     victim = "silo-2"
-    wrap = (lambda name, c, net: DiesAfter(c, net, MaskedInput, 1) if name == victim else c)
+    wrap = (lambda name, c, net: DiesAfter(c, net, kind, phase) if name == victim else c)
     res = run_federation(4, rounds=1, strategy="fedcmp", options={"rank": 2}, wrap_client=wrap)
     assert res.error is None, res.error
+    abandoned = [e for e in res.events if e["event"] == "round_abandoned"]
+    assert abandoned and abandoned[0]["round"] == 0
+    rec = res.state.history[0]
+    assert rec["survivors"] == ["silo-0", "silo-1", "silo-3"]
+    # the strategy saw phase 0 of the abandoned attempt (over four) and then only the retry's two phases
+    assert [(ph, s.n_silos) for ph, s in res.strategy.sums] == [(0, 4), (0, 3), (1, 3)]
+    for phase in (0, 1):
+        _check_sum_last(res, phase, rec["survivors"])
+
+
+def _check_sum_last(res, phase, members):
+    ph, sums = [x for x in res.strategy.sums if x[0] == phase][-1]
+    assert sums.n_silos == len(members)
+    for name, got in sums.tensors.items():
+        want = sum(res.contributions[(0, phase, s)][name] for s in members)
+        np.testing.assert_allclose(got.double().numpy(), want, atol=len(members) * 2.0**-24 * 2, rtol=1e-6)
+
+
+def test_silo_dying_after_it_signed_is_still_summed_exactly():
+    # Bonawitz et al.: a masked input that arrived and whose survivor list was signed counts; the
+    # survivors reveal its self-mask seed (a one-phase strategy: nothing later needs it).
+    victim = "silo-2"
+    wrap = (lambda name, c, net: DiesAfter(c, net, ConsistencySignature, 0) if name == victim else c)
+    res = run_federation(4, rounds=1, strategy="fedavg", wrap_client=wrap)
+    assert res.error is None, res.error
     assert res.state.history[0]["survivors"] == ["silo-0", "silo-1", "silo-2", "silo-3"]
-    _check_sum(res, 1, ["silo-0", "silo-1", "silo-2", "silo-3"])
+    _check_sum(res, 0, ["silo-0", "silo-1", "silo-2", "silo-3"])
+
+
+def test_silo_silent_at_the_consistency_step_ends_that_sum():
+    # its masked input arrived, but it never signed the survivor list and view: nothing is unmasked
+    victim = "silo-2"
+    wrap = (lambda name, c, net: DiesAfter(c, net, MaskedInput, 0) if name == victim else c)
+    res = run_federation(4, rounds=1, strategy="fedavg", wrap_client=wrap)
+    assert res.error is None, res.error
+    assert any(e["event"] == "round_abandoned" and "did not sign" in e["reason"] for e in res.events)
+    assert res.state.history[0]["survivors"] == ["silo-0", "silo-1", "silo-3"]
 
 
 def test_too_few_silos_abandon_the_round():
