@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fedalign.fedcmp.pin import StrategyPin
 from fedalign.fedcmp.strategy import Tensors
 from fedalign.host.atomic import atomic_write_text
 from fedalign.protocol.errors import InsecureModeRefused
@@ -19,7 +20,7 @@ from fedalign.silo.console import ConsoleEvents
 from fedalign.silo.participant import RoundTrainer, SiloOutcome, SiloParticipant, SiloPolicy
 from fedalign.silo.store import TrainedUpdate, committed_round
 
-__all__ = ["run_federated", "federated_train", "federation_status", "build_trainer", "SessionTrainer"]
+__all__ = ["run_federated", "federated_train", "federation_status", "build_trainer", "SessionTrainer", "strategy_pin"]
 
 
 def _need(cfg: Any, value: Any, field_name: str) -> Any:
@@ -28,6 +29,48 @@ def _need(cfg: Any, value: Any, field_name: str) -> Any:
     if value is None:
         raise ConfigError(f"federation.{field_name} must be set for a networked run (see docs/runtime.md)")
     return value
+
+
+def strategy_pin(config: Any) -> StrategyPin:
+    """The :class:`~fedalign.fedcmp.pin.StrategyPin` of ``config``'s ``[strategy]``, checked.
+
+    Resolved the way the aggregator resolves its own ``[strategy]`` (``make_strategy(name,
+    dp=..., **options)``), with ``dp`` = ``privacy.enabled``; a name or option the strategy does not
+    know, a range on an option that is not a number, or reliability under DP that this silo itself
+    would refuse is a ConfigError naming ``[strategy]``, raised before any data or model is loaded.
+    """
+    from fedalign.fedcmp.strategies import PRESETS
+    from fedalign.protocol.errors import ConfigError
+
+    sec = config.strategy
+    pin = StrategyPin(name=sec.name, options=dict(sec.options),
+                      ranges={k: (float(lo), float(hi)) for k, (lo, hi) in sec.ranges.items()},
+                      free=tuple(sec.free), dp=bool(config.privacy.enabled),
+                      allow_reliability_under_dp=sec.allow_reliability_under_dp)
+    if sec.name not in PRESETS:
+        raise ConfigError(f"[strategy] name = {sec.name!r} is not a strategy; expected one of {sorted(PRESETS)}")
+    try:
+        own = pin.expected_options()
+    except ConfigError as e:
+        raise ConfigError(f"[strategy] options = {dict(sec.options)}: {e}") from None
+    known = ", ".join(sorted(own)) or "none"
+    for k in sorted(sec.ranges):
+        if k not in own:
+            raise ConfigError(f"[strategy] ranges: {k!r} is not an option of strategy {sec.name!r} (options: {known})")
+        if isinstance(own[k], bool) or not isinstance(own[k], (int, float)):
+            raise ConfigError(f"[strategy] ranges: option {k!r} of strategy {sec.name!r} is not a number "
+                              f"(this silo's value: {own[k]!r}); pin it in [strategy] options instead")
+    if own:  # a strategy without options (fedavg, ...) has nothing to free: the default free = ["seed"] is moot
+        for k in sec.free:
+            if k not in own:
+                raise ConfigError(f"[strategy] free: {k!r} is not an option of strategy {sec.name!r} "
+                                  f"(options: {known})")
+    rel = own.get("reliability", "off")
+    if pin.dp and not pin.allow_reliability_under_dp and rel not in ("off", None):
+        raise ConfigError(f"[strategy] options: reliability = {rel!r} under DP (privacy.enabled = true) would make "
+                          "this silo refuse its own strategy: set [strategy] allow_reliability_under_dp = true "
+                          "(if the site policy allows it) or reliability = \"off\"")
+    return pin
 
 
 def run_federated(
@@ -82,6 +125,7 @@ def run_federated(
         from fedalign.protocol.errors import ConfigError
 
         raise ConfigError(f"federation.identity_key does not match {name!r}'s identity in the roster")
+    pin = strategy_pin(config)  # before the trainer loads any data: a bad [strategy] fails here
     if trainer is None:
         trainer = build_trainer(config)
     state_dir = config.state_dir / "federation"
@@ -91,6 +135,7 @@ def run_federated(
         aggregator_timeout_s=fed.aggregator_timeout_s, wait_report_s=fed.wait_report_s,
         max_weight=float(fed.max_weight or config.data.shard_size),
         allow_insecure_plaintext=insecure, dp_enabled=config.privacy.enabled, scheme=fed.scheme,
+        strategy=pin,  # the one strategy and the options this silo accepts (a RoundStart outside it is refused)
     )
     client = ZmqClient(endpoint, name, keypair=keypair, server_public=server_public, registry=wire_registry(),
                        allow_insecure_plaintext=insecure)
@@ -161,6 +206,7 @@ def federated_train(config: Any, *, insecure_plaintext: bool = False, stop: thre
     from fedalign.silo.export import export_projector
 
     policy = check_config(config, networked=True)  # before any data is loaded: names every broken clause
+    strategy_pin(config)  # a [strategy] this silo could not run is an error before any data is loaded, too
     trainer = build_trainer(config, notify=notify)
     session = trainer.session  # type: ignore[attr-defined]
     say = notify or (lambda line: None)

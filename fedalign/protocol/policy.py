@@ -98,6 +98,11 @@ def check_silo_config(cfg: Any, policy: SitePolicy, *, networked: bool,
         elif aggregator_fingerprint not in fps:
             out.append(f"aggregator.key_fingerprints: federation.aggregator_public_key has fingerprint "
                        f"{aggregator_fingerprint}, not one the policy allows")
+    st = policy.strategy
+    if networked and st.names is not None and cfg.strategy.name not in st.names:
+        out.append(f"strategy.names: strategy.name = {cfg.strategy.name!r} is not one of {st.names}")
+    if networked and cfg.strategy.allow_reliability_under_dp and not st.allow_reliability_under_dp:
+        out.append("strategy.allow_reliability_under_dp: strategy.allow_reliability_under_dp = true is not allowed")
     return out
 
 

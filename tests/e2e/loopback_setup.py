@@ -77,5 +77,8 @@ roster = "roster.toml"
 min_silos = 3
 heartbeat_interval_s = 0.5
 aggregator_timeout_s = {aggregator_timeout_s}
+[strategy]
+name = "{strategy}"
+options = {{ {opts} }}
 """)
     return fed

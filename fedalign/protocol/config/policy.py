@@ -24,6 +24,7 @@ __all__ = [
     "AggregatorRules",
     "ReleaseRules",
     "RetentionRules",
+    "StrategyRules",
     "SitePolicy",
     "AggregatorSumRules",
     "SiloRules",
@@ -84,6 +85,15 @@ class RetentionRules(StrictModel):
         "keep_last", description="the last trained update stays on disk (restart reuse), or is deleted when the run ends")
 
 
+class StrategyRules(StrictModel):
+    """Which federated strategies this site's silos may pin (silo.toml ``[strategy]``, docs/compliance.md)."""
+
+    names: list[str] | None = Field(
+        None, min_length=1, description="strategy names (fedcmp, fedavg, ...) silo.toml may pin; unset: any")
+    allow_reliability_under_dp: bool = Field(
+        False, description="may silo.toml set [strategy] allow_reliability_under_dp (Fed-CMP reliability under DP)")
+
+
 class SitePolicy(StrictModel):
     """An institution's ``policy.toml``."""
 
@@ -93,6 +103,7 @@ class SitePolicy(StrictModel):
     aggregator: AggregatorRules = Field(default_factory=AggregatorRules)
     release: ReleaseRules = Field(default_factory=ReleaseRules)
     retention: RetentionRules = Field(default_factory=RetentionRules)
+    strategy: StrategyRules = Field(default_factory=StrategyRules)
 
 
 class AggregatorSumRules(StrictModel):

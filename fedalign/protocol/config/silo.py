@@ -1,4 +1,5 @@
-"""The schema of ``silo.toml``: models, data, local training, differential privacy, output.
+"""The schema of ``silo.toml``: models, data, local training, differential privacy, output, and the
+federated strategy the silo accepts.
 
 Relative paths are resolved against the config file's directory (``base_dir``). Every field
 has a default except the data paths a ``files`` source needs, so ``silo train --local`` runs on
@@ -7,10 +8,11 @@ the embedded world with no file at all. The runtime adds its own fields under ``
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from fedalign.protocol.config import FileConfig, StrictModel, load_config
 
@@ -23,6 +25,7 @@ __all__ = [
     "EvalSection",
     "OutputSection",
     "FederationSection",
+    "StrategySection",
     "SiloConfig",
     "load_silo_config",
     "EMBEDDED",
@@ -151,6 +154,49 @@ class FederationSection(StrictModel):
     max_weight: int | None = Field(None, ge=1, description="weight cap in records; default data.shard_size")
 
 
+class StrategySection(StrictModel):
+    """The federated strategy this silo accepts, whatever the aggregator's RoundStart names.
+
+    The silo resolves its own strategy from ``name`` and ``options`` (as aggregator.toml's
+    ``[strategy]`` does, with ``dp`` = ``privacy.enabled``) and refuses a RoundStart whose name or
+    resolved options differ, except options listed in ``ranges`` (any value in [min, max]) or
+    ``free`` (any value). Checked against the strategy's own options at startup
+    (``fedalign.silo.federation.strategy_pin``), since this schema knows no strategy.
+    """
+
+    name: str = Field("fedcmp", description="the one strategy this silo joins (a preset of fedalign.fedcmp)")
+    options: dict[str, Any] = Field(default_factory=dict, description="FedCMPConfig fields, as aggregator.toml's "
+                                                                      "[strategy] options")
+    ranges: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="option -> [min, max]: any value in it is accepted")
+    free: list[str] = Field(["seed"], description="options accepted with any value (seed only picks the public "
+                                                  "round-0 basis)")
+    allow_reliability_under_dp: bool = Field(
+        False, description="accept Fed-CMP reliability under DP (the aggregator's reference weighs each update)")
+
+    @field_validator("ranges")
+    @classmethod
+    def _ranges_ordered(cls, v: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for k, (lo, hi) in v.items():
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ValueError(f"{k} = [{lo:g}, {hi:g}]: both ends must be finite numbers")
+            if lo > hi:
+                raise ValueError(f"{k} = [{lo:g}, {hi:g}]: min {lo:g} is over max {hi:g}")
+        return v
+
+    @model_validator(mode="after")
+    def _each_option_once(self) -> "StrategySection":
+        # an option is pinned to one value (options), bounded (ranges) or accepted as sent (free): one of these
+        for a, b in (("options", "ranges"), ("options", "free"), ("ranges", "free")):
+            both = sorted(set(getattr(self, a)) & set(getattr(self, b)))
+            if both:
+                hint = ' (free defaults to ["seed"]: set free = [] to pin seed)' if b == "free" and "seed" in both \
+                    and a == "options" else ""
+                raise ValueError(f"{', '.join(both)} in both [strategy] {a} and {b}: an option is pinned (options), "
+                                 f"bounded (ranges) or free (free), one of these{hint}")
+        return self
+
+
 class SiloConfig(FileConfig):
     policy: Path | None = Field(None, description="the institution's site policy.toml (docs/compliance.md)")
     model: ModelSection = Field(default_factory=ModelSection)
@@ -160,6 +206,7 @@ class SiloConfig(FileConfig):
     eval: EvalSection = Field(default_factory=EvalSection)
     output: OutputSection = Field(default_factory=OutputSection)
     federation: FederationSection = Field(default_factory=FederationSection)
+    strategy: StrategySection = Field(default_factory=StrategySection)
 
     @property
     def state_dir(self) -> Path:
