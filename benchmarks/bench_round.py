@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from fedalign.aggregator.checkpoint import RunState  # noqa: E402
 from fedalign.aggregator.rounds import Coordinator, RoundPolicy  # noqa: E402
 from fedalign.protocol.messages import SumScheme, wire_registry  # noqa: E402
-from fedalign.fedcmp.strategies import make_strategy  # noqa: E402
+from fedalign.fedcmp.strategies import make_strategy, strategy_options  # noqa: E402
 from fedalign.protocol.transport import InMemoryNetwork  # noqa: E402
 from fedalign.crypto.identity import generate_identity  # noqa: E402
 from fedalign.silo.participant import SiloParticipant, SiloPolicy, TrainedUpdate  # noqa: E402
@@ -54,12 +54,12 @@ def run(scheme: SumScheme, n: int, rounds: int, params, rank: int) -> list[dict]
     ids = {s: generate_identity() for s in names}
     trusted = {s: k.public_hex for s, k in ids.items()}
     net = InMemoryNetwork(wire_registry())
-    strat = make_strategy("fedcmp", rank=rank)
+    strat = make_strategy("fedcmp", rank=rank, reliability="off")  # "reference" needs a public set: not measured here
     state = RunState(0, params, strat.init_public(params), strat.init_server_state(params))
     plain = scheme == SumScheme.PLAIN_INSECURE
     pol = RoundPolicy(rounds=rounds, min_silos=3, step_deadline_s=60, heartbeat_timeout_s=60, roster_grace_s=0.2,
                       scheme=scheme, clip=16.0, allow_insecure_plaintext=plain)
-    coord = Coordinator(net.server(), strat, strategy_name="fedcmp", strategy_options={"rank": rank},
+    coord = Coordinator(net.server(), strat, strategy_name="fedcmp", strategy_options=strategy_options(strat),
                         identities=trusted, policy=pol, state=state)
     stop = threading.Event()
     threads = []

@@ -346,13 +346,16 @@ class SiloParticipant:
         if m.round <= self.committed:
             self.events.emit("late_message_ignored", type="RoundStart", round=m.round, committed=self.committed)
             return
-        problems = self._strategy_problems(m) + [p for check in self.extra_round_checks for p in check(m)]
-        if problems:  # this silo's pin or its site policy forbids this round: refuse, record, leave
+        pinned = self._strategy_problems(m)
+        site = [p for check in self.extra_round_checks for p in check(m)]
+        problems = pinned + site
+        if problems:  # this silo's pinned strategy or its site policy forbids this round: refuse, record, leave
             from fedalign.protocol.policy import PolicyRefused
 
-            reason = f"silo {self.name}: refused RoundStart round {m.round}: " + "; ".join(problems)
+            by = " and ".join(w for w, got in (("the silo's [strategy]", pinned), ("site policy", site)) if got)
+            reason = f"silo {self.name}: refused RoundStart round {m.round} ({by}): " + "; ".join(problems)
             self._refused("RoundStart", m.round, reason)
-            self._send(LeaveNotice(f"refused by site policy: {'; '.join(problems)}"), m.round)
+            self._send(LeaveNotice(f"refused by {by}: {'; '.join(problems)}"), m.round)
             raise PolicyRefused(reason)
         self._check_shapes(m)
         self.joined = True

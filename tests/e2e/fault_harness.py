@@ -365,10 +365,12 @@ def _silo_deaths(fed: LoopbackFederation) -> list[tuple[str, int, int, str]]:
 
 
 def _check_inclusion(deaths, attempts) -> tuple[bool, list[dict]]:
-    """A silo killed after its MaskedInput (or later) in phase p is in phase p's sum (Bonawitz et al.:
-    an input that arrived is summed); killed before it, it is not; either way no later phase sums it."""
+    """A silo killed after it signed the consistency step (or later) in phase p is in phase p's sum
+    (Bonawitz et al.: an input that arrived and was signed for is summed); killed before it, it is
+    not (killed between its MaskedInput and its signature, the sum aborts); either way no later
+    phase sums it, and a multi-phase round that lost a silo after phase 0 is abandoned."""
     rows, ok = [], True
-    late = {"MaskedInput", "ConsistencySignature", "UnmaskResponse"}
+    late = {"ConsistencySignature", "UnmaskResponse"}
     for s, r, p, kind in deaths:
         att = next(a for a in attempts[r] if p in a["sums"] and s in a["sums"][p]["participants"])
         inc = set(att["sums"][p]["participants"]) - set(att["sums"][p]["dropped"])

@@ -140,29 +140,30 @@ def assert_final_equals_simulator(fed, rounds: int, strategy: str, **options) ->
 def test_silo_killed_during_a_secure_sum(federation):
     fed = federation(4, 1, "fedcmp", {"rank": 2})
     agg = fed.aggregator()
-    silos = [fed.silo(i, *(["--die-after", "EncryptedShares:1"] if i == 2 else [])) for i in range(4)]
+    silos = [fed.silo(i, *(["--die-after", "EncryptedShares:0"] if i == 2 else [])) for i in range(4)]
     fed.wait([agg], 120)
     assert agg.returncode == 0, fed.logs()
-    assert silos[2].wait(5) == -signal.SIGKILL  # it really died, in phase 1 of round 0
+    assert silos[2].wait(5) == -signal.SIGKILL  # it really died, in phase 0 of round 0
     fed.wait([s for i, s in enumerate(silos) if i != 2], 30)
     assert all(s.returncode == 0 for i, s in enumerate(silos) if i != 2), fed.logs()
 
     hist = json.loads((fed.root / "agg" / "history.json").read_text())
     assert len(hist) == 1 and hist[0]["survivors"] == ["silo-0", "silo-1", "silo-3"]
     assert "silo-2" in hist[0]["dropped"]
-    # Recompute the round from the contributions the silos fed in: phase 0 over all four,
-    # phase 1 over the survivors only. The aggregator's result must match to fixed-point precision.
+    # Recompute the round from the contributions the silos fed in: both phases over the survivors (a
+    # round sums one set: phase 0's survivors). The aggregator's result must match to fixed-point precision.
     strat = make_strategy("fedcmp", rank=2)
     attach_reference(strat, fed.fed)
     params = fed.fed.init_params()
     public, server = strat.init_public(params), strat.init_server_state(params)
-    o0 = strat.aggregate(0, _sum(fed, fed.names, 0, 0), params, public, server)
+    o0 = strat.aggregate(0, _sum(fed, hist[0]["survivors"], 0, 0), params, public, server)
     o1 = strat.aggregate(1, _sum(fed, hist[0]["survivors"], 0, 1), params, {**public, **o0.public}, server)
     got = load_file(str(fed.root / "agg" / "final_projector.safetensors"))
     for k in got:
         torch.testing.assert_close(got[k], o1.params[k], atol=1e-5, rtol=1e-4)
-    # with the dead silo's phase-1 input the result would differ: the check can fail
-    o_bad = strat.aggregate(1, _sum(fed, fed.names, 0, 1), params, {**public, **o0.public}, server)
+    # with the dead silo's phase-0 input the result would differ: the check can fail
+    b0 = strat.aggregate(0, _sum(fed, fed.names, 0, 0), params, public, server)
+    o_bad = strat.aggregate(1, _sum(fed, hist[0]["survivors"], 0, 1), params, {**public, **b0.public}, server)
     assert not torch.allclose(got["weight"], o_bad.params["weight"], atol=1e-5)
     assert any(e["event"] == "step_deadline" for e in fed.events())
 

@@ -32,6 +32,7 @@ from fedalign.fedcmp.strategies import make_strategy  # noqa: E402
 from fedalign.protocol.eventlog import EventLog  # noqa: E402
 from fedalign.protocol.messages import RoundStart, SumScheme, SumStart, UpdateReady, wire_registry  # noqa: E402
 from fedalign.protocol.transport import AGGREGATOR, InMemoryNetwork  # noqa: E402
+from fedalign.protocol.view import phase_view, round_view  # noqa: E402
 from fedalign.protocol.wire import Envelope  # noqa: E402
 from fedalign.silo.participant import SiloParticipant, SiloPolicy  # noqa: E402
 
@@ -108,6 +109,7 @@ class EvilAggregator:
         start = RoundStart(round_id, to_numpy(self.params), to_numpy(self.strategy.init_public(self.params)),
                            tuple(self.names), round_seed(0, round_id), "fedavg", {}, self.strategy.n_phases,
                            30.0, ())
+        self.starts = {**getattr(self, "starts", {}), round_id: start}
         for s in to:
             self._send(s, start, round_id)
         ready: set[str] = set()
@@ -126,9 +128,12 @@ class EvilAggregator:
         inst = self._inst
         t = len(participants) // 2 + 1
         t = threshold or max(t, min(3, len(participants)))
-        cfg = SecureSumConfig(mode=scheme, threshold=t, clip=16.0, ckks_poly_modulus=8192, allow_insecure_plaintext=False)
-        agg = AggregatorSecureSum(Roster({s: self.trusted[s] for s in participants}), round_id, inst, cfg)
         msg = SumStart(round_id, phase, inst, SumScheme(scheme), tuple(participants), t, 16.0, 0, 8192)
+        # the view every silo signs: an aggregator that wants a sum must compute it as the silos do
+        view = phase_view(round_view(self.starts[round_id]), msg, tuple(sorted(participants)))
+        cfg = SecureSumConfig(mode=scheme, threshold=t, clip=16.0, ckks_poly_modulus=8192, allow_insecure_plaintext=False,
+                              view=view)
+        agg = AggregatorSecureSum(Roster({s: self.trusted[s] for s in participants}), round_id, inst, cfg)
         for s in participants:
             self._send(s, msg, round_id, inst, phase)
         deadline = time.monotonic() + step_s
