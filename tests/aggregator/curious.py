@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from federation import RecordingStrategy
+from federation import DiesAfter, RecordingStrategy
 
 from fedalign.aggregator.checkpoint import RunState
 from fedalign.aggregator.rounds import Coordinator, RoundPolicy
@@ -105,23 +105,6 @@ class RecordingServer:
         self.inner.close()
 
 
-class _CutAfterShares:
-    def __init__(self, inner, net, name) -> None:
-        self.inner, self.net, self.name, self.traffic = inner, net, name, inner.traffic
-
-    def send(self, env):
-        n = self.inner.send(env)
-        if type(env.message).__name__ == "EncryptedShares" and env.round == 0:
-            self.net.disconnect(self.name)
-        return n
-
-    def recv(self, timeout_s):
-        return self.inner.recv(timeout_s)
-
-    def close(self):
-        self.inner.close()
-
-
 @dataclass
 class CuriousRun:
     received: list[Any]
@@ -170,7 +153,7 @@ def curious_run(*, n_silos: int = 5, rounds: int = 2, strategy: str = "fedavg", 
 
         client = net.client(s)
         if s == drop_after_shares:
-            client = _CutAfterShares(client, net, s)
+            client = DiesAfter(client, net, "EncryptedShares", None, 0)
         p = SiloParticipant(s, client, FixedUpdate(i, scale), identity=ids[s], trusted=trusted,
                             policy=SiloPolicy(min_silos=min_silos, heartbeat_interval_s=0.5, max_weight=64),
                             on_contribution=record, stop=stop)

@@ -30,6 +30,43 @@ from fedalign.lab.toy import ToyFederation, make_toy
 MAX_WEIGHT = 64.0
 
 
+def list_log(events: list[dict], lock: threading.Lock | None = None) -> type[EventLog]:
+    """An EventLog class whose instances also append every record to ``events`` (under ``lock``)."""
+    lock = lock or threading.Lock()
+
+    class ListLog(EventLog):
+        def emit(self, event, **f):
+            rec = super().emit(event, **f)
+            with lock:
+                events.append(rec)
+            return rec
+
+    return ListLog
+
+
+class DiesAfter:
+    """A client transport that goes silent for good right after it sent a ``kind`` message (a message
+    class or its name) in ``round_id`` and ``phase`` (None: any phase)."""
+
+    def __init__(self, inner, net, kind, phase: int | None, round_id: int = 0) -> None:
+        self.inner, self.net, self.phase, self.round_id = inner, net, phase, round_id
+        self.kind = kind if isinstance(kind, str) else kind.__name__
+        self.name, self.traffic = inner.name, inner.traffic
+
+    def send(self, env):
+        n = self.inner.send(env)
+        if type(env.message).__name__ == self.kind and env.round == self.round_id \
+                and (self.phase is None or env.phase == self.phase):
+            self.net.disconnect(self.name)
+        return n
+
+    def recv(self, timeout_s):
+        return self.inner.recv(timeout_s)
+
+    def close(self):
+        self.inner.close()
+
+
 def toy(n_silos: int, seed: int = 0) -> ToyFederation:
     prob = make_toy(m=6, n=5, n_silos=n_silos, per_silo=32, generator=torch.Generator().manual_seed(seed))
     return ToyFederation(prob, seed=seed, steps=3, lr=0.05, batch=8)
@@ -111,12 +148,7 @@ def run_federation(
         params = fed.init_params()
         state = RunState(0, params, strat.init_public(params), strat.init_server_state(params))
     events: list[dict] = []
-
-    class Log(EventLog):
-        def emit(self, event, **f):
-            rec = super().emit(event, **f)
-            events.append(rec)
-            return rec
+    Log = list_log(events)
 
     pol = dict(rounds=rounds, min_silos=3, train_deadline_s=20, step_deadline_s=1.5, heartbeat_timeout_s=5,
                roster_wait_s=10, roster_grace_s=0.3, scheme=scheme,

@@ -46,10 +46,10 @@ from fedalign.aggregator.rounds import Coordinator, RoundPolicy
 from fedalign.crypto.identity import generate_identity
 from fedalign.fedcmp import core as fm
 from fedalign.fedcmp.strategies import make_strategy, strategy_options
-from fedalign.protocol.eventlog import EventLog
 from fedalign.protocol.messages import RoundStart, SumStart, UpdateReady, wire_registry
 from fedalign.protocol.transport import InMemoryNetwork
 from fedalign.silo.participant import SiloParticipant, SiloPolicy, TrainedUpdate
+from federation import DiesAfter, list_log
 
 MAX_WEIGHT = 64.0
 # the points at which a silo can die: after its UpdateReady (trained, before phase 0), or after one of
@@ -73,27 +73,6 @@ class FreshUpdate:
         self.calls += 1
         g = torch.Generator().manual_seed(104_729 * self.index + 1009 * round_id + self.calls)
         return TrainedUpdate({k: self.scale * torch.randn(v.shape, generator=g) for k, v in params.items()}, 64)
-
-
-class Dies:
-    """A silo's transport that goes silent for good after it sent ``kind`` in (``round_id``, ``phase``)."""
-
-    def __init__(self, inner, net, name: str, kind: str, round_id: int, phase: int) -> None:
-        self.inner, self.net, self.name, self.traffic = inner, net, name, inner.traffic
-        self.kind, self.round_id, self.phase = kind, round_id, phase
-
-    def send(self, env):
-        n = self.inner.send(env)
-        if type(env.message).__name__ == self.kind and env.round == self.round_id \
-                and (self.kind == "UpdateReady" or env.phase == self.phase):
-            self.net.disconnect(self.name)
-        return n
-
-    def recv(self, timeout_s):
-        return self.inner.recv(timeout_s)
-
-    def close(self):
-        self.inner.close()
 
 
 @dataclass
@@ -170,13 +149,7 @@ def attack_run(*, n_silos: int = 4, rounds: int = 2, options: dict | None = None
     state = RunState(0, params, strat.init_public(params), strat.init_server_state(params))
     events: list[dict] = []
     lock = threading.Lock()
-
-    class Log(EventLog):
-        def emit(self, event, **f):
-            rec = super().emit(event, **f)
-            with lock:
-                events.append(rec)
-            return rec
+    Log = list_log(events, lock)
 
     pol = RoundPolicy(rounds=rounds, min_silos=min_silos, train_deadline_s=10, step_deadline_s=step_deadline_s,
                       heartbeat_timeout_s=1.0, roster_wait_s=8, roster_grace_s=0.2, clip=4.0,
@@ -193,7 +166,7 @@ def attack_run(*, n_silos: int = 4, rounds: int = 2, options: dict | None = None
         client = net.client(s)
         if schedule and s in schedule:
             kind, r, ph = schedule[s]
-            client = Dies(client, net, s, kind, r, ph)
+            client = DiesAfter(client, net, kind, None if kind == "UpdateReady" else ph, r)
         holder: dict[str, SiloParticipant] = {}
 
         def record(r, ph, inputs, s=s, holder=holder):

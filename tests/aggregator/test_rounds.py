@@ -12,7 +12,7 @@ from fedalign.protocol.errors import InsecureModeRefused, RoundAborted
 from fedalign.protocol.messages import SumScheme
 from fedalign.fedcmp.strategies import make_strategy
 from fedalign.crypto.messages import ConsistencySignature, EncryptedShares, MaskedInput
-from federation import MAX_WEIGHT, attach_toy_reference, run_federation, toy
+from federation import MAX_WEIGHT, DiesAfter, attach_toy_reference, run_federation, toy
 from fedalign.lab.engine import init_state, run_round
 from fedalign.lab.sums import plain_sum_insecure
 
@@ -63,28 +63,9 @@ def test_plain_sums_are_refused_by_a_silo_without_permission():
     assert all(isinstance(o, InsecureModeRefused) for o in res.silos.values()), res.silos
 
 
-class DiesAfter:
-    """A client transport that goes silent for good right after sending a ``kind`` message in ``phase``."""
-
-    def __init__(self, inner, net, kind: type, phase: int, round_id: int = 0) -> None:
-        self.inner, self.net, self.kind, self.phase, self.round_id = inner, net, kind, phase, round_id
-        self.name, self.traffic = inner.name, inner.traffic
-
-    def send(self, env):
-        n = self.inner.send(env)
-        if isinstance(env.message, self.kind) and env.phase == self.phase and env.round == self.round_id:
-            self.net.disconnect(self.name)
-        return n
-
-    def recv(self, timeout_s):
-        return self.inner.recv(timeout_s)
-
-    def close(self):
-        self.inner.close()
-
-
-def _check_sum(res, phase, members):
-    ph, sums = [x for x in res.strategy.sums if x[0] == phase][0]
+def _check_sum(res, phase, members, which: int = 0):
+    """The ``which``-th sum of ``phase`` the strategy was handed equals the sum of ``members``' inputs."""
+    ph, sums = [x for x in res.strategy.sums if x[0] == phase][which]
     assert sums.n_silos == len(members)
     for name, got in sums.tensors.items():
         want = sum(res.contributions[(0, phase, s)][name] for s in members)
@@ -124,15 +105,7 @@ def test_a_silo_lost_after_phase_0_abandons_the_round(kind, phase):
     # the strategy saw phase 0 of the abandoned attempt (over four) and then only the retry's two phases
     assert [(ph, s.n_silos) for ph, s in res.strategy.sums] == [(0, 4), (0, 3), (1, 3)]
     for phase in (0, 1):
-        _check_sum_last(res, phase, rec["survivors"])
-
-
-def _check_sum_last(res, phase, members):
-    ph, sums = [x for x in res.strategy.sums if x[0] == phase][-1]
-    assert sums.n_silos == len(members)
-    for name, got in sums.tensors.items():
-        want = sum(res.contributions[(0, phase, s)][name] for s in members)
-        np.testing.assert_allclose(got.double().numpy(), want, atol=len(members) * 2.0**-24 * 2, rtol=1e-6)
+        _check_sum(res, phase, rec["survivors"], which=-1)
 
 
 def test_silo_dying_after_it_signed_is_still_summed_exactly():

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "aggregator"))
 
-from federation import MAX_WEIGHT, ToyTrainer, toy  # noqa: E402
+from federation import MAX_WEIGHT, ToyTrainer, list_log, toy  # noqa: E402
 
 from fedalign.crypto.config import SecureSumConfig  # noqa: E402
 from fedalign.crypto.errors import CryptoError, SecAggAborted  # noqa: E402
@@ -29,7 +29,6 @@ from fedalign.crypto.identity import Roster, generate_identity  # noqa: E402
 from fedalign.crypto.messages import CkksInput, MaskedInput, Message as CryptoMessage, PlainInput  # noqa: E402
 from fedalign.crypto.secure_sum import AggregatorSecureSum  # noqa: E402
 from fedalign.fedcmp.strategies import make_strategy  # noqa: E402
-from fedalign.protocol.eventlog import EventLog  # noqa: E402
 from fedalign.protocol.messages import RoundStart, SumScheme, SumStart, UpdateReady, wire_registry  # noqa: E402
 from fedalign.protocol.transport import AGGREGATOR, InMemoryNetwork  # noqa: E402
 from fedalign.protocol.view import phase_view, round_view  # noqa: E402
@@ -62,15 +61,7 @@ class EvilAggregator:
         self._inst = 100
 
     def start_silo(self, name: str, configure=None) -> SiloParticipant:
-        events = self.events
-        lock = threading.Lock()
-
-        class Log(EventLog):
-            def emit(self, event, **f):
-                rec = super().emit(event, **f)
-                with lock:
-                    events.append(rec)
-                return rec
+        Log = list_log(self.events)
 
         pol = SiloPolicy(min_silos=3, heartbeat_interval_s=0.2, aggregator_timeout_s=30, max_weight=MAX_WEIGHT,
                          scheme=self.scheme)
