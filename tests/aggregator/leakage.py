@@ -335,17 +335,3 @@ def sweep(n: int, seed: int = 0, *, n_silos: int = 5, rounds: int = 2) -> dict[s
 def replace_public(msg, updates: dict[str, np.ndarray]):
     """``msg`` (RoundStart or SumStart) with public tensors replaced (an equivocating aggregator)."""
     return dataclasses.replace(msg, public={**msg.public, **updates})
-
-
-if __name__ == "__main__":  # the full sweep: python tests/aggregator/leakage.py [N]
-    import json
-    import sys
-    import time
-
-    torch.set_num_threads(1)
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 200
-    t0 = time.time()
-    res = sweep(n, seed=int(sys.argv[2]) if len(sys.argv) > 2 else 0)
-    res.pop("rows")
-    res["seconds"] = round(time.time() - t0, 1)
-    print(json.dumps(res))
