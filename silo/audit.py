@@ -1,8 +1,10 @@
 """The silo's compliance side: its site policy (checked before any data is loaded, and on every
 RoundStart and SumStart), what it writes to its ledger for auditors, and ``silo audit``.
 
-``silo audit verify LEDGER``  hash chain, first bad entry named; exit 0 intact, 11 broken
-``silo audit show``           settings against policy, ε against budget, what left, transport, threat model
+``silo audit verify LEDGER``  hash chain, signatures, heads, tail; first bad entry named; exit 0 intact,
+                              11 broken or torn (``--config silo.toml`` finds the ledger and its key)
+``silo audit show``           which checks ran; settings against policy, ε against budget, what left,
+                              transport, threat model
 ``silo audit report``         the same as terminal tables, JSON (``--json``) and one HTML file (``--html``)
 """
 
@@ -151,4 +153,49 @@ def _ledger_of(config: Path) -> Path:
     return load_silo_config(config).state_dir / "ledger.jsonl"
 
 
-app = make_audit_app("silo", _ledger_of)
+def _key_of(config: Path) -> tuple[bytes | None, str]:
+    """The key this silo's ledger is signed with, as silo.toml finds it: ``(key, where from)``, or
+    ``(None, why there is none)``.
+
+    A silo signs its ledger when ``federation.identity_key`` is set (silo/session.py). The key is
+    then the roster's ``identity_public_key`` for ``federation.silo_id`` when ``federation.roster``
+    lists the silo (what an auditor trusts, and no private file needed); otherwise the identity
+    file's public half. When both are readable they must agree (ConfigError, as ``silo join`` does).
+    """
+    from fedalign.protocol.config.roster import load_roster
+    from fedalign.protocol.config.silo import load_silo_config
+    from fedalign.protocol.errors import ConfigError
+
+    cfg = load_silo_config(config)
+    fed = cfg.federation
+    if fed.identity_key is None:
+        return None, f"{config} names no federation.identity_key (this silo does not sign its ledger)"
+    roster_key: str | None = None
+    where = ""
+    if fed.roster is not None and fed.silo_id is not None:
+        roster_path = cfg.resolve(fed.roster)
+        roster = load_roster(roster_path)
+        if fed.silo_id in roster.silos:
+            roster_key = roster.silos[fed.silo_id].identity_public_key
+            where = f"the roster {roster_path}, silo {fed.silo_id!r}"
+    ident_path = cfg.resolve(fed.identity_key)
+    file_key: str | None = None
+    file_error = ""
+    try:
+        from fedalign.crypto.identity import load_identity
+
+        file_key = load_identity(ident_path).public_hex
+    except Exception as e:  # noqa: BLE001 - an auditor usually holds the roster, not the private file
+        file_error = str(e)
+    if roster_key is not None:
+        if file_key is not None and file_key != roster_key:
+            raise ConfigError(f"federation.identity_key {ident_path} does not match {fed.silo_id!r}'s identity in "
+                              f"{cfg.resolve(fed.roster)}: which key signs this ledger is unclear")
+        return bytes.fromhex(roster_key), where
+    if file_key is not None:
+        return bytes.fromhex(file_key), f"federation.identity_key {ident_path}"
+    raise ConfigError(f"{config}: the silo signs its ledger (federation.identity_key) but its key cannot be found: "
+                      f"the roster does not list federation.silo_id, and {file_error}; pass --public-key")
+
+
+app = make_audit_app("silo", _ledger_of, _key_of)

@@ -19,9 +19,9 @@ Entry kinds written by the runtimes (besides the ledger's own ``seq/time/kind/pr
     round_committed aggregator: a committed round (survivors, dropouts, ε reported, bytes)
     run_end         end of a run: reason, rounds, what was written out
 
-Signatures over entries and witnessed heads exchanged between parties come with the ledger
-format's next version: :class:`EntrySignatureCheck` and :class:`HeadWitness` are the interfaces
-``verify_ledger`` calls, so that work plugs in without changing the audit commands.
+Verification is :mod:`fedalign.protocol.ledger`'s one verifier (:func:`verify_ledger` here only
+maps the audit commands' names onto it): the same verdict, the same first bad entry, the same
+handling of a torn last line, whichever entry point an auditor uses.
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Iterable, Mapping, Sequence
+
+from fedalign.protocol.ledger import LedgerHead, VerifyResult, _committed_lines
+from fedalign.protocol.ledger import verify_ledger as _verify
 
 __all__ = [
     "VerifyResult",
-    "EntrySignatureCheck",
-    "HeadWitness",
     "parse_head",
     "ledger_head",
     "verify_ledger",
@@ -53,126 +53,42 @@ DISAGREEMENT = 0.02  # ours vs the independent accountant, relative
 
 
 # ---------------------------------------------------------------------------- verify
-class EntrySignatureCheck(Protocol):
-    """Checks one entry's signature (Ed25519 over the entry, next ledger version)."""
-
-    def __call__(self, seq: int, obj: Mapping[str, Any], raw: bytes) -> str | None:
-        """None if the signature is good, else what is wrong."""
-
-
-class HeadWitness(Protocol):
-    """Heads (entry count - 1, sha256 of that line) of this ledger that another party recorded."""
-
-    def heads(self) -> Iterable[tuple[int, str]]: ...
-
-
-@dataclass
-class VerifyResult:
-    path: str
-    entries: int  # committed entries that verified
-    ok: bool
-    first_bad: int | None = None  # seq (= 0-based line) of the first bad entry
-    reason: str = ""
-    head: tuple[int, str] | None = None  # (seq, sha256) of the last good entry
-    signatures: str = "not checked: this ledger version has no signatures"
-    witnessed: int = 0
-
-    def line(self) -> str:
-        if self.ok:
-            head = f"; head {self.head[0]}:{self.head[1]}" if self.head else ""
-            wit = f"; {self.witnessed} witnessed head(s) matched" if self.witnessed else \
-                "; no witnessed head given (deleting the newest entries is not detectable without one)"
-            return f"{self.path}: OK, {self.entries} entries, hash chain intact{head}{wit}; signatures {self.signatures}"
-        return f"{self.path}: BROKEN at entry {self.first_bad} (line {self.first_bad + 1}): {self.reason}"
-
-
 def parse_head(text: str) -> tuple[int, str]:
     """``SEQ:SHA256`` (as ``verify`` prints it) -> (seq, hex)."""
     seq, sep, digest = text.partition(":")
     digest = digest.removeprefix("sha256:")
-    if not sep or not seq.strip().isdigit() or len(digest) != 64:
+    if not sep or not seq.strip().isdigit() or len(digest) != 64 or not _is_hex(digest):
         raise ValueError(f"head {text!r}: expected SEQ:SHA256 (as `audit verify` prints it)")
     return int(seq), digest.lower()
 
 
+def _is_hex(s: str) -> bool:
+    try:
+        bytes.fromhex(s)
+    except ValueError:
+        return False
+    return True
+
+
 def ledger_head(path: str | Path) -> tuple[int, str] | None:
     """(seq, sha256) of the last committed entry, for another party to witness."""
-    data = Path(path).read_bytes()
-    lines = data[: data.rfind(b"\n") + 1].splitlines()
+    lines = _committed_lines(Path(path))
     return (len(lines) - 1, hashlib.sha256(lines[-1]).hexdigest()) if lines else None
 
 
-def verify_ledger(path: str | Path, *, witnessed: Iterable[tuple[int, str]] = (),
-                  signature_check: EntrySignatureCheck | None = None) -> VerifyResult:
-    """Walk the whole ledger; the first entry that breaks anything is named.
-
-    Checks per line: JSON object with seq/time/kind/prev; ``seq`` equals its position; ``prev``
-    is the SHA-256 of the previous line; the signature (when a check is given). Then the file must
-    end with a newline (a torn last line means bytes were cut off), and every witnessed head must
-    be present with the same digest (an entry deleted from the end makes a witnessed head vanish).
-    """
-    p = Path(path)
-    res = VerifyResult(str(p), 0, False)
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        res.first_bad, res.reason = 0, f"cannot read: {e}"
-        return res
-    lines = data.split(b"\n")
-    tail = lines.pop()  # b"" when the file ends with a newline
-    digests: list[str] = []
-    prev = ""
-    for i, raw in enumerate(lines):
-        try:
-            obj = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            res.first_bad, res.reason = i, "not a JSON line (edited or damaged)"
-            return res
-        if not isinstance(obj, dict) or not {"seq", "time", "kind", "prev"} <= obj.keys():
-            res.first_bad, res.reason = i, "lacks seq/time/kind/prev"
-            return res
-        if obj["seq"] != i:
-            res.first_bad, res.reason = i, f"seq is {obj['seq']!r}, expected {i} (entries deleted, inserted or reordered)"
-            return res
-        if obj["prev"] != prev:
-            if i == 0:
-                res.first_bad, res.reason = 0, "the first entry's prev is not empty (edited)"
-            else:  # the hash of entry i-1 is what no longer matches: it was edited (or entry i's prev was)
-                res.first_bad, res.reason = i - 1, (f"its SHA-256 no longer matches what entry {i} recorded: entry "
-                                                    f"{i - 1} was edited (or entry {i}'s prev field)")
-            res.entries = i - 1 if i else 0
-            return res
-        if signature_check is not None:
-            bad = signature_check(i, obj, raw)
-            if bad:
-                res.first_bad, res.reason = i, f"signature: {bad}"
-                return res
-        prev = hashlib.sha256(raw).hexdigest()
-        digests.append(prev)
-    if tail:
-        res.first_bad, res.reason = len(lines), "incomplete last line: the file was truncated or cut mid-write"
-        return res
-    for seq, digest in witnessed:
-        if seq >= len(digests):
-            res.first_bad = len(digests)
-            res.reason = (f"a witnessed head says entry {seq} exists, the ledger ends at entry {len(digests) - 1}: "
-                          "newest entries were deleted")
-            return res
-        if digests[seq] != digest:
-            res.first_bad, res.reason = seq, "differs from the witnessed head of that entry"
-            return res
-        res.witnessed += 1
-    res.ok, res.entries = True, len(digests)
-    res.head = (len(digests) - 1, digests[-1]) if digests else None
-    if signature_check is not None:
-        res.signatures = "verified"
-    return res
+def verify_ledger(path: str | Path, *, witnessed: Iterable[tuple[int, str] | LedgerHead] = (),
+                  public_key: bytes | None = None, key_source: str | None = None,
+                  peer_heads: Iterable[LedgerHead] = (), allow_torn_tail: bool = False) -> VerifyResult:
+    """:func:`fedalign.protocol.ledger.verify_ledger`, the one verifier, with the audit commands' names:
+    ``witnessed`` are heads the auditor recorded (``--head``), ``peer_heads`` heads a peer's ledger
+    recorded (``--witness-ledger``; with ``public_key`` their signatures are checked too)."""
+    return _verify(path, public_key=public_key, key_source=key_source, witnessed_heads=peer_heads,
+                   recorded_heads=witnessed, allow_torn_tail=allow_torn_tail)
 
 
 def read_entries(path: str | Path) -> list[dict[str, Any]]:
-    """Every committed entry as a dict (call :func:`verify_ledger` first)."""
-    data = Path(path).read_bytes()
-    return [json.loads(x) for x in data[: data.rfind(b"\n") + 1].splitlines()]
+    """Every committed entry as a dict (call :func:`verify_ledger` first); a torn last line is not one."""
+    return [json.loads(x) for x in _committed_lines(Path(path))]
 
 
 # ---------------------------------------------------------------------------- DP
@@ -306,6 +222,7 @@ def summarize(entries: Sequence[Mapping[str, Any]], *, verify: VerifyResult | No
         "role": role,
         "ledger": verify.path if verify else None,
         "verify": verify.line() if verify else None,
+        "verification": verify.to_dict() if verify else None,  # which checks ran and which did not
         "entries": len(entries),
         "runs": len(starts),
         "policy": (start or {}).get("policy"),

@@ -57,9 +57,28 @@ def _dp_lines(dp: Mapping[str, Any] | None) -> list[str]:
     ]
 
 
+def _checks(s: Mapping[str, Any]) -> list[Mapping[str, str]]:
+    v = s.get("verification")
+    if not v:
+        return [{"check": "ledger", "outcome": "NOT RUN",
+                 "detail": "this summary was made without verifying the ledger"}]
+    return v["checks"]
+
+
+def _checks_lines(s: Mapping[str, Any]) -> list[str]:
+    """The top of ``show``/``report``: which checks ran on the ledger and which did not."""
+    v = s.get("verification") or {}
+    verdict = {"intact": "INTACT", "torn_tail": "TORN TAIL", "broken": "BROKEN"}.get(v.get("status"), "NOT VERIFIED")
+    if v.get("status") == "torn_tail" and v.get("allow_torn_tail"):
+        verdict += " (accepted with --allow-torn-tail: what follows covers the committed entries only)"
+    rows = [[c["check"], c["outcome"], c["detail"]] for c in _checks(s)]
+    return [f"ledger verification: {verdict}; checks that ran and that did not:",
+            _table(["check", "outcome", "detail"], rows)]
+
+
 def render_text(s: Mapping[str, Any]) -> str:
-    """The terminal form of ``show`` / ``report``."""
-    out = [f"{s['role']} ledger {s.get('ledger') or ''}", s.get("verify") or "", ""]
+    """The terminal form of ``show`` / ``report``: which checks ran first, then the tables."""
+    out = _checks_lines(s) + ["", f"{s['role']} ledger {s.get('ledger') or ''}", s.get("verify") or "", ""]
     out.append(f"site policy: {s['policy_sha256'] or 'NONE (no site policy was given for this run)'}")
     out.append(_table(["clause", "policy", "actual", "status"],
                       [[r["clause"], r["policy"], r["actual"], r["status"]] for r in s["against_policy"]]))
@@ -145,7 +164,15 @@ def render_html(s: Mapping[str, Any]) -> str:
             + "</tr>" for r in rows)
         return f"<table><tr>{head}</tr>{body}</table>"
 
+    def outcome_cls(o: str) -> str:
+        return "ok" if o == "ok" else ("warn" if o in ("NOT RUN", "TORN (allowed)") else "bad")
+
+    verdict, *_ = _checks_lines(s)
+    checks = ("<table class=\"checks\"><tr><th>check</th><th>outcome</th><th>detail</th></tr>" + "".join(
+        f'<tr><td>{e(c["check"])}</td><td class="{outcome_cls(c["outcome"])}">{e(c["outcome"])}</td>'
+        f'<td>{e(c["detail"])}</td></tr>' for c in _checks(s)) + "</table>")
     parts = [f"<h1>fedalign audit report: {e(s['role'])}</h1>",
+             f'<section id="checks"><h2>Which checks ran</h2><p>{e(verdict)}</p>{checks}</section>',
              f"<p><b>Ledger</b> {e(str(s.get('ledger')))}<br><b>Verification</b> {e(s.get('verify') or '')}</p>",
              f"<h2>Settings against the site policy</h2><p>policy {e(s['policy_sha256'] or 'NONE given')}</p>",
              table(["clause", "policy", "actual", "status"],
@@ -176,6 +203,7 @@ def render_html(s: Mapping[str, Any]) -> str:
     style = ("body{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:.5em 0;max-width:100%}td,th{border:1px solid #bbb;padding:3px 8px;"
              "font-size:13px;text-align:left;vertical-align:top;overflow-wrap:anywhere}th{background:#eee}td.bad{color:#fff;background:#c00}"
+             "td.warn{background:#fd4;font-weight:bold}td.ok{color:#060}"
              "h2{margin-top:1.4em;border-bottom:1px solid #ddd}")
     return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>fedalign audit report</title>"
             f"<style>{style}</style></head><body>" + "\n".join(parts) + "</body></html>\n")

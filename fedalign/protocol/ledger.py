@@ -24,8 +24,14 @@ restored); anything else after the last newline is cut off, saved beside the led
 ``<name>.torn-<offset>`` and reported (a warning and :attr:`Ledger.repairs`). A repair never
 removes a byte before the last newline, that is, never a committed entry.
 
-Verification errors are :class:`LedgerError` (a :class:`~fedalign.protocol.errors.CheckpointError`) and
-name the first bad entry: its index, its line in the file, and what is wrong.
+Verification: :func:`verify_ledger` is the one verifier (the library, ``audit verify``, ``show``
+and ``report`` all call it). It returns a :class:`VerifyResult`: what was checked (hash chain;
+signatures, and against which key, or plainly that they were not; witnessed heads; the tail), the
+verdict (:data:`INTACT`, :data:`TORN_TAIL` or :data:`BROKEN`) and the first bad entry with its
+index, line and reason. :func:`verify` is the same check, raising: errors are :class:`LedgerError`
+(a :class:`~fedalign.protocol.errors.CheckpointError`, exit code 11). A torn last line is neither
+intact nor forged: the committed entries before it are verified, and the verdict is a torn tail,
+refused unless the caller passes ``allow_torn_tail`` (docs/compliance.md, "Torn tails").
 """
 
 from __future__ import annotations
@@ -49,7 +55,15 @@ __all__ = [
     "Ledger",
     "read_ledger",
     "verify",
+    "verify_ledger",
     "verify_head",
+    "VerifyResult",
+    "Check",
+    "TornTail",
+    "LedgerTornTail",
+    "INTACT",
+    "TORN_TAIL",
+    "BROKEN",
     "entry_signature_ok",
     "witnessed_heads",
 ]
@@ -238,73 +252,343 @@ def verify_head(head: LedgerHead, public_key: bytes) -> None:
         raise LedgerError(f"ledger head {head.index} is not signed by the ledger's owner", index=head.index)
 
 
+# ---------------------------------------------------------------------------- the one verifier
+INTACT, TORN_TAIL, BROKEN = "intact", "torn_tail", "broken"
+_CHAIN, _SIGS, _HEADS, _TAIL, _READ = "hash chain", "signatures", "witnessed heads", "tail", "read"
+
+
+@dataclass(frozen=True)
+class TornTail:
+    """Bytes after the last newline that are not a complete JSON line: what a crash in the middle
+    of an append leaves (or a file cut mid-line). Never committed, never counted as an entry."""
+
+    offset: int  # byte offset where they start (the end of the last complete line)
+    length: int  # how many bytes
+    after: int  # index of the last committed entry before them (-1: none)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check of a verification and what came of it, as ``show``/``report`` list them."""
+
+    name: str  # "hash chain", "signatures", "witnessed heads", "tail"
+    outcome: str  # "ok", "FAILED", "NOT RUN", "TORN", "TORN (allowed)"
+    detail: str
+
+    @property
+    def ran(self) -> bool:
+        return self.outcome != "NOT RUN"
+
+
+@dataclass
+class VerifyResult:
+    """What :func:`verify_ledger` found: one type for the library, ``audit verify``, ``show`` and ``report``.
+
+    ``status`` is :data:`INTACT` (every check that ran passed), :data:`TORN_TAIL` (every committed
+    entry passed, then an incomplete last line: a crash mid-write or a cut mid-line) or
+    :data:`BROKEN` (``first_bad`` names the first entry that failed, ``reason`` says why,
+    ``failed_check`` which check failed). ``ok`` is True for intact, and for a torn tail only
+    when the caller allowed it (``allow_torn_tail``).
+    """
+
+    path: str
+    status: str = BROKEN
+    entries: int = 0  # committed entries that verified (before first_bad when broken)
+    lines: int = 0  # committed lines read (complete JSON lines)
+    first_bad: int | None = None  # index (= 0-based line) of the first bad entry
+    first_bad_line: int | None = None  # its 1-based line in the file
+    reason: str = ""
+    message: str = ""  # the same finding as ``file:line: ...`` (what LedgerError carries)
+    failed_check: str | None = None
+    head: LedgerHead | None = None  # (index, digest) of the last committed entry, for someone to witness
+    signed_entries: int = 0  # entries carrying a ``sig`` field (checked or not)
+    public_key: str | None = None  # hex Ed25519 key the signatures were checked against (None: not checked)
+    key_source: str | None = None  # where that key came from (``--public-key``, the roster, ...)
+    heads_given: int = 0  # witnessed/recorded heads given (index >= 0)
+    witnessed: int = 0  # of them, matched
+    witnessed_signed: int = 0  # of the matched, signature-checked against the owner's key
+    torn_tail: TornTail | None = None
+    allow_torn_tail: bool = False
+    newline_restored: bool = False  # the last entry was complete but had lost its newline: counted
+    key_hint: str = "pass --public-key or --config"  # what to do when signatures were present but not checked
+
+    @property
+    def ok(self) -> bool:
+        return self.status == INTACT or (self.status == TORN_TAIL and self.allow_torn_tail)
+
+    @property
+    def signatures_checked(self) -> bool:
+        return self.public_key is not None
+
+    # -- wording ---------------------------------------------------------------------------------
+    def signature_status(self) -> str:
+        """The signatures part of :meth:`line`: checked against which key, or plainly not checked."""
+        if self.public_key is not None:
+            src = f" ({self.key_source})" if self.key_source else ""
+            if self.failed_check == _SIGS:
+                return f"REFUSED against ed25519:{self.public_key}{src}"
+            return f"checked: every entry signed by ed25519:{self.public_key}{src}"
+        if self.signed_entries == 0:
+            return "none: the entries are unsigned (hash chain only)"
+        which = "every entry" if self.signed_entries == self.lines else f"{self.signed_entries} of {self.lines} entries"
+        return f"present on {which} but NOT checked: {self.key_hint}"
+
+    def _heads_status(self) -> str:
+        if not self.heads_given:
+            return "no witnessed head given (deleting the newest entries is not detectable without one)"
+        sig = (f", {self.witnessed_signed} of them signed by the owner" if self.witnessed_signed
+               else "")
+        return f"{self.witnessed} witnessed head(s) matched{sig}"
+
+    def line(self) -> str:
+        """One line: the verdict, as ``audit verify`` prints it."""
+        if self.status == BROKEN:
+            return f"{self.path}: BROKEN at entry {self.first_bad} (line {self.first_bad_line}): {self.reason}"
+        head = f"; head {self.head.index}:{self.head.digest}" if self.head else ""
+        tail = f"; {self._heads_status()}; signatures {self.signature_status()}"
+        if self.status == INTACT:
+            nl = "; the last entry had lost its newline (counted: it is complete)" if self.newline_restored else ""
+            return f"{self.path}: OK, {self.entries} entries, hash chain intact{head}{nl}{tail}"
+        assert self.torn_tail is not None
+        verdict = "TORN TAIL (accepted with --allow-torn-tail)" if self.allow_torn_tail else "TORN TAIL"
+        hint = "" if self.allow_torn_tail else "; not intact: pass --allow-torn-tail to accept a crash-torn last line"
+        return (f"{self.path}: {verdict} at entry {self.first_bad} (line {self.first_bad_line}): {self.reason}; "
+                f"the {self.entries} committed entries before it verified{head}{tail}{hint}")
+
+    def checks(self) -> list[Check]:
+        """Which checks ran and which did not, each with its outcome (the top of ``show``/``report``)."""
+        fc, broken = self.failed_check, self.status == BROKEN
+        out: list[Check] = []
+        if fc == _READ:
+            return [Check(_READ, "FAILED", self.reason)]
+        if fc == _CHAIN:
+            out.append(Check(_CHAIN, "FAILED", f"at entry {self.first_bad}: {self.reason}"))
+        else:
+            nl = " (the last entry had lost its newline; complete, counted)" if self.newline_restored else ""
+            out.append(Check(_CHAIN, "ok", f"{self.entries if broken else self.lines} entries chained, "
+                                           f"sequence numbers and canonical form checked{nl}"))
+        src = f" ({self.key_source})" if self.key_source else ""
+        if self.public_key is None:
+            out.append(Check(_SIGS, "NOT RUN", self.signature_status()))
+        elif fc == _SIGS:
+            out.append(Check(_SIGS, "FAILED", f"against ed25519:{self.public_key}{src}: entry {self.first_bad}: "
+                                             f"{self.reason}"))
+        elif fc == _CHAIN:
+            out.append(Check(_SIGS, "NOT RUN", f"stopped where the hash chain broke (key ed25519:{self.public_key}"
+                                               f"{src})"))
+        else:
+            out.append(Check(_SIGS, "ok", f"every entry signed by ed25519:{self.public_key}{src}"))
+        if fc == _HEADS:
+            out.append(Check(_HEADS, "FAILED", self.reason))
+        elif broken:
+            out.append(Check(_HEADS, "NOT RUN", "the ledger broke before they were compared"))
+        elif not self.heads_given:
+            out.append(Check(_HEADS, "NOT RUN", "none given: deleting the newest entries (at a line boundary) is "
+                                                "not detectable without one (--head, --witness-ledger)"))
+        else:
+            sig = (f"; {self.witnessed_signed} signature-checked against the owner's key" if self.public_key
+                   else "; their signatures NOT checked (no key)")
+            out.append(Check(_HEADS, "ok", f"{self.witnessed} head(s) present with the witnessed digest{sig}"))
+        if broken:
+            out.append(Check(_TAIL, "NOT RUN", "the ledger broke before its end"))
+        elif self.torn_tail is not None:
+            out.append(Check(_TAIL, "TORN (allowed)" if self.allow_torn_tail else "TORN",
+                             f"after entry {self.torn_tail.after}: {self.reason}"))
+        else:
+            out.append(Check(_TAIL, "ok", "the file ends with a complete entry"))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain fields for the JSON report."""
+        return {
+            "status": self.status, "ok": self.ok, "line": self.line(), "entries": self.entries,
+            "first_bad": self.first_bad, "reason": self.reason or None, "failed_check": self.failed_check,
+            "head": None if self.head is None else f"{self.head.index}:{self.head.digest}",
+            "signed_entries": self.signed_entries, "signatures_checked": self.signatures_checked,
+            "public_key": self.public_key, "key_source": self.key_source,
+            "heads_given": self.heads_given, "witnessed": self.witnessed, "witnessed_signed": self.witnessed_signed,
+            "torn_tail": None if self.torn_tail is None else {"offset": self.torn_tail.offset,
+                                                              "bytes": self.torn_tail.length,
+                                                              "after_entry": self.torn_tail.after},
+            "allow_torn_tail": self.allow_torn_tail,
+            "checks": [{"check": c.name, "outcome": c.outcome, "detail": c.detail} for c in self.checks()],
+        }
+
+    def raise_for_status(self) -> None:
+        """Raise :class:`LedgerError` (:class:`LedgerTornTail` for an unaccepted torn tail) unless ``ok``."""
+        if self.ok:
+            return
+        cls = LedgerTornTail if self.status == TORN_TAIL else LedgerError
+        raise cls(self.message or self.line(), index=self.first_bad, line=self.first_bad_line)
+
+
+class LedgerTornTail(LedgerError):
+    """The committed entries verified, but an incomplete last line follows (a crash mid-write, or a
+    cut mid-line); refused unless the caller accepts torn tails."""
+
+
+def _as_head(h: LedgerHead | tuple[int, str]) -> LedgerHead:
+    return h if isinstance(h, LedgerHead) else LedgerHead(int(h[0]), str(h[1]), b"")
+
+
+def verify_ledger(
+    path: str | os.PathLike,
+    *,
+    public_key: bytes | None = None,
+    key_source: str | None = None,
+    witnessed_heads: Iterable[LedgerHead | tuple[int, str]] = (),
+    recorded_heads: Iterable[LedgerHead | tuple[int, str]] = (),
+    allow_torn_tail: bool = False,
+) -> VerifyResult:
+    """Check the whole ledger and say what was checked; never raises for what it finds.
+
+    Per line, in file order: a JSON object with seq/time/kind/prev, a known version, plain
+    types, finite numbers, ``seq`` equal to its position, ``prev`` the SHA-256 of the line before
+    (``""`` for the first), canonical bytes (version 2), and, when ``public_key`` (the owner's
+    32-byte Ed25519 key) is given, a valid signature on *every* entry. A break in the chain at
+    entry i names entry i-1 (whose hash no longer matches): the edited entry, in all but the
+    case where entry i's ``prev`` was edited instead.
+
+    Then every head must be reached (an entry at its index with its digest): ``witnessed_heads``
+    are heads a peer recorded (with ``public_key``, each must also carry the owner's signature),
+    ``recorded_heads`` heads the auditor recorded themselves (taken as given).
+
+    The tail: a last line without its newline that is a complete JSON line is an entry like any
+    other (checked as such); bytes after the last newline that are not complete JSON are a
+    *torn tail*: status :data:`TORN_TAIL`, not intact and not broken, ``ok`` only with
+    ``allow_torn_tail``.
+    """
+    p = Path(path)
+    res = VerifyResult(str(p), public_key=public_key.hex() if public_key is not None else None,
+                       key_source=key_source if public_key is not None else None, allow_torn_tail=allow_torn_tail)
+
+    def broken(check: str, index: int, reason: str, message: str | None = None) -> VerifyResult:
+        res.status, res.failed_check, res.first_bad, res.first_bad_line = BROKEN, check, index, index + 1
+        res.reason, res.message = reason, message or f"{p}:{index + 1}: entry {index}: {reason}"
+        res.entries = min(res.entries, index)
+        return res
+
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        return broken(_READ, 0, f"cannot read the ledger: {exc.strerror or exc}", f"{p}: cannot read ledger: {exc}")
+    lines, tail, end = _split(data)
+    if tail:
+        try:
+            json.loads(tail)
+        except (ValueError, UnicodeDecodeError):
+            res.torn_tail = TornTail(end, len(tail), len(lines) - 1)
+        else:  # a whole line that lost its newline: an entry like any other (a forged one fails below)
+            lines.append(tail)
+            res.newline_restored = True
+    res.lines = len(lines)
+    prev = ""
+    digests: list[str] = []
+    for i, raw in enumerate(lines):
+        n = i + 1
+        res.entries = i
+        try:
+            obj = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return broken(_CHAIN, i, "not a JSON line (edited or damaged)",
+                          f"{p}:{n}: entry {i}: ledger line is not JSON ({exc})")
+        if not isinstance(obj, dict) or not {"seq", "time", "kind", "prev"} <= obj.keys():
+            return broken(_CHAIN, i, "lacks seq/time/kind/prev",
+                          f"{p}:{n}: entry {i}: ledger line lacks seq/time/kind/prev")
+        if obj.get("v", 1) not in _VERSIONS:
+            return broken(_CHAIN, i, f"ledger version {obj.get('v')!r}, expected one of {_VERSIONS}")
+        seq, t = obj["seq"], obj["time"]
+        if type(seq) is not int or not isinstance(t, (int, float)) or isinstance(t, bool) \
+                or not isinstance(obj["kind"], str):
+            return broken(_CHAIN, i, "seq must be an int, time a number, kind a str")
+        try:
+            canonical = _canonical(obj)
+        except ValueError:
+            return broken(_CHAIN, i, "holds a number JSON cannot carry (infinite or NaN): edited or damaged")
+        if seq != i:
+            return broken(_CHAIN, i, f"sequence number {seq!r}, expected {i}: entries deleted, reordered or inserted",
+                          f"{p}:{n}: ledger chain broken at entry {i}: sequence number {seq}, expected {i} "
+                          "(entries deleted, reordered or inserted)")
+        if obj["prev"] != prev:
+            if i == 0:
+                return broken(_CHAIN, 0, "the first entry's prev is not empty (edited)",
+                              f"{p}:1: ledger chain broken at entry 0: its prev is not empty (edited)")
+            return broken(_CHAIN, i - 1, f"its SHA-256 no longer matches what entry {i} recorded: entry {i - 1} was "
+                                         f"edited (or entry {i}'s prev field)",
+                          f"{p}:{n}: ledger chain broken at entry {i}: prev does not match the hash of entry {i - 1} "
+                          f"(entry {i - 1} was edited, or entry {i}'s prev, or entries were deleted or reordered)")
+        if obj.get("v", 1) >= 2 and canonical != raw:
+            return broken(_CHAIN, i, "line is not in canonical form (edited by hand?)")
+        sig = obj.get("sig")
+        if sig is not None:
+            res.signed_entries += 1
+        if public_key is not None:
+            body = _canonical({k: v for k, v in obj.items() if k != "sig"})
+            if not isinstance(sig, str) or not _is_hex(sig) or not _signature_ok(
+                public_key, bytes.fromhex(sig), _ENTRY_CONTEXT, body
+            ):
+                what = ("entry is not signed (written without the owner's identity, or the signature was removed)"
+                        if sig is None else "entry has a signature that does not match its content under this key "
+                        "(edited, or signed with another key)")
+                return broken(_SIGS, i, what)
+        prev = hashlib.sha256(raw).hexdigest()
+        digests.append(prev)
+    res.entries = len(digests)
+    res.head = LedgerHead(len(digests) - 1, digests[-1]) if digests else None
+    heads = [(_as_head(h), True) for h in witnessed_heads] + [(_as_head(h), False) for h in recorded_heads]
+    for head, peer in sorted(heads, key=lambda x: x[0].index):
+        if peer and public_key is not None:
+            if not head.signature or not _signature_ok(public_key, head.signature, _HEAD_CONTEXT, head.index,
+                                                       head.digest):
+                return broken(_HEADS, max(head.index, 0), f"the witnessed head of entry {head.index} is not signed by "
+                              "the ledger's owner (a forged head, or the peer's ledger was edited)",
+                              f"{p}: ledger head {head.index} is not signed by the ledger's owner")
+        if head.index < 0:
+            continue
+        res.heads_given += 1
+        if head.index >= len(digests):
+            k = head.index + 1 - len(digests)
+            return broken(_HEADS, len(digests), f"a witnessed head says entry {head.index} exists, the ledger ends at "
+                          f"entry {len(digests) - 1}: the newest {k} entries were deleted (truncated)",
+                          f"{p}: ledger ends at entry {len(digests) - 1} but entry {head.index} was witnessed: "
+                          f"the newest {k} entries were deleted (truncated)")
+        if digests[head.index] != head.digest:
+            return broken(_HEADS, head.index, "differs from the witnessed head of that entry (rewritten or replaced "
+                          "after it was witnessed)",
+                          f"{p}:{head.index + 1}: entry {head.index}: differs from the witnessed head "
+                          "(rewritten or replaced after it was witnessed)")
+        res.witnessed += 1
+        if peer and public_key is not None:
+            res.witnessed_signed += 1
+    if res.torn_tail is not None:
+        res.status, res.failed_check = TORN_TAIL, _TAIL
+        res.first_bad, res.first_bad_line = len(lines), len(lines) + 1
+        res.reason = (f"incomplete last line ({res.torn_tail.length} bytes at byte {res.torn_tail.offset}, not a "
+                      "complete entry): a crash mid-write, or the file was truncated mid-line; never committed, "
+                      "not counted")
+        res.message = res.line()
+        return res
+    res.status = INTACT
+    return res
+
+
 def verify(
     path: str | os.PathLike,
     *,
     public_key: bytes | None = None,
     witnessed_heads: Iterable[LedgerHead] = (),
+    recorded_heads: Iterable[LedgerHead | tuple[int, str]] = (),
+    allow_torn_tail: bool = False,
 ) -> int:
-    """Check the whole ledger; return the entry count or raise :class:`LedgerError`.
+    """:func:`verify_ledger`, raising: return the entry count or raise :class:`LedgerError`.
 
-    Checks, in file order, that every line is canonical JSON of a known version, that
-    sequence numbers count from 0 and ``prev`` chains each line to the one before it, and,
-    when ``public_key`` (the owner's 32-byte Ed25519 key) is given, that *every* entry carries
-    a valid signature. Then every head in ``witnessed_heads`` must be reached: the ledger has
-    an entry at the head's index whose digest is the head's (and, with ``public_key``, the
-    head is signed by the owner). A ledger cut below a witnessed head, or rewritten from there
-    on, fails. The error names the first bad entry (index and file line).
+    The error names the first bad entry (index and file line); a torn last line raises
+    :class:`LedgerTornTail` unless ``allow_torn_tail`` (then the committed entries are counted).
     """
-    p = Path(path)
-    lines = _committed_lines(p)
-    prev = ""
-    digests: list[str] = []
-    for i, raw in enumerate(lines):
-        n = i + 1
-        where = f"{p}:{n}: entry {i}"
-        obj = _decode(p, n, raw)
-        entry = _entry(p, n, raw, obj)
-        if obj.get("v", 1) not in _VERSIONS:
-            raise LedgerError(f"{where}: ledger version {obj.get('v')!r}, expected one of {_VERSIONS}", index=i, line=n)
-        if entry.seq != i:
-            raise LedgerError(f"{p}:{n}: ledger chain broken at entry {i}: sequence number {entry.seq}, expected {i} "
-                              "(entries deleted, reordered or inserted)", index=i, line=n)
-        if obj["prev"] != prev:
-            raise LedgerError(f"{p}:{n}: ledger chain broken at entry {i}: prev does not match the hash of entry {i - 1} "
-                              "(that entry was edited, or entries were deleted or reordered)", index=i, line=n)
-        try:
-            canonical = _canonical(obj)
-        except ValueError:
-            canonical = b""
-        if obj.get("v", 1) >= 2 and canonical != raw:
-            raise LedgerError(f"{where}: line is not in canonical form (edited by hand?)", index=i, line=n)
-        if public_key is not None:
-            sig = obj.get("sig")
-            body = _canonical({k: v for k, v in obj.items() if k != "sig"})
-            if not isinstance(sig, str) or not _is_hex(sig) or not _signature_ok(
-                public_key, bytes.fromhex(sig), _ENTRY_CONTEXT, body
-            ):
-                what = "is not signed" if sig is None else "has a signature that does not match its content"
-                raise LedgerError(f"{where}: entry {what} (edited, or written without the owner's identity)",
-                                  index=i, line=n)
-        prev = entry.digest
-        digests.append(prev)
-    for head in sorted(witnessed_heads, key=lambda h: h.index):
-        if public_key is not None:
-            verify_head(head, public_key)
-        if head.index < 0:
-            continue
-        if head.index >= len(digests):
-            raise LedgerError(
-                f"{p}: ledger ends at entry {len(digests) - 1} but entry {head.index} was witnessed: "
-                f"the newest {head.index + 1 - len(digests)} entries were removed (truncated)",
-                index=len(digests), line=len(digests) + 1,
-            )
-        if digests[head.index] != head.digest:
-            raise LedgerError(
-                f"{p}:{head.index + 1}: entry {head.index}: differs from the witnessed head "
-                "(rewritten or replaced after it was witnessed)", index=head.index, line=head.index + 1,
-            )
-    return len(lines)
+    res = verify_ledger(path, public_key=public_key, witnessed_heads=witnessed_heads,
+                        recorded_heads=recorded_heads, allow_torn_tail=allow_torn_tail)
+    res.raise_for_status()
+    return res.entries
 
 
 def entry_signature_ok(entry: Mapping[str, Any], public_key: bytes) -> bool:
@@ -312,8 +596,11 @@ def entry_signature_ok(entry: Mapping[str, Any], public_key: bytes) -> bool:
     sig = entry.get("sig")
     if not isinstance(sig, str) or not _is_hex(sig):
         return False
-    return _signature_ok(public_key, bytes.fromhex(sig), _ENTRY_CONTEXT,
-                         _canonical({k: v for k, v in entry.items() if k != "sig"}))
+    try:
+        body = _canonical({k: v for k, v in entry.items() if k != "sig"})
+    except (TypeError, ValueError):  # a non-finite number: no signature can cover it
+        return False
+    return _signature_ok(public_key, bytes.fromhex(sig), _ENTRY_CONTEXT, body)
 
 
 def witnessed_heads(path: str | os.PathLike, node: str) -> list[LedgerHead]:
