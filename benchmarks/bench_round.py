@@ -66,7 +66,7 @@ def run(scheme: SumScheme, n: int, rounds: int, params, rank: int) -> list[dict]
     for i, s in enumerate(names):
         p = SiloParticipant(s, net.client(s), FixedUpdate(i), identity=ids[s], trusted=trusted,
                             policy=SiloPolicy(min_silos=3, heartbeat_interval_s=1.0, max_weight=64,
-                                              allow_insecure_plaintext=plain), stop=stop)
+                                              allow_insecure_plaintext=plain, scheme=str(scheme)), stop=stop)
         th = threading.Thread(target=p.run, daemon=True)
         th.start()
         threads.append(th)

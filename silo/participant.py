@@ -514,6 +514,7 @@ class SiloParticipant:
         cur.sum, cur.instance, cur.phase = ss, m.instance, m.phase
         self.events.emit("sum_joined", round=m.round, phase=m.phase, instance=m.instance,
                          participants=list(m.participants))
+        self._note_completed(cur)  # plain sums are over once the input left
         self._send_sum(out)
 
     def _on_crypto(self, env: Envelope, m: CryptoMessage) -> None:
@@ -536,10 +537,16 @@ class SiloParticipant:
             self.events.emit("sum_failed", round=cur.round, phase=cur.phase, reason=str(e))
             cur.sum = None
             return
-        survivors = cur.sum.survivors
-        if survivors is not None and cur.phase not in cur.completed:
-            cur.completed[cur.phase] = tuple(sorted(survivors))  # the set this phase verifiably summed
+        self._note_completed(cur)
         self._send_sum(out)
+
+    @staticmethod
+    def _note_completed(cur: _Round) -> None:
+        """Once the open sum knows (and verified) whom it holds, that set is the phase's: phase 0's
+        is the round's one set, which every later phase must name exactly."""
+        survivors = cur.sum.survivors if cur.sum is not None else None
+        if survivors is not None and cur.phase not in cur.completed:
+            cur.completed[cur.phase] = tuple(sorted(survivors))
 
     def _send_sum(self, out: list[CryptoMessage]) -> None:
         cur = self.cur

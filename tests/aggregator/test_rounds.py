@@ -320,3 +320,15 @@ def test_ledger_heads_are_witnessed_both_ways_and_a_cut_silo_ledger_fails_verify
     cut = CliRunner().invoke(app, ["verify", str(tmp_path / "silo-0.jsonl"), "--witness-ledger", str(agg),
                                    "--node", "silo-0"])
     assert cut.exit_code == 11 and "deleted" in cut.output, cut.output
+
+
+@pytest.mark.parametrize("scheme", [SumScheme.PLAIN_INSECURE, SumScheme.CKKS])
+def test_a_multi_phase_round_commits_under_every_scheme(scheme):
+    # every later phase must name the set phase 0 summed: the silo learns it from the sum itself, at
+    # the unmask step (secagg), once its encrypted input left (ckks, no dropouts), or at once (plain)
+    if scheme == SumScheme.CKKS:
+        pytest.importorskip("tenseal")
+    res = run_federation(3, rounds=1, strategy="fedcmp", options={"rank": 2}, scheme=scheme)
+    assert res.error is None, res.error
+    assert res.state.history[0]["survivors"] == ["silo-0", "silo-1", "silo-2"]
+    assert [ph for ph, _ in res.strategy.sums] == [0, 1]
