@@ -390,7 +390,7 @@ class SiloParticipant:
                                  **{k: float(v) for k, v in upd.metrics.items()})
             weight = min(float(upd.n_samples), self.policy.max_weight) / self.policy.max_weight
         self.cur = _Round(m.round, params, _to_torch(m.public), m.seed, strat, upd.delta, weight, digest=digest,
-                          update_digest=params_digest(upd.delta), view=round_view(m))
+                          update_digest=params_digest(upd.delta), view=round_view(m, bytes.fromhex(digest)))
         head = self.ledger_head() if self.ledger_head is not None else {}
         self._send(UpdateReady(m.round, float(upd.epsilon or 0.0), head), m.round)
 

@@ -9,7 +9,6 @@ writer of these files (``silo status`` reads the round through :func:`committed_
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from safetensors.torch import save_file
 from fedalign.fedcmp.strategy import Tensors
 from fedalign.host.atomic import atomic_write
 from fedalign.protocol.errors import CheckpointError
+from fedalign.protocol.view import arrays_digest
 
 __all__ = ["TrainedUpdate", "FederationStore", "params_digest", "committed_round"]
 
@@ -37,13 +37,9 @@ class TrainedUpdate:
 
 
 def params_digest(params: Mapping[str, torch.Tensor] | Mapping[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(params):
-        v = params[k]
-        a = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
-        h.update(k.encode() + b"\0" + str(a.dtype).encode() + str(a.shape).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
+    """Hex SHA-256 of named tensors (the same digest the round's signed view uses for θ_t)."""
+    return arrays_digest({k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+                          for k, v in params.items()}).hex()
 
 
 class FederationStore:

@@ -39,11 +39,14 @@ def _feed(h: "hashlib._Hash", *parts: bytes) -> None:
 
 
 def arrays_digest(arrays: Mapping[str, Any]) -> bytes:
-    """SHA-256 over named arrays: names, dtypes, shapes and bytes, in name order."""
-    h = hashlib.sha256(b"fedalign/arrays/v1\x00")
+    """SHA-256 over named arrays (numpy, or anything ``np.asarray`` takes): name, dtype, shape and
+    bytes of each, in name order. The silo's state files key updates by the same digest of θ_t
+    (``fedalign.silo.store.params_digest``), so a round's θ is hashed once."""
+    h = hashlib.sha256()
     for name in sorted(arrays):
         a = np.ascontiguousarray(np.asarray(arrays[name]))
-        _feed(h, name.encode(), a.dtype.str.encode(), repr(tuple(a.shape)).encode(), a.tobytes())
+        h.update(name.encode() + b"\0" + str(a.dtype).encode() + str(a.shape).encode())
+        h.update(a.tobytes())
     return h.digest()
 
 
@@ -51,10 +54,12 @@ def _options(options: Mapping[str, Any]) -> bytes:
     return json.dumps(dict(options), sort_keys=True, separators=(",", ":"), default=repr).encode()
 
 
-def round_view(start: RoundStart) -> bytes:
-    """The digest of what a RoundStart fixes for every phase of its round."""
+def round_view(start: RoundStart, params_digest: bytes | None = None) -> bytes:
+    """The digest of what a RoundStart fixes for every phase of its round (``params_digest``: the
+    caller's :func:`arrays_digest` of ``start.params``, when it has one already)."""
     h = hashlib.sha256(_TAG + b"round")
-    _feed(h, str(start.round).encode(), arrays_digest(start.params), arrays_digest(start.public), bytes(start.seed),
+    theta = params_digest if params_digest is not None else arrays_digest(start.params)
+    _feed(h, str(start.round).encode(), theta, arrays_digest(start.public), bytes(start.seed),
           start.strategy.encode(), _options(start.strategy_options), str(start.n_phases).encode())
     return h.digest()
 
