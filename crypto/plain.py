@@ -11,7 +11,7 @@ import numpy as np
 
 from fedalign.crypto._common import Layout, StepMachine, check_envelope
 from fedalign.crypto.config import SecureSumConfig
-from fedalign.crypto.errors import CryptoError, SecureSumUsageError
+from fedalign.crypto.errors import CryptoError, SecAggAborted, SecureSumUsageError
 from fedalign.crypto.identity import Roster
 from fedalign.crypto.messages import Message, PlainInput, Stage
 
@@ -83,8 +83,6 @@ class PlainAggregator(StepMachine):
 
     def _advance(self, stage, answers):
         if len(answers) < self._need:
-            from fedalign.crypto.errors import SecAggAborted
-
             raise SecAggAborted("plain sum: a silo is missing and this sum allows no dropouts")
         self.result = (self._layout.split(self._total), tuple(sorted(answers)))
         return [], Stage.DONE, ()

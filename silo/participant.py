@@ -468,7 +468,7 @@ class SiloParticipant:
         public = {**cur.public, **_to_torch(m.public)}
         # public values checked before they touch the update: declared names and shapes, finite, the
         # bases orthonormal; then the contribution against its declared spec
-        problems = [f"{p}" for p in cur.strategy.public_violations(m.phase, cur.params, public)]
+        problems = cur.strategy.public_violations(m.phase, cur.params, public)
         contrib, new_state = {}, None
         if not problems:
             contrib, new_state = cur.strategy.silo_contribution(m.phase, cur.delta, cur.weight, public,

@@ -47,7 +47,7 @@ class StrategyPin:
 
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
-        return a is b or (isinstance(a, bool) and isinstance(b, bool) and a == b)
+        return type(a) is type(b) and a == b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return float(a) == float(b) or (math.isnan(float(a)) and math.isnan(float(b)))
     return a == b

@@ -76,7 +76,7 @@ class _MeanUpdateStrategy:
 
     def public_violations(self, phase: int, params: Tensors, public: Tensors) -> list[str]:
         _check_phase(self, phase)
-        return public_problems({}, public, next(iter(params.values())).dtype if params else torch.float32)
+        return public_problems({}, public, params)
 
     def silo_contribution(
         self, phase: int, delta: Tensors, weight: float, public: Tensors, silo_state: Tensors
@@ -359,8 +359,7 @@ class FedCMP:
     def public_violations(self, phase: int, params: Tensors, public: Tensors) -> list[str]:
         fac = self._factored(params)
         bases = tuple(fm.key(n, p) for n in fac for p in (fm.Q, fm.U, fm.U_PREV))
-        dtype = next(iter(params.values())).dtype if params else torch.float32
-        return public_problems(self.public_spec(phase, params), public, dtype, orthonormal=bases,
+        return public_problems(self.public_spec(phase, params), public, params, orthonormal=bases,
                                zero_ok=tuple(fm.key(n, fm.U_PREV) for n in fac))
 
     def _carried(self, name: str, delta: torch.Tensor, silo_state: Tensors) -> torch.Tensor:

@@ -137,10 +137,12 @@ def silo_weight(n_samples: int, cap: int) -> float:
 _ORTH_TOL = 1e-3  # ‖UᵀU − I‖_F of a float32 QR basis is ~1e-6; anything near 1 is no basis
 
 
-def public_problems(expected: Mapping[str, tuple[int, ...]], public: Mapping[str, torch.Tensor],
-                    dtype: torch.dtype, orthonormal: tuple[str, ...] = (), zero_ok: tuple[str, ...] = ()) -> list[str]:
+def public_problems(expected: Mapping[str, tuple[int, ...]], public: Mapping[str, torch.Tensor], params: Tensors,
+                    orthonormal: tuple[str, ...] = (), zero_ok: tuple[str, ...] = ()) -> list[str]:
     """``public`` against ``expected`` names and shapes: one line per problem (missing, unknown, shape,
-    dtype, non-finite, a basis in ``orthonormal`` that is not; those in ``zero_ok`` may also be all zero)."""
+    not the dtype of ``params``, non-finite, a basis in ``orthonormal`` that is not; those in ``zero_ok``
+    may also be all zero)."""
+    dtype = next(iter(params.values())).dtype if params else torch.float32
     problems = []
     for k in sorted(set(expected) - set(public)):
         problems.append(f"public tensor {k!r} is missing")

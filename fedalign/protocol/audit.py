@@ -32,7 +32,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from fedalign.protocol.ledger import LedgerHead, VerifyResult, _committed_lines
+from fedalign.protocol.ledger import LedgerHead, VerifyResult, _committed_lines, _is_hex
 from fedalign.protocol.ledger import verify_ledger as _verify
 
 __all__ = [
@@ -60,14 +60,6 @@ def parse_head(text: str) -> tuple[int, str]:
     if not sep or not seq.strip().isdigit() or len(digest) != 64 or not _is_hex(digest):
         raise ValueError(f"head {text!r}: expected SEQ:SHA256 (as `audit verify` prints it)")
     return int(seq), digest.lower()
-
-
-def _is_hex(s: str) -> bool:
-    try:
-        bytes.fromhex(s)
-    except ValueError:
-        return False
-    return True
 
 
 def ledger_head(path: str | Path) -> tuple[int, str] | None:
