@@ -9,6 +9,9 @@ that falls below ``min_silos`` anywhere is abandoned and retried; nothing of it 
 
 Messages for a closed phase or an old round are ignored and logged. The same code runs over
 the in-memory transport in tests and ZeroMQ in production; time comes from ``clock``.
+
+At the end (or an abort) :class:`RunEnd` goes to every silo and the ledgers are closed: each
+silo's final head is witnessed and receipted, after this ledger's run_end (``_close_ledgers``).
 """
 
 from __future__ import annotations
@@ -18,15 +21,15 @@ import math
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from fedalign.protocol.errors import FedAlignError, ProtocolError, RoundAborted
 from fedalign.protocol.eventlog import EventLog
-from fedalign.protocol.ledger import Ledger, LedgerHead, verify_head
-from fedalign.protocol.messages import (Heartbeat, JoinReply, LeaveNotice, ModelDeclaration, RoundEnd, RoundStart, RunEnd,
+from fedalign.protocol.ledger import Ledger, LedgerHead, sign_receipt, verify_head
+from fedalign.protocol.messages import (LedgerClose, LedgerReceipt, Heartbeat, JoinReply, LeaveNotice, ModelDeclaration, RoundEnd, RoundStart, RunEnd,
                                         SumScheme, SumStart, UpdateReady)
 from fedalign.fedcmp.phases import PhaseSum, phase_allows_dropouts, run_phases, sums_from_arrays
 from fedalign.fedcmp.strategy import Strategy, Tensors
@@ -63,6 +66,7 @@ class RoundPolicy:
     neighbours: int | None = None
     ckks_poly_modulus: int = 8192
     allow_insecure_plaintext: bool = False
+    close_wait_s: float = 10.0  # after RunEnd: how long to wait for the silos' final ledger heads
 
 
 def round_seed(seed: int, round_id: int) -> bytes:
@@ -226,6 +230,7 @@ class Coordinator:
         for s in told:
             self._send(s, self.state.round, end)
         self.events.emit("run_aborted", rounds=self.state.round, reason=reason, told=told)
+        self._close_ledgers(set(told), end)
 
     def _late(self, env: Envelope, where: str) -> None:
         self.events.emit(
@@ -276,6 +281,7 @@ class Coordinator:
         """Send RunEnd to every silo heard from; after a resume of a finished run, wait for them briefly."""
         end = RunEnd(self.state.round, to_numpy(self.state.params), "completed")
         told: set[str] = set()
+        early: list[Envelope] = []
         deadline = self.clock() + min(self.policy.roster_wait_s, self.policy.heartbeat_timeout_s)
         while True:
             for s in sorted(set(self.last_seen) - self.left - told):
@@ -284,8 +290,11 @@ class Coordinator:
             if told >= set(self.identities) - self.left - set(self.refused) or self.clock() >= deadline:
                 break
             env = self._next(min(deadline, self.clock() + 0.25))
-            if env is not None:
+            if env is not None and isinstance(env.message, LedgerClose):
+                early.append(env)  # a silo told first closes while others are still being told
+            elif env is not None:
                 self._late(env, "run finished")
+        self._close_ledgers(told, end, early)
         # a silo still heard from after it was told missed the RunEnd (a reconnect, a restart):
         # tell it again for a short while, so no silo waits out its timeout for a finished run
         told_at = {s: self.clock() for s in told}
@@ -466,6 +475,51 @@ class Coordinator:
             self.events.emit("ledger_head_refused", silo=silo, reason=str(e))
             return
         self.ledger.record_witness(silo, h, now=time.time())
+
+    def _close_ledgers(self, told: set[str], end: RunEnd, early: Sequence[Envelope] = ()) -> None:
+        """Close both sides' ledgers so that no entry is left unwitnessed: each silo told ``end``
+        answers with its final head (LedgerClose, its run_end written); each head signed by that
+        silo is recorded here as a final witness; then this ledger's run_end; then every silo that
+        closed gets a receipt (this identity's signature over its head) and this ledger's head after
+        run_end, which it records (protocol.ledger, "No unwitnessed tail"). A silo that does not
+        answer within ``close_wait_s`` is named in run_end as unclosed."""
+        if self.ledger is None:
+            return
+        closed: dict[str, LedgerHead | None] = {}
+        deadline = self.clock() + self.policy.close_wait_s
+        queue = list(early)
+        while set(told) - set(closed) - self.left and (queue or self.clock() < deadline):
+            env = queue.pop(0) if queue else self._next(min(deadline, self.clock() + 0.25))
+            if env is None:
+                continue
+            m = env.message
+            if not isinstance(m, LedgerClose) or env.sender not in told or env.sender in closed:
+                self._late(env, "closing the ledgers")
+                continue
+            closed[env.sender] = None
+            if not m.head:  # this silo keeps no ledger
+                continue
+            try:
+                head = LedgerHead.from_wire(m.head)
+                verify_head(head, bytes.fromhex(self.identities[env.sender]))
+            except (FedAlignError, ValueError) as e:
+                self.events.emit("ledger_head_refused", silo=env.sender, reason=str(e), stage="close")
+                continue
+            self.ledger.record_witness(env.sender, head, now=time.time(), final=True)
+            closed[env.sender] = head
+        receipted = sorted(s for s, h in closed.items() if h is not None)
+        unclosed = sorted(set(told) - set(closed))
+        self.ledger.append("run_end", {"reason": end.reason, "rounds_done": end.rounds_done,
+                                       "closed": receipted, "unclosed": unclosed}, now=time.time())
+        own = self.ledger.head()
+        identity = self.ledger.identity
+        for s in receipted:
+            head = closed[s]
+            assert head is not None
+            receipt = sign_receipt(identity, s, head) if identity is not None else b""
+            self._send(s, end.rounds_done, LedgerReceipt(head.to_wire(), receipt, own.to_wire()))
+        self.events.emit("ledgers_closed", receipted=receipted, unclosed=unclosed,
+                         without_ledger=sorted(s for s, h in closed.items() if h is None))
 
     def _commit(self, new: RunState, record: dict[str, Any]) -> None:
         if self.store is not None:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from fedalign.host.audit_cli import make_audit_app
+from fedalign.host.audit_cli import Peer, make_audit_app
 from fedalign.protocol.config.policy import SitePolicy, load_site_policy
 from fedalign.protocol.ledger import Ledger
 from fedalign.protocol.policy import (check_silo_config, key_fingerprint, policy_digest, raise_if_violated,
@@ -198,4 +198,23 @@ def _key_of(config: Path) -> tuple[bytes | None, str]:
                       f"the roster does not list federation.silo_id, and {file_error}; pass --public-key")
 
 
-app = make_audit_app("silo", _ledger_of, _key_of)
+def _peers_of(config: Path) -> tuple[str | None, list[Peer]]:
+    """This silo's name and the aggregator's ledger ``[audit] peer_ledger`` names, with the roster's
+    ``[aggregator]`` identity (its ledger and its closing receipt are checked against it)."""
+    from fedalign.protocol.config.roster import load_roster
+    from fedalign.protocol.config.silo import load_silo_config
+
+    cfg = load_silo_config(config)
+    fed = cfg.federation
+    key, source = None, ""
+    if fed.roster is not None:
+        roster_path = cfg.resolve(fed.roster)
+        agg = load_roster(roster_path).aggregator
+        if agg is not None:
+            key, source = bytes.fromhex(agg.identity_public_key), f"the roster {roster_path}, [aggregator]"
+    ledger = None if cfg.audit.peer_ledger is None else cfg.resolve(cfg.audit.peer_ledger)
+    # without the aggregator's ledger its key still checks the closing receipt in this one
+    return fed.silo_id, [Peer("aggregator", ledger, key, source)] if ledger is not None or key is not None else []
+
+
+app = make_audit_app("silo", _ledger_of, _key_of, _peers_of)

@@ -136,6 +136,7 @@ def run_federated(
         max_weight=float(fed.max_weight or config.data.shard_size),
         allow_insecure_plaintext=insecure, dp_enabled=config.privacy.enabled, scheme=fed.scheme,
         strategy=pin,  # the one strategy and the options this silo accepts (a RoundStart outside it is refused)
+        receipt_timeout_s=fed.receipt_timeout_s,
     )
     client = ZmqClient(endpoint, name, keypair=keypair, server_public=server_public, registry=wire_registry(),
                        allow_insecure_plaintext=insecure)
@@ -147,7 +148,8 @@ def run_federated(
             configure(p)
         session = getattr(trainer, "session", None)
         if session is not None:
-            witness_heads(p, session.ledger)
+            agg = roster.aggregator
+            witness_heads(p, session.ledger, aggregator_key=bytes.fromhex(agg.identity_public_key) if agg else None)
         return p.run()
     finally:
         time.sleep(0.2)  # let a final LeaveNotice leave
@@ -155,21 +157,61 @@ def run_federated(
         events.close()
 
 
-def witness_heads(participant: SiloParticipant, ledger: Any) -> None:
+def witness_heads(participant: SiloParticipant, ledger: Any, *, aggregator_key: bytes | None = None) -> None:
     """Exchange ledger heads through ``participant``: this silo's (signed) head leaves with each
-    UpdateReady, and the aggregator's head that each RoundStart carries is recorded in ``ledger``
-    (``silo audit verify --witness-ledger`` compares a peer's ledger against them)."""
+    UpdateReady and, at the end, with LedgerClose; the aggregator's head that each RoundStart carries
+    is recorded in ``ledger``, and so is its closing receipt (``silo audit verify`` compares a peer's
+    ledger against them). With ``aggregator_key`` (the roster's ``[aggregator]`` identity) every
+    aggregator head and the receipt must carry its signature; one that does not is refused (an event
+    and a refusal entry) and not recorded."""
     from fedalign.protocol.errors import CheckpointError
-    from fedalign.protocol.ledger import LedgerHead
+    from fedalign.protocol.ledger import LedgerHead, receipt_ok, verify_head
+
+    def refuse(what: str, reason: str) -> None:
+        participant.events.emit("ledger_head_refused", node="aggregator", what=what, reason=reason)
+        ledger.append("refusal", {"request": what, "reason": reason}, now=time.time())
 
     def peer(node: str, head: dict[str, Any]) -> None:
         try:
-            ledger.record_witness(node, LedgerHead.from_wire(head), now=time.time())
+            h = LedgerHead.from_wire(head)
+            if aggregator_key is not None:
+                verify_head(h, aggregator_key)
         except CheckpointError as e:
-            participant.events.emit("ledger_head_refused", node=node, reason=str(e))
+            refuse("witness the aggregator's ledger head", f"{e} (roster [aggregator] identity)")
+            return
+        ledger.record_witness(node, h, now=time.time())
+
+    def closed(own_wire: dict[str, Any], r: Any) -> str:
+        own = LedgerHead.from_wire(own_wire)
+        if r is None:
+            why = (f"no receipt from the aggregator within {participant.policy.receipt_timeout_s:g}s for the final "
+                   f"head (entry {own.index})")
+        else:
+            why = ""
+            try:
+                theirs = LedgerHead.from_wire(r.head)
+                agg_head = LedgerHead.from_wire(r.aggregator_head)
+                if (theirs.index, theirs.digest) != (own.index, own.digest):
+                    why = f"the receipt names entry {theirs.index}, the final head sent was entry {own.index}"
+                elif aggregator_key is not None and not receipt_ok(aggregator_key, participant.name, own.index,
+                                                                    own.digest, r.receipt):
+                    why = "the receipt is not signed by the roster's [aggregator] identity"
+                elif aggregator_key is not None:
+                    verify_head(agg_head, aggregator_key)
+            except CheckpointError as e:
+                why = f"the receipt is malformed or unsigned: {e}"
+            if not why:
+                ledger.record_receipt("aggregator", participant.name, own, r.receipt, agg_head, now=time.time())
+                signed = "signed" if r.receipt else "UNSIGNED (the roster names no aggregator identity)"
+                return (f"ledger closed: the aggregator witnessed entries up to {own.index} ({signed} receipt recorded "
+                        f"as entry {own.index + 1})")
+        ledger.append("ledger_not_closed", {"final_head": own.index, "reason": why}, now=time.time())
+        return (f"ledger NOT closed: {why}; entries after the last head the aggregator witnessed are unwitnessed "
+                "(`silo audit verify` says which; give it the aggregator's ledger)")
 
     participant.ledger_head = lambda: ledger.head().to_wire()
     participant.on_peer_head = peer
+    participant.on_receipt = closed
 
 
 class SessionTrainer:
@@ -219,17 +261,35 @@ def federated_train(config: Any, *, insecure_plaintext: bool = False, stop: thre
     trail = SiloAuditTrail(session.ledger)  # one Ledger object per file: the accountant's
     trail.run_start(config, policy, networked=True)
     session.record_dp_plan()
+    release = policy.release if policy is not None else None
+    evaluation = release is None or release.evaluation
+    raw = policy.retention.raw_updates if policy is not None else "keep_last"
+    ended: list[bool] = []
+
+    def run_end(m: Any, o: Any) -> None:
+        """At RunEnd, before the final head leaves: retention, then run_end with what will be written
+        out, so the closing receipt covers it (nothing is appended to the ledger after the receipt)."""
+        if raw == "delete_at_run_end":
+            (config.state_dir / "federation" / "last_update.safetensors").unlink(missing_ok=True)
+        trail.run_end(reason=o.reason, rounds_done=o.rounds_done, committed=o.committed,
+                      export_written=o.params is not None and o.rounds_done > 0 and (release is None or release.export),
+                      evaluation_written=evaluation, raw_updates=raw)
+        ended.append(True)
+
+    def configure(p: Any) -> None:
+        attach_policy(p, policy, trail)
+        p.on_run_end = run_end
+
     try:
         out = run_federated(config, trainer=trainer, insecure_plaintext=insecure_plaintext, stop=stop, progress=True,
-                            configure=lambda p: attach_policy(p, policy, trail))
+                            configure=configure)
     except BaseException as e:
-        trail.run_end(reason=f"{type(e).__name__}: {e}", export_written=False, evaluation_written=False)
+        if not ended:
+            trail.run_end(reason=f"{type(e).__name__}: {e}", export_written=False, evaluation_written=False)
         raise
     summary: dict[str, Any] = {"silo": config.federation.silo_id, "rounds_done": out.rounds_done,
                                "rounds_included": out.committed, "reason": out.reason,
-                               "data": session_report(trainer)}
-    release = policy.release if policy is not None else None
-    evaluation = release is None or release.evaluation
+                               "data": session_report(trainer), "ledger_closed": out.ledger_closed}
     if evaluation and out.first_params is not None and out.first_round == 0:
         summary["eval_initial"] = session.evaluate(out.first_params, label="the initial projector")
     exported = False
@@ -242,11 +302,11 @@ def federated_train(config: Any, *, insecure_plaintext: bool = False, stop: thre
                                                "reason": out.reason})
             summary["export"] = {k: str(v) for k, v in files.items()}
             exported = True
-    raw = policy.retention.raw_updates if policy is not None else "keep_last"
-    if raw == "delete_at_run_end":
+    if raw == "delete_at_run_end":  # also when the run ended without RunEnd (stopped by the operator)
         (config.state_dir / "federation" / "last_update.safetensors").unlink(missing_ok=True)
-    trail.run_end(reason=out.reason, rounds_done=out.rounds_done, committed=out.committed, export_written=exported,
-                  evaluation_written=evaluation, raw_updates=raw)
+    if not ended:  # no RunEnd (stopped by the operator): run_end now; nothing witnesses it
+        trail.run_end(reason=out.reason, rounds_done=out.rounds_done, committed=out.committed,
+                      export_written=exported, evaluation_written=evaluation, raw_updates=raw)
     summary["epsilon_spent"] = session.epsilon_spent
     summary["delta"] = config.privacy.delta if config.privacy.enabled else None
     summary["ledger"] = str(config.state_dir / "ledger.jsonl")

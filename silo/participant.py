@@ -37,8 +37,8 @@ from fedalign.fedcmp.pin import StrategyPin, pin_violations
 from fedalign.fedcmp.strategy import Strategy, Tensors, contribution_problems
 from fedalign.protocol.errors import ConfigError, DataError, InsecureModeRefused, PrivacyBudgetExceeded, ProtocolError
 from fedalign.protocol.eventlog import EventLog
-from fedalign.protocol.messages import (Heartbeat, JoinReply, LeaveNotice, ModelDeclaration, RoundEnd, RoundStart, RunEnd,
-                                        Stage, SumScheme, SumStart, UpdateReady)
+from fedalign.protocol.messages import (Heartbeat, JoinReply, LeaveNotice, LedgerClose, LedgerReceipt, ModelDeclaration,
+                                        RoundEnd, RoundStart, RunEnd, Stage, SumScheme, SumStart, UpdateReady)
 from fedalign.protocol.transport import ClientTransport
 from fedalign.protocol.view import phase_view, round_view
 from fedalign.protocol.wire import Envelope
@@ -83,6 +83,7 @@ class SiloPolicy:
     # another is refused. None (library use, the in-process simulator): any strategy, but under DP
     # reliability is still refused (a silo's ρ weighs its update inside the sums).
     strategy: StrategyPin | None = None
+    receipt_timeout_s: float = 30.0  # after RunEnd: wait this long for the receipt of the final ledger head
 
 
 @dataclass
@@ -93,6 +94,7 @@ class SiloOutcome:
     reason: str
     first_params: Tensors | None = None  # θ of the first round this silo saw (for before/after metrics)
     first_round: int | None = None
+    ledger_closed: str = ""  # how the ledger was closed with the aggregator (the exit line says it)
 
 
 def _to_torch(a: Mapping[str, np.ndarray]) -> Tensors:
@@ -171,6 +173,10 @@ class SiloParticipant:
         # UpdateReady; the aggregator's head, which arrives with each RoundStart, is recorded here
         self.ledger_head: Callable[[], dict[str, Any]] | None = None
         self.on_peer_head: Callable[[str, dict[str, Any]], None] | None = None
+        # closing the ledger at RunEnd: on_run_end writes run_end; this silo's final head leaves with
+        # LedgerClose; on_receipt records the aggregator's LedgerReceipt (None: none came) and says how
+        self.on_run_end: Callable[[RunEnd, "SiloOutcome"], None] | None = None
+        self.on_receipt: Callable[[dict[str, Any], LedgerReceipt | None], str] | None = None
         self.address = address
         describe = getattr(trainer, "describe", None)
         self.declaration: ModelDeclaration | None = describe() if callable(describe) else None
@@ -266,8 +272,10 @@ class SiloParticipant:
                     self._on_round_end(m)
                 elif isinstance(m, RunEnd):
                     self.events.emit("run_end", rounds_done=m.rounds_done, reason=m.reason)
-                    return SiloOutcome(_to_torch(m.params), m.rounds_done, self.committed_rounds, m.reason,
-                                       *self._first)
+                    out = SiloOutcome(_to_torch(m.params), m.rounds_done, self.committed_rounds, m.reason,
+                                      *self._first)
+                    self._close_ledger(m, out)
+                    return out
                 else:
                     self.events.emit("message_ignored", type=type(m).__name__, round=env.round)
             except DataError as e:  # one pass over the data is spent: leave cleanly, keep what finished
@@ -291,6 +299,28 @@ class SiloParticipant:
         return SiloOutcome(None, self.committed + 1, self.committed_rounds, "stopped")
 
     # ------------------------------------------------------------------ handlers
+    def _close_ledger(self, m: RunEnd, out: SiloOutcome) -> None:
+        """The run is over: write run_end (``on_run_end``), send the final head (LedgerClose; an empty
+        one without a ledger), and wait up to ``receipt_timeout_s`` for the aggregator's receipt."""
+        if self.on_run_end is not None:
+            self.on_run_end(m, out)
+        head = self.ledger_head() if self.ledger_head is not None else {}
+        self._send(LedgerClose(head), m.rounds_done)
+        if not head:
+            return
+        deadline = self.clock() + self.policy.receipt_timeout_s
+        receipt: LedgerReceipt | None = None
+        while receipt is None and self.clock() < deadline:
+            try:
+                env = self.t.recv(min(0.25, max(0.0, deadline - self.clock())))
+            except ProtocolError as e:
+                self.events.emit("message_dropped", reason=str(e), stage="closing the ledger")
+                continue
+            if env is not None and isinstance(env.message, LedgerReceipt):
+                receipt = env.message
+        out.ledger_closed = self.on_receipt(head, receipt) if self.on_receipt is not None else ""
+        self.events.emit("ledger_closed" if receipt is not None else "ledger_not_closed", detail=out.ledger_closed)
+
     def _commit_previous(self, m: RoundStart) -> None:
         """A new round starts: the previous one was committed; keep our state iff we were in it."""
         cur = self.cur

@@ -57,7 +57,7 @@ def prepare(out: Path, rounds: int, shard: int, world: str) -> dict:
     from safetensors.torch import save_file
     from transformers import AutoConfig
 
-    from fedalign.protocol.keys import write_keypair
+    from fedalign.aggregator.audit import keygen_aggregator
     from fedalign.silo.keys import keygen_silo
     from fedalign.silo.model import build_projector
     from fedalign.world import TINY_SPEC, WorldSpec
@@ -70,9 +70,10 @@ def prepare(out: Path, rounds: int, shard: int, world: str) -> dict:
     say(f"  world ready in {time.time() - t0:.0f}s ({'built now' if art.built else 'from cache'}): {art.vision_path.parent}")
 
     keys = out / "keys"
-    write_keypair(keys, "aggregator", role="aggregator")
+    *_, aggregator_entry = keygen_aggregator(keys, "aggregator")  # CURVE pair + Ed25519 identity
     entries = [keygen_silo(keys, s).roster_entry for s in SILOS]
-    (out / "roster.toml").write_text("# trusted silo keys: exchanged out of band\n\n" + "\n".join(entries))
+    (out / "roster.toml").write_text("# trusted keys (public only): exchanged out of band\n\n" + aggregator_entry
+                                     + "\n" + "\n".join(entries))
 
     d_v = AutoConfig.from_pretrained(str(art.vision_path)).hidden_size
     d_m = AutoConfig.from_pretrained(str(art.lm_path)).hidden_size
@@ -86,7 +87,8 @@ def prepare(out: Path, rounds: int, shard: int, world: str) -> dict:
     (out / "policy.toml").write_text(_fill(HERE / "policy.toml", aggregator_fingerprint=fp))
     shutil.copy(HERE / "aggregator-policy.toml", out / "aggregator-policy.toml")
     port = free_port()
-    (out / "aggregator.toml").write_text(_fill(HERE / "aggregator.toml", port=port, rounds=rounds))
+    peers = ", ".join(f'"{s}" = "{s}-out/state/ledger.jsonl"' for s in SILOS)
+    (out / "aggregator.toml").write_text(_fill(HERE / "aggregator.toml", port=port, rounds=rounds, peer_ledgers=peers))
     for i, s in enumerate(SILOS):
         txt = _fill(HERE / "silo.toml", port=port, index=i, name=s, shard_size=shard, samples_per_silo=shard * rounds,
                     world=world)

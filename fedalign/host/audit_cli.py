@@ -3,9 +3,12 @@
 Every command verifies through the one verifier, :func:`fedalign.protocol.ledger.verify_ledger`:
 
 ``audit verify [LEDGER]`` hash chain, signatures (``--public-key``, or the key ``--config`` names),
-                         heads (``--head``, ``--witness-ledger``), the tail; the first bad entry named;
-                         exit 0 intact, 11 broken or torn (the CLI exit table's CheckpointError);
-                         ``--allow-torn-tail`` accepts a crash-torn last line
+                         heads (``--head``, ``--witness-ledger``, or the peers' ledgers the config's
+                         ``[audit]`` names, each verified first), closing receipts, no unwitnessed
+                         entry; the first bad entry named; exit 0 intact, 11 broken, torn or
+                         unwitnessed (the CLI exit table's CheckpointError); ``--allow-torn-tail``
+                         accepts a crash-torn last line, ``--allow-unwitnessed-tail`` a run that
+                         ended before its ledger was closed
 ``audit show``           which checks ran, then settings against policy, ε against budget, what left per
                          round, transport, the threat model of the chosen mode
 ``audit report``         the same as terminal tables, ``--json FILE``, ``--html FILE`` (one self-contained
@@ -18,6 +21,7 @@ ledger re-signed with another key is refused (exit 11) whenever the owner's key 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -37,8 +41,27 @@ _WitnessLedger = typer.Option(None, "--witness-ledger", help="a peer's ledger (t
                               "(and, with a key, carry the owner's signature)")
 _Node = typer.Option(None, "--node", help="with --witness-ledger: this ledger's owner as the peer names it "
                      "(the silo's name; 'aggregator' for the aggregator)")
+_PeerKey = typer.Option(None, "--peer-key", help="with --witness-ledger: the peer's Ed25519 identity (64 hex digits): "
+                        "its ledger and the closing receipt must carry its signatures")
+_Unwitnessed = typer.Option(False, "--allow-unwitnessed-tail",
+                            help="accept entries of a federated run that no peer witnessed (a run that ended before "
+                                 "its ledger was closed: a crash, a lost connection); without it they exit 11")
 
 KeyOfConfig = Callable[[Path], "tuple[bytes | None, str]"]
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A peer's ledger an auditor was given, which witnesses the one being verified."""
+
+    name: str  # the peer as the owner's ledger names it ("aggregator", or a silo)
+    ledger: Path | None  # None: not given (its key still checks the receipts in the owner's ledger)
+    key: bytes | None  # its Ed25519 identity: its own ledger and its receipts are checked against it
+    key_source: str = ""
+
+
+# the owner's name as peers name it, and the peers' ledgers, as a config file finds them
+PeersOfConfig = Callable[[Path], "tuple[str | None, list[Peer]]"]
 
 
 def _public_key(public_key: str) -> bytes:
@@ -54,30 +77,45 @@ def _public_key(public_key: str) -> bytes:
     return key
 
 
-def _peer_heads(witness_ledger: Path | None, node: str | None) -> list:
-    """The heads of ``node``'s ledger that the peer's ledger recorded, with their signatures."""
+def _peer_evidence(peers: list[Peer], owner: str | None) -> tuple[list, list[int], bytes | None]:
+    """The heads of ``owner``'s ledger that the peers' ledgers witnessed, the entries they gave a
+    closing receipt for, and the key receipts are checked against. Each peer's ledger is verified
+    first (with its key, when known): a broken one witnesses nothing (LedgerError, exit 11)."""
     from fedalign.protocol.errors import ConfigError
-    from fedalign.protocol.ledger import witnessed_heads
+    from fedalign.protocol.ledger import LedgerError, final_heads, verify_ledger, witnessed_heads
 
-    if witness_ledger is None:
-        return []
-    if not node:
-        raise ConfigError("--witness-ledger needs --node (this ledger's owner as the peer names it)")
-    if not witness_ledger.exists():
-        raise ConfigError(f"--witness-ledger: {witness_ledger} not found")
-    heads = [h for h in witnessed_heads(witness_ledger, node) if h.index >= 0]
-    if not heads:
-        raise ConfigError(f"--witness-ledger: {witness_ledger} holds no head witnessed from {node!r}")
-    return heads
+    heads: list = []
+    receipted: list[int] = []
+    receipt_key = None
+    for peer in peers:
+        if peer.name == "aggregator" and peer.key is not None:
+            receipt_key = peer.key
+        if peer.ledger is None:
+            continue
+        if not owner:
+            raise ConfigError("--witness-ledger needs --node (this ledger's owner as the peer names it)")
+        if not peer.ledger.exists():
+            raise ConfigError(f"{peer.ledger}: the {peer.name} ledger given as witness is not found")
+        own = verify_ledger(peer.ledger, public_key=peer.key, key_source=peer.key_source, allow_torn_tail=True,
+                            allow_unwitnessed_tail=True)
+        if not own.ok:
+            raise LedgerError(f"the witness ledger of {peer.name} is itself not intact, so its heads prove nothing: "
+                              f"{own.line()}", index=own.first_bad, line=own.first_bad_line)
+        found = [h for h in witnessed_heads(peer.ledger, owner) if h.index >= 0]
+        if not found:
+            raise ConfigError(f"{peer.ledger}: the {peer.name} ledger holds no head witnessed from {owner!r}")
+        heads += found
+        receipted += final_heads(peer.ledger, owner)
+    return heads, receipted, receipt_key
 
 
 def _verified(path: Path, heads: list[str] | None, key: bytes | None = None, key_source: str | None = None,
-              peer_heads: list | None = None, *, allow_torn_tail: bool = False, key_hint: str | None = None):
+              peers: list[Peer] | None = None, *, owner: str | None = None, receipt_key: bytes | None = None,
+              allow_torn_tail: bool = False, allow_unwitnessed_tail: bool = False, key_hint: str | None = None):
     """Run the one verifier (:func:`fedalign.protocol.ledger.verify_ledger`); raise LedgerError (exit 11)
-    unless the verdict is intact (or a torn tail the caller accepted)."""
+    unless the verdict is intact (or a torn or unwitnessed tail the caller accepted)."""
     from fedalign.protocol.audit import parse_head, verify_ledger
     from fedalign.protocol.errors import ConfigError
-    from fedalign.protocol.ledger import LedgerError, LedgerTornTail, TORN_TAIL
 
     if not path.exists():
         raise ConfigError(f"{path}: ledger not found")
@@ -85,21 +123,27 @@ def _verified(path: Path, heads: list[str] | None, key: bytes | None = None, key
         recorded = [parse_head(h) for h in heads or []]
     except ValueError as e:
         raise ConfigError(f"--head: {e}") from None
-    res = verify_ledger(path, witnessed=recorded, peer_heads=peer_heads or [], public_key=key, key_source=key_source,
-                        allow_torn_tail=allow_torn_tail)
+    peer_heads, receipted, peer_receipt_key = _peer_evidence(peers or [], owner)
+    res = verify_ledger(path, witnessed=recorded, peer_heads=peer_heads, public_key=key, key_source=key_source,
+                        allow_torn_tail=allow_torn_tail, allow_unwitnessed_tail=allow_unwitnessed_tail, owner=owner,
+                        peer_key=receipt_key or peer_receipt_key, receipted=receipted)
     if key_hint:
         res.key_hint = key_hint
-    if not res.ok:
-        cls = LedgerTornTail if res.status == TORN_TAIL else LedgerError
-        raise cls(res.line(), index=res.first_bad, line=res.first_bad_line)
+    from fedalign.protocol.ledger import LedgerError
+
+    try:
+        res.raise_for_status()
+    except LedgerError as e:  # the verdict line (what was checked, what failed) is the one line an auditor reads
+        raise type(e)(res.line(), index=e.index, line=e.line) from None
     return res
 
 
 def make_audit_app(role: str, ledger_of_config: Callable[[Path], Path],
-                   key_of_config: KeyOfConfig | None = None) -> typer.Typer:
+                   key_of_config: KeyOfConfig | None = None, peers_of_config: PeersOfConfig | None = None) -> typer.Typer:
     """The ``audit`` group for ``role`` (silo or aggregator); ``ledger_of_config`` finds the ledger
     named by a config file, ``key_of_config`` (if given) the ledger owner's Ed25519 public key and
-    where it came from (``(None, why not)`` when the config names none)."""
+    where it came from (``(None, why not)`` when the config names none), ``peers_of_config`` the
+    owner's name as peers know it and the peers' ledgers the config names (``[audit]``)."""
     from fedalign.host.cli_errors import run_cli
 
     app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -127,18 +171,35 @@ def make_audit_app(role: str, ledger_of_config: Callable[[Path], Path],
             return None, None, f"{config} names no key for this {role}'s ledger; pass --public-key"
         return None, None, None
 
+    def peers(config: Optional[Path], witness_ledger: Optional[Path], node: Optional[str],
+              peer_key: Optional[str]) -> tuple[str | None, list[Peer]]:
+        """The owner's name and the witnesses: --witness-ledger (with --node, --peer-key) or the config's [audit]."""
+        owner, found = (None, [])
+        if config is not None and peers_of_config is not None:
+            owner, found = peers_of_config(config)
+        if witness_ledger is not None:
+            name = "aggregator" if role == "silo" else "silo"
+            key = _public_key(peer_key) if peer_key is not None else next(
+                (p.key for p in found if p.name == name), None)
+            found = [Peer(name, witness_ledger, key, "--peer-key" if peer_key is not None else "the config")]
+        return node or owner, found
+
     def verified(config: Optional[Path], ledger: Optional[Path], head: list[str] | None, public_key: Optional[str],
-                 witness_ledger: Optional[Path], node: Optional[str], allow_torn_tail: bool):
+                 witness_ledger: Optional[Path], node: Optional[str], allow_torn_tail: bool,
+                 peer_key: Optional[str] = None, allow_unwitnessed_tail: bool = False):
         path = ledger_path(config, ledger)
         key, source, hint = owner_key(config, public_key)
-        return path, _verified(path, head, key, source, _peer_heads(witness_ledger, node),
-                               allow_torn_tail=allow_torn_tail, key_hint=hint)
+        owner, witnesses = peers(config, witness_ledger, node, peer_key)
+        return path, _verified(path, head, key, source, witnesses, owner=owner, allow_torn_tail=allow_torn_tail,
+                               allow_unwitnessed_tail=allow_unwitnessed_tail, key_hint=hint)
 
     def summary(config: Optional[Path], ledger: Optional[Path], head: list[str] | None, public_key: Optional[str],
-                witness_ledger: Optional[Path], node: Optional[str], allow_torn_tail: bool) -> dict[str, Any]:
+                witness_ledger: Optional[Path], node: Optional[str], allow_torn_tail: bool,
+                peer_key: Optional[str] = None, allow_unwitnessed_tail: bool = False) -> dict[str, Any]:
         from fedalign.protocol.audit import read_entries, summarize
 
-        path, res = verified(config, ledger, head, public_key, witness_ledger, node, allow_torn_tail)
+        path, res = verified(config, ledger, head, public_key, witness_ledger, node, allow_torn_tail, peer_key,
+                             allow_unwitnessed_tail)
         return summarize(read_entries(path), verify=res)
 
     ConfigOpt = typer.Option(None, "--config", "-c", help=f"{role}.toml (finds the ledger and the owner's key)")
@@ -148,30 +209,35 @@ def make_audit_app(role: str, ledger_of_config: Callable[[Path], Path],
     def verify(ledger: Optional[Path] = typer.Argument(None, help="ledger.jsonl (default: the one --config names)"),
                config: Optional[Path] = ConfigOpt, head: Optional[list[str]] = _Head,
                public_key: Optional[str] = _Key, witness_ledger: Optional[Path] = _WitnessLedger,
-               node: Optional[str] = _Node, allow_torn_tail: bool = _Torn, debug: bool = _Debug) -> None:
+               node: Optional[str] = _Node, peer_key: Optional[str] = _PeerKey, allow_torn_tail: bool = _Torn,
+               allow_unwitnessed_tail: bool = _Unwitnessed, debug: bool = _Debug) -> None:
         """Check the hash chain, the signatures (with --public-key or --config), heads recorded by you
-        (--head) or by a peer (--witness-ledger), and the tail; name the first bad entry.
-        Exit 0 intact, 11 broken or torn (a torn tail exits 0 with --allow-torn-tail)."""
+        (--head) or by a peer (--witness-ledger, or the peers' ledgers --config names), the closing
+        receipts, and that no entry of a federated run went unwitnessed; name the first bad entry.
+        Exit 0 intact, 11 broken, torn or unwitnessed (see --allow-torn-tail, --allow-unwitnessed-tail)."""
         run_cli(lambda: typer.echo(verified(config, ledger, head, public_key, witness_ledger, node,
-                                            allow_torn_tail)[1].line()), debug=debug)
+                                            allow_torn_tail, peer_key, allow_unwitnessed_tail)[1].line()), debug=debug)
 
     @app.command()
     def show(config: Optional[Path] = ConfigOpt, ledger: Optional[Path] = LedgerOpt,
              head: Optional[list[str]] = _Head, public_key: Optional[str] = _Key,
              witness_ledger: Optional[Path] = _WitnessLedger, node: Optional[str] = _Node,
-             allow_torn_tail: bool = _Torn, debug: bool = _Debug) -> None:
+             peer_key: Optional[str] = _PeerKey, allow_torn_tail: bool = _Torn,
+             allow_unwitnessed_tail: bool = _Unwitnessed, debug: bool = _Debug) -> None:
         """Which checks ran on the ledger, then settings against policy, ε against budget, what left per
         round, transport, threat model. Refuses a ledger that fails verification (exit 11)."""
         from fedalign.protocol.audit_report import render_text
 
         run_cli(lambda: typer.echo(render_text(summary(config, ledger, head, public_key, witness_ledger, node,
-                                                       allow_torn_tail)), nl=False), debug=debug)
+                                                       allow_torn_tail, peer_key, allow_unwitnessed_tail)), nl=False),
+                debug=debug)
 
     @app.command()
     def report(config: Optional[Path] = ConfigOpt, ledger: Optional[Path] = LedgerOpt,
                head: Optional[list[str]] = _Head, public_key: Optional[str] = _Key,
                witness_ledger: Optional[Path] = _WitnessLedger, node: Optional[str] = _Node,
-               allow_torn_tail: bool = _Torn,
+               peer_key: Optional[str] = _PeerKey, allow_torn_tail: bool = _Torn,
+               allow_unwitnessed_tail: bool = _Unwitnessed,
                json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON here"),
                html_out: Optional[Path] = typer.Option(None, "--html", help="write one self-contained HTML file here"),
                debug: bool = _Debug) -> None:
@@ -184,7 +250,8 @@ def make_audit_app(role: str, ledger_of_config: Callable[[Path], Path],
             from fedalign.protocol.audit_report import render_html, render_json, render_text
             from fedalign.protocol.errors import PrivacyError
 
-            s = summary(config, ledger, head, public_key, witness_ledger, node, allow_torn_tail)
+            s = summary(config, ledger, head, public_key, witness_ledger, node, allow_torn_tail, peer_key,
+                        allow_unwitnessed_tail)
             typer.echo(render_text(s), nl=False)
             if json_out is not None:
                 atomic_write_text(json_out, render_json(s))

@@ -70,12 +70,14 @@ def ledger_head(path: str | Path) -> tuple[int, str] | None:
 
 def verify_ledger(path: str | Path, *, witnessed: Iterable[tuple[int, str] | LedgerHead] = (),
                   public_key: bytes | None = None, key_source: str | None = None,
-                  peer_heads: Iterable[LedgerHead] = (), allow_torn_tail: bool = False) -> VerifyResult:
+                  peer_heads: Iterable[LedgerHead] = (), allow_torn_tail: bool = False,
+                  **tail: Any) -> VerifyResult:
     """:func:`fedalign.protocol.ledger.verify_ledger`, the one verifier, with the audit commands' names:
     ``witnessed`` are heads the auditor recorded (``--head``), ``peer_heads`` heads a peer's ledger
-    recorded (``--witness-ledger``; with ``public_key`` their signatures are checked too)."""
+    recorded (``--witness-ledger``; with ``public_key`` their signatures are checked too); ``tail``
+    passes ``owner``, ``peer_key``, ``receipted`` and ``allow_unwitnessed_tail`` on."""
     return _verify(path, public_key=public_key, key_source=key_source, witnessed_heads=peer_heads,
-                   recorded_heads=witnessed, allow_torn_tail=allow_torn_tail)
+                   recorded_heads=witnessed, allow_torn_tail=allow_torn_tail, **tail)
 
 
 def read_entries(path: str | Path) -> list[dict[str, Any]]:

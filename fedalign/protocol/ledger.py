@@ -16,6 +16,16 @@ signature) of the last entry; a peer keeps it (``Ledger.record_witness`` writes 
 peer's own ledger), and :func:`verify` with ``witnessed_heads=`` then fails when the ledger no
 longer reaches a head someone witnessed, or holds another entry at that index.
 
+No unwitnessed tail: the entries after the last head a peer witnessed could still be cut. A
+run therefore closes its ledger with the peer: after :class:`RunEnd` the silo sends its final
+head (its ``run_end`` written), the aggregator records it as a *final* witness and answers with a
+*receipt*, its Ed25519 signature over (silo, index, digest), plus its own head after its
+``run_end``; the silo records both in one closing entry (:meth:`Ledger.record_receipt`). That entry
+certifies itself (the peer's signature covers the entry before it), so it is the one entry that
+may follow the last witnessed head. :func:`verify_ledger` reports any other entry of a
+federated run after the last witnessed head as an *unwitnessed tail*, refused unless
+``allow_unwitnessed_tail`` (a silo that crashed or lost its connection before closing).
+
 Crash safety: an append is one ``write`` of one complete line on an ``O_APPEND`` descriptor
 followed by ``fsync``, so a crash can at worst leave a torn last line without its newline.
 Such a line was never committed. Opening the ledger for append repairs it: a tail that is a
@@ -61,11 +71,16 @@ __all__ = [
     "Check",
     "TornTail",
     "LedgerTornTail",
+    "LedgerUnwitnessedTail",
     "INTACT",
     "TORN_TAIL",
     "BROKEN",
     "entry_signature_ok",
     "witnessed_heads",
+    "final_heads",
+    "UNWITNESSED",
+    "sign_receipt",
+    "receipt_ok",
 ]
 
 log = logging.getLogger("fedalign.ledger")
@@ -75,7 +90,10 @@ _VERSIONS = (1, 2)
 _RESERVED = frozenset({"v", "seq", "time", "kind", "prev", "sig"})
 _ENTRY_CONTEXT = "fedalign/ledger/entry/v2"
 _HEAD_CONTEXT = "fedalign/ledger/head/v2"
+_RECEIPT_CONTEXT = "fedalign/ledger/receipt/v1"
 WITNESS_KIND = "witnessed_head"
+RECEIPT_FIELD = "receipt"  # in a witnessed_head entry: the peer's receipt for this ledger's own head
+FINAL_FIELD = "final"  # in a witnessed_head entry: the peer's closing head, for which a receipt went out
 
 
 class LedgerError(CheckpointError):
@@ -252,9 +270,20 @@ def verify_head(head: LedgerHead, public_key: bytes) -> None:
         raise LedgerError(f"ledger head {head.index} is not signed by the ledger's owner", index=head.index)
 
 
+def sign_receipt(identity: Any, owner: str, head: LedgerHead) -> bytes:
+    """The witness's receipt for ``owner``'s closing ``head``: its Ed25519 signature over the three."""
+    return _sign(identity, _RECEIPT_CONTEXT, owner, head.index, head.digest)
+
+
+def receipt_ok(public_key: bytes, owner: str, index: int, digest: str, signature: bytes) -> bool:
+    """Whether ``signature`` is the witness's (``public_key``) receipt for ``owner``'s entry ``index``."""
+    return bool(signature) and _signature_ok(public_key, signature, _RECEIPT_CONTEXT, owner, index, digest)
+
+
 # ---------------------------------------------------------------------------- the one verifier
-INTACT, TORN_TAIL, BROKEN = "intact", "torn_tail", "broken"
+INTACT, TORN_TAIL, BROKEN, UNWITNESSED = "intact", "torn_tail", "broken", "unwitnessed_tail"
 _CHAIN, _SIGS, _HEADS, _TAIL, _READ = "hash chain", "signatures", "witnessed heads", "tail", "read"
+_WITNESSED_TAIL = "witnessed tail"
 
 
 @dataclass(frozen=True)
@@ -311,10 +340,24 @@ class VerifyResult:
     allow_torn_tail: bool = False
     newline_restored: bool = False  # the last entry was complete but had lost its newline: counted
     key_hint: str = "pass --public-key or --config"  # what to do when signatures were present but not checked
+    # the witnessed tail: every entry of a federated run must be covered by a head a peer witnessed
+    # (or by the closing receipt); ``unwitnessed`` is (first, last) index of those that are not
+    covered: int = -1  # the newest entry a peer witnessed (its head, or a receipt); -1: none
+    receipts: int = 0  # closing receipts found in this ledger
+    receipts_checked: bool = False  # their signatures checked against the peer's key
+    unwitnessed: tuple[int, int] | None = None
+    unwitnessed_kinds: tuple[str, ...] = ()
+    unwitnessed_reason: str = ""
+    allow_unwitnessed_tail: bool = False
+    witnessed_tail: str | None = None  # None: checked; otherwise why the check did not run
 
     @property
     def ok(self) -> bool:
-        return self.status == INTACT or (self.status == TORN_TAIL and self.allow_torn_tail)
+        if self.status == BROKEN:
+            return False
+        if self.torn_tail is not None and not self.allow_torn_tail:
+            return False
+        return self.unwitnessed is None or self.allow_unwitnessed_tail
 
     @property
     def signatures_checked(self) -> bool:
@@ -340,12 +383,32 @@ class VerifyResult:
                else "")
         return f"{self.witnessed} witnessed head(s) matched{sig}"
 
+    def _coverage_status(self) -> str:
+        if self.unwitnessed is not None:
+            a, b = self.unwitnessed
+            which = f"entry {a}" if a == b else f"entries {a}-{b}"
+            return f"{which} ({', '.join(self.unwitnessed_kinds)}) NOT witnessed by a peer"
+        if self.witnessed_tail is not None:
+            return f"witnessed tail not checked ({self.witnessed_tail})"
+        rc = f", {self.receipts} closing receipt(s)" + (" signature-checked" if self.receipts_checked else "")
+        return f"every entry of a federated run witnessed (up to entry {self.covered}{rc})"
+
     def line(self) -> str:
         """One line: the verdict, as ``audit verify`` prints it."""
         if self.status == BROKEN:
             return f"{self.path}: BROKEN at entry {self.first_bad} (line {self.first_bad_line}): {self.reason}"
         head = f"; head {self.head.index}:{self.head.digest}" if self.head else ""
-        tail = f"; {self._heads_status()}; signatures {self.signature_status()}"
+        tail = f"; {self._heads_status()}; signatures {self.signature_status()}; {self._coverage_status()}"
+        if self.status == UNWITNESSED:
+            assert self.unwitnessed is not None
+            verdict = ("UNWITNESSED TAIL (accepted with --allow-unwitnessed-tail)" if self.allow_unwitnessed_tail
+                       else "UNWITNESSED TAIL")
+            hint = "" if self.allow_unwitnessed_tail else (
+                "; not intact: give the peer's ledger (--witness-ledger, or [audit] in the config), or pass "
+                "--allow-unwitnessed-tail to accept a run that ended before its ledger was closed (a crash, a lost "
+                "connection)")
+            return (f"{self.path}: {verdict} at entry {self.unwitnessed[0]} (line {self.unwitnessed[0] + 1}): "
+                    f"{self.unwitnessed_reason}; the {self.entries} entries verified{head}{tail}{hint}")
         if self.status == INTACT:
             nl = "; the last entry had lost its newline (counted: it is complete)" if self.newline_restored else ""
             return f"{self.path}: OK, {self.entries} entries, hash chain intact{head}{nl}{tail}"
@@ -396,6 +459,15 @@ class VerifyResult:
                              f"after entry {self.torn_tail.after}: {self.reason}"))
         else:
             out.append(Check(_TAIL, "ok", "the file ends with a complete entry"))
+        if broken:
+            out.append(Check(_WITNESSED_TAIL, "NOT RUN", "the ledger broke before its end"))
+        elif self.unwitnessed is not None:
+            out.append(Check(_WITNESSED_TAIL, "UNWITNESSED (allowed)" if self.allow_unwitnessed_tail else "FAILED",
+                             f"{self._coverage_status()}: {self.unwitnessed_reason}"))
+        elif self.witnessed_tail is not None:
+            out.append(Check(_WITNESSED_TAIL, "NOT RUN", self.witnessed_tail))
+        else:
+            out.append(Check(_WITNESSED_TAIL, "ok", self._coverage_status()))
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -411,6 +483,11 @@ class VerifyResult:
                                                               "bytes": self.torn_tail.length,
                                                               "after_entry": self.torn_tail.after},
             "allow_torn_tail": self.allow_torn_tail,
+            "covered": self.covered, "receipts": self.receipts, "receipts_checked": self.receipts_checked,
+            "unwitnessed": None if self.unwitnessed is None else {"first": self.unwitnessed[0],
+                                                                  "last": self.unwitnessed[1],
+                                                                  "kinds": list(self.unwitnessed_kinds)},
+            "allow_unwitnessed_tail": self.allow_unwitnessed_tail,
             "checks": [{"check": c.name, "outcome": c.outcome, "detail": c.detail} for c in self.checks()],
         }
 
@@ -418,13 +495,21 @@ class VerifyResult:
         """Raise :class:`LedgerError` (:class:`LedgerTornTail` for an unaccepted torn tail) unless ``ok``."""
         if self.ok:
             return
-        cls = LedgerTornTail if self.status == TORN_TAIL else LedgerError
-        raise cls(self.message or self.line(), index=self.first_bad, line=self.first_bad_line)
+        if self.status == BROKEN or (self.torn_tail is not None and not self.allow_torn_tail):
+            cls: type[LedgerError] = LedgerTornTail if self.status == TORN_TAIL else LedgerError
+            raise cls(self.message or self.line(), index=self.first_bad, line=self.first_bad_line)
+        assert self.unwitnessed is not None
+        raise LedgerUnwitnessedTail(self.line(), index=self.unwitnessed[0], line=self.unwitnessed[0] + 1)
 
 
 class LedgerTornTail(LedgerError):
     """The committed entries verified, but an incomplete last line follows (a crash mid-write, or a
     cut mid-line); refused unless the caller accepts torn tails."""
+
+
+class LedgerUnwitnessedTail(LedgerError):
+    """The entries verified, but the newest entries of a federated run were never witnessed by the
+    peer (no head, no closing receipt covers them): cut-able unnoticed, so refused unless accepted."""
 
 
 def _as_head(h: LedgerHead | tuple[int, str]) -> LedgerHead:
@@ -439,6 +524,10 @@ def verify_ledger(
     witnessed_heads: Iterable[LedgerHead | tuple[int, str]] = (),
     recorded_heads: Iterable[LedgerHead | tuple[int, str]] = (),
     allow_torn_tail: bool = False,
+    owner: str | None = None,
+    peer_key: bytes | None = None,
+    receipted: Iterable[int] = (),
+    allow_unwitnessed_tail: bool = False,
 ) -> VerifyResult:
     """Check the whole ledger and say what was checked; never raises for what it finds.
 
@@ -457,10 +546,20 @@ def verify_ledger(
     other (checked as such); bytes after the last newline that are not complete JSON are a
     *torn tail*: status :data:`TORN_TAIL`, not intact and not broken, ``ok`` only with
     ``allow_torn_tail``.
+
+    The witnessed tail: every entry of a federated run (after a ``run_start`` of a federated silo
+    or of the aggregator) must be covered by a witnessed head or by a closing receipt in this
+    ledger (:meth:`Ledger.record_receipt`). Each receipt must name an entry of this ledger with
+    its digest, for ``owner`` when given, and, with ``peer_key`` (the witness's Ed25519 key), carry
+    the witness's signature. ``receipted`` are the entries the peer's ledger says it gave a receipt
+    for (:func:`final_heads`): each needs its receipt here. Entries left uncovered make the verdict
+    :data:`UNWITNESSED`, ``ok`` only with ``allow_unwitnessed_tail``. An aggregator's closing entries
+    are witnessed only in the silos' ledgers: without them (no head given) the check does not run.
     """
     p = Path(path)
     res = VerifyResult(str(p), public_key=public_key.hex() if public_key is not None else None,
-                       key_source=key_source if public_key is not None else None, allow_torn_tail=allow_torn_tail)
+                       key_source=key_source if public_key is not None else None, allow_torn_tail=allow_torn_tail,
+                       allow_unwitnessed_tail=allow_unwitnessed_tail)
 
     def broken(check: str, index: int, reason: str, message: str | None = None) -> VerifyResult:
         res.status, res.failed_check, res.first_bad, res.first_bad_line = BROKEN, check, index, index + 1
@@ -484,6 +583,7 @@ def verify_ledger(
     res.lines = len(lines)
     prev = ""
     digests: list[str] = []
+    objs: list[dict[str, Any]] = []
     for i, raw in enumerate(lines):
         n = i + 1
         res.entries = i
@@ -533,6 +633,7 @@ def verify_ledger(
                 return broken(_SIGS, i, what)
         prev = hashlib.sha256(raw).hexdigest()
         digests.append(prev)
+        objs.append(obj)
     res.entries = len(digests)
     res.head = LedgerHead(len(digests) - 1, digests[-1]) if digests else None
     heads = [(_as_head(h), True) for h in witnessed_heads] + [(_as_head(h), False) for h in recorded_heads]
@@ -560,6 +661,9 @@ def verify_ledger(
         res.witnessed += 1
         if peer and public_key is not None:
             res.witnessed_signed += 1
+    failure = _check_witnessed_tail(res, objs, digests, heads, owner, peer_key, receipted)
+    if failure is not None:
+        return broken(_HEADS, *failure)
     if res.torn_tail is not None:
         res.status, res.failed_check = TORN_TAIL, _TAIL
         res.first_bad, res.first_bad_line = len(lines), len(lines) + 1
@@ -568,8 +672,79 @@ def verify_ledger(
                       "not counted")
         res.message = res.line()
         return res
-    res.status = INTACT
+    res.status = INTACT if res.unwitnessed is None else UNWITNESSED
+    if res.unwitnessed is not None:
+        res.first_bad, res.first_bad_line = res.unwitnessed[0], res.unwitnessed[0] + 1
+        res.reason = res.unwitnessed_reason
+        res.message = res.line()
     return res
+
+
+def _federated(obj: Mapping[str, Any]) -> bool | None:
+    """For a ``run_start`` entry: whether its run is witnessed by a peer (a federated silo, the aggregator)."""
+    if obj.get("kind") != "run_start":
+        return None
+    return obj.get("role") == "aggregator" or obj.get("mode") == "federated"
+
+
+def _check_witnessed_tail(res: VerifyResult, objs: list[dict[str, Any]], digests: list[str],
+                          heads: list[tuple[LedgerHead, bool]], owner: str | None, peer_key: bytes | None,
+                          receipted: Iterable[int]) -> tuple[int, str] | None:
+    """Fill ``res``'s witnessed-tail fields; return (index, reason) when a receipt is forged or misplaced."""
+    covered = max((h.index for h, _ in heads), default=-1)
+    receipts: dict[int, int] = {}  # covered index -> the receipt entry
+    res.receipts_checked = peer_key is not None
+    for i, obj in enumerate(objs):
+        r = obj.get(RECEIPT_FIELD) if obj.get("kind") == WITNESS_KIND else None
+        if r is None:
+            continue
+        if not isinstance(r, Mapping) or set(r) != {"for", "index", "digest", "signature"}:
+            return i, "a closing receipt without for/index/digest/signature (edited)"
+        k, digest, sig, who = r["index"], r["digest"], r["signature"], r["for"]
+        if type(k) is not int or not 0 <= k < i or not isinstance(digest, str) or digests[k] != digest:
+            return i, (f"a closing receipt names entry {k!r} with a digest this ledger does not hold there "
+                       "(copied from another ledger, or the entries before it were replaced)")
+        if owner is not None and who != owner:
+            return i, f"a closing receipt made out to {who!r}, this ledger is {owner!r}'s"
+        if peer_key is not None and not (isinstance(sig, str) and _is_hex(sig)
+                                         and receipt_ok(peer_key, str(who), k, digest, bytes.fromhex(sig))):
+            return i, "a closing receipt not signed by the witness's key (forged, or signed by another key)"
+        receipts[k] = i
+        covered = max(covered, k)
+    res.receipts, res.covered = len(receipts), covered
+    missing = sorted(k for k in set(receipted) if 0 <= k < len(objs) and k not in receipts)
+    # which entries a peer must have witnessed: those of federated runs; a ledger with no run_start at
+    # all (written through the library) counts as one federated run once a peer witnessed any of it
+    runs = [_federated(o) for o in objs if _federated(o) is not None]
+    federated = not runs and (covered >= 0 or bool(missing))
+    aggregator, must = False, []
+    for i, obj in enumerate(objs):
+        f = _federated(obj)
+        if f is not None:
+            federated, aggregator = f, obj.get("role") == "aggregator"
+        if federated and i > covered and i not in receipts.values():
+            must.append(i)
+    if not missing and not any(runs) and not federated:
+        res.witnessed_tail = "no federated run in this ledger (local runs have no witness)"
+        return None
+    if not missing and aggregator and not heads and not receipts:
+        res.witnessed_tail = ("an aggregator's closing entries are witnessed in the silos' ledgers; none given "
+                              "(--witness-ledger, or [audit] peer_ledgers in aggregator.toml)")
+        return None
+    if missing:
+        k = missing[0]
+        res.unwitnessed = (k + 1, len(objs) - 1) if k + 1 < len(objs) else (k, k)
+        res.unwitnessed_kinds = tuple(str(objs[j].get("kind")) for j in range(res.unwitnessed[0], res.unwitnessed[1] + 1))
+        res.unwitnessed_reason = (f"the peer's ledger says it gave a closing receipt for entry {k}; this ledger "
+                                  "holds none (its last entry was deleted, or the run stopped before recording it)")
+        return None
+    if must:
+        res.unwitnessed = (must[0], must[-1])
+        res.unwitnessed_kinds = tuple(dict.fromkeys(str(objs[j].get("kind")) for j in must))
+        last = f"entry {covered}" if covered >= 0 else "none"
+        res.unwitnessed_reason = (f"{len(must)} entr{'y' if len(must) == 1 else 'ies'} of a federated run after the "
+                                  f"newest entry a peer witnessed ({last}): these can be cut unnoticed")
+    return None
 
 
 def verify(
@@ -579,14 +754,19 @@ def verify(
     witnessed_heads: Iterable[LedgerHead] = (),
     recorded_heads: Iterable[LedgerHead | tuple[int, str]] = (),
     allow_torn_tail: bool = False,
+    allow_unwitnessed_tail: bool = False,
+    **tail: Any,
 ) -> int:
     """:func:`verify_ledger`, raising: return the entry count or raise :class:`LedgerError`.
 
     The error names the first bad entry (index and file line); a torn last line raises
-    :class:`LedgerTornTail` unless ``allow_torn_tail`` (then the committed entries are counted).
+    :class:`LedgerTornTail` unless ``allow_torn_tail`` (then the committed entries are counted),
+    an unwitnessed tail :class:`LedgerUnwitnessedTail` unless ``allow_unwitnessed_tail``
+    (``tail`` passes ``owner``, ``peer_key`` and ``receipted`` on).
     """
     res = verify_ledger(path, public_key=public_key, witnessed_heads=witnessed_heads,
-                        recorded_heads=recorded_heads, allow_torn_tail=allow_torn_tail)
+                        recorded_heads=recorded_heads, allow_torn_tail=allow_torn_tail,
+                        allow_unwitnessed_tail=allow_unwitnessed_tail, **tail)
     res.raise_for_status()
     return res.entries
 
@@ -610,6 +790,14 @@ def witnessed_heads(path: str | os.PathLike, node: str) -> list[LedgerHead]:
         if e.kind == WITNESS_KIND and e.fields.get("node") == node:
             out.append(LedgerHead.from_wire({k: e.fields.get(k) for k in ("index", "digest", "signature")}))
     return out
+
+
+def final_heads(path: str | os.PathLike, node: str) -> list[int]:
+    """The entries of ``node``'s ledger for which the ledger at ``path`` recorded a closing head
+    (and so gave a receipt): ``node``'s ledger must hold a receipt for each."""
+    return [e.fields["index"] for e in read_ledger(path)
+            if e.kind == WITNESS_KIND and e.fields.get("node") == node and e.fields.get(FINAL_FIELD) is True
+            and type(e.fields.get("index")) is int]
 
 
 class Ledger:
@@ -712,11 +900,21 @@ class Ledger:
         sig = _sign(self.identity, _HEAD_CONTEXT, index, digest) if self.identity is not None else b""
         return LedgerHead(index, digest, sig)
 
-    def record_witness(self, node: str, head: LedgerHead, *, now: float) -> LedgerEntry:
-        """Record in this ledger that ``node``'s ledger had ``head`` (see :func:`witnessed_heads`)."""
+    def record_witness(self, node: str, head: LedgerHead, *, now: float, final: bool = False) -> LedgerEntry:
+        """Record in this ledger that ``node``'s ledger had ``head`` (see :func:`witnessed_heads`);
+        ``final``: its closing head, for which this node gives a receipt (:func:`final_heads`)."""
         if not isinstance(node, str) or not node:
             raise ValueError("record_witness: node must be a non-empty str")
-        return self.append(WITNESS_KIND, {"node": node, **head.to_wire()}, now=now)
+        extra = {FINAL_FIELD: True} if final else {}
+        return self.append(WITNESS_KIND, {"node": node, **head.to_wire(), **extra}, now=now)
+
+    def record_receipt(self, node: str, owner: str, own: LedgerHead, receipt: bytes, peer: LedgerHead, *,
+                       now: float) -> LedgerEntry:
+        """The closing entry: ``node`` (the witness) gave ``owner`` (this ledger's owner) ``receipt``
+        for this ledger's head ``own``, and its own ledger had ``peer``. Only an entry of this ledger
+        at ``own.index`` with ``own.digest`` makes it verify."""
+        return self.append(WITNESS_KIND, {"node": node, **peer.to_wire(), RECEIPT_FIELD: {
+            "for": owner, "index": own.index, "digest": own.digest, "signature": receipt.hex()}}, now=now)
 
     def entries(self) -> list[LedgerEntry]:
         """Every committed entry (re-read from the file)."""

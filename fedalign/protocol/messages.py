@@ -12,7 +12,9 @@ One round (DESIGN §3)::
     SumStart(phase 0, participants, public)  ──►  contribution → secure-sum messages ⇄
     SumStart(phase 1, …)                     ──►  …
     RoundEnd(committed, metrics)             ──►  commits its carried state
-    … RunEnd(params) at the end                   exports
+    … RunEnd(params) at the end              ──►  writes run_end in its ledger
+                                             ◄──  LedgerClose(its final head)
+    LedgerReceipt(signed receipt, own head)  ──►  records it: the ledgers' tails are witnessed
     Heartbeat / LeaveNotice from silos at any time
 """
 
@@ -39,6 +41,8 @@ __all__ = [
     "LeaveNotice",
     "ModelDeclaration",
     "JoinReply",
+    "LedgerClose",
+    "LedgerReceipt",
     "MESSAGE_TYPES",
     "wire_registry",
 ]
@@ -305,10 +309,40 @@ class JoinReply:
                 raise WireFormatError(f"JoinReply.{name} must be a tuple of silo names")
 
 
+@dataclass(frozen=True)
+class LedgerClose:
+    """Silo → aggregator, after :class:`RunEnd`: the silo's final signed ledger head (its ``run_end``
+    written), for the aggregator to witness and receipt; an empty ``head``: this silo keeps no ledger."""
+
+    head: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.head, Mapping):
+            raise WireFormatError("LedgerClose.head must be a map")
+
+
+@dataclass(frozen=True)
+class LedgerReceipt:
+    """Aggregator → silo: it recorded ``head`` (the silo's :class:`LedgerClose`) as a final witness;
+    ``receipt`` is its Ed25519 signature over (silo, index, digest), empty when the aggregator has no
+    identity; ``aggregator_head`` is its own signed head after its ``run_end``, for the silo to witness."""
+
+    head: Mapping[str, object]
+    receipt: bytes
+    aggregator_head: Mapping[str, object]
+
+    def __post_init__(self) -> None:
+        for name in ("head", "aggregator_head"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise WireFormatError(f"LedgerReceipt.{name} must be a map")
+        if not isinstance(self.receipt, bytes) or len(self.receipt) not in (0, 64):
+            raise WireFormatError("LedgerReceipt.receipt must be 64 bytes (an Ed25519 signature) or empty")
+
+
 MESSAGE_TYPES: dict[str, type] = {
     c.__name__: c
     for c in (Heartbeat, RoundStart, UpdateReady, SumStart, RoundEnd, RunEnd, LeaveNotice, ModelDeclaration,
-              JoinReply)
+              JoinReply, LedgerClose, LedgerReceipt)
 }
 
 

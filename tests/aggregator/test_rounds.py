@@ -307,7 +307,8 @@ def test_ledger_heads_are_witnessed_both_ways_and_a_cut_silo_ledger_fails_verify
     res = run_federation(3, rounds=2, options={"rank": 2}, ledger_dir=tmp_path)
     assert res.error is None and res.state.round == 2
     agg = tmp_path / "aggregator.jsonl"
-    assert len(witnessed_heads(agg, "silo-0")) == 2  # one signed head per round's UpdateReady
+    # one signed head per round's UpdateReady, and the final one (LedgerClose) the aggregator receipted
+    assert len(witnessed_heads(agg, "silo-0")) == 3
     assert len(witnessed_heads(tmp_path / "silo-0.jsonl", "aggregator")) >= 2
 
     app = make_audit_app("silo", lambda c: c)

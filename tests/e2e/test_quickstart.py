@@ -29,3 +29,37 @@ def test_the_quickstart_runs_and_reports_against_the_no_image_baseline(tmp_path)
               "curves.png", "aggregator-out/ledger.jsonl", "hospital-c-out/state/ledger.jsonl"):
         assert (out / f).is_file(), f
     assert "epsilon" in text and "7.9" in text  # ε spent per silo, from the budget-derived plan
+    _every_single_deletion_is_refused(out)
+
+
+def _every_single_deletion_is_refused(out: Path) -> None:
+    """Issue 26: `audit verify --config` finds the roster's keys and the peer's ledger ([audit]); the
+    quickstart's ledgers, intact, verify; with the first, a middle, the last or the last two entries
+    deleted they are refused (on 3c16410 cutting the last two entries of a silo's ledger, its final
+    release record and run_end, passed verify with the silo's key and the aggregator's ledger)."""
+    from typer.testing import CliRunner
+
+    from fedalign.aggregator.cli import build_app
+    from fedalign.silo.cli import app as silo_app
+
+    cases = {"hospital-a-out/state/ledger.jsonl": (silo_app, "hospital-a.toml"),
+             "aggregator-out/ledger.jsonl": (build_app(), "aggregator.toml")}
+    cwd = os.getcwd()
+    os.chdir(out)  # the configs name their files relative to themselves, the CLI is run where they are
+    try:
+        for rel, (app, cfg) in cases.items():
+            path = out / rel
+            data = path.read_bytes()
+            lines = data.splitlines(keepends=True)
+            ok = CliRunner().invoke(app, ["audit", "verify", "--config", cfg])
+            assert ok.exit_code == 0 and "signatures checked" in ok.output and "witnessed" in ok.output, ok.output
+            for name, keep in {"first": lines[1:], "middle": lines[:len(lines) // 2] + lines[len(lines) // 2 + 1:],
+                               "last": lines[:-1], "last two": lines[:-2]}.items():
+                path.write_bytes(b"".join(keep))
+                try:
+                    r = CliRunner().invoke(app, ["audit", "verify", "--config", cfg])
+                finally:
+                    path.write_bytes(data)
+                assert r.exit_code == 11, f"{rel} with the {name} entry deleted: {r.output}"
+    finally:
+        os.chdir(cwd)

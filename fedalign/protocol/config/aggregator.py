@@ -30,6 +30,8 @@ __all__ = [
 class ServerSection(StrictModel):
     bind: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ endpoint the ROUTER binds")
     secret_key: Path | None = Field(Path("keys/aggregator.key_secret"), description="from `aggregator keygen`")
+    identity_key: Path | None = Field(None, description="the aggregator's Ed25519 identity (`aggregator keygen`): "
+                                                        "signs its ledger, its heads and the silos' closing receipts")
     roster: Path = Field(Path("roster.toml"), description="trusted silo keys (see docs/runtime.md)")
     allow_insecure_plaintext: bool = Field(False, description="site policy: may plaintext/plain sums be used at all")
     max_message_mb: int = Field(512, ge=1, le=4096)
@@ -89,6 +91,13 @@ class ReferenceSection(StrictModel):
                                                         "`-m fedalign.silo.cli reference --config <config>`")
 
 
+class AuditSection(StrictModel):
+    """What an auditor was given besides this config: the silos' ledgers, which witness this one."""
+
+    peer_ledgers: dict[str, Path] = Field(default_factory=dict,
+                                          description="silo name -> a copy of that silo's ledger.jsonl")
+
+
 class AggregatorOutputSection(StrictModel):
     dir: Path = Path("aggregator-out")
 
@@ -102,6 +111,7 @@ class AggregatorConfig(FileConfig):
     init: InitSection
     reference: ReferenceSection = Field(default_factory=ReferenceSection)
     output: AggregatorOutputSection = Field(default_factory=AggregatorOutputSection)
+    audit: AuditSection = Field(default_factory=AuditSection)
 
 
 def load_aggregator_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> AggregatorConfig:

@@ -8,6 +8,13 @@ keys of its own. ``silo keygen`` prints each silo's entry::
     [silos."hospital-a"]
     curve_public_key = "<40 Z85 characters>"
     identity_public_key = "<64 hex characters>"
+
+``aggregator keygen`` prints the aggregator's entry, which silos and auditors use to check the
+aggregator's signed ledger heads and closing receipts (and, when set, its CURVE key)::
+
+    [aggregator]
+    curve_public_key = "<40 Z85 characters>"
+    identity_public_key = "<64 hex characters>"
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from pydantic import Field, field_validator
 from fedalign.protocol.config import StrictModel, load_config
 from fedalign.protocol.keys import z85_decode
 
-__all__ = ["SiloEntry", "RosterFile", "load_roster", "roster_entry_toml"]
+__all__ = ["SiloEntry", "AggregatorEntry", "RosterFile", "load_roster", "roster_entry_toml", "aggregator_entry_toml"]
 
 
 class SiloEntry(StrictModel):
@@ -42,8 +49,21 @@ class SiloEntry(StrictModel):
         return v.lower()
 
 
+class AggregatorEntry(SiloEntry):
+    """The aggregator's keys: its identity signs its ledger, its heads and its closing receipts."""
+
+    curve_public_key: str | None = Field(None, description="Z85 CURVE public key (transport); optional here")
+    identity_public_key: str = Field(description="hex Ed25519 public key (signs the aggregator's ledger)")
+
+    @field_validator("curve_public_key")
+    @classmethod
+    def _z85(cls, v: str | None) -> str | None:
+        return None if v is None else SiloEntry._z85(v)
+
+
 class RosterFile(StrictModel):
     silos: dict[str, SiloEntry] = Field(default_factory=dict)
+    aggregator: AggregatorEntry | None = Field(None, description="the aggregator's keys (aggregator keygen)")
 
     @field_validator("silos")
     @classmethod
@@ -76,3 +96,8 @@ def load_roster(path: Path | str) -> RosterFile:
 def roster_entry_toml(name: str, curve_public_key: str, identity_public_key: str) -> str:
     """The roster entry for one silo, as ``silo keygen`` prints it."""
     return f'[silos."{name}"]\ncurve_public_key = "{curve_public_key}"\nidentity_public_key = "{identity_public_key}"\n'
+
+
+def aggregator_entry_toml(curve_public_key: str, identity_public_key: str) -> str:
+    """The roster's ``[aggregator]`` entry, as ``aggregator keygen`` prints it."""
+    return f'[aggregator]\ncurve_public_key = "{curve_public_key}"\nidentity_public_key = "{identity_public_key}"\n'

@@ -152,6 +152,8 @@ class FederationSection(StrictModel):
     aggregator_timeout_s: float = Field(600.0, gt=0, description="give up after this long without a message")
     wait_report_s: float = Field(10.0, gt=0, description="while the aggregator is silent, say so this often")
     max_weight: int | None = Field(None, ge=1, description="weight cap in records; default data.shard_size")
+    receipt_timeout_s: float = Field(30.0, gt=0, description="after the run: how long to wait for the "
+                                                             "aggregator's receipt of this silo's final ledger head")
 
 
 class StrategySection(StrictModel):
@@ -197,6 +199,12 @@ class StrategySection(StrictModel):
         return self
 
 
+class AuditSection(StrictModel):
+    """What an auditor was given besides this config: the aggregator's ledger, which witnesses this one."""
+
+    peer_ledger: Path | None = Field(None, description="a copy of the aggregator's ledger.jsonl")
+
+
 class SiloConfig(FileConfig):
     policy: Path | None = Field(None, description="the institution's site policy.toml (docs/compliance.md)")
     model: ModelSection = Field(default_factory=ModelSection)
@@ -207,6 +215,7 @@ class SiloConfig(FileConfig):
     output: OutputSection = Field(default_factory=OutputSection)
     federation: FederationSection = Field(default_factory=FederationSection)
     strategy: StrategySection = Field(default_factory=StrategySection)
+    audit: AuditSection = Field(default_factory=AuditSection)
 
     @property
     def state_dir(self) -> Path:
