@@ -183,6 +183,8 @@ def _train_federated(cfg, debug: bool, insecure_plaintext: bool = False):
             f"{summary['export']['llava']}" if "export" in summary else "no round finished, nothing was exported")
     if "export" in summary:
         typer.echo(f"wrote {summary['export'].get('llava')}")
+    if summary.get("ledger_closed"):
+        typer.echo(summary["ledger_closed"])
     reason = str(summary["reason"])
     if reason.startswith("aborted"):
         raise RoundAborted(f"the aggregator at {cfg.federation.aggregator} ended the run: {reason}; {kept}")

@@ -136,7 +136,13 @@ def run_federation(
     fed: ToyFederation | None = None,
     ledger_dir: Path | None = None,
     make_trainer: Callable[[ToyFederation, int], Any] | None = None,
+    aggregator_identity: Any = None,
+    silos_trust: str | None = None,
+    receipt_timeout_s: float = 5.0,
 ) -> Result:
+    """An in-process federation over the in-memory transport. With ``ledger_dir`` every party keeps a
+    ledger there (the silos' signed); ``aggregator_identity`` signs the aggregator's, and the silos
+    check its heads and receipts against ``silos_trust`` (hex; default: that identity's key)."""
     names = names or [f"silo-{i}" for i in range(n_silos)]
     fed = fed or toy(len(names))
     ids = identities or {s: generate_identity() for s in names}
@@ -158,7 +164,9 @@ def run_federation(
     coord = Coordinator(net.server(), strat, strategy_name=strategy, strategy_options=options or {},
                         identities=trusted, policy=RoundPolicy(**pol), state=state, store=store,
                         events=Log(None, source="aggregator"),
-                        ledger=Ledger(ledger_dir / "aggregator.jsonl") if ledger_dir is not None else None)
+                        ledger=Ledger(ledger_dir / "aggregator.jsonl", identity=aggregator_identity)
+                        if ledger_dir is not None else None)
+    trusted_agg = silos_trust or (aggregator_identity.public_hex if aggregator_identity is not None else None)
     contributions: dict = {}
     lock = threading.Lock()
     outcomes: dict[str, Any] = {}
@@ -175,13 +183,16 @@ def run_federation(
 
         sp = dict(min_silos=pol["min_silos"], heartbeat_interval_s=0.2, aggregator_timeout_s=30,
                   max_weight=MAX_WEIGHT, allow_insecure_plaintext=scheme == SumScheme.PLAIN_INSECURE,
-                  scheme=str(scheme))
+                  scheme=str(scheme), receipt_timeout_s=receipt_timeout_s)
         sp.update(silo_policy or {})
         p = SiloParticipant(name, client, (make_trainer or ToyTrainer)(fed, i), identity=ids[name], trusted=trusted,
                             policy=SiloPolicy(**sp), state_dir=(tmp / name) if tmp is not None else None,
                             events=Log(None, source=name), on_contribution=record, stop=stop)
         if ledger_dir is not None:  # each silo's own signed ledger, heads exchanged with the aggregator's
-            witness_heads(p, Ledger(ledger_dir / f"{name}.jsonl", identity=ids[name]))
+            led = Ledger(ledger_dir / f"{name}.jsonl", identity=ids[name])
+            led.append("run_start", {"role": "silo", "silo": name, "mode": "federated"}, now=0.0)  # as silo train does
+            witness_heads(p, led,
+                          aggregator_key=bytes.fromhex(trusted_agg) if trusted_agg else None)
         try:
             outcomes[name] = p.run()
         except BaseException as e:  # noqa: BLE001 - reported to the test

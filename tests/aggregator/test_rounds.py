@@ -317,7 +317,9 @@ def test_ledger_heads_are_witnessed_both_ways_and_a_cut_silo_ledger_fails_verify
     assert ok.exit_code == 0, ok.output
     lines = (tmp_path / "silo-0.jsonl").read_text().splitlines(keepends=True)
     (tmp_path / "silo-0.jsonl").write_text("".join(lines[:-1]))  # the newest entry deleted at a line boundary
-    assert CliRunner().invoke(app, ["verify", str(tmp_path / "silo-0.jsonl")]).exit_code == 0  # chain alone: blind
+    # the chain alone was blind to it (3c16410); now the run's tail has no closing receipt: unwitnessed
+    alone = CliRunner().invoke(app, ["verify", str(tmp_path / "silo-0.jsonl")])
+    assert alone.exit_code == 11 and "UNWITNESSED TAIL" in alone.output, alone.output
     cut = CliRunner().invoke(app, ["verify", str(tmp_path / "silo-0.jsonl"), "--witness-ledger", str(agg),
                                    "--node", "silo-0"])
     assert cut.exit_code == 11 and "deleted" in cut.output, cut.output
