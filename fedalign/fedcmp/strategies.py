@@ -373,6 +373,9 @@ class FedCMP:
         _check_phase(self, phase)
         where = f"{self.name} phase {phase} public state"
         fac = self._factored(delta)
+        # the public values (Δ_ref, the bases) arrive on the CPU; a silo may train on its GPU
+        dev = next(iter(delta.values())).device
+        public = {k: v.to(dev) for k, v in public.items()}
         out: Tensors = {}
         if phase == 0:
             c = self.config

@@ -43,8 +43,10 @@ def _toml(tmp_path, tiny_dir, data_files, dp: bool, device: str = "cpu"):
 
 
 def _torchrun(cfg, out, nproc: int):
-    """``torchrun --nproc_per_node nproc`` of ``silo train --local``, rank r writing to out/rank<r>."""
-    cmd = (f'exec "{sys.executable}" -m fedalign.silo.cli train --local -c "{cfg}" --out "{out}/rank$RANK"')
+    """``torchrun --nproc_per_node nproc`` of ``silo train --local``, rank r writing to out/rank<r>.
+    ``-P``: the working directory must not shadow the installed package (the GPU check maps the
+    repository's folders into the fedalign namespace elsewhere; its cwd holds a bare fedalign/)."""
+    cmd = (f'exec "{sys.executable}" -P -m fedalign.silo.cli train --local -c "{cfg}" --out "{out}/rank$RANK"')
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FEDALIGN_DIST_TIMEOUT_S": "120"}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                            "--no-python", "sh", "-c", cmd], env=env, capture_output=True, text=True, timeout=300)
@@ -88,7 +90,7 @@ def test_a_failing_rank_ends_the_run(tmp_path, tiny_dir, data_files):
     line, and rank 0 exports nothing."""
     cfg = _toml(tmp_path, tiny_dir, data_files, dp=False)
     cmd = (f'[ "$RANK" = 1 ] && bad="--set model.llm=\\"{tmp_path}/no-such-llm\\""; '
-           f'exec "{sys.executable}" -m fedalign.silo.cli train --local -c "{cfg}" '
+           f'exec "{sys.executable}" -P -m fedalign.silo.cli train --local -c "{cfg}" '
            f'--out "{tmp_path}/two/rank$RANK" $bad')
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FEDALIGN_DIST_TIMEOUT_S": "60"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
