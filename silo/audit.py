@@ -19,7 +19,7 @@ from fedalign.host.audit_cli import Peer, make_audit_app
 from fedalign.protocol.config.policy import SitePolicy, load_site_policy
 from fedalign.protocol.ledger import Ledger
 from fedalign.protocol.policy import (check_silo_config, key_fingerprint, policy_digest, raise_if_violated,
-                                      round_violations, sum_violations)
+                                      sum_violations)
 
 __all__ = ["load_policy", "check_config", "SiloAuditTrail", "attach_policy", "app"]
 
@@ -140,7 +140,7 @@ def attach_policy(participant: Any, policy: SitePolicy | None, trail: SiloAuditT
     if policy is not None:
         participant.extra_sum_checks.append(lambda m: sum_violations(
             policy, scheme=str(m.scheme), participants=m.participants, threshold=m.threshold))
-        participant.extra_round_checks.append(lambda m: round_violations(policy, round_id=m.round))
+        participant.max_rounds = policy.run.max_rounds  # counts trainings, checked before each one
     if trail is not None:
         participant.on_refusal = trail.refusal
         participant.on_release = trail.release

@@ -169,6 +169,7 @@ class SiloParticipant:
         self.extra_round_checks: list[Callable[[RoundStart], list[str]]] = []
         self.on_refusal: Callable[[dict[str, Any]], None] | None = None
         self.on_release: Callable[[dict[str, Any]], None] | None = None  # before an input message leaves
+        self.max_rounds: int | None = None  # the site policy's run.max_rounds: local trainings, at most
         # ledger heads witnessed across parties (DESIGN §10): this silo's head goes out with each
         # UpdateReady; the aggregator's head, which arrives with each RoundStart, is recorded here
         self.ledger_head: Callable[[], dict[str, Any]] | None = None
@@ -413,6 +414,8 @@ class SiloParticipant:
             if upd is not None:
                 self.events.emit("update_reused", round=m.round)
             else:
+                self._within_max_rounds(m)
+                self.store.note_training(m.round)  # before any data is drawn: a crash mid-training counts too
                 self.events.emit("training_started", round=m.round)
                 upd = self._train(m.round, params)
                 self.store.save_update(m.round, digest, upd)
@@ -423,6 +426,21 @@ class SiloParticipant:
                           update_digest=params_digest(upd.delta), view=round_view(m, bytes.fromhex(digest)))
         head = self.ledger_head() if self.ledger_head is not None else {}
         self._send(UpdateReady(m.round, float(upd.epsilon or 0.0), head), m.round)
+
+    def _within_max_rounds(self, m: RoundStart) -> None:
+        """The site policy's run.max_rounds bounds the local trainings (a retried round trains again on a
+        fresh shard, so it counts again), not round ids: refuse, record and leave before the next one."""
+        mx = self.max_rounds
+        done = len(self.store.trained())
+        if mx is None or done < mx:
+            return
+        from fedalign.protocol.policy import PolicyRefused
+
+        reason = (f"silo {self.name}: refused RoundStart round {m.round} (site policy): this silo already trained "
+                  f"{done} round(s), policy run.max_rounds is {mx}")
+        self._refused("RoundStart", m.round, reason)
+        self._send(LeaveNotice(f"refused by site policy: run.max_rounds {mx} reached ({done} trained)"), m.round)
+        raise PolicyRefused(reason)
 
     def _train(self, round_id: int, params: Tensors) -> TrainedUpdate:
         """Train in a worker thread while the main thread keeps heartbeating."""

@@ -48,6 +48,7 @@ class FederationStore:
     def __init__(self, directory: Path | None) -> None:
         self.dir = directory
         self._sent: dict[str, Any] | None = None  # sums_joined.json, cached (in memory only without a dir)
+        self._trained: list[int] = []  # trainings.json without a dir
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
 
@@ -75,6 +76,28 @@ class FederationStore:
         except Exception as e:  # noqa: BLE001 - any damage is one clear error
             raise CheckpointError(f"{self.dir}: cannot read the silo's {what}: {e}") from e
         return r, t
+
+    def trained(self) -> list[int]:
+        """The round of every local training this silo started (a retried round id counts again):
+        what policy run.max_rounds bounds. Persisted, so a restart does not reset it."""
+        if self.dir is None:
+            return list(self._trained)
+        path = self.dir / "trainings.json"
+        if not path.exists():
+            return []
+        try:
+            rounds = json.loads(path.read_text())["rounds"]
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise CheckpointError(f"{path}: cannot read this silo's training count: {e}") from e
+        return [int(r) for r in rounds]
+
+    def note_training(self, round_id: int) -> None:
+        """Record, before it starts, that a local training of ``round_id`` is starting."""
+        if self.dir is None:
+            self._trained.append(round_id)
+            return
+        rounds = [*self.trained(), round_id]
+        atomic_write(self.dir / "trainings.json", lambda p: p.write_text(json.dumps({"rounds": rounds})))
 
     def load_state(self) -> tuple[int, Tensors | None]:
         got = self._read("silo_state.safetensors", "committed_round", "federation state")

@@ -253,7 +253,9 @@ def _silo_rounds(entries: Sequence[Mapping[str, Any]], run: Sequence[Mapping[str
             eps = float(e["epsilon_spent"])
         elif e["kind"] in ("release", "round"):
             r = int(e["round"])
-            row = rows.setdefault(r, {"round": r, "epsilon": None, "released": [], "bytes": 0})
+            row = rows.setdefault(r, {"round": r, "epsilon": None, "released": [], "bytes": 0, "trainings": 0})
+            if e["kind"] == "round" or (e["kind"] == "release" and e.get("phase") == 0):
+                row["trainings"] += 1  # one local training per local round, or per phase-0 input that left
             if row["epsilon"] is None:
                 row["epsilon"] = e.get("epsilon", eps) if e["kind"] == "round" else eps
             if e["kind"] == "release":
@@ -295,9 +297,9 @@ def _against_policy(s: Mapping[str, Any]) -> list[dict[str, Any]]:
         row("privacy.max_delta", pr.get("max_delta"), dp.get("delta"),
             None if pr.get("max_delta") is None or dp.get("delta") is None else dp["delta"] <= pr["max_delta"])
         rn = pol.get("run", {})
-        rounds = [r["round"] for r in s.get("rounds", [])]
-        row("run.max_rounds", rn.get("max_rounds"), (max(rounds) + 1) if rounds else 0,
-            None if rn.get("max_rounds") is None else (max(rounds) + 1 if rounds else 0) <= rn["max_rounds"])
+        trained = sum(r.get("trainings", 0) for r in s.get("rounds", []))  # a retried round id counts again
+        row("run.max_rounds", rn.get("max_rounds"), trained,
+            None if rn.get("max_rounds") is None else trained <= rn["max_rounds"])
         row("run.max_passes", rn.get("max_passes"), st.get("max_passes"),
             None if rn.get("max_passes") is None or st.get("max_passes") is None else st["max_passes"] <= rn["max_passes"])
         fps = pol.get("aggregator", {}).get("key_fingerprints") or []

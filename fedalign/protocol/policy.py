@@ -2,8 +2,9 @@
 
 Every check returns the list of broken clauses, each one line that names the policy clause, the
 config field or request value, and what the policy allows, so one error can name them all. The
-silo runs :func:`check_silo_config` before loading any data and :func:`sum_violations` /
-:func:`round_violations` on every SumStart and RoundStart; the aggregator runs
+silo runs :func:`check_silo_config` before loading any data and :func:`sum_violations` on every
+SumStart (``run.max_rounds`` is checked before each local training, by the participant, since it
+counts trainings, not round ids); the aggregator runs
 :func:`check_aggregator_config` before it binds its socket.
 """
 
@@ -25,7 +26,6 @@ __all__ = [
     "check_silo_config",
     "check_aggregator_config",
     "sum_violations",
-    "round_violations",
     "raise_if_violated",
 ]
 
@@ -134,14 +134,6 @@ def sum_violations(policy: SitePolicy, *, scheme: str, participants: Sequence[st
     elif threshold < ss.min_silos:
         out.append(f"threshold {threshold} is under policy secure_sum.min_silos {ss.min_silos}")
     return out
-
-
-def round_violations(policy: SitePolicy, *, round_id: int) -> list[str]:
-    """What a RoundStart asks that ``policy`` forbids (a round past ``run.max_rounds``)."""
-    mr = policy.run.max_rounds
-    if mr is not None and round_id >= mr:
-        return [f"round {round_id} is past policy run.max_rounds {mr} (rounds 0..{mr - 1})"]
-    return []
 
 
 def raise_if_violated(problems: list[str], source: str | Path) -> None:

@@ -9,7 +9,7 @@ from fedalign.protocol.config.policy import AggregatorSitePolicy, SitePolicy, lo
 from fedalign.protocol.config.silo import SiloConfig
 from fedalign.protocol.errors import ConfigError
 from fedalign.protocol.policy import (PolicyViolation, check_aggregator_config, check_silo_config, policy_digest,
-                                      raise_if_violated, round_violations, sum_violations)
+                                      raise_if_violated, sum_violations)
 
 STRICT = SitePolicy.model_validate({
     "secure_sum": {"schemes": ["secagg"], "min_silos": 4},
@@ -56,7 +56,6 @@ def test_run_time_requests_against_the_policy():
         "policy secure_sum.schemes ['secagg'] does not allow scheme ckks"]
     assert "3 participants" in sum_violations(STRICT, scheme="secagg", participants=("a", "b", "c"), threshold=2)[0]
     assert sum_violations(STRICT, scheme="secagg", participants=("a", "b", "c", "d"), threshold=4) == []
-    assert round_violations(STRICT, round_id=9) == [] and "max_rounds 10" in round_violations(STRICT, round_id=10)[0]
 
 
 def test_aggregator_policy():

@@ -58,8 +58,40 @@ def test_mid_run_requests_outside_the_policy_are_refused_and_in_the_ledger(tmp_p
         ev.threads["a"].join(10)
         assert isinstance(ev.errors.get("a"), PolicyRefused)
         last = read_entries(ledger.path)[-1]
-        assert last["kind"] == "refusal" and last["request"] == "RoundStart" and "max_rounds 2" in last["reason"]
+        assert last["kind"] == "refusal" and last["request"] == "RoundStart" and "run.max_rounds is 2" in last["reason"]
         assert verify_ledger(ledger.path).ok
+    finally:
+        ev.close()
+
+
+def test_max_rounds_counts_trainings_so_a_retried_round_id_counts_again(tmp_path):
+    # issue 26: on 3c16410 run.max_rounds compared round ids, so an aggregator that retried round 0
+    # (abandoned after its sum) made a silo with max_rounds = 2 train and release 8 times. Each local
+    # training counts now, persisted in the silo's state, and the third is refused before it starts.
+    names = ["a", "b", "c"]
+    policy = SitePolicy.model_validate({"privacy": {"dp_required": False}, "run": {"max_rounds": 2}})
+    ledger = Ledger(tmp_path / "a-ledger.jsonl")
+    ev = EvilAggregator(names, tmp=tmp_path)
+    try:
+        ev.start_silo("a", configure=lambda p: attach_policy(p, policy, SiloAuditTrail(ledger, clock=lambda: 5.0)))
+        for s in names[1:]:
+            ev.start_silo(s)
+        for attempt in range(2):  # round 0, retried from a new θ (an aggregator restart): trained afresh
+            ev.params = {k: v + 0.01 * attempt for k, v in ev.params.items()}
+            ev.round_start(0, names)
+            assert ev.run_sum(0, 0, names) is not None, attempt
+        assert ev.silos["a"].store.trained() == [0, 0]
+        from fedalign.aggregator.rounds import round_seed, to_numpy
+        from fedalign.protocol.messages import RoundStart
+
+        params = {k: v + 0.02 for k, v in ev.params.items()}  # a third training of round 0: refused, recorded, a leaves
+        ev._send("a", RoundStart(0, to_numpy(params), to_numpy(ev.strategy.init_public(params)), tuple(names),
+                                 round_seed(0, 0), "fedavg", {}, 1, 30.0, ()), 0)
+        ev.threads["a"].join(10)
+        assert isinstance(ev.errors.get("a"), PolicyRefused)
+        last = read_entries(ledger.path)[-1]
+        assert last["kind"] == "refusal" and "already trained 2 round(s)" in last["reason"]
+        assert len([e for e in read_entries(ledger.path) if e["kind"] == "release"]) == 2
     finally:
         ev.close()
 

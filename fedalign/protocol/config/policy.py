@@ -56,7 +56,8 @@ class PrivacyRules(StrictModel):
 
 
 class RunRules(StrictModel):
-    max_rounds: int | None = Field(None, ge=1, description="rounds this silo takes part in (round ids 0..max-1)")
+    max_rounds: int | None = Field(None, ge=1, description="local trainings this silo runs in a federation (a retried round "
+                                      "trains again and counts again); the next one is refused")
     max_passes: int | None = Field(None, ge=1, description="passes over the local data")
 
 
