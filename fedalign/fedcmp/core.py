@@ -1,4 +1,4 @@
-"""Fed-CMP math (DESIGN §3-§4) as pure torch functions: silo-side contributions, aggregator steps.
+"""Fed-CMP math (docs/design.md §3-§4) as pure torch functions: silo-side contributions, aggregator steps.
 
 Silo-side functions take one silo's tensors; aggregator-side functions take a
 :class:`common.strategy.Sums` (element-wise sums over silos) and refuse anything else, so a
