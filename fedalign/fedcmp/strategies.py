@@ -1,6 +1,6 @@
 """Fed-CMP and the baselines (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi) behind one Strategy interface.
 
-Every strategy here computes its server step from secure sums only (:class:`common.strategy.Sums`).
+Every strategy here computes its server step from secure sums only (:class:`fedalign.fedcmp.strategy.Sums`).
 The baselines take one sum per round (Σ w_k Δ_k and Σ w_k) and differ only in the server
 optimiser applied to the weighted mean update; Fed-CMP takes two (docs/design.md §3) and keeps its
 carried state public (right basis, previous step) plus a private error-feedback residual per silo.
