@@ -1,4 +1,4 @@
-"""The aggregator's round state machine (DESIGN §3) over any :class:`ServerTransport`.
+"""The aggregator's round state machine (docs/design.md §3) over any :class:`ServerTransport`.
 
 One round: wait for at least ``min_silos`` live silos; send :class:`RoundStart`; collect
 :class:`UpdateReady` until the training deadline; then for each of the strategy's phases run

@@ -57,7 +57,7 @@ class _Authenticator(ThreadAuthenticator):
 
 
 class ZmqServer:
-    """ROUTER at ``endpoint``; speaks to silos by name (see :class:`common.transport.ServerTransport`)."""
+    """ROUTER at ``endpoint``; speaks to silos by name (see :class:`fedalign.protocol.transport.ServerTransport`)."""
 
     def __init__(
         self,

@@ -128,7 +128,7 @@ checkpoint history {k['history_rounds']}: {k['ledger_equals_history']}; the ledg
 reconciliation (kills between the checkpoint and the ledger). Final parameters vs an uninterrupted process run:
 max abs difference {diff_uninterrupted:.2e}; vs the in-process simulator {k['max_abs_diff_vs_simulator']:.2e}
 (not 0 by design: a kill after the silos' inputs left, or before the round's checkpoint is whole, redoes
-the round, and a silo never puts an input into a second sum, DESIGN §5, so it trains that round afresh;
+the round, and a silo never puts an input into a second sum, docs/design.md §5, so it trains that round afresh;
 the silo-kill replay below checks the sums' exactness). Survivors per round: {k['survivors_per_round']}. Run with kills {k['seconds']:.0f} s,
 uninterrupted {u['seconds']:.0f} s.
 

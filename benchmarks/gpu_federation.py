@@ -3,7 +3,8 @@
 Three parts, each reported even when another fails (its error is recorded instead):
 
 1. ``federation``: the quickstart's setting in one process (embedded world, label skew, 3 silos,
-   5 rounds of 128 records per silo, Fed-CMP rank 16 over the real SecAgg sum, DP on or off)
+   5 rounds over the real SecAgg sum; without DP 128 records per silo per round at Fed-CMP rank 16,
+   with DP 1,024 at rank 32, σ derived from ε = 8)
    through the silo trainer on ``--device``: frozen tower and LM in bf16 on CUDA, projector
    master weights in float32, tower features cached on the GPU when they fit (else pinned host
    memory). Prints device, dtype, time per round, silo samples/s, held-out NLL against the same

@@ -49,7 +49,8 @@ METHODS = {"fedavg": ("fedavg", {}),
            "fedavgm": ("fedavgm-b0.5", {}),
            # Fed-CMP's DP defaults (FedCMPConfig.under_dp): error feedback on, OPM β = 0.5, reliability off
            "fedcmp": ("fedcmp", {"rank": 32, "reliability": "off", "error_feedback": True, "beta": 0.5}),
-           # earlier DP defaults, pinned so their rows reproduce: EF off (DESIGN §4), then EF on with β = 0
+           # earlier DP defaults, pinned so their rows reproduce: EF off (the first design,
+           # docs/design.md §4), then EF on with β = 0
            "fedcmp16": ("fedcmp", {"rank": 16, "reliability": "off", "error_feedback": False, "beta": 0.0}),
            "fedcmp32": ("fedcmp", {"rank": 32, "reliability": "off", "error_feedback": False, "beta": 0.0}),
            "fedcmp32ef": ("fedcmp", {"rank": 32, "reliability": "off", "error_feedback": True, "beta": 0.0}),

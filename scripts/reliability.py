@@ -82,7 +82,7 @@ ROWS = [
         true_rho=True, variants=("unreliable",)),
     Row("diagnostic: true ρ (0 corrupted, 1 clean), basis and fusion", "fedcmp", MAIN, true_rho=True,
         variants=("unreliable",)),
-    Row("previous-step reference (DESIGN §4 blend), κ=0.02", "fedcmp", {"reliability": "blend", "kappa": 0.02},
+    Row("previous-step reference (docs/design.md §4 blend), κ=0.02", "fedcmp", {"reliability": "blend", "kappa": 0.02},
         variants=UNRELIABLE),
 ]
 
@@ -244,7 +244,7 @@ NOTES = """## What was tried, in order (numbers: held-out NLL, unreliable scenar
 
 1. **The reference in the shared basis, ρ in the fusion only** (first build, commit 59a420c): the
    coordinator's update Δ_ref from θ_t on its public set, broadcast after phase 0 as Uᵀ Δ_ref;
-   each silo's ρ = max(0, cos(Uᵀ Δ_k, Uᵀ Δ_ref)); the blend of DESIGN §4. ρ separated the
+   each silo's ρ = max(0, cos(Uᵀ Δ_k, Uᵀ Δ_ref)); the blend of docs/design.md §4. ρ separated the
    corrupted silos in most rounds (clean about 0.3-0.6, corrupted 0.05-0.4), yet NLL moved from
    0.4901 (off) to 0.4886 (contrast reference, κ = 0.02): 5% of the gap to the oracle (0.4610).
 2. **Why: the basis (seed 0).** With the *true* ρ (0 for the two corrupted silos, 1 for the

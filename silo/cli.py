@@ -3,7 +3,7 @@
 ``--local`` trains without an aggregator and writes ``metrics.json`` and the exported
 projector to ``output.dir`` (each file atomically, only after training and evaluation
 succeeded). Without ``--local`` the networked runtime (``fedalign.silo.federation.run_federated``) runs.
-Errors print one line and exit non-zero (table in ``common.cli_errors``); ``--debug`` adds the
+Errors print one line and exit non-zero (table in ``fedalign.host.cli_errors``); ``--debug`` adds the
 traceback. Other modules add commands with ``@app.command()``.
 """
 

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class ZmqClient:
-    """DEALER connected to ``endpoint`` (see :class:`common.transport.ClientTransport`)."""
+    """DEALER connected to ``endpoint`` (see :class:`fedalign.protocol.transport.ClientTransport`)."""
 
     def __init__(
         self,

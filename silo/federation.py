@@ -83,7 +83,7 @@ def run_federated(
     progress: bool = False,
     configure: Callable[[SiloParticipant], None] | None = None,
 ) -> SiloOutcome:
-    """Join the federation described by ``config`` (a :class:`common.config.silo.SiloConfig`).
+    """Join the federation described by ``config`` (a :class:`fedalign.protocol.config.silo.SiloConfig`).
 
     Builds the ZeroMQ client (CURVE, pinned aggregator key), the trusted roster, the identity
     and, unless ``trainer`` is given, the local trainer from the config; runs until the

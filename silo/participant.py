@@ -76,7 +76,7 @@ class SiloPolicy:
     max_weight: float = 512.0
     allow_insecure_plaintext: bool = False
     dp_enabled: bool = False
-    # The one secure-sum scheme this silo's own configuration pins (DESIGN §5): a SumStart asking
+    # The one secure-sum scheme this silo's own configuration pins (docs/design.md §5): a SumStart asking
     # for another one is refused, whatever the aggregator says ("plain" also needs the permission).
     scheme: str = "secagg"
     # The strategy and options this silo accepts ([strategy] of silo.toml): a RoundStart naming
@@ -170,7 +170,7 @@ class SiloParticipant:
         self.on_refusal: Callable[[dict[str, Any]], None] | None = None
         self.on_release: Callable[[dict[str, Any]], None] | None = None  # before an input message leaves
         self.max_rounds: int | None = None  # the site policy's run.max_rounds: local trainings, at most
-        # ledger heads witnessed across parties (DESIGN §10): this silo's head goes out with each
+        # ledger heads witnessed across parties (docs/design.md §10): this silo's head goes out with each
         # UpdateReady; the aggregator's head, which arrives with each RoundStart, is recorded here
         self.ledger_head: Callable[[], dict[str, Any]] | None = None
         self.on_peer_head: Callable[[str, dict[str, Any]], None] | None = None
@@ -463,7 +463,7 @@ class SiloParticipant:
             )
         problems = []
         if str(m.scheme) != p.scheme:
-            # DESIGN §5: the scheme is pinned by the silo, never chosen by the aggregator (a ckks sum
+            # docs/design.md §5: the scheme is pinned by the silo, never chosen by the aggregator (a ckks sum
             # in a secagg federation lets the aggregator hand the decryptor one silo's ciphertext)
             problems.append(f"scheme {m.scheme} is not this silo's configured scheme {p.scheme}")
         if self.name not in parts:
@@ -486,7 +486,7 @@ class SiloParticipant:
             elif tuple(sorted(parts)) != cur.completed[0]:
                 problems.append(f"participants {sorted(parts)} are not the set phase 0 summed "
                                 f"{list(cur.completed[0])}; a round sums one set")
-        # DESIGN §5: one (round, phase) input goes into at most one sum; two sums over different
+        # docs/design.md §5: one (round, phase) input goes into at most one sum; two sums over different
         # silo sets with the same input reveal the difference (in memory, and across restarts)
         if m.phase in cur.joined:
             problems.append(f"this silo already joined sum instance {cur.joined[m.phase]} for round {m.round} "

@@ -4,7 +4,7 @@ Under DP the noise norm grows with the number of trained parameters (σ·C·√d
 silo trains only coefficients C (r×n) of each m×n weight matrix in a basis U (m×r, orthonormal
 columns) that all silos share and that is *public* (computed from released values only), the
 noise lives in r·n dimensions instead of m·n, while the update U·C stays expressive where the
-signal is. This is Fed-CMP's canonical basis used on the training side (DESIGN §4): the
+signal is. This is Fed-CMP's canonical basis used on the training side (docs/design.md §4): the
 aggregate of U·C_k lies in span(U), so Fed-CMP's rank-r sums carry it without truncation.
 
 The basis here (:func:`public_basis`) is the top-r left singular subspace of the global

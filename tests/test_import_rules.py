@@ -1,4 +1,4 @@
-"""The dependency rules of DESIGN §2 and docs/architecture.md, checked over transitive imports.
+"""The dependency rules of docs/design.md §2 and docs/architecture.md, checked over transitive imports.
 
 Every module of every room is parsed with ``ast``; every import (top-level or inside a function,
 absolute or relative) is an edge. A room is a package directly under ``fedalign``. A rule is

@@ -8,7 +8,7 @@ It makes keys, writes the configs from the templates next to this file, starts t
 processes, and at the end prints a metrics table, each round's wire bytes per silo checked
 against the Fed-CMP payload formula, and where the projector, curves and ledgers are.
 
-    python examples/quickstart/run.py [--out runs/quickstart] [--rounds 5] [--world default|tiny]
+    python examples/quickstart/run.py [--out runs/quickstart] [--rounds 4] [--shard-size 1024] [--world default|tiny]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Fed-CMP math (DESIGN §3-§4) as pure torch functions: silo-side contributions, aggregator steps.
+"""Fed-CMP math (docs/design.md §3-§4) as pure torch functions: silo-side contributions, aggregator steps.
 
 Silo-side functions take one silo's tensors; aggregator-side functions take a
-:class:`common.strategy.Sums` (element-wise sums over silos) and refuse anything else, so a
+:class:`fedalign.fedcmp.strategy.Sums` (element-wise sums over silos) and refuse anything else, so a
 per-silo list can never reach them. No I/O, no networking; randomness only via ``generator``.
 
 Per weight matrix (m×n, rank r) and round t, with M_k = Δ_k + e_k:

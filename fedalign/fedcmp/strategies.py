@@ -1,8 +1,8 @@
 """Fed-CMP and the baselines (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi) behind one Strategy interface.
 
-Every strategy here computes its server step from secure sums only (:class:`common.strategy.Sums`).
+Every strategy here computes its server step from secure sums only (:class:`fedalign.fedcmp.strategy.Sums`).
 The baselines take one sum per round (Σ w_k Δ_k and Σ w_k) and differ only in the server
-optimiser applied to the weighted mean update; Fed-CMP takes two (DESIGN §3) and keeps its
+optimiser applied to the weighted mean update; Fed-CMP takes two (docs/design.md §3) and keeps its
 carried state public (right basis, previous step) plus a private error-feedback residual per silo.
 """
 
@@ -192,7 +192,7 @@ ReferenceUpdate = Callable[[Tensors], Tensors]
 
 @dataclass(frozen=True)
 class FedCMPConfig:
-    """Fed-CMP's switches (DESIGN §4). ``rank=None`` is full rank; ``seed`` seeds round-0 Q_r (public)."""
+    """Fed-CMP's switches (docs/design.md §4). ``rank=None`` is full rank; ``seed`` seeds round-0 Q_r (public)."""
 
     rank: int | None = 16  # r = 8 lost to FedAvg under domain skew on the embedded world (results/)
     error_feedback: bool = True
@@ -233,21 +233,22 @@ class FedCMPConfig:
 
         Measured on the embedded world at issue 11's DP recipe (ε = 8, r = 32, results/dp_notes.md):
         error feedback lowered held-out NLL in 3 of 4 runs (label 0.648 -> 0.578; one label seed
-        0.883 -> 0.907). DESIGN §4 turned it off to avoid re-injecting noise; the residual is
-        post-processing of a DP output, so it costs no privacy. OPM β = 0.5 against DESIGN's β = 0:
-        0.907 -> 0.826 on that label seed (β = 0.9 rang under DP on the prototype). The public
-        reference's ρ, computed from noisy updates, cost 0.021-0.083 under label skew."""
+        0.883 -> 0.907). The first design (docs/design.md §4) turned it off to avoid re-injecting
+        noise; the residual is post-processing of a DP output, so it costs no privacy. OPM β = 0.5
+        against the first design's β = 0: 0.907 -> 0.826 on that label seed (β = 0.9 rang under DP
+        on the prototype). The public reference's ρ, computed from noisy updates, cost 0.021-0.083
+        under label skew."""
         return replace(self, reliability="off")
 
 
 class FedCMP:
-    """Fed-CMP: canonical-basis compression with reliability-blended fusion and OPM (DESIGN §3-§4).
+    """Fed-CMP: canonical-basis compression with reliability-blended fusion and OPM (docs/design.md §3-§4).
 
     Every 2-D tensor is factored at rank ``min(rank, m, n)``; other tensors ride along in the last
     phase as plain weighted sums, with server heavy-ball momentum β (what OPM is at full rank).
     Phase 0 sums left factors P_k; the last phase sums coefficients A_k (and the reliability
     terms), the small tensors and Σ w. Reliability ``blend`` judges each silo against the previous
-    global step (DESIGN §4); ``consensus`` (our addition, measured in results/) adds a middle
+    global step (docs/design.md §4); ``consensus`` (our addition, measured in results/) adds a middle
     phase that sums unit-norm fresh coefficients, so every silo counts once whatever its weight
     or update size, and judges each silo against that unweighted direction consensus.
     """

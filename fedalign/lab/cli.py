@@ -46,7 +46,7 @@ def build_strategy(
     opts = {k: v for k, v in dict(rank=rank, error_feedback=error_feedback, reliability=reliability,
                                   kappa=kappa, beta=beta, server_lr=server_lr, **extra).items() if v is not None}
     if dp and opts.get("beta", 0) >= 0.9:
-        warnings.warn("Fed-CMP under DP with β ≥ 0.9: it rang and once diverged (DESIGN §4)", stacklevel=2)
+        warnings.warn("Fed-CMP under DP with β ≥ 0.9: it rang and once diverged (docs/design.md §4)", stacklevel=2)
     return make_strategy("fedcmp", dp=dp, seed=seed, **opts)
 
 

@@ -47,7 +47,8 @@ ABLATIONS = [
     Config("Fed-CMP no OPM (β=0)", "fedcmp", {**RUN, "beta": 0.0}, "ablation"),
     Config("Fed-CMP reliability blend", "fedcmp", {**RUN, "reliability": "blend", "kappa": 1.0}, "ablation"),
 ]
-# our addition beyond DESIGN §4, tried where the paper's claims point (label skew, unreliable silos)
+# our addition beyond the first design (docs/design.md §4), tried where the paper's claims point
+# (label skew, unreliable silos)
 CONSENSUS = Config("Fed-CMP reliability consensus κ=0.1", "fedcmp",
                    {"rank": RUN_DEFAULT_RANK, "reliability": "consensus", "kappa": 0.1}, "ablation")
 RANKS = [Config(f"Fed-CMP r={r}", "fedcmp", {"rank": r, "reliability": "off"}, "rank") for r in (4, 16)]

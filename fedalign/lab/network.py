@@ -1,7 +1,7 @@
 """The simulator over the networked runtime: the real Coordinator and SiloParticipants, in one process.
 
 Silos run in threads and talk to ``aggregator.rounds.Coordinator`` through
-``common.transport.InMemoryNetwork`` (every message encoded to wire frames and decoded), with
+``fedalign.protocol.transport.InMemoryNetwork`` (every message encoded to wire frames and decoded), with
 crypto's real secure sum; local training comes from a :class:`FederatedProblem`. This is the
 same round code ``aggregator serve`` and ``silo train`` run over ZeroMQ; it is slower than
 :func:`simulation.runner.simulate_problem`, so the results table uses the latter (same

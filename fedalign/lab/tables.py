@@ -134,7 +134,8 @@ def _display(label: str) -> str:
     if label == "DP Fed-CMP (EF off, β=0)":
         return f"DP Fed-CMP r={RUN_DEFAULT_RANK} (EF off, β=0)"
     if label == FEDCMP.label:
-        return f"Fed-CMP r={RUN_DEFAULT_RANK}" + (" (default)" if now == RUN_DEFAULT_RANK else " (DESIGN's first default)")
+        return f"Fed-CMP r={RUN_DEFAULT_RANK}" + (" (default)" if now == RUN_DEFAULT_RANK
+                                                  else " (first default, docs/design.md §4)")
     if label == f"Fed-CMP r={now}":
         return f"Fed-CMP r={now} (default)"
     return label

@@ -1,7 +1,7 @@
 """The project's exception tree.
 
 Every error the toolkit raises on purpose derives from :class:`FedAlignError`; the CLIs map
-these classes to exit codes in one table (``common.cli_errors``) and print one line.
+these classes to exit codes in one table (``fedalign.host.cli_errors``) and print one line.
 
     FedAlignError
     ├── ConfigError (ValueError)          a config file or option is invalid (names file and field)

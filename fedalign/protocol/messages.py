@@ -4,7 +4,7 @@ Frozen dataclasses of simple fields and numpy arrays (no torch: both sides conve
 edges), encoded by :mod:`fedalign.protocol.wire`. The secure-sum messages inside a phase are crypto's
 own (``crypto.messages``); :data:`MESSAGE_TYPES` lists ours, and the runtime registers both.
 
-One round (DESIGN §3)::
+One round (docs/design.md §3)::
 
     aggregator                                   silo
     RoundStart(params, public, roster, seed) ──►  trains its shard, charges its accountant

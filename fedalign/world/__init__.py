@@ -1,5 +1,5 @@
 """The embedded world: a procedural image-caption world and tiny frozen models pretrained on
-it, so the whole toolkit runs offline and measurably (DESIGN §8).
+it, so the whole toolkit runs offline and measurably (docs/design.md §8).
 
 Typical use::
 

@@ -296,7 +296,7 @@ def test_a_nan_epsilon_never_reaches_a_committed_round():
 
 
 def test_ledger_heads_are_witnessed_both_ways_and_a_cut_silo_ledger_fails_verify(tmp_path):
-    # DESIGN §10: each RoundStart carries the aggregator's head, each UpdateReady the silo's signed
+    # docs/design.md §10: each RoundStart carries the aggregator's head, each UpdateReady the silo's signed
     # head; each side records the other's. Deleting a silo's newest ledger entries (say, its last
     # DP charge) then fails `audit verify --witness-ledger`, naming where the ledger ends.
     from typer.testing import CliRunner

@@ -30,7 +30,7 @@ def test_aggregator_killed_at_commit_steps_loses_nothing(tmp_path):
 def test_aggregator_killed_inside_a_sum_loses_no_round_and_reuses_no_input(tmp_path):
     # killed after the masked inputs of phase 0 left, and between the checkpoint's tensors and
     # state.json: the round is redone, but its inputs already went into a sum, so no silo may put
-    # them into another one (DESIGN §5); the silos train it afresh, and the parameters differ from an
+    # them into another one (docs/design.md §5); the silos train it afresh, and the parameters differ from an
     # uninterrupted run by design, while no round, ledger entry or checkpoint is lost
     res = aggregator_kills(tmp_path, ["p0:MaskedInput", "checkpoint_mid"], rounds=3)
     assert res["kills"] == 2

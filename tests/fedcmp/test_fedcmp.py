@@ -1,4 +1,4 @@
-"""Fed-CMP math: the invariants of DESIGN §4, each a test that can fail."""
+"""Fed-CMP math: the invariants of docs/design.md §4, each a test that can fail."""
 
 import math
 
@@ -164,7 +164,7 @@ def test_llava_payload_at_least_10x_smaller():
             expect = sum(fm.matrix_payload_numbers(4096, k, rank, rel == "blend") for k in (1024, 4096))
             assert cmp_ == expect + 2 * 4096 + 1
             assert full / cmp_ >= 10, (rank, rel, full / cmp_)
-    # DESIGN §3: the 4096×4096 layer alone at r = 64 is 32× smaller
+    # docs/design.md §4 (payload): the 4096×4096 layer alone at r = 64 is 32× smaller
     assert 4096 * 4096 / fm.matrix_payload_numbers(4096, 4096, 64, False) == 32
 
 

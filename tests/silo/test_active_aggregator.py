@@ -2,7 +2,7 @@
 transport): the attacks of issue #10 are refused, logged, and change nothing.
 
 - Several SumStarts for the same (round, phase) over different silo sets: subtracting two sums
-  would give one silo's input (DESIGN §5: an input goes into at most one sum), also after the
+  would give one silo's input (docs/design.md §5: an input goes into at most one sum), also after the
   silo is killed and restarted with the same update.
 - SumStart(scheme=ckks) in a secagg federation: the scheme is pinned by the silo.
 """

@@ -2,7 +2,7 @@
 
 ``load_config(path, Schema, overrides)`` reads TOML, applies dotted ``section.field=value``
 overrides (from the command line), validates, and turns every problem into one
-:class:`~common.errors.ConfigError` line: ``silo.toml: privacy.epsilon: Input should be ...``.
+:class:`~fedalign.protocol.errors.ConfigError` line: ``silo.toml: privacy.epsilon: Input should be ...``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The schemas of the site policies: ``policy.toml`` owned by an institution (silo) and the
-aggregator operator's own (DESIGN §10).
+aggregator operator's own (docs/design.md §10).
 
 A site policy is separate from the training config and from anything the aggregator sends: the
 config says what a run will do, the policy what the institution allows. ``silo train`` checks its
