@@ -283,9 +283,12 @@ def federated_train(config: Any, *, insecure_plaintext: bool = False, stop: thre
     try:
         out = run_federated(config, trainer=trainer, insecure_plaintext=insecure_plaintext, stop=stop, progress=True,
                             configure=configure)
-    except BaseException as e:
+    except BaseException as e:  # retention holds on every exit path, and run_end says how the run ended
+        if raw == "delete_at_run_end":
+            (config.state_dir / "federation" / "last_update.safetensors").unlink(missing_ok=True)
         if not ended:
-            trail.run_end(reason=f"{type(e).__name__}: {e}", export_written=False, evaluation_written=False)
+            trail.run_end(reason=f"{type(e).__name__}: {e}", export_written=False, evaluation_written=False,
+                          raw_updates=raw)
         raise
     summary: dict[str, Any] = {"silo": config.federation.silo_id, "rounds_done": out.rounds_done,
                                "rounds_included": out.committed, "reason": out.reason,

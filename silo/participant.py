@@ -35,13 +35,15 @@ from fedalign.fedcmp.phases import phase_allows_dropouts, sum_inputs
 from fedalign.fedcmp.strategies import make_strategy
 from fedalign.fedcmp.pin import StrategyPin, pin_violations
 from fedalign.fedcmp.strategy import Strategy, Tensors, contribution_problems
-from fedalign.protocol.errors import ConfigError, DataError, InsecureModeRefused, PrivacyBudgetExceeded, ProtocolError
+from fedalign.protocol.errors import (AggregatorInputError, ConfigError, DataError, FedAlignError, InsecureModeRefused,
+                                      PrivacyBudgetExceeded, ProtocolError)
 from fedalign.protocol.eventlog import EventLog
 from fedalign.protocol.messages import (Heartbeat, JoinReply, LeaveNotice, LedgerClose, LedgerReceipt, ModelDeclaration,
                                         RoundEnd, RoundStart, RunEnd, Stage, SumScheme, SumStart, UpdateReady)
 from fedalign.protocol.transport import ClientTransport
 from fedalign.protocol.view import phase_view, round_view
 from fedalign.protocol.wire import Envelope
+from fedalign.silo.inbound import params_problems, tensor_problems
 from fedalign.silo.store import FederationStore, TrainedUpdate, params_digest
 
 from fedalign.crypto.config import SecureSumConfig
@@ -121,6 +123,13 @@ class _Round:
     sum: SiloSecureSum | None = None
     instance: int = -1
     phase: int = -1
+
+
+MAX_ROUND = 2 ** 31  # a round id at or over this is refused (no federation runs that many rounds)
+
+
+class _LocalFailure(Exception):
+    """Carries an untyped failure of this silo's own training past the bad-input handler (its cause)."""
 
 
 class SiloParticipant:
@@ -272,6 +281,11 @@ class SiloParticipant:
                 elif isinstance(m, RoundEnd):
                     self._on_round_end(m)
                 elif isinstance(m, RunEnd):
+                    shapes = self.declaration.shapes if self.declaration is not None else None
+                    bad = params_problems("RunEnd.params", m.params, shapes)
+                    if bad:
+                        raise AggregatorInputError(f"silo {self.name}: RunEnd: " + "; ".join(bad)
+                                                   + " (nothing was evaluated or exported)")
                     self.events.emit("run_end", rounds_done=m.rounds_done, reason=m.reason)
                     out = SiloOutcome(_to_torch(m.params), m.rounds_done, self.committed_rounds, m.reason,
                                       *self._first)
@@ -294,10 +308,29 @@ class SiloParticipant:
             except InsecureModeRefused as e:
                 self._send(LeaveNotice(f"refused: {e}"), env.round)
                 raise
+            except _LocalFailure as e:  # this silo's own training failed: not the aggregator's input
+                raise e.__cause__ from None  # type: ignore[misc]
+            except AggregatorInputError as e:
+                self._leave_on_bad_input(env, e)
+                raise
+            except FedAlignError:
+                raise
+            except Exception as e:  # noqa: BLE001 - whatever a message's content broke is a typed refusal
+                err = AggregatorInputError(
+                    f"silo {self.name}: could not use the aggregator's {type(m).__name__} (round {env.round}, "
+                    f"phase {env.phase}): {type(e).__name__}: {str(e)[:200]}")
+                self._leave_on_bad_input(env, err)
+                raise err from e
             self._beat(Stage.SUM if self.cur is not None else Stage.JOIN)
         self._send(LeaveNotice("stopped by the operator"), max(self.committed, 0))
         self.events.emit("left", reason="stopped")
         return SiloOutcome(None, self.committed + 1, self.committed_rounds, "stopped")
+
+    def _leave_on_bad_input(self, env: Envelope, e: AggregatorInputError) -> None:
+        """Refuse the aggregator's unusable message: a refusal (ledger), a LeaveNotice, then the silo leaves."""
+        self._refused(type(env.message).__name__, env.round, str(e), phase=env.phase)
+        self._send(LeaveNotice(f"refused: {e}"), env.round)
+        self.events.emit("left", reason="unusable aggregator input", detail=str(e))
 
     # ------------------------------------------------------------------ handlers
     def _close_ledger(self, m: RunEnd, out: SiloOutcome) -> None:
@@ -394,7 +427,15 @@ class SiloParticipant:
         if strat.n_phases != m.n_phases:
             raise ProtocolError(f"silo {self.name}: strategy {m.strategy} has {strat.n_phases} phases, "
                                 f"the aggregator announced {m.n_phases}")
+        bad = params_problems("RoundStart.params", m.params, None) + tensor_problems("RoundStart.public", m.public)
+        if m.round >= MAX_ROUND:  # round ids seed the shard and the noise: keep them in every RNG's range
+            bad.insert(0, f"round id {m.round} is over {MAX_ROUND - 1}")
         params = _to_torch(m.params)
+        if not bad:  # the round's public values, as phase 0 will use them: names, shapes, dtype, bases
+            bad = strat.public_violations(0, params, _to_torch(m.public))
+        if bad:  # before a shard is drawn or ε is spent
+            raise AggregatorInputError(f"silo {self.name}: RoundStart round {m.round}: " + "; ".join(bad[:3])
+                                       + " (nothing was trained)")
         if self._first[0] is None:
             self._first = (params, m.round)
         self._last_params = (params, m.round)
@@ -451,6 +492,10 @@ class SiloParticipant:
                     return fut.result(timeout=self.policy.heartbeat_interval_s)
                 except concurrent.futures.TimeoutError:
                     self._beat(Stage.TRAIN, force=True)
+                except FedAlignError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - kept apart from failures on the aggregator's input
+                    raise _LocalFailure() from e
 
     def _check_sum(self, m: SumStart, cur: _Round) -> None:
         """Refuse (ProtocolError) a sum this silo's own rules forbid, before any state changes."""

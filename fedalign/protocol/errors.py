@@ -11,6 +11,7 @@ these classes to exit codes in one table (``fedalign.host.cli_errors``) and prin
     │   └── PrivacyBudgetExceeded         the next round would exceed (epsilon, delta): fail closed
     ├── ProtocolError                     a message out of place (names silo and stage)
     │   ├── WireFormatError (ValueError)  a frame that does not match its declared spec
+    │   ├── AggregatorInputError          a well-formed message whose content a silo cannot use
     │   └── RoundAborted                  too few silos survived a step; nothing was revealed
     ├── InsecureModeRefused               an insecure mode was asked for without every permission
     ├── CheckpointError                   a checkpoint or ledger cannot be read or written
@@ -33,6 +34,7 @@ __all__ = [
     "PrivacyBudgetExceeded",
     "ProtocolError",
     "WireFormatError",
+    "AggregatorInputError",
     "RoundAborted",
     "InsecureModeRefused",
     "CheckpointError",
@@ -72,6 +74,11 @@ class ProtocolError(FedAlignError):
 
 class WireFormatError(ProtocolError, ValueError):
     """A frame does not match the spec its header declared."""
+
+
+class AggregatorInputError(ProtocolError):
+    """The aggregator sent a message whose content this silo cannot use (a tensor of the wrong dtype or
+    shape, a non-finite value, an option or a phase out of range); the silo refused it and left."""
 
 
 class RoundAborted(ProtocolError):
