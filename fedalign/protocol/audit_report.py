@@ -165,7 +165,7 @@ def render_html(s: Mapping[str, Any]) -> str:
         return f"<table><tr>{head}</tr>{body}</table>"
 
     def outcome_cls(o: str) -> str:
-        return "ok" if o == "ok" else ("warn" if o in ("NOT RUN", "TORN (allowed)") else "bad")
+        return "ok" if o == "ok" else ("warn" if o in ("NOT RUN", "TORN (allowed)", "UNWITNESSED (allowed)") else "bad")
 
     verdict, *_ = _checks_lines(s)
     checks = ("<table class=\"checks\"><tr><th>check</th><th>outcome</th><th>detail</th></tr>" + "".join(

@@ -5,8 +5,11 @@ Before this test nothing ran the quickstart, and a renamed file broke `make demo
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,13 +17,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
-def test_the_quickstart_runs_and_reports_against_the_no_image_baseline(tmp_path):
-    out = tmp_path / "qs"
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quickstart") / "qs"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart" / "run.py"), "--world", "tiny",
                         "--rounds", "2", "--shard-size", "512", "--out", str(out)],
                        env=env, capture_output=True, text=True, timeout=600)
+    return out, p
+
+
+@pytest.mark.slow
+def test_the_quickstart_runs_and_reports_against_the_no_image_baseline(quickstart):
+    out, p = quickstart
     text = p.stdout + p.stderr
     assert p.returncode == 0, text[-4000:]
     assert "MATCH" in text and "MISMATCH" not in text
@@ -63,3 +72,36 @@ def _every_single_deletion_is_refused(out: Path) -> None:
                 assert r.exit_code == 11, f"{rel} with the {name} entry deleted: {r.output}"
     finally:
         os.chdir(cwd)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install -y chromium)")
+def test_the_html_report_shows_in_chromium_which_checks_ran_at_the_top(quickstart, tmp_path):
+    """Issue 26: the HTML report of the quickstart's hospital-a, rendered by headless Chromium, opens
+    with the table of checks; with --config every check ran and passed, the witnessed tail included."""
+    from typer.testing import CliRunner
+
+    from fedalign.silo.cli import app
+
+    out, p = quickstart
+    assert p.returncode == 0, (p.stdout + p.stderr)[-2000:]
+    html = tmp_path / "report.html"
+    cwd = os.getcwd()
+    os.chdir(out)
+    try:
+        r = CliRunner().invoke(app, ["audit", "report", "--config", "hospital-a.toml", "--html", str(html)])
+    finally:
+        os.chdir(cwd)
+    assert r.exit_code == 0, r.output
+    with tempfile.TemporaryDirectory() as profile:
+        dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                              "--disable-component-update", "--disable-sync", "--no-first-run",
+                              f"--user-data-dir={profile}", "--dump-dom", html.resolve().as_uri()],
+                             capture_output=True, text=True, timeout=120).stdout
+    body = dom[dom.index("<body"):]
+    first = body[body.index("<section"):]
+    assert first.startswith('<section id="checks">'), first[:200]  # the first thing after the title
+    table = first[:first.index("</section>")]
+    rows = re.findall(r"<tr><td>([^<]+)</td><td class=\"(\w+)\">([^<]+)</td>", table)
+    assert [(c, o) for c, _, o in rows] == [("hash chain", "ok"), ("signatures", "ok"), ("witnessed heads", "ok"),
+                                            ("tail", "ok"), ("witnessed tail", "ok")], rows
