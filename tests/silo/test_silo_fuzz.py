@@ -3,7 +3,7 @@
 On 44ae6bb the fuzz below (seed 2, 20,000 messages) ended a silo with an untyped exception 40 times
 (OverflowError in the fixed-point encoder for a SumStart clip of 1e300, ValueError for a round id
 of 2^62, RuntimeError for integer θ), and the issue measured 8 of 11 hand-made cases crashing on
-3c16410, often after the silo had trained. benchmarks/bench_silo_fuzz.py runs 200,000.
+3c16410, often after the silo had trained. benchmarks/bench_silo_fuzz.py runs 210,000.
 """
 
 from __future__ import annotations
