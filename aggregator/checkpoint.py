@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from fedalign.fedcmp.strategy import Tensors
 from fedalign.host.atomic import atomic_write
 from fedalign.protocol.errors import CheckpointError
+from fedalign.protocol.files import private_mkdir
 from fedalign.protocol.ledger import Ledger, LedgerEntry
 
 __all__ = ["RunState", "CheckpointStore", "CHECKPOINT_VERSION", "ROUND_COMMITTED_FIELDS", "state_digest",
@@ -90,7 +91,7 @@ class CheckpointStore:
         self.state_path = self.dir / "state.json"
 
     def save(self, state: RunState) -> Path:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_mkdir(self.dir)
         tensors = {}
         for group, ts in zip(_GROUPS, (state.params, state.public, state.server_state)):
             for k, v in ts.items():

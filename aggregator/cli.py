@@ -20,6 +20,7 @@ import typer
 from fedalign.host.cli_errors import run_cli
 from fedalign.host.process import apply_process_defaults
 from fedalign.protocol.eventlog import EventLog
+from fedalign.protocol.files import private_mkdir
 
 __all__ = ["app", "main", "build_app", "initial_params", "init_projector", "serve_from_config"]
 
@@ -207,7 +208,7 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
     store = CheckpointStore(out / "checkpoints")
     state = store.load()  # reads only: nothing is written before the config is known good
     first_params = initial_params(cfg) if state is None else None  # a bad init.params: refused here
-    out.mkdir(parents=True, exist_ok=True)
+    private_mkdir(out)  # checkpoints and the event log live here: 0700 whatever the umask
     reference = None
     if uses_reference:  # the coordinator's public reference, trained by `silo reference` (docs/fedcmp.md)
         from fedalign.aggregator.reference import ReferenceProcess

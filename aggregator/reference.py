@@ -10,12 +10,18 @@ request or a missed deadline raise :class:`ReferenceFailed` naming the config an
 
 Round t's reference comes from public shard t mod n with a seed fixed by t (silo/reference.py), so
 a restarted coordinator asks for the same round number and gets the same Δ_ref.
+
+The child's stderr goes to ``reference.log`` (0600) through the parent, which stops writing at
+LOG_MAX_BYTES with one last line saying so (the rest is read and dropped, so the child never
+blocks). Δ_ref is opened with O_NOFOLLOW and must be a regular file: a symlink is refused.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
+import stat
 import subprocess
 import sys
 import threading
@@ -24,11 +30,42 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fedalign.protocol.errors import ReferenceFailed
+from fedalign.protocol.files import open_new_fd, private_mkdir
 from fedalign.protocol.reference import parse_answer, request_line
 
 __all__ = ["ReferenceProcess"]
 
 PROGRESS_S = 10.0
+LOG_MAX_BYTES = 16 << 20  # reference.log stops growing here (the child's stderr is not ours to trust)
+
+
+def _pump_log(src, log_path: Path, limit: int) -> None:
+    """Copy the child's stderr to ``log_path`` (appended, 0600, not through a symlink) until the file
+    holds ``limit`` bytes; then write one line saying so and drop the rest (still reading it)."""
+    try:
+        fd = open_new_fd(log_path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        fd = None
+    try:
+        size = os.fstat(fd).st_size if fd is not None else limit
+        capped = size >= limit
+        for chunk in iter(lambda: src.read1(1 << 16), b""):
+            if capped or fd is None:
+                continue
+            room = limit - size
+            if len(chunk) >= room:
+                os.write(fd, chunk[:room])
+                os.write(fd, f"\n[reference.log reached {limit} bytes: the rest of the child's output is dropped]\n"
+                         .encode())
+                capped = True
+            else:
+                os.write(fd, chunk)
+            size += len(chunk)
+    except (OSError, ValueError):
+        pass
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 class ReferenceProcess:
@@ -47,20 +84,22 @@ class ReferenceProcess:
         self.log_path = self.workdir / "reference.log"
         self._proc: subprocess.Popen | None = None
         self._lines: queue.Queue = queue.Queue()
+        self._pump: threading.Thread | None = None
 
     # -- the child -----------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
         """Start the child and wait for its ready line (it loads the frozen models: may take minutes)."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
+        private_mkdir(self.workdir)
         try:
-            self._proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                                          text=True, bufsize=1, env=self.env or os.environ.copy(),
-                                          cwd=str(self.config.parent))
+            self._proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True, bufsize=1,
+                                          env=self.env or os.environ.copy(), cwd=str(self.config.parent))
         except OSError as e:
             raise ReferenceFailed(f"reference.command {self.command[0]!r}: cannot start: {e}") from None
-        finally:
-            log.close()
+        assert self._proc.stderr is not None
+        self._pump = threading.Thread(target=_pump_log, args=(self._proc.stderr.buffer, self.log_path, LOG_MAX_BYTES),
+                                      daemon=True, name="reference-log")
+        self._pump.start()
         self._lines = queue.Queue()
         threading.Thread(target=self._read, args=(self._proc, self._lines), daemon=True,
                          name="reference-reader").start()
@@ -98,6 +137,8 @@ class ReferenceProcess:
             if item is None:
                 code = self._proc.wait() if self._proc is not None else None
                 self._proc = None
+                if self._pump is not None:
+                    self._pump.join(timeout=5)  # its last words reach the log before we quote it
                 raise self._failed(f"{what}: the process exited (code {code})")
             if isinstance(item, str):
                 raise self._failed(f"{what}: unreadable answer {item!r}", final=True)
@@ -135,6 +176,8 @@ class ReferenceProcess:
         except (OSError, subprocess.TimeoutExpired):
             p.kill()
             p.wait()
+        if self._pump is not None:
+            self._pump.join(timeout=5)
 
     # -- the hook ------------------------------------------------------------------------------
     def __call__(self, params: dict) -> dict:
@@ -150,7 +193,7 @@ class ReferenceProcess:
 
     def _request(self, params: dict) -> dict:
         import torch
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load as load_bytes, save_file
 
         from fedalign.host.atomic import atomic_write
 
@@ -175,7 +218,20 @@ class ReferenceProcess:
             why = ans.get("error") or f"an answer for round {ans.get('round')!r}"
             raise self._failed(f"round {t}: {why}", final=True)
         try:
-            delta = load_file(str(dst))
+            fd = os.open(dst, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise self._failed(f"round {t}: {dst} is a symlink; refusing to follow it (Δ_ref must be a regular "
+                                   "file the reference process wrote there)", final=True) from None
+            raise self._failed(f"round {t}: cannot read {dst}: {e}") from None
+        try:
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise self._failed(f"round {t}: {dst} is not a regular file; refusing to read it", final=True)
+                data = f.read()
+            delta = load_bytes(data)
+        except ReferenceFailed:
+            raise
         except Exception as e:  # noqa: BLE001 - any unreadable file is the child's failure
             raise self._failed(f"round {t}: cannot read {dst}: {e}") from None
         want = {k: tuple(v.shape) for k, v in flat.items()}

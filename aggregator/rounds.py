@@ -69,6 +69,14 @@ class RoundPolicy:
     close_wait_s: float = 10.0  # after RunEnd: how long to wait for the silos' final ledger heads
 
 
+# One silo can leave and reconnect as fast as it can send (LeaveNotice + Heartbeat pairs: ~2.5 MB/s
+# of event lines before this bound). Per silo, at most CHURN_EVENTS_MAX connect/leave lines per
+# CHURN_WINDOW_S of the coordinator's clock; the rest are counted, and one "events_suppressed"
+# line with the count is written when the window ends (or the run does).
+CHURN_EVENTS_MAX = 20
+CHURN_WINDOW_S = 60.0
+
+
 def round_seed(seed: int, round_id: int) -> bytes:
     """The public seed of a round (32 bytes): a hash of the run seed and the round."""
     return hashlib.sha256(b"fedalign/round-seed/" + str(seed).encode() + b"/" + str(round_id).encode()).digest()
@@ -151,6 +159,37 @@ class Coordinator:
         self.params_source = params_source  # where θ came from, for the refusal line
         self._instance = secrets.randbelow(1 << 30)  # fresh per process: instance ids never repeat
         self._dtype = next(iter(state.params.values())).dtype if state.params else torch.float32
+        self._churn: dict[str, list[float]] = {}  # silo -> [window start, lines written, lines suppressed]
+
+    # ------------------------------------------------------------------ bounded connect/leave lines
+    def _churn_event(self, silo: str, event: str, **fields: Any) -> None:
+        """Emit a silo_connected/silo_left line unless ``silo`` already had CHURN_EVENTS_MAX of
+        them in its current window; then only count it."""
+        now = self.clock()
+        st = self._churn.get(silo)
+        if st is None or now - st[0] >= CHURN_WINDOW_S:
+            if st is not None:
+                self._flush_churn_one(silo, st)
+            st = self._churn[silo] = [now, 0, 0]
+        if st[1] < CHURN_EVENTS_MAX:
+            st[1] += 1
+            self.events.emit(event, silo=silo, **fields)
+        else:
+            st[2] += 1
+
+    def _flush_churn_one(self, silo: str, st: list[float]) -> None:
+        if st[2]:
+            self.events.emit("events_suppressed", silo=silo, count=int(st[2]), events=["silo_connected", "silo_left"],
+                             window_s=CHURN_WINDOW_S, limit=CHURN_EVENTS_MAX)
+            st[2] = 0
+
+    def _flush_churn(self, *, final: bool = False) -> None:
+        """Write the count of every window that has ended (``final``: of every window)."""
+        now = self.clock()
+        for silo, st in list(self._churn.items()):
+            if final or now - st[0] >= CHURN_WINDOW_S:
+                self._flush_churn_one(silo, st)
+                del self._churn[silo]
 
     # ------------------------------------------------------------------ receiving
     def _next(self, deadline: float) -> Envelope | None:
@@ -168,6 +207,8 @@ class Coordinator:
                 # the decoder should raise WireFormatError only; whatever it missed must not stop a run
                 self.events.emit("message_dropped", reason=f"undecodable ({type(e).__name__}): {e}")
                 continue
+            if self._churn:
+                self._flush_churn()
             if env is None:
                 continue
             if env.sender not in self.identities:
@@ -186,7 +227,7 @@ class Coordinator:
                 continue
             if isinstance(m, LeaveNotice):
                 self.left.add(env.sender)
-                self.events.emit("silo_left", silo=env.sender, reason=m.reason)
+                self._churn_event(env.sender, "silo_left", reason=m.reason)
                 continue
             return env
 
@@ -194,8 +235,7 @@ class Coordinator:
         """A silo is heard from for the first time (or again after going silent): log it, answer it."""
         self.left.discard(silo)
         live = sorted({*self._live(), silo})
-        self.events.emit("silo_connected", silo=silo, connected=live,
-                         missing=sorted(set(self.identities) - set(live)))
+        self._churn_event(silo, "silo_connected", connected=live, missing=sorted(set(self.identities) - set(live)))
         if silo not in self.refused:
             self._send(silo, max(self.state.round, 0), self._join_reply(live))
 
@@ -257,6 +297,12 @@ class Coordinator:
     # ------------------------------------------------------------------ the run
     def run(self) -> RunState:
         """Run rounds until ``policy.rounds`` are committed; then tell the silos the run is over."""
+        try:
+            return self._run()
+        finally:
+            self._flush_churn(final=True)  # the counts of windows still open when the run ends
+
+    def _run(self) -> RunState:
         failed = 0
         self.events.emit("run_started", round=self.state.round, rounds=self.policy.rounds,
                          strategy=self.strategy.name, scheme=str(self.policy.scheme))
@@ -308,6 +354,7 @@ class Coordinator:
                     self._send(s, self.state.round, end)
                     told_at[s] = self.clock()
                     self.events.emit("run_end_resent", silo=s)
+        self._flush_churn(final=True)
         self.events.emit("run_finished", rounds=self.state.round, told=sorted(told))
 
     def _await_roster(self, round_id: int) -> list[str]:

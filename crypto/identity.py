@@ -73,6 +73,7 @@ def save_identity(identity: IdentityKey, path: str | os.PathLike) -> None:
         fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise SecureSumUsageError(f"{path}: refusing to overwrite an existing identity file") from None
+    os.fchmod(fd, 0o600)  # exactly 0600, whatever the umask
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
 

@@ -20,24 +20,35 @@ wait that long for an aggregator between rounds), a collective that fails raises
 non-zero. gloo on CPU, NCCL on CUDA (``torch.cuda.set_device(LOCAL_RANK)``).
 
 Commands travel as JSON in a uint8 tensor (no pickle: ``broadcast_object_list`` would unpickle).
+
+Rendezvous: the TCP store has no authentication, and torch's ``TCPStore`` listens on every
+interface whatever host it is given. When rank 0 hosts the store (a launcher that sets
+MASTER_ADDR/MASTER_PORT without torchrun's agent store), it listens on 127.0.0.1 only, or on
+the address in ``FEDALIGN_DIST_BIND`` (ranks on other hosts: a private network's address).
+Under torchrun the store is the torchrun agent's, outside this process: see SECURITY.md.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Iterable, Sequence
 
 import torch
 
-from fedalign.protocol.errors import DistributedError
+from fedalign.protocol.errors import DistributedError, FedAlignError
 
 __all__ = ["Group", "launched", "init_from_env", "current", "exit_process", "TIMEOUT_ENV", "DEFAULT_TIMEOUT_S"]
 
 TIMEOUT_ENV = "FEDALIGN_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 3600.0
+BIND_ENV = "FEDALIGN_DIST_BIND"
+DEFAULT_BIND = "127.0.0.1"
+
+_listen_sock: socket.socket | None = None  # rank 0's store socket (the store uses its fd: keep it open)
 
 _current: "Group | None" = None
 _joined = False  # this process joined a process group (stays True after it is closed)
@@ -210,6 +221,41 @@ def _timeout_s() -> float:
         raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: expected a positive number of seconds") from None
 
 
+def _own_store(rank: int, world: int, timeout: timedelta):
+    """The rendezvous store when this process group brings its own (no torchrun agent store):
+    rank 0 hosts it on a socket bound to FEDALIGN_DIST_BIND (default 127.0.0.1), not on every
+    interface; the other ranks connect to MASTER_ADDR:MASTER_PORT."""
+    global _listen_sock
+    import torch.distributed as dist
+
+    from fedalign.protocol.errors import ConfigError
+
+    addr = os.environ.get("MASTER_ADDR", DEFAULT_BIND)
+    try:
+        port = int(os.environ.get("MASTER_PORT", ""))
+        if not 0 <= port < 65536:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"MASTER_PORT={os.environ.get('MASTER_PORT')!r}: expected a TCP port 0-65535 "
+                          "(torchrun sets it)") from None
+    if rank != 0:
+        return dist.TCPStore(addr, port, world, False, timeout=timeout)
+    bind = os.environ.get(BIND_ENV, DEFAULT_BIND)
+    try:
+        family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+        sock = socket.create_server((bind, port), family=family, backlog=max(128, world))
+    except (OSError, OverflowError) as e:
+        raise DistributedError(f"rank 0 of {world}: cannot listen for the other ranks on {bind}:{port} "
+                               f"({e}); set {BIND_ENV} to an address of this host (default {DEFAULT_BIND})") from None
+    _listen_sock = sock
+    return dist.TCPStore(addr, sock.getsockname()[1], world, True, timeout=timeout, master_listen_fd=sock.fileno())
+
+
+def _agent_store() -> bool:
+    """torchrun's agent hosts the store (the ranks only connect to it)."""
+    return os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+
+
 def init_from_env(model_device: str = "auto") -> Group | None:
     """Join the process group torchrun described in the environment (None when not launched by it).
 
@@ -236,9 +282,13 @@ def init_from_env(model_device: str = "auto") -> Group | None:
         backend, device = "nccl", torch.device("cuda", local)
     else:
         backend, device = "gloo", torch.device("cpu")
+    timeout = timedelta(seconds=_timeout_s())
     try:
-        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=_timeout_s()))
-    except (RuntimeError, ValueError) as exc:
+        store = None if _agent_store() else _own_store(rank, world, timeout)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+    except FedAlignError:  # ours already name the setting
+        raise
+    except (RuntimeError, ValueError, TimeoutError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DistributedError(f"rank {rank} of {world}: cannot join the process group ({backend}, "
                                f"MASTER_ADDR={os.environ.get('MASTER_ADDR')}, MASTER_PORT="

@@ -16,6 +16,7 @@ from fedalign.fedcmp.strategy import Tensors
 from fedalign.host.atomic import atomic_write_text
 from fedalign.protocol.errors import InsecureModeRefused
 from fedalign.protocol.eventlog import EventLog
+from fedalign.protocol.files import private_mkdir
 from fedalign.silo.console import ConsoleEvents
 from fedalign.silo.participant import RoundTrainer, SiloOutcome, SiloParticipant, SiloPolicy
 from fedalign.silo.store import TrainedUpdate, committed_round
@@ -313,7 +314,7 @@ def federated_train(config: Any, *, insecure_plaintext: bool = False, stop: thre
     summary["epsilon_spent"] = session.epsilon_spent
     summary["delta"] = config.privacy.delta if config.privacy.enabled else None
     summary["ledger"] = str(config.state_dir / "ledger.jsonl")
-    config.out_dir.mkdir(parents=True, exist_ok=True)
+    private_mkdir(config.out_dir)
     atomic_write_text(config.out_dir / "federated_summary.json", json.dumps(summary, indent=1, default=str))
     return summary
 

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedalign.protocol.config.roster import roster_entry_toml
+from fedalign.host.atomic import atomic_write_text
 from fedalign.protocol.errors import ConfigError
+from fedalign.protocol.files import PUBLIC_FILE_MODE
 from fedalign.protocol.keys import load_public, write_keypair
 from fedalign.crypto.errors import SecureSumUsageError
 from fedalign.crypto.identity import generate_identity, load_identity, save_identity
@@ -43,7 +45,8 @@ def keygen_silo(out_dir: Path | str, name: str, *, overwrite: bool = False) -> S
     except SecureSumUsageError as e:
         raise ConfigError(str(e)) from e
     entry = roster_entry_toml(name, load_public(pub), load_identity(ident).public_hex)
-    (d / f"{name}.roster.toml").write_text(entry, encoding="ascii")
+    # public (keys only): 0644 exactly, whatever the umask
+    atomic_write_text(d / f"{name}.roster.toml", entry, mode=PUBLIC_FILE_MODE)
     return SiloKeys(pub, sec, ident, entry)
 
 
@@ -63,5 +66,5 @@ def add_to_roster(roster: Path | str, name: str, entry: str | None) -> None:
     if entry is None:
         return
     head = "" if text else "# trusted silo keys (public only), exchanged out of band\n"
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(text + head + ("\n" if text and not text.endswith("\n\n") else "") + entry + "\n", encoding="utf-8")
+    mode = p.stat().st_mode & 0o777 if p.exists() else PUBLIC_FILE_MODE  # an existing roster keeps its mode
+    atomic_write_text(p, text + head + ("\n" if text and not text.endswith("\n\n") else "") + entry + "\n", mode=mode)

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from fedalign.fedcmp.strategy import Tensors
 from fedalign.host.atomic import atomic_write
 from fedalign.protocol.errors import CheckpointError
+from fedalign.protocol.files import private_mkdir
 from fedalign.protocol.view import arrays_digest
 
 __all__ = ["TrainedUpdate", "FederationStore", "params_digest", "committed_round"]
@@ -50,7 +51,7 @@ class FederationStore:
         self._sent: dict[str, Any] | None = None  # sums_joined.json, cached (in memory only without a dir)
         self._trained: list[int] = []  # trainings.json without a dir
         if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
+            private_mkdir(directory)
 
     def save_state(self, committed: int, state: Tensors) -> None:
         """The committed round travels inside the state file (one atomic write, so a crash

@@ -15,7 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["PRIVATE_MODE", "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "fsync_dir"]
+from fedalign.protocol.files import private_mkdir
+
+__all__ = ["PRIVATE_MODE", "private_mkdir", "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "fsync_dir"]
 
 PRIVATE_MODE = 0o600
 
@@ -41,7 +43,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], mode: i
     ``mode`` is applied just before the rename.
     """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    private_mkdir(p.parent)  # folders it creates: 0700 whatever the umask
     fd, name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     os.close(fd)
     tmp = Path(name)

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from fedalign.protocol.files import open_new_fd, private_mkdir
+
 __all__ = ["EventLog", "read_events", "bounded", "MAX_STR_CHARS", "MAX_ITEMS", "MAX_DEPTH", "MAX_RECORD_CHARS"]
 
 log = logging.getLogger("fedalign.events")
@@ -88,8 +90,8 @@ class EventLog:
         self._lock = threading.Lock()
         self._f = None
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            private_mkdir(self.path.parent)
+            fd = open_new_fd(self.path, os.O_WRONLY | os.O_APPEND, 0o600)
             self._f = os.fdopen(fd, "a", encoding="utf-8")
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:

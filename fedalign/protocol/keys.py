@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from fedalign.protocol.errors import ConfigError
+from fedalign.protocol.files import private_mkdir
 
 __all__ = ["KeyPair", "z85_encode", "z85_decode", "generate", "write_keypair", "load_public", "load_keypair"]
 
@@ -81,6 +82,7 @@ _BANNER = "#   ZeroMQ CURVE {kind} Certificate, written by fedalign {what} keyge
 
 def _write_0600(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(text)
         f.flush()
@@ -97,7 +99,7 @@ def write_keypair(directory: Path | str, name: str, *, role: str, overwrite: boo
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
         raise ConfigError(f"key name {name!r}: use 1-64 letters, digits, '_', '.', '-'")
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
+    private_mkdir(d)
     pub, sec = d / f"{name}.key", d / f"{name}.key_secret"
     for p in (pub, sec):
         if p.exists():

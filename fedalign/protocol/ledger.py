@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from fedalign.protocol.errors import CheckpointError
+from fedalign.protocol.files import open_new_fd, private_mkdir
 
 __all__ = [
     "LEDGER_VERSION",
@@ -873,9 +874,9 @@ class Ledger:
         if self.identity is not None:
             obj["sig"] = _sign(self.identity, _ENTRY_CONTEXT, raw).hex()
             raw = _canonical(obj)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            private_mkdir(self.path.parent)
+            fd = open_new_fd(self.path, os.O_WRONLY | os.O_APPEND, 0o600)
             try:
                 view = memoryview(raw + b"\n")
                 while view:

@@ -258,6 +258,34 @@ class LeaveNotice:
         _text("LeaveNotice", "reason", self.reason)
 
 
+# What a projector declaration may hold (issue #26: 16k shapes cost ~140 ms per message, and a
+# silo repeats its declaration while it waits). Real projectors have a handful of tensors.
+MAX_DECLARED_TENSORS = 64
+MAX_DECLARED_NAME_CHARS = 128
+MAX_DECLARED_DIMS = 8
+MAX_DECLARED_DIM = 2**31
+
+
+def _declaration_bounds(shapes: object) -> None:
+    """The size limits of ModelDeclaration.shapes, checked before anything walks it."""
+    if not isinstance(shapes, Mapping):
+        return  # the type check names that
+    if len(shapes) > MAX_DECLARED_TENSORS:
+        raise WireFormatError(f"ModelDeclaration.shapes declares {len(shapes)} tensors, over the limit of "
+                              f"{MAX_DECLARED_TENSORS}")
+    for k, v in shapes.items():
+        if isinstance(k, str) and len(k) > MAX_DECLARED_NAME_CHARS:
+            raise WireFormatError(f"ModelDeclaration.shapes: tensor name {_show(k[:60])} has {len(k)} chars, over the "
+                                  f"limit of {MAX_DECLARED_NAME_CHARS}")
+        if isinstance(v, (tuple, list)):
+            if len(v) > MAX_DECLARED_DIMS:
+                raise WireFormatError(f"ModelDeclaration.shapes[{_show(k)}] has {len(v)} dims, over the limit of "
+                                      f"{MAX_DECLARED_DIMS}")
+            if any(isinstance(d, int) and d > MAX_DECLARED_DIM for d in v):
+                raise WireFormatError(f"ModelDeclaration.shapes[{_show(k)}] has a dim over the limit of "
+                                      f"2**31 ({MAX_DECLARED_DIM})")
+
+
 @dataclass(frozen=True)
 class ModelDeclaration:
     """Silo → aggregator, at join (repeated while it waits): the projector it will train.
@@ -274,9 +302,15 @@ class ModelDeclaration:
     d_vision: int
     d_model: int
 
+    @staticmethod
+    def _wire_precheck(body: Mapping[str, object]) -> None:
+        """Called by the decoder before it type-checks the body element by element."""
+        _declaration_bounds(body.get("shapes"))
+
     def __post_init__(self) -> None:
         if not isinstance(self.shapes, Mapping):
             raise WireFormatError("ModelDeclaration.shapes must be a map name -> shape")
+        _declaration_bounds(self.shapes)
         for k, v in self.shapes.items():
             if not isinstance(k, str) or not isinstance(v, tuple) or not all(
                     isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in v):

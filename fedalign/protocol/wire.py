@@ -370,6 +370,9 @@ class _Unpacker:
             missing = sorted(fields - names)
             extra = sorted(k[:40] if isinstance(k, str) else _short(k, 40) for k in body if k not in fields)
             raise WireFormatError(f"{type_name}: missing fields {missing}, unexpected fields {extra}")
+        precheck = getattr(cls, "_wire_precheck", None)  # cheap size limits before the walk below
+        if precheck is not None:
+            precheck(body)
         hints = _hints(cls)
         kwargs = {k: _check(hints.get(k), v, f"{type_name}.{k}") for k, v in body.items()}
         try:

@@ -97,3 +97,31 @@ def test_an_unreadable_answer_is_refused_not_guessed(tmp_path):
     with pytest.raises(ReferenceFailed, match=r"unreadable answer"):
         p.start()  # the unprefixed line is ignored; the prefixed one that is not JSON fails
     p.close()
+
+
+def test_a_symlinked_reference_file_is_refused(tmp_path):
+    p = _proc(tmp_path, "--symlink-at", "1")
+    p.start()
+    try:
+        p(PARAMS)  # round 0: a regular file
+        dst = tmp_path / "ref" / "reference.safetensors"
+        with pytest.raises(ReferenceFailed, match=rf"round 1: {dst} is a symlink; refusing to follow it"):
+            p(PARAMS)
+    finally:
+        p.close()
+    assert (tmp_path / "starts").read_text().count("started") == 1  # final: not restarted
+
+
+def test_the_child_log_is_private_and_capped(tmp_path, monkeypatch):
+    from fedalign.aggregator import reference
+
+    monkeypatch.setattr(reference, "LOG_MAX_BYTES", 4096)
+    p = _proc(tmp_path, "--stderr-bytes", "200000")
+    p.start()
+    p.close()
+    log = tmp_path / "ref" / "reference.log"
+    assert log.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "ref").stat().st_mode & 0o777 == 0o700
+    text = log.read_text()
+    assert len(text) < 4096 + 200
+    assert text.splitlines()[-1] == "[reference.log reached 4096 bytes: the rest of the child's output is dropped]"

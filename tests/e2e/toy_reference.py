@@ -1,10 +1,13 @@
 """A stand-in for ``silo reference`` in tests: the same line protocol (silo/reference.py) over a toy.
 
-    python toy_reference.py [--toy N] [--exit-at R] [--hang-at R] [--bad-shape-at R]
+    python toy_reference.py [--toy N] [--exit-at R] [--hang-at R] [--bad-shape-at R] [--symlink-at R]
+                            [--stderr-bytes N]
 
 ``--toy N``: Δ_ref is the toy federation's own public reference (tests/e2e/toy_problem.toy(N), the
 lab's hook) for the requested round; otherwise a fixed small step seeded by the round. The other
-flags break it on purpose at round R: exit (a crash), never answer (a hang), a wrong tensor shape.
+flags break it on purpose at round R: exit (a crash), never answer (a hang), a wrong tensor shape,
+Δ_ref written elsewhere with a symlink at the requested path. ``--stderr-bytes N``: N bytes of noise
+on stderr at start (the log cap).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ def main() -> None:
     ap.add_argument("--exit-at", type=int)
     ap.add_argument("--hang-at", type=int)
     ap.add_argument("--bad-shape-at", type=int)
+    ap.add_argument("--symlink-at", type=int)
+    ap.add_argument("--stderr-bytes", type=int, default=0)
     ap.add_argument("--marker", type=Path, help="a file touched once the process started (restarts append)")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -39,6 +44,8 @@ def main() -> None:
         from toy_problem import toy
 
         fed = toy(a.toy)
+    for i in range(0, a.stderr_bytes, 100):
+        sys.stderr.write("x" * 99 + "\n")
     print("loading nothing; ready", file=sys.stderr, flush=True)
     print(PREFIX + json.dumps({"ready": True, "records": 32, "shards": 1}), flush=True)
     for line in sys.stdin:
@@ -61,7 +68,13 @@ def main() -> None:
         if t == a.bad_shape_at:
             k = next(iter(delta))
             delta[k] = torch.zeros(1, 1)
-        save_file({k: v.contiguous() for k, v in delta.items()}, req["out"])
+        out = req["out"]
+        if t == a.symlink_at:
+            real = Path(out).with_name("elsewhere.safetensors")
+            save_file({k: v.contiguous() for k, v in delta.items()}, str(real))
+            Path(out).symlink_to(real)
+        else:
+            save_file({k: v.contiguous() for k, v in delta.items()}, out)
         print(PREFIX + json.dumps({"round": t, "ok": True, "n_samples": 32, "seconds": 0.0}), flush=True)
 
 
