@@ -48,7 +48,10 @@ def keygen_aggregator(out_dir: Path | str, name: str, *, overwrite: bool = False
     except SecureSumUsageError as e:
         raise ConfigError(str(e)) from e
     entry = aggregator_entry_toml(load_public(pub), load_identity(ident).public_hex)
-    (d / f"{name}.roster.toml").write_text(entry, encoding="ascii")
+    from fedalign.host.atomic import atomic_write_text
+    from fedalign.protocol.files import PUBLIC_FILE_MODE
+
+    atomic_write_text(d / f"{name}.roster.toml", entry, mode=PUBLIC_FILE_MODE)  # public keys only: 0644, any umask
     return pub, sec, ident, entry
 
 

@@ -32,6 +32,7 @@ def _setup(tmp_path, *, identity_line: str = 'identity_key = "keys/aggregator.id
 def test_keygen_writes_a_0600_identity_and_the_roster_entry_names_it(tmp_path):
     cfg, ident = _setup(tmp_path)
     assert stat.S_IMODE(ident.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "keys" / "aggregator.roster.toml").stat().st_mode) == 0o644  # public keys only
     roster = load_roster(tmp_path / "roster.toml")
     assert roster.aggregator is not None and roster.aggregator.identity_public_key == load_identity(ident).public_hex
     c = load_aggregator_config(cfg)
