@@ -280,7 +280,50 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
     atomic_write(out / "final_projector.safetensors",
                  lambda p: save_file({k: v.contiguous() for k, v in final.params.items()}, str(p)))
     atomic_write_json(out / "history.json", final.history)
+    write_aggregator_card(cfg, out, final.params, final.history, scheme=str(scheme))
     return final
+
+
+def write_aggregator_card(cfg, out: Path, params: dict, history: list, *, scheme: str) -> Path:
+    """The model card (README.md, :mod:`fedalign.host.modelcard`) beside ``final_projector.safetensors``:
+    what the aggregator knows. It learns only sums, so the silos' record counts are not its to state;
+    each silo's ε is the one the silo reported in UpdateReady (the round records in its ledger)."""
+    from fedalign.host.modelcard import ledger_facts, write_card
+    from fedalign.protocol.layout import projector_kind
+
+    meta: dict = {}
+    if cfg.init.params is not None:
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(cfg.resolve(cfg.init.params)), framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception:  # noqa: BLE001 - the card then says the models are not known
+            meta = {}
+    survivors = {int(r["round"]): list(r.get("survivors", [])) for r in history}
+    silos = sorted({s for r in history for s in r.get("survivors", [])} | {s for r in history for s in r.get("epsilon", {})})
+    privacy: dict = {}
+    for r in history:
+        for s, eps in (r.get("epsilon") or {}).items():
+            privacy[s] = {"epsilon": eps, "delta": None, "source": f"{s}'s UpdateReady, round {r['round']}"}
+    for s in silos:
+        privacy.setdefault(s, {"epsilon": None, "delta": None, "source": "no ε reported to the aggregator"})
+    head, witnessed = ledger_facts(out / "ledger.jsonl")
+    unknown = "not known to the aggregator (it learns only sums)"
+    facts = {
+        "writer": "aggregator",
+        "vision_tower": meta.get("vision_tower") or "not known to the aggregator (init.params names none)",
+        "llm": meta.get("llm") or "not known to the aggregator (init.params names none)",
+        "projector": {"kind": projector_kind(params), "shapes": {k: list(v.shape) for k, v in params.items()}},
+        "files": ["final_projector.safetensors"],
+        "data": {s: unknown for s in silos} or {"silos": unknown},
+        "rounds": {"done": len(history), "planned": cfg.run.rounds},
+        "silos": {"count": len(silos), "survivors": survivors},
+        "scheme": scheme, "strategy": cfg.strategy.name,
+        "privacy": privacy, "ledger": head, "witnessed": witnessed,
+        "verify_command": "aggregator audit verify --config aggregator.toml",
+    }
+    return write_card(out, facts)
 
 
 class _ConsoleLog(EventLog):
