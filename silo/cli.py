@@ -152,7 +152,7 @@ def _train_local(cfg) -> dict[str, Any]:
 
         files["card"] = write_silo_card(cfg, params, files, rounds_done=summary["rounds_completed"],
                                         rounds_planned=summary.get("rounds_planned"), included=None,
-                                        scheme="none (local training)", records=session.cursor.n,
+                                        scheme=None, records=session.cursor.n,
                                         epsilon=summary.get("epsilon_spent"))
     keys = ("heldout_nll", "heldout_nll_text_only", "mc_accuracy", "presence_f1", "samples_seen", "epsilon_spent")
     typer.echo("  ".join(f"{k}={summary[k]:.4g}" if isinstance(summary.get(k), float) else f"{k}={summary.get(k)}"

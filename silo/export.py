@@ -38,29 +38,37 @@ def load_projector_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def write_silo_card(cfg, params: dict[str, torch.Tensor], files: dict[str, Path], *, rounds_done: int,
-                    rounds_planned: int | None, included: list[int] | None, scheme: str, records: int | None,
-                    epsilon: float | None) -> Path:
-    """The model card (README.md, :mod:`fedalign.host.modelcard`) beside this silo's export: what the
-    silo knows of the run (its own records and ε, from its ledger; other silos' are not its to know)."""
-    from fedalign.host.modelcard import ledger_facts, write_card
+                    rounds_planned: int | None, included: list[int] | None, scheme: str | None,
+                    records: int | None, epsilon: float | None) -> Path:
+    """The model card (README.md, :mod:`fedalign.host.modelcard`) beside this silo's export: what this
+    silo knows (its records, its ε from its accountant, its ledger's final head; not the other silos')."""
+    from fedalign.host.modelcard import head_text, write_card
+    from fedalign.protocol.audit import ledger_head
 
     silo = cfg.federation.silo_id or "local"
-    head, witnessed = ledger_facts(cfg.state_dir / "ledger.jsonl")
+    local = scheme is None
+    ledger = cfg.state_dir / "ledger.jsonl"
     dp = bool(cfg.privacy.enabled)
+    off = "off (privacy.enabled = false)"
+    rounds = {"done": rounds_done, "planned": rounds_planned}
+    if not local:
+        rounds["included"] = included
     facts = {
-        "writer": f"silo {silo}",
+        "writer": f"silo {cfg.federation.silo_id}" if cfg.federation.silo_id else "silo",
         "vision_tower": cfg.model.vision_tower, "llm": cfg.model.llm,
-        "projector": {"kind": projector_kind(params), "shapes": {k: list(v.shape) for k, v in params.items()}},
+        "projector_kind": projector_kind(params), "projector_shapes": {k: list(v.shape) for k, v in params.items()},
         "files": [Path(f).name for k, f in files.items() if k in ("llava", "hf_llava")],
-        "data": {silo: records if records is not None else "not known"},
-        "rounds": {"done": rounds_done, "planned": rounds_planned, "included": included},
-        "silos": {"note": "this silo alone (local training)" if scheme.startswith("none") else
-                  "the others are not known to this silo (it sees sums only); see the aggregator's card"},
-        "scheme": scheme,
-        "strategy": cfg.strategy.name if not scheme.startswith("none") else "local (no federation)",
-        "privacy": {silo: {"epsilon": epsilon if dp else None, "delta": cfg.privacy.delta if dp else None, "dp": dp,
-                           "source": "this silo's ledger"}},
-        "ledger": head, "witnessed": witnessed,
-        "verify_command": "silo audit verify --config silo.toml",
+        "data": {silo: records},
+        "rounds": rounds,
+        "silos": f"{silo} alone (local training)" if local else
+                 f"{silo}; the others are not known to this silo (it sees sums only): see the aggregator's card",
+        "scheme": "none (local training)" if local else scheme,
+        "strategy": "none (local training)" if local else cfg.strategy.name,
+        "strategy_options": "none (local training)" if local else (dict(cfg.strategy.options) or "the strategy's defaults"),
+        "survivors": "none (local training)" if local else "not known to this silo (the aggregator's card lists them)",
+        "privacy": {silo: {"epsilon": epsilon if dp else off, "delta": cfg.privacy.delta if dp else off,
+                           "source": "this silo's accountant"}},
+        "ledger": str(ledger), "ledger_head": head_text(ledger_head(ledger)) if ledger.exists() else None,
+        "verify_command": f"silo audit verify --config silo.toml   # silo.toml: this silo's config, in {cfg.base_dir}",
     }
     return write_card(Path(files["llava"]).parent, facts)
