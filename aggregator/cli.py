@@ -291,8 +291,7 @@ def write_aggregator_card(cfg, config: Path, out: Path, params: dict, history: l
     what the aggregator knows. It learns only sums, so the silos' record counts are not its to state;
     each silo's ε is the one it reported (the ``epsilon`` of the rounds in history.json, as in the
     ledger's ``round_committed`` entries); δ is not reported to the aggregator."""
-    from fedalign.host.modelcard import head_text, write_card
-    from fedalign.protocol.audit import ledger_head
+    from fedalign.host.modelcard import ledger_facts, write_card
     from fedalign.protocol.layout import projector_kind
 
     meta: dict = {}
@@ -317,13 +316,14 @@ def write_aggregator_card(cfg, config: Path, out: Path, params: dict, history: l
         "vision_tower": meta.get("vision_tower"), "llm": meta.get("llm"),
         "projector_kind": projector_kind(params), "projector_shapes": {k: list(v.shape) for k, v in params.items()},
         "files": ["final_projector.safetensors"],
-        "data": "not known to the aggregator: it learns only sums",
+        "data": {s: "not known to the aggregator: it learns only sums" for s in silos}
+                or "not known to the aggregator: it learns only sums",
         "rounds": {"done": len(history), "planned": cfg.run.rounds},
         "silos": silos, "survivors": survivors,
         "scheme": scheme, "strategy": cfg.strategy.name, "strategy_options": strategy_options,
         "privacy": privacy,
-        "ledger": str(ledger), "ledger_head": head_text(ledger_head(ledger)) if ledger.exists() else None,
-        "verify_command": f"aggregator audit verify --config {config}",
+        **ledger_facts(ledger),
+        "verify_command": f"aggregator audit verify --config aggregator.toml   # aggregator.toml: {config}",
     }
     return write_card(out, facts)
 

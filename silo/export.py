@@ -42,8 +42,7 @@ def write_silo_card(cfg, params: dict[str, torch.Tensor], files: dict[str, Path]
                     records: int | None, epsilon: float | None) -> Path:
     """The model card (README.md, :mod:`fedalign.host.modelcard`) beside this silo's export: what this
     silo knows (its records, its ε from its accountant, its ledger's final head; not the other silos')."""
-    from fedalign.host.modelcard import head_text, write_card
-    from fedalign.protocol.audit import ledger_head
+    from fedalign.host.modelcard import ledger_facts, write_card
 
     silo = cfg.federation.silo_id or "local"
     local = scheme is None
@@ -68,7 +67,7 @@ def write_silo_card(cfg, params: dict[str, torch.Tensor], files: dict[str, Path]
         "survivors": "none (local training)" if local else "not known to this silo (the aggregator's card lists them)",
         "privacy": {silo: {"epsilon": epsilon if dp else off, "delta": cfg.privacy.delta if dp else off,
                            "source": "this silo's accountant"}},
-        "ledger": str(ledger), "ledger_head": head_text(ledger_head(ledger)) if ledger.exists() else None,
+        **ledger_facts(ledger),
         "verify_command": f"silo audit verify --config silo.toml   # silo.toml: this silo's config, in {cfg.base_dir}",
     }
     return write_card(Path(files["llava"]).parent, facts)

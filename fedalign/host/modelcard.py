@@ -29,6 +29,7 @@ Facts (every key optional)::
     privacy           {silo: {"epsilon": float | None, "delta": float | None, "source": str}}
     ledger_head       "INDEX:SHA256" (:func:`fedalign.protocol.audit.ledger_head`) or None
     ledger            path of the writer's ledger
+    witnessed         {peer: "INDEX:SHA256"}: the newest head of each peer's ledger the writer's ledger witnessed
     verify_command    "silo audit verify --config silo.toml"
 """
 
@@ -42,7 +43,7 @@ from typing import Any, Mapping
 
 from fedalign.host.atomic import atomic_write_text
 
-__all__ = ["CARD_NAME", "CARD_MODE", "NOT_RECORDED", "render_card", "write_card", "head_text"]
+__all__ = ["CARD_NAME", "CARD_MODE", "NOT_RECORDED", "render_card", "write_card", "head_text", "ledger_facts"]
 
 CARD_NAME = "README.md"
 CARD_MODE = 0o644
@@ -75,6 +76,19 @@ def _base_models(facts: Mapping[str, Any]) -> list[str]:
 def head_text(head: tuple[int, str] | None) -> str | None:
     """``INDEX:SHA256`` for :func:`fedalign.protocol.audit.ledger_head`'s (index, digest)."""
     return None if head is None else f"{head[0]}:{head[1]}"
+
+
+def ledger_facts(path: str | os.PathLike) -> dict[str, Any]:
+    """``ledger``, ``ledger_head`` and ``witnessed`` facts of the ledger at ``path`` (None: no ledger)."""
+    from fedalign.protocol.audit import ledger_head
+    from fedalign.protocol.ledger import WITNESS_KIND, read_ledger
+
+    p = Path(path)
+    if not p.exists():
+        return {"ledger": str(p), "ledger_head": None, "witnessed": None}
+    peers = {e.fields["node"]: f"{e.fields.get('index')}:{e.fields.get('digest')}" for e in read_ledger(p)
+             if e.kind == WITNESS_KIND and isinstance(e.fields.get("node"), str)}
+    return {"ledger": str(p), "ledger_head": head_text(ledger_head(p)), "witnessed": peers or "none"}
 
 
 def render_card(facts: Mapping[str, Any]) -> str:
@@ -138,10 +152,20 @@ def render_card(facts: Mapping[str, Any]) -> str:
         lines.append(f"- (ε, δ): {NOT_RECORDED}")
     lines.append("")
 
+    head = facts.get("ledger_head")
+    index, _, digest = head.partition(":") if isinstance(head, str) else ("", "", "")
     lines += ["## Ledger and verification", "",
               f"- ledger: `{_v(facts.get('ledger'))}`",
-              f"- ledger head (index:digest, the writer's final entry): `{_v(facts.get('ledger_head'))}`",
-              "", "Verify with:", "", "```", _v(facts.get("verify_command")), "```", "",
+              f"- final head: index {index}, digest `{digest}` (`{head}`, as `audit verify` prints it)" if digest
+              else f"- final head: {NOT_RECORDED}"]
+    witnessed = facts.get("witnessed")
+    if isinstance(witnessed, Mapping) and witnessed:
+        for node, h in witnessed.items():
+            i, _, d = str(h).partition(":")
+            lines.append(f"- witnessed head of {node}: index {i}, digest `{d}`")
+    else:
+        lines.append(f"- witnessed heads: {_v(witnessed)}")
+    lines += ["", "Verify with:", "", "```", _v(facts.get("verify_command")), "```", "",
               "It checks the ledger's hash chain, its signatures and the witnessed heads; "
               "the head it prints must match the one above.", ""]
     return "\n".join(lines)
