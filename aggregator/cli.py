@@ -313,7 +313,7 @@ def write_aggregator_card(cfg, config: Path, out: Path, params: dict, history: l
     ledger = out / "ledger.jsonl"
     facts = {
         "writer": "aggregator",
-        "vision_tower": meta.get("vision_tower"), "llm": meta.get("llm"),
+        **{k: meta[k] for k in ("vision_tower", "llm") if meta.get(k) not in (None, "", "None")},
         "projector_kind": projector_kind(params), "projector_shapes": {k: list(v.shape) for k, v in params.items()},
         "files": ["final_projector.safetensors"],
         "data": {s: "not known to the aggregator: it learns only sums" for s in silos}
