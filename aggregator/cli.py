@@ -284,7 +284,52 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
     atomic_write(out / "final_projector.safetensors",
                  lambda p: save_file({k: v.contiguous() for k, v in final.params.items()}, str(p)))
     atomic_write_json(out / "history.json", final.history)
+    write_aggregator_card(cfg, config, out, final.params, final.history, scheme=str(scheme),
+                          strategy_options=strategy_options(strategy))
     return final
+
+
+def write_aggregator_card(cfg, config: Path, out: Path, params: dict, history: list, *, scheme: str,
+                          strategy_options: dict) -> Path:
+    """The model card (README.md, :mod:`fedalign.host.modelcard`) beside ``final_projector.safetensors``:
+    what the aggregator knows. It learns only sums, so the silos' record counts are not its to state;
+    each silo's ε is the one it reported (the ``epsilon`` of the rounds in history.json, as in the
+    ledger's ``round_committed`` entries); δ is not reported to the aggregator."""
+    from fedalign.host.modelcard import ledger_facts, write_card
+    from fedalign.protocol.layout import projector_kind
+
+    meta: dict = {}
+    if cfg.init.params is not None:  # θ_0's metadata may name the frozen models
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(cfg.resolve(cfg.init.params)), framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception:  # noqa: BLE001 - the card then says "not recorded"
+            meta = {}
+    survivors = {int(r["round"]): list(r.get("survivors", [])) for r in history}
+    silos = sorted({s for r in history for s in r.get("survivors", [])}
+                   | {s for r in history for s in (r.get("epsilon") or {})})
+    privacy: dict = {s: {"epsilon": None, "delta": None, "source": "no ε reported to the aggregator"} for s in silos}
+    for r in history:
+        for s, eps in (r.get("epsilon") or {}).items():
+            privacy[s] = {"epsilon": eps, "delta": None, "source": f"reported by {s}, round {r['round']}"}
+    ledger = out / "ledger.jsonl"
+    facts = {
+        "writer": "aggregator",
+        **{k: meta[k] for k in ("vision_tower", "llm") if meta.get(k) not in (None, "", "None")},
+        "projector_kind": projector_kind(params), "projector_shapes": {k: list(v.shape) for k, v in params.items()},
+        "files": ["final_projector.safetensors"],
+        "data": {s: "not known to the aggregator: it learns only sums" for s in silos}
+                or "not known to the aggregator: it learns only sums",
+        "rounds": {"done": len(history), "planned": cfg.run.rounds},
+        "silos": silos, "survivors": survivors,
+        "scheme": scheme, "strategy": cfg.strategy.name, "strategy_options": strategy_options,
+        "privacy": privacy,
+        **ledger_facts(ledger),
+        "verify_command": f"aggregator audit verify --config aggregator.toml   # aggregator.toml: {config}",
+    }
+    return write_card(out, facts)
 
 
 class _ConsoleLog(EventLog):

@@ -147,6 +147,13 @@ def _train_local(cfg) -> dict[str, Any]:
     files = _write_outputs(cfg, params, summary, export=export)
     trail.run_end(reason=summary["stopped_by"], rounds_done=summary["rounds_completed"], export_written=export,
                   evaluation_written=True)
+    if "llava" in files:  # the card names the ledger's final head: written after run_end
+        from fedalign.silo.export import write_silo_card
+
+        files["card"] = write_silo_card(cfg, params, files, rounds_done=summary["rounds_completed"],
+                                        rounds_planned=summary.get("rounds_planned"), included=None,
+                                        scheme=None, records=session.cursor.n,
+                                        epsilon=summary.get("epsilon_spent"))
     keys = ("heldout_nll", "heldout_nll_text_only", "mc_accuracy", "presence_f1", "samples_seen", "epsilon_spent")
     typer.echo("  ".join(f"{k}={summary[k]:.4g}" if isinstance(summary.get(k), float) else f"{k}={summary.get(k)}"
                          for k in keys if k in summary))

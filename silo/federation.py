@@ -311,6 +311,13 @@ def federated_train(config: Any, *, insecure_plaintext: bool = False, stop: thre
     if not ended:  # no RunEnd (stopped by the operator): run_end now; nothing witnesses it
         trail.run_end(reason=out.reason, rounds_done=out.rounds_done, committed=out.committed,
                       export_written=exported, evaluation_written=evaluation, raw_updates=raw)
+    if exported:  # the card names the ledger's final head (its closing receipt, after a RunEnd)
+        from fedalign.silo.export import write_silo_card
+
+        card = write_silo_card(config, out.params, files, rounds_done=out.rounds_done, rounds_planned=None,
+                               included=list(out.committed), scheme=config.federation.scheme,
+                               records=session.cursor.n, epsilon=session.epsilon_spent)
+        summary["export"]["card"] = str(card)
     summary["epsilon_spent"] = session.epsilon_spent
     summary["delta"] = config.privacy.delta if config.privacy.enabled else None
     summary["ledger"] = str(config.state_dir / "ledger.jsonl")

@@ -38,6 +38,19 @@ def test_the_quickstart_runs_and_reports_against_the_no_image_baseline(quickstar
               "curves.png", "aggregator-out/ledger.jsonl", "hospital-c-out/state/ledger.jsonl"):
         assert (out / f).is_file(), f
     assert "epsilon" in text and "7.9" in text  # ε spent per silo, from the budget-derived plan
+    # every export carries its model card (README.md, issue 26 item 8): the writer's final ledger head and
+    # the command that verifies it; the aggregator cannot know the silos' record counts (it learns only sums)
+    from fedalign.protocol.ledger import read_ledger
+
+    for d, ledger, cmd in (("aggregator-out", "ledger.jsonl", "aggregator audit verify --config"),
+                           ("hospital-a-out", "state/ledger.jsonl", "silo audit verify --config")):
+        card = (out / d / "README.md").read_text()
+        last = read_ledger(out / d / ledger)[-1]
+        assert card.startswith("---\nlibrary_name: fedalign\n"), card[:200]
+        for needle in ("mlp2x_gelu", "secagg", "fedcmp", last.digest, str(last.seq), cmd):
+            assert needle in card, (d, needle)
+    agg_card = (out / "aggregator-out" / "README.md").read_text()
+    assert "not known to the aggregator" in agg_card and all(f"hospital-{x}" in agg_card for x in "abc")
     _every_single_deletion_is_refused(out)
 
 

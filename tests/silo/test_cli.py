@@ -112,3 +112,31 @@ def test_embedded_world_default_path(tmp_path):
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert m["samples_seen"] == 48 and m["data"]["scenario"] == "label_skew" and m["data"]["silo_index"] == 1
     assert {"heldout_nll", "heldout_nll_text_only", "mc_accuracy", "presence_f1"} <= m.keys()
+
+
+def test_local_export_has_a_model_card(tmp_path, tiny_dir, data_files):
+    """Beside the exported projector: README.md (0644) naming the models, shapes, data, rounds, scheme,
+    (ε, δ), the ledger's final head and the command that verifies it (issue 26, item 8)."""
+    import stat
+
+    from fedalign.protocol.audit import ledger_head, read_entries
+
+    cfg = _toml(tmp_path, tiny_dir, data_files, privacy__enabled=True, privacy__epsilon=50.0)
+    r = runner.invoke(app, ["train", "--local", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "out"
+    assert (out / "mm_projector.safetensors").exists()
+    path = out / "README.md"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    card = path.read_text()
+    assert card.startswith("---\nlibrary_name: fedalign\n") and "\n---\n" in card[4:]
+    m = json.loads((out / "metrics.json").read_text())
+    ledger = out / "state" / "ledger.jsonl"
+    index, digest = ledger_head(ledger)
+    assert read_entries(ledger)[-1]["kind"] == "run_end"  # the card names the head after the run's last entry
+    for needle in (str(tiny_dir / "vit"), str(tiny_dir / "llama"), "projector kind: `mlp2x_gelu`", "`0.weight`",
+                   "`mm_projector.safetensors`", "records, local: 64", "rounds: 2 done, 2 planned",
+                   "none (local training)", f"| local | {m['epsilon_spent']:.4g} | 1e-05 | this silo's accountant |",
+                   f"`{index}:{digest}`", "silo audit verify --config silo.toml"):
+        assert needle in card, needle
+    assert "not recorded" not in card.replace('reads "not recorded"', "")
