@@ -23,9 +23,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args()
-    import torch
+    from fedalign.host.process import apply_process_defaults
 
-    torch.set_num_threads(1)
+    apply_process_defaults()  # one thread, offline hubs
     sys.path.insert(0, str(ROOT / "tests" / "silo"))
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import silo_fuzz
