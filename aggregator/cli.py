@@ -327,7 +327,7 @@ def write_aggregator_card(cfg, config: Path, out: Path, params: dict, history: l
         "scheme": scheme, "strategy": cfg.strategy.name, "strategy_options": strategy_options,
         "privacy": privacy,
         **ledger_facts(ledger),
-        "verify_command": f"aggregator audit verify --config aggregator.toml   # aggregator.toml: {config}",
+        "verify_command": f"aggregator audit verify --config {Path(config).name}   # in {Path(config).resolve().parent}",
     }
     return write_card(out, facts)
 

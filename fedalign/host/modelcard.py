@@ -128,7 +128,8 @@ def render_card(facts: Mapping[str, Any]) -> str:
     rounds = facts.get("rounds") or {}
     silos = facts.get("silos")
     lines += ["## Training", "",
-              f"- rounds: {_v(rounds.get('done'))} done, {_v(rounds.get('planned'))} planned"]
+              f"- rounds: {_v(rounds.get('done'))} done"
+              + (f", {rounds['planned']} planned" if rounds.get("planned") is not None else "")]
     if "included" in rounds:
         lines.append(f"- rounds this silo's update was summed into: {_v(rounds.get('included'))}")
     lines += [f"- silos: {_v(silos)}",
@@ -166,7 +167,8 @@ def render_card(facts: Mapping[str, Any]) -> str:
     else:
         lines.append(f"- witnessed heads: {_v(witnessed)}")
     lines += ["", "Verify with:", "", "```", _v(facts.get("verify_command")), "```", "",
-              "It checks the ledger's hash chain, its signatures and the witnessed heads; "
+              "It checks the ledger's hash chain, its signatures, the heads its peer witnessed and that no "
+              "entry went unwitnessed (the closing receipt); "
               "the head it prints must match the one above.", ""]
     return "\n".join(lines)
 
