@@ -281,16 +281,17 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
                  lambda p: save_file({k: v.contiguous() for k, v in final.params.items()}, str(p)))
     atomic_write_json(out / "history.json", final.history)
     write_aggregator_card(cfg, config, out, final.params, final.history, scheme=str(scheme),
-                          strategy_options=strategy_options(strategy))
+                          strategy_options=strategy_options(strategy), declared=coord.declared_models)
     return final
 
 
 def write_aggregator_card(cfg, config: Path, out: Path, params: dict, history: list, *, scheme: str,
-                          strategy_options: dict) -> Path:
+                          strategy_options: dict, declared: dict[str, tuple[str, str]] | None = None) -> Path:
     """The model card (README.md, :mod:`fedalign.host.modelcard`) beside ``final_projector.safetensors``:
     what the aggregator knows. It learns only sums, so the silos' record counts are not its to state;
     each silo's ε is the one it reported (the ``epsilon`` of the rounds in history.json, as in the
-    ledger's ``round_committed`` entries); δ is not reported to the aggregator."""
+    ledger's ``round_committed`` entries); δ is not reported to the aggregator. The frozen models are
+    those θ_0's metadata names (``aggregator init``), else those the silos declared at join."""
     from fedalign.host.modelcard import ledger_facts, write_card
     from fedalign.protocol.layout import projector_kind
 
@@ -313,7 +314,9 @@ def write_aggregator_card(cfg, config: Path, out: Path, params: dict, history: l
     ledger = out / "ledger.jsonl"
     facts = {
         "writer": "aggregator",
+        **_declared_models(declared or {}),
         **{k: meta[k] for k in ("vision_tower", "llm") if meta.get(k) not in (None, "", "None")},
+        **({"models_source": "θ_0's metadata (aggregator init)"} if meta.get("llm") not in (None, "", "None") else {}),
         "projector_kind": projector_kind(params), "projector_shapes": {k: list(v.shape) for k, v in params.items()},
         "files": ["final_projector.safetensors"],
         "data": {s: "not known to the aggregator: it learns only sums" for s in silos}
@@ -323,9 +326,23 @@ def write_aggregator_card(cfg, config: Path, out: Path, params: dict, history: l
         "scheme": scheme, "strategy": cfg.strategy.name, "strategy_options": strategy_options,
         "privacy": privacy,
         **ledger_facts(ledger),
-        "verify_command": f"aggregator audit verify --config aggregator.toml   # aggregator.toml: {config}",
+        "verify_command": f"aggregator audit verify --config aggregator.toml   # aggregator.toml: {Path(config).resolve()}",
     }
     return write_card(out, facts)
+
+
+def _declared_models(declared: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """``vision_tower`` / ``llm`` / ``models_source`` facts from the silos' join declarations."""
+    out = {}
+    for i, key in enumerate(("vision_tower", "llm")):
+        names = {s: d[i] for s, d in sorted(declared.items())}
+        if len(set(names.values())) == 1:
+            out[key] = next(iter(names.values()))
+        elif names:
+            out[key] = "; ".join(f"{s}: {n}" for s, n in names.items())
+    if out:
+        out["models_source"] = f"declared by {', '.join(sorted(declared))} at join"
+    return out
 
 
 class _ConsoleLog(EventLog):
