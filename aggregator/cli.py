@@ -20,7 +20,6 @@ import typer
 from fedalign.host.cli_errors import run_cli
 from fedalign.host.process import apply_process_defaults
 from fedalign.protocol.eventlog import EventLog
-from fedalign.protocol.files import private_mkdir
 
 __all__ = ["app", "main", "build_app", "initial_params", "init_projector", "serve_from_config"]
 
@@ -194,9 +193,6 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
         insecure = _insecure_allowed(cfg, insecure_plaintext, "server.secret_key unset (plaintext transport)")
     else:
         keypair = load_keypair(cfg.resolve(cfg.server.secret_key))
-    from fedalign.aggregator.audit import load_identity_checked
-
-    identity = load_identity_checked(cfg, roster, keypair)  # signs the ledger, its heads and the receipts
     strategy = make_strategy(cfg.strategy.name, dp=cfg.strategy.dp, **cfg.strategy.options)
     uses_reference = getattr(getattr(strategy, "config", None), "reliability", None) == "reference"
     ref_cfg = _reference_config(config, cfg) if uses_reference else None
@@ -208,7 +204,7 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
     store = CheckpointStore(out / "checkpoints")
     state = store.load()  # reads only: nothing is written before the config is known good
     first_params = initial_params(cfg) if state is None else None  # a bad init.params: refused here
-    private_mkdir(out)  # checkpoints and the event log live here: 0700 whatever the umask
+    out.mkdir(parents=True, exist_ok=True)
     reference = None
     if uses_reference:  # the coordinator's public reference, trained by `silo reference` (docs/fedcmp.md)
         from fedalign.aggregator.reference import ReferenceProcess
@@ -243,14 +239,14 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
         events = _ConsoleLog(out / "aggregator.jsonl", source="aggregator", progress=progress)
         if reference is not None:
             log.append(events)
-        ledger = Ledger(out / "ledger.jsonl", identity=identity)
+        ledger = Ledger(out / "ledger.jsonl")
         # a crash between the checkpoint and the ledger append leaves a committed round unrecorded:
         # append it now, marked recovered (and refuse a checkpoint older than the ledger)
         recovered = reconcile_ledger(ledger, state, now=time.time())
         if recovered:
             events.emit("ledger_reconciled", rounds=[e.fields.get("round") for e in recovered])
         record_run_start(ledger, cfg, site_policy, roster, curve_public=keypair.public if keypair else None,
-                         resumed_round=state.round, identity=identity)
+                         resumed_round=state.round)
         policy = RoundPolicy(
             rounds=cfg.run.rounds, min_silos=cfg.run.min_silos, train_deadline_s=cfg.run.train_deadline_s,
             step_deadline_s=cfg.run.step_deadline_s, heartbeat_timeout_s=cfg.run.heartbeat_timeout_s,
@@ -285,16 +281,17 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
                  lambda p: save_file({k: v.contiguous() for k, v in final.params.items()}, str(p)))
     atomic_write_json(out / "history.json", final.history)
     write_aggregator_card(cfg, config, out, final.params, final.history, scheme=str(scheme),
-                          strategy_options=strategy_options(strategy))
+                          strategy_options=strategy_options(strategy), declared=coord.declared_models)
     return final
 
 
 def write_aggregator_card(cfg, config: Path, out: Path, params: dict, history: list, *, scheme: str,
-                          strategy_options: dict) -> Path:
+                          strategy_options: dict, declared: dict[str, tuple[str, str]] | None = None) -> Path:
     """The model card (README.md, :mod:`fedalign.host.modelcard`) beside ``final_projector.safetensors``:
     what the aggregator knows. It learns only sums, so the silos' record counts are not its to state;
     each silo's ε is the one it reported (the ``epsilon`` of the rounds in history.json, as in the
-    ledger's ``round_committed`` entries); δ is not reported to the aggregator."""
+    ledger's ``round_committed`` entries); δ is not reported to the aggregator. The frozen models are
+    those θ_0's metadata names (``aggregator init``), else those the silos declared at join."""
     from fedalign.host.modelcard import ledger_facts, write_card
     from fedalign.protocol.layout import projector_kind
 
@@ -317,7 +314,9 @@ def write_aggregator_card(cfg, config: Path, out: Path, params: dict, history: l
     ledger = out / "ledger.jsonl"
     facts = {
         "writer": "aggregator",
+        **_declared_models(declared or {}),
         **{k: meta[k] for k in ("vision_tower", "llm") if meta.get(k) not in (None, "", "None")},
+        **({"models_source": "θ_0's metadata (aggregator init)"} if meta.get("llm") not in (None, "", "None") else {}),
         "projector_kind": projector_kind(params), "projector_shapes": {k: list(v.shape) for k, v in params.items()},
         "files": ["final_projector.safetensors"],
         "data": {s: "not known to the aggregator: it learns only sums" for s in silos}
@@ -330,6 +329,20 @@ def write_aggregator_card(cfg, config: Path, out: Path, params: dict, history: l
         "verify_command": f"aggregator audit verify --config {Path(config).name}   # in {Path(config).resolve().parent}",
     }
     return write_card(out, facts)
+
+
+def _declared_models(declared: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """``vision_tower`` / ``llm`` / ``models_source`` facts from the silos' join declarations."""
+    out = {}
+    for i, key in enumerate(("vision_tower", "llm")):
+        names = {s: d[i] for s, d in sorted(declared.items())}
+        if len(set(names.values())) == 1:
+            out[key] = next(iter(names.values()))
+        elif names:
+            out[key] = "; ".join(f"{s}: {n}" for s, n in names.items())
+    if out:
+        out["models_source"] = f"declared by {', '.join(sorted(declared))} at join"
+    return out
 
 
 class _ConsoleLog(EventLog):
@@ -439,19 +452,13 @@ def keygen(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace existing key files"),
     debug: bool = _debug_option(),
 ) -> None:
-    """Write the aggregator's CURVE key pair (<name>.key public, <name>.key_secret) and its Ed25519
-    identity (<name>.identity), all 0600, and print the roster's [aggregator] entry."""
-    from fedalign.aggregator.audit import keygen_aggregator
+    """Write the aggregator's CURVE key pair (<name>.key public, <name>.key_secret; both 0600)."""
+    from fedalign.protocol.keys import load_public, write_keypair
 
     def go():
-        pub, sec, ident, entry = keygen_aggregator(out, name, overwrite=overwrite)
-        from fedalign.protocol.keys import load_public
-
-        typer.echo(f"wrote {pub}, {sec} and {ident} (mode 0600)")
+        pub, sec = write_keypair(out, name, role="aggregator", overwrite=overwrite)
+        typer.echo(f"wrote {pub} and {sec} (mode 0600)")
         typer.echo(f"public key (give to every silo as federation.aggregator_public_key): {load_public(pub)}")
-        typer.echo(f"set server.identity_key = \"{ident}\" in aggregator.toml, and add this to every roster.toml "
-                   "(silos and auditors check the aggregator's signed ledger with it):")
-        typer.echo(entry, nl=False)
 
     run_cli(go, debug=debug)
 

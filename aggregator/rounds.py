@@ -156,6 +156,7 @@ class Coordinator:
         self.committed_by: dict[str, int] = {}
         self.left: set[str] = set()
         self.refused: dict[str, str] = {}  # silo -> why its model does not fit θ (it never joins a round)
+        self.declared_models: dict[str, tuple[str, str]] = {}  # silo -> (vision tower, LM) it declared (model card)
         self.params_source = params_source  # where θ came from, for the refusal line
         self._instance = secrets.randbelow(1 << 30)  # fresh per process: instance ids never repeat
         self._dtype = next(iter(state.params.values())).dtype if state.params else torch.float32
@@ -248,6 +249,7 @@ class Coordinator:
         ours = {k: tuple(v.shape) for k, v in self.state.params.items()}
         theirs = {k: tuple(v) for k, v in m.shapes.items()}
         if ours == theirs:
+            self.declared_models[silo] = (str(m.vision_tower), str(m.llm))
             if self.refused.pop(silo, None) is not None:
                 self.events.emit("silo_accepted", silo=silo)
             return

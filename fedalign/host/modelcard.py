@@ -16,6 +16,7 @@ Facts (every key optional)::
     writer            "silo hospital-a" | "aggregator"
     vision_tower      id or path of the frozen vision tower
     llm               id or path of the frozen language model
+    models_source     where the writer learnt them ("declared by a, b at join"), optional
     projector_kind    "mlp2x_gelu" | "linear" | ...
     projector_shapes  {"0.weight": [4096, 1024], ...}
     files             names of the exported files in the same folder
@@ -109,6 +110,7 @@ def render_card(facts: Mapping[str, Any]) -> str:
     lines += ["## Frozen models", "",
               f"- vision tower: `{_v(facts.get('vision_tower'))}`",
               f"- language model: `{_v(facts.get('llm'))}`",
+              *([f"- as named by: {facts['models_source']}"] if facts.get("models_source") else []),
               "", "Only the projector between them was trained; both stay frozen.", ""]
 
     shapes = facts.get("projector_shapes") or {}
@@ -128,8 +130,7 @@ def render_card(facts: Mapping[str, Any]) -> str:
     rounds = facts.get("rounds") or {}
     silos = facts.get("silos")
     lines += ["## Training", "",
-              f"- rounds: {_v(rounds.get('done'))} done"
-              + (f", {rounds['planned']} planned" if rounds.get("planned") is not None else "")]
+              f"- rounds done: {_v(rounds.get('done'))}, planned: {_v(rounds.get('planned'))}"]
     if "included" in rounds:
         lines.append(f"- rounds this silo's update was summed into: {_v(rounds.get('included'))}")
     lines += [f"- silos: {_v(silos)}",

@@ -46,7 +46,7 @@ def test_render_card_names_every_fact():
     assert front["base_model"] == ["openai/clip-vit-large-patch14-336", "lmsys/vicuna-7b-v1.5"]
     for needle in ("vision tower: `openai/clip-vit-large-patch14-336`", "language model: `lmsys/vicuna-7b-v1.5`",
                    "projector kind: `mlp2x_gelu`", "`0.weight` 4096 x 1024", "`final_projector.safetensors`",
-                   "records: not known to the aggregator: it learns only sums", "rounds: 3 done, 4 planned",
+                   "records: not known to the aggregator: it learns only sums", "rounds done: 3, planned: 4",
                    "silos: hospital-a, hospital-b", "| 1 | hospital-a |", "secure-sum scheme: `secagg`",
                    "strategy: `fedcmp`", "strategy options: reliability=none",
                    f"| hospital-a | 1.25 | {NOT_RECORDED} | reported by hospital-a, round 1 |",
@@ -64,7 +64,7 @@ def test_missing_facts_read_not_recorded():
                   "silos", "secure-sum scheme", "strategy", "strategy options", "survivors per round", "(ε, δ)",
                   "ledger", "final head", "witnessed heads"):
         assert f"- {label}: {NOT_RECORDED}" in card or f"- {label}: `{NOT_RECORDED}`" in card, label
-    assert f"rounds: {NOT_RECORDED} done\n" in card and "planned" not in card  # an unknown plan is left out
+    assert f"rounds done: {NOT_RECORDED}, planned: {NOT_RECORDED}" in card
     assert f"```\n{NOT_RECORDED}\n```" in card  # the verify command
 
 
@@ -103,12 +103,12 @@ def test_aggregator_card_from_its_history_and_ledger(tmp_path):
     history = [{"round": 0, "survivors": ["hospital-a", "hospital-b"], "epsilon": {"hospital-a": 1.25, "hospital-b": 0.5}},
                {"round": 1, "survivors": ["hospital-a"], "epsilon": {"hospital-a": 2.5}}]
     path = write_aggregator_card(cfg, tmp_path / "aggregator.toml", tmp_path, params, history, scheme="secagg",
-                                 strategy_options={"beta": 0.5})
+                                 strategy_options={"beta": 0.5}, declared={})
     assert path == tmp_path / "README.md" and stat.S_IMODE(path.stat().st_mode) == 0o644
     card = path.read_text()
     index, digest = ledger_head(tmp_path / "ledger.jsonl")
     for needle in ("mlp2x_gelu", "`0.weight` 8 x 4", "`final_projector.safetensors`",
-                   "records, hospital-b: not known to the aggregator: it learns only sums", "rounds: 2 done, 3 planned",
+                   "records, hospital-b: not known to the aggregator: it learns only sums", "rounds done: 2, planned: 3",
                    "silos: hospital-a, hospital-b", "| 0 | hospital-a, hospital-b |", "| 1 | hospital-a |",
                    "`secagg`", "`fedcmp`", "strategy options: beta=0.5",
                    f"| hospital-a | 2.5 | {NOT_RECORDED} | reported by hospital-a, round 1 |",
@@ -117,3 +117,8 @@ def test_aggregator_card_from_its_history_and_ledger(tmp_path):
                    f"aggregator audit verify --config aggregator.toml   # in {tmp_path.resolve()}",
                    f"vision tower: `{NOT_RECORDED}`"):
         assert needle in card, needle
+    declared = {"hospital-a": ("org/vit", "org/lm"), "hospital-b": ("org/vit", "org/lm")}
+    card = write_aggregator_card(cfg, tmp_path / "aggregator.toml", tmp_path, params, history, scheme="secagg",
+                                 strategy_options={}, declared=declared).read_text()
+    assert "vision tower: `org/vit`" in card and "language model: `org/lm`" in card
+    assert "as named by: declared by hospital-a, hospital-b at join" in card and '- "org/lm"' in card

@@ -135,7 +135,7 @@ def test_local_export_has_a_model_card(tmp_path, tiny_dir, data_files):
     index, digest = ledger_head(ledger)
     assert read_entries(ledger)[-1]["kind"] == "run_end"  # the card names the head after the run's last entry
     for needle in (str(tiny_dir / "vit"), str(tiny_dir / "llama"), "projector kind: `mlp2x_gelu`", "`0.weight`",
-                   "`mm_projector.safetensors`", "records, local: 64", "rounds: 2 done, 2 planned",
+                   "`mm_projector.safetensors`", "records, local: 64", "rounds done: 2, planned: 2",
                    "none (local training)", f"| local | {m['epsilon_spent']:.4g} | 1e-05 | this silo's accountant |",
                    f"`{index}:{digest}`", "silo audit verify --config silo.toml"):
         assert needle in card, needle
