@@ -317,7 +317,8 @@ def write_aggregator_card(cfg, config: Path, out: Path, params: dict, history: l
         **_declared_models(declared or {}),
         **{k: meta[k] for k in ("vision_tower", "llm") if meta.get(k) not in (None, "", "None")},
         **({"models_source": "θ_0's metadata (aggregator init)"} if meta.get("llm") not in (None, "", "None") else {}),
-        "projector_kind": projector_kind(params), "projector_shapes": {k: list(v.shape) for k, v in params.items()},
+        "projector_kind": _kind_or_none(projector_kind, params),
+        "projector_shapes": {k: list(v.shape) for k, v in params.items()},
         "files": ["final_projector.safetensors"],
         "data": {s: "not known to the aggregator: it learns only sums" for s in silos}
                 or "not known to the aggregator: it learns only sums",
@@ -343,6 +344,17 @@ def _declared_models(declared: dict[str, tuple[str, str]]) -> dict[str, str]:
     if out:
         out["models_source"] = f"declared by {', '.join(sorted(declared))} at join"
     return out
+
+
+def _kind_or_none(projector_kind: Any, params: Any) -> str | None:
+    """The projector's kind for the card, or None ("not recorded"): θ of another layout (a toy linear
+    model, a plugin's projector) is served as well, and the card must not fail a finished run."""
+    from fedalign.protocol.errors import ConfigError
+
+    try:
+        return projector_kind(params)
+    except ConfigError:
+        return None
 
 
 class _ConsoleLog(EventLog):

@@ -253,7 +253,8 @@ def _example_pairs(tmp_path: Path) -> list[tuple[str, Path, Path]]:
     fed = ROOT / "examples" / "federation"
     pairs = [(s, fed / f"{s}.toml", fed / "aggregator.toml") for s in ("hospital-a", "hospital-b", "hospital-c")]
     qs = ROOT / "examples" / "quickstart"
-    agg = _fill(qs / "aggregator.toml", tmp_path / "aggregator.toml", port=5555, rounds=2)
+    agg = _fill(qs / "aggregator.toml", tmp_path / "aggregator.toml", port=5555, rounds=2,
+                peer_ledgers="\"hospital-a\" = \"hospital-a-out/state/ledger.jsonl\"")
     for i, s in enumerate(("hospital-a", "hospital-b", "hospital-c")):
         pairs.append((f"quickstart {s}", _fill(qs / "silo.toml", tmp_path / f"{s}.toml", port=5555, index=i, name=s,
                                                shard_size=512, samples_per_silo=1024, world="tiny"), agg))
