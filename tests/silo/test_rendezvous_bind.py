@@ -59,11 +59,13 @@ try:
     g = D.init_from_env("cpu")
 except Exception as e:
     print(json.dumps({"error": type(e).__name__, "msg": str(e)}))
+    D.exit_process(3)  # as the silo CLI ends a rank (skips torch's C++ teardown, which can abort)
     raise SystemExit(3)
 t = torch.ones(1)
 g.all_reduce_sum_([t])
 print(json.dumps({"sum": t.item()}))
 g.close(clean=True)
+D.exit_process(0)
 """
 
 
