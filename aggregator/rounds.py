@@ -70,9 +70,11 @@ class RoundPolicy:
 
 
 # One silo can leave and reconnect as fast as it can send (LeaveNotice + Heartbeat pairs: ~2.5 MB/s
-# of event lines before this bound). Per silo, at most CHURN_EVENTS_MAX connect/leave lines per
-# CHURN_WINDOW_S of the coordinator's clock; the rest are counted, and one "events_suppressed"
-# line with the count is written when the window ends (or the run does).
+# of event lines before this bound), or send junk that is dropped line by line. Per silo, at most
+# CHURN_EVENTS_MAX lines a silo's messages cause (connected, left, message dropped, sum message
+# rejected, ledger head refused) per CHURN_WINDOW_S of the coordinator's clock; the rest are
+# counted, and one "events_suppressed" line with the counts is written when the window ends (or the
+# run does). Drops whose sender is unknown share one such budget (silo null in the line).
 CHURN_EVENTS_MAX = 20
 CHURN_WINDOW_S = 60.0
 
@@ -160,29 +162,34 @@ class Coordinator:
         self.params_source = params_source  # where θ came from, for the refusal line
         self._instance = secrets.randbelow(1 << 30)  # fresh per process: instance ids never repeat
         self._dtype = next(iter(state.params.values())).dtype if state.params else torch.float32
-        self._churn: dict[str, list[float]] = {}  # silo -> [window start, lines written, lines suppressed]
+        # silo ("" : sender unknown) -> [window start, lines written, {event: lines suppressed}]
+        self._churn: dict[str, list[Any]] = {}
 
     # ------------------------------------------------------------------ bounded connect/leave lines
-    def _churn_event(self, silo: str, event: str, **fields: Any) -> None:
-        """Emit a silo_connected/silo_left line unless ``silo`` already had CHURN_EVENTS_MAX of
-        them in its current window; then only count it."""
+    def _churn_event(self, silo: str | None, event: str, **fields: Any) -> None:
+        """Emit a line a silo's message caused unless ``silo`` (None: sender unknown) already had
+        CHURN_EVENTS_MAX of them in its current window; then only count it."""
+        key = silo or ""
         now = self.clock()
-        st = self._churn.get(silo)
+        st = self._churn.get(key)
         if st is None or now - st[0] >= CHURN_WINDOW_S:
             if st is not None:
-                self._flush_churn_one(silo, st)
-            st = self._churn[silo] = [now, 0, 0]
+                self._flush_churn_one(key, st)
+            st = self._churn[key] = [now, 0, {}]
         if st[1] < CHURN_EVENTS_MAX:
             st[1] += 1
-            self.events.emit(event, silo=silo, **fields)
+            if silo is None:
+                self.events.emit(event, **fields)
+            else:
+                self.events.emit(event, silo=silo, **fields)
         else:
-            st[2] += 1
+            st[2][event] = st[2].get(event, 0) + 1
 
-    def _flush_churn_one(self, silo: str, st: list[float]) -> None:
+    def _flush_churn_one(self, key: str, st: list[Any]) -> None:
         if st[2]:
-            self.events.emit("events_suppressed", silo=silo, count=int(st[2]), events=["silo_connected", "silo_left"],
-                             window_s=CHURN_WINDOW_S, limit=CHURN_EVENTS_MAX)
-            st[2] = 0
+            self.events.emit("events_suppressed", silo=key or None, count=sum(st[2].values()),
+                             events=dict(sorted(st[2].items())), window_s=CHURN_WINDOW_S, limit=CHURN_EVENTS_MAX)
+            st[2] = {}
 
     def _flush_churn(self, *, final: bool = False) -> None:
         """Write the count of every window that has ended (``final``: of every window)."""
@@ -202,18 +209,18 @@ class Coordinator:
             try:
                 env = self.t.recv(min(remaining, 0.25))
             except ProtocolError as e:
-                self.events.emit("message_dropped", reason=str(e))
+                self._churn_event(None, "message_dropped", reason=str(e))
                 continue
             except (ValueError, TypeError, KeyError, OverflowError, RecursionError, MemoryError) as e:
                 # the decoder should raise WireFormatError only; whatever it missed must not stop a run
-                self.events.emit("message_dropped", reason=f"undecodable ({type(e).__name__}): {e}")
+                self._churn_event(None, "message_dropped", reason=f"undecodable ({type(e).__name__}): {e}")
                 continue
             if self._churn:
                 self._flush_churn()
             if env is None:
                 continue
             if env.sender not in self.identities:
-                self.events.emit("message_dropped", reason=f"sender {env.sender!r} is not on the roster")
+                self._churn_event(None, "message_dropped", reason=f"sender {env.sender!r:.80} is not on the roster")
                 continue
             m = env.message
             if isinstance(m, ModelDeclaration):
@@ -438,7 +445,7 @@ class Coordinator:
                 if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
                     # a malformed report must not reach the ledger (it once broke the commit after
                     # the checkpoint); the silo is treated as not ready
-                    self.events.emit("message_dropped", silo=env.sender, type="UpdateReady",
+                    self._churn_event(env.sender, "message_dropped", type="UpdateReady",
                                      reason=f"epsilon must be a finite number >= 0, got {eps!r:.80}")
                     continue
                 ready[env.sender] = float(eps)
@@ -521,7 +528,7 @@ class Coordinator:
             h = LedgerHead.from_wire(head)
             verify_head(h, bytes.fromhex(self.identities[silo]))
         except (FedAlignError, ValueError) as e:
-            self.events.emit("ledger_head_refused", silo=silo, reason=str(e))
+            self._churn_event(silo, "ledger_head_refused", reason=str(e))
             return
         self.ledger.record_witness(silo, h, now=time.time())
 
@@ -636,7 +643,7 @@ class Coordinator:
                     try:
                         out = agg.handle(env.sender, m)
                     except (CryptoError, SecureSumUsageError, ValueError, TypeError, KeyError) as e:
-                        self.events.emit("sum_message_rejected", silo=env.sender, round=t, phase=phase,
+                        self._churn_event(env.sender, "sum_message_rejected", round=t, phase=phase,
                                          stage=str(agg.stage), reason=str(e))
                         continue
                     n = input_nbytes(m)

@@ -26,13 +26,27 @@ interface whatever host it is given. When rank 0 hosts the store (a launcher tha
 MASTER_ADDR/MASTER_PORT without torchrun's agent store), it listens on 127.0.0.1 only, or on
 the address in ``FEDALIGN_DIST_BIND`` (ranks on other hosts: a private network's address).
 Under torchrun the store is the torchrun agent's, outside this process: see SECURITY.md.
+
+Shared secret: right after joining, every rank proves it holds the rendezvous secret (HMAC-SHA256
+over every rank's fresh 32-byte nonce and its own rank) and checks every other rank's proof before
+it trusts anything the group sends; a rank that cannot is refused with a DistributedError naming
+the secret file. The secret is ``FEDALIGN_DIST_SECRET_FILE`` (a 0600 file of this user, >= 16
+bytes; ranks on several hosts: copy one file to each) or, unset, a random one rank 0 writes 0600
+in a fresh 0700 folder for the ranks of this host (removed once every rank has proved itself).
+This authenticates the members at the start; it does not protect the store or the collectives'
+traffic afterwards (SECURITY.md).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
+import shutil
 import socket
+import stat
+import tempfile
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Iterable, Sequence
@@ -41,11 +55,15 @@ import torch
 
 from fedalign.protocol.errors import DistributedError, FedAlignError
 
-__all__ = ["Group", "launched", "init_from_env", "current", "exit_process", "TIMEOUT_ENV", "DEFAULT_TIMEOUT_S"]
+__all__ = ["Group", "launched", "init_from_env", "current", "exit_process", "TIMEOUT_ENV", "DEFAULT_TIMEOUT_S",
+           "SECRET_ENV"]
 
 TIMEOUT_ENV = "FEDALIGN_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 3600.0
 BIND_ENV = "FEDALIGN_DIST_BIND"
+SECRET_ENV = "FEDALIGN_DIST_SECRET_FILE"
+_SECRET_MIN, _SECRET_MAX = 16, 4096
+_PROOF_LABEL = b"fedalign rendezvous proof v1"
 DEFAULT_BIND = "127.0.0.1"
 
 _listen_sock: socket.socket | None = None  # rank 0's store socket (the store uses its fd: keep it open)
@@ -293,10 +311,101 @@ def init_from_env(model_device: str = "auto") -> Group | None:
         raise DistributedError(f"rank {rank} of {world}: cannot join the process group ({backend}, "
                                f"MASTER_ADDR={os.environ.get('MASTER_ADDR')}, MASTER_PORT="
                                f"{os.environ.get('MASTER_PORT')}): {first[:300]}") from exc
-    _current = Group(rank, world, local, backend, device)
+    group = Group(rank, world, local, backend, device)
     global _joined
     _joined = True
+    _prove_membership(group)
+    _current = group
     return _current
+
+
+def _read_secret(path: str, rank: int, world: int) -> bytes:
+    """The rendezvous secret in ``path``: a regular file (no symlink) of this user, 0600 or
+    stricter, 16-4096 bytes."""
+    where = f"rank {rank} of {world}: rendezvous secret {path}"
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise DistributedError(f"{where}: cannot open ({e.strerror}; a symlink is refused); set {SECRET_ENV} "
+                               "to a 0600 file of random bytes that every rank can read") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DistributedError(f"{where}: not a regular file; set {SECRET_ENV} to a 0600 file of random bytes")
+        if st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise DistributedError(f"{where}: mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid}: it must "
+                                   f"belong to this user (uid {os.getuid()}) and be readable by it alone "
+                                   f"(chmod 600 {path})")
+        data = os.read(fd, _SECRET_MAX + 1)
+    finally:
+        os.close(fd)
+    if not _SECRET_MIN <= len(data) <= _SECRET_MAX:
+        raise DistributedError(f"{where}: {len(data)} bytes; expected {_SECRET_MIN}-{_SECRET_MAX} random bytes "
+                               f"(e.g. head -c 32 /dev/urandom > FILE; chmod 600 FILE)")
+    return data
+
+
+def _proof(secret: bytes, world: int, nonces: bytes, rank: int) -> bytes:
+    msg = _PROOF_LABEL + world.to_bytes(4, "big") + nonces + rank.to_bytes(4, "big")
+    return hmac.new(secret, msg, hashlib.sha256).digest()
+
+
+def _prove_membership(group: "Group") -> None:
+    """Every rank proves it holds the rendezvous secret; a rank whose proof fails (or that has none)
+    makes every rank stop with a DistributedError before any command or tensor is trusted."""
+    import torch.distributed as dist
+
+    rank, world = group.rank, group.world
+    chosen = os.environ.get(SECRET_ENV) or None
+    made: str | None = None
+    if group.is_main and chosen is None:
+        made = tempfile.mkdtemp(prefix="fedalign-rdzv-")
+        os.chmod(made, 0o700)
+        chosen = os.path.join(made, "secret")
+        fd = os.open(chosen, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, os.urandom(32))
+        finally:
+            os.close(fd)
+    try:
+        # rank 0 names its file (ranks with their own FEDALIGN_DIST_SECRET_FILE use theirs); a stranger
+        # who rewrote this name still has to produce a file of *our* uid, 0600, to be read
+        offered = group.broadcast_json(chosen, what="the rendezvous secret's path")
+        path = chosen if chosen is not None else offered
+        own: DistributedError | None = None  # kept until every rank has taken part, so none waits for us
+        secret = b""
+        try:
+            if not isinstance(path, str) or not path:
+                raise DistributedError(f"rank {rank} of {world}: no rendezvous secret named; set {SECRET_ENV} "
+                                       "on every rank to the same 0600 file")
+            secret = _read_secret(path, rank, world)
+        except DistributedError as e:
+            own = e
+
+        def gather(mine: bytes) -> list[bytes]:
+            out = [torch.zeros(32, dtype=torch.uint8, device=group.device) for _ in range(world)]
+            dist.all_gather(out, torch.frombuffer(bytearray(mine), dtype=torch.uint8).to(group.device))
+            return [bytes(t.cpu().numpy()) for t in out]
+
+        nonces = group.guard("the rendezvous nonces", gather, os.urandom(32))
+        joined = b"".join(nonces)
+        mine = _proof(secret, world, joined, rank) if own is None else bytes(32)
+        proofs = group.guard("the rendezvous proofs", gather, mine)
+        bad = [] if own is not None else [
+            r for r, p in enumerate(proofs) if r != rank and not hmac.compare_digest(p, _proof(secret, world, joined, r))]
+        # every rank learns whether any rank failed, so they all stop together
+        flag = torch.tensor([1 if (bad or own) else 0], dtype=torch.int64, device=group.device)
+        group.guard("the rendezvous check", dist.all_reduce, flag)
+        if own is not None:
+            raise own
+        if bad or int(flag.item()):
+            who = f"rank(s) {', '.join(map(str, bad))}" if bad else "another rank"
+            raise DistributedError(f"rank {rank} of {world}: {who} did not prove they hold the rendezvous "
+                                   f"secret {path}; every rank must read the same secret file ({SECRET_ENV})")
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 def exit_process(code: int) -> None:

@@ -13,6 +13,8 @@ atomically. Progress and everything else go to stderr. Files cross this boundary
 
 from __future__ import annotations
 
+import errno
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, TextIO
@@ -73,10 +75,32 @@ def _reply(out: TextIO, **fields: Any) -> None:
     out.flush()
 
 
+def _load_no_follow(src: Any) -> dict[str, torch.Tensor]:
+    """θ_t from ``src``, opened with O_NOFOLLOW: a symlink (or anything not a regular file) is refused."""
+    import stat
+
+    from safetensors.torch import load
+
+    try:
+        fd = os.open(src, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        hint = "; a symlink is refused" if e.errno == errno.ELOOP else ""
+        raise DataError(f"{src}: cannot open the round's θ ({e.strerror}{hint}); the coordinator writes it "
+                        "as a plain file in its own folder") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DataError(f"{src}: the round's θ is not a regular file; the coordinator writes a plain file")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read()
+    finally:
+        os.close(fd)
+    return load(data)
+
+
 def serve_requests(cfg: SiloConfig, stdin: TextIO, stdout: TextIO, *,
                    notify: Callable[[str], None] | None = None) -> int:
     """Load, say ready, then answer requests until stdin closes; returns how many were served."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from fedalign.host.atomic import atomic_write
 
@@ -92,7 +116,7 @@ def serve_requests(cfg: SiloConfig, stdin: TextIO, stdout: TextIO, *,
         try:
             t, src, dst = parse_request(line)
             t0 = time.monotonic()
-            params = load_file(str(src))
+            params = _load_no_follow(src)
             delta, n = ref.update(t, params)
             if not all(bool(torch.isfinite(v).all()) for v in delta.values()):
                 raise DataError(f"round {t}: the reference update is not finite (lower train.lr)")

@@ -95,3 +95,30 @@ def test_a_quiet_silo_loses_no_lines(tmp_path):
     log.close()
     ev = _churn_lines(read_events(tmp_path / "events.jsonl"))
     assert [e["event"] for e in ev] == ["silo_left", "silo_connected"] * 3
+
+
+class JunkTransport(ScriptedTransport):
+    """Hands out ``script``; an exception in it is raised by recv, as the wire raises a refused frame."""
+
+    def recv(self, timeout_s):
+        env = next(self.script, None)
+        self.clock.now += self.step if env is not None else timeout_s
+        if isinstance(env, Exception):
+            raise env
+        return env
+
+
+def test_a_flood_of_refused_frames_is_counted_not_written(tmp_path):
+    from fedalign.protocol.errors import WireFormatError
+
+    flood = (WireFormatError(f"frame {i}: not msgpack") for i in range(10_000))
+    c, clock, log = _coordinator(tmp_path, flood, step=0.01)
+    c.t = JunkTransport(clock, flood, 0.01)
+    assert c._next(deadline=clock.now + 10_000) is None
+    c._flush_churn(final=True)
+    log.close()
+    ev = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] in ("message_dropped", "events_suppressed")]
+    assert len(ev) < 100, len(ev)
+    suppressed = [e for e in ev if e["event"] == "events_suppressed"]
+    assert suppressed and all(e["silo"] is None and set(e["events"]) == {"message_dropped"} for e in suppressed)
+    assert sum(e["event"] == "message_dropped" for e in ev) + sum(e["count"] for e in suppressed) == 10_000

@@ -103,3 +103,19 @@ def test_the_cli_refuses_dp_on_a_public_set_in_one_line(tmp_path):
     assert "privacy.enabled = false" in r.output and "Traceback" not in r.output
     with pytest.raises(ConfigError):
         serve_requests(load_silo_config(_cfg(tmp_path, dp=True), {}), io.StringIO(""), io.StringIO())
+
+
+def test_a_symlinked_theta_is_refused_not_followed(tmp_path):
+    cfg = load_silo_config(_cfg(tmp_path), {})
+    from fedalign.silo.session import load_model
+
+    theta = {k: v.clone().contiguous() for k, v in load_model(cfg).projector_state().items()}
+    req = _requests(tmp_path, theta, [0])
+    (tmp_path / "real.safetensors").write_bytes((tmp_path / "theta.safetensors").read_bytes())
+    (tmp_path / "theta.safetensors").unlink()
+    (tmp_path / "theta.safetensors").symlink_to(tmp_path / "real.safetensors")
+    out = io.StringIO()
+    serve_requests(cfg, io.StringIO(req), out)
+    ans = json.loads(out.getvalue().splitlines()[-3][len(REPLY_PREFIX):])
+    assert ans["ok"] is False and "a symlink is refused" in ans["error"] and "theta.safetensors" in ans["error"]
+    assert not (tmp_path / "ref0.safetensors").exists()
