@@ -20,6 +20,7 @@ import typer
 from fedalign.host.cli_errors import run_cli
 from fedalign.host.process import apply_process_defaults
 from fedalign.protocol.eventlog import EventLog
+from fedalign.protocol.files import private_mkdir
 
 __all__ = ["app", "main", "build_app", "initial_params", "init_projector", "serve_from_config"]
 
@@ -193,6 +194,9 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
         insecure = _insecure_allowed(cfg, insecure_plaintext, "server.secret_key unset (plaintext transport)")
     else:
         keypair = load_keypair(cfg.resolve(cfg.server.secret_key))
+    from fedalign.aggregator.audit import load_identity_checked
+
+    identity = load_identity_checked(cfg, roster, keypair)  # signs the ledger, its heads and the receipts
     strategy = make_strategy(cfg.strategy.name, dp=cfg.strategy.dp, **cfg.strategy.options)
     uses_reference = getattr(getattr(strategy, "config", None), "reliability", None) == "reference"
     ref_cfg = _reference_config(config, cfg) if uses_reference else None
@@ -204,7 +208,7 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
     store = CheckpointStore(out / "checkpoints")
     state = store.load()  # reads only: nothing is written before the config is known good
     first_params = initial_params(cfg) if state is None else None  # a bad init.params: refused here
-    out.mkdir(parents=True, exist_ok=True)
+    private_mkdir(out)  # checkpoints and the event log live here: 0700 whatever the umask
     reference = None
     if uses_reference:  # the coordinator's public reference, trained by `silo reference` (docs/fedcmp.md)
         from fedalign.aggregator.reference import ReferenceProcess
@@ -239,14 +243,14 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
         events = _ConsoleLog(out / "aggregator.jsonl", source="aggregator", progress=progress)
         if reference is not None:
             log.append(events)
-        ledger = Ledger(out / "ledger.jsonl")
+        ledger = Ledger(out / "ledger.jsonl", identity=identity)
         # a crash between the checkpoint and the ledger append leaves a committed round unrecorded:
         # append it now, marked recovered (and refuse a checkpoint older than the ledger)
         recovered = reconcile_ledger(ledger, state, now=time.time())
         if recovered:
             events.emit("ledger_reconciled", rounds=[e.fields.get("round") for e in recovered])
         record_run_start(ledger, cfg, site_policy, roster, curve_public=keypair.public if keypair else None,
-                         resumed_round=state.round)
+                         resumed_round=state.round, identity=identity)
         policy = RoundPolicy(
             rounds=cfg.run.rounds, min_silos=cfg.run.min_silos, train_deadline_s=cfg.run.train_deadline_s,
             step_deadline_s=cfg.run.step_deadline_s, heartbeat_timeout_s=cfg.run.heartbeat_timeout_s,
@@ -464,13 +468,19 @@ def keygen(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace existing key files"),
     debug: bool = _debug_option(),
 ) -> None:
-    """Write the aggregator's CURVE key pair (<name>.key public, <name>.key_secret; both 0600)."""
-    from fedalign.protocol.keys import load_public, write_keypair
+    """Write the aggregator's CURVE key pair (<name>.key public, <name>.key_secret) and its Ed25519
+    identity (<name>.identity), all 0600, and print the roster's [aggregator] entry."""
+    from fedalign.aggregator.audit import keygen_aggregator
 
     def go():
-        pub, sec = write_keypair(out, name, role="aggregator", overwrite=overwrite)
-        typer.echo(f"wrote {pub} and {sec} (mode 0600)")
+        pub, sec, ident, entry = keygen_aggregator(out, name, overwrite=overwrite)
+        from fedalign.protocol.keys import load_public
+
+        typer.echo(f"wrote {pub}, {sec} and {ident} (mode 0600)")
         typer.echo(f"public key (give to every silo as federation.aggregator_public_key): {load_public(pub)}")
+        typer.echo(f"set server.identity_key = \"{ident}\" in aggregator.toml, and add this to every roster.toml "
+                   "(silos and auditors check the aggregator's signed ledger with it):")
+        typer.echo(entry, nl=False)
 
     run_cli(go, debug=debug)
 
