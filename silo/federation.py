@@ -267,11 +267,14 @@ def federated_train(config: Any, *, insecure_plaintext: bool = False, stop: thre
     raw = policy.retention.raw_updates if policy is not None else "keep_last"
     ended: list[bool] = []
 
+    def apply_retention() -> None:  # on every exit path: RunEnd, an exception, a stop by the operator
+        if raw == "delete_at_run_end":
+            (config.state_dir / "federation" / "last_update.safetensors").unlink(missing_ok=True)
+
     def run_end(m: Any, o: Any) -> None:
         """At RunEnd, before the final head leaves: retention, then run_end with what will be written
         out, so the closing receipt covers it (nothing is appended to the ledger after the receipt)."""
-        if raw == "delete_at_run_end":
-            (config.state_dir / "federation" / "last_update.safetensors").unlink(missing_ok=True)
+        apply_retention()
         trail.run_end(reason=o.reason, rounds_done=o.rounds_done, committed=o.committed,
                       export_written=o.params is not None and o.rounds_done > 0 and (release is None or release.export),
                       evaluation_written=evaluation, raw_updates=raw)
@@ -285,8 +288,7 @@ def federated_train(config: Any, *, insecure_plaintext: bool = False, stop: thre
         out = run_federated(config, trainer=trainer, insecure_plaintext=insecure_plaintext, stop=stop, progress=True,
                             configure=configure)
     except BaseException as e:  # retention holds on every exit path, and run_end says how the run ended
-        if raw == "delete_at_run_end":
-            (config.state_dir / "federation" / "last_update.safetensors").unlink(missing_ok=True)
+        apply_retention()
         if not ended:
             trail.run_end(reason=f"{type(e).__name__}: {e}", export_written=False, evaluation_written=False,
                           raw_updates=raw)
@@ -306,9 +308,8 @@ def federated_train(config: Any, *, insecure_plaintext: bool = False, stop: thre
                                                "reason": out.reason})
             summary["export"] = {k: str(v) for k, v in files.items()}
             exported = True
-    if raw == "delete_at_run_end":  # also when the run ended without RunEnd (stopped by the operator)
-        (config.state_dir / "federation" / "last_update.safetensors").unlink(missing_ok=True)
-    if not ended:  # no RunEnd (stopped by the operator): run_end now; nothing witnesses it
+    if not ended:  # no RunEnd (stopped by the operator): retention and run_end now; nothing witnesses it
+        apply_retention()
         trail.run_end(reason=out.reason, rounds_done=out.rounds_done, committed=out.committed,
                       export_written=exported, evaluation_written=evaluation, raw_updates=raw)
     if exported:  # the card names the ledger's final head (its closing receipt, after a RunEnd)

@@ -414,13 +414,9 @@ class SiloParticipant:
         site = [p for check in self.extra_round_checks for p in check(m)]
         problems = pinned + site
         if problems:  # this silo's pinned strategy or its site policy forbids this round: refuse, record, leave
-            from fedalign.protocol.policy import PolicyRefused
-
             by = " and ".join(w for w, got in (("the silo's [strategy]", pinned), ("site policy", site)) if got)
-            reason = f"silo {self.name}: refused RoundStart round {m.round} ({by}): " + "; ".join(problems)
-            self._refused("RoundStart", m.round, reason)
-            self._send(LeaveNotice(f"refused by {by}: {'; '.join(problems)}"), m.round)
-            raise PolicyRefused(reason)
+            self._refuse_round(m, f"silo {self.name}: refused RoundStart round {m.round} ({by}): " + "; ".join(problems),
+                               f"refused by {by}: {'; '.join(problems)}")
         self._check_shapes(m)
         self.joined = True
         strat = self._strategy(m.strategy, m.strategy_options)
@@ -430,9 +426,9 @@ class SiloParticipant:
         bad = params_problems("RoundStart.params", m.params, None) + tensor_problems("RoundStart.public", m.public)
         if m.round >= MAX_ROUND:  # round ids seed the shard and the noise: keep them in every RNG's range
             bad.insert(0, f"round id {m.round} is over {MAX_ROUND - 1}")
-        params = _to_torch(m.params)
+        params, public = _to_torch(m.params), _to_torch(m.public)
         if not bad:  # the round's public values, as phase 0 will use them: names, shapes, dtype, bases
-            bad = strat.public_violations(0, params, _to_torch(m.public))
+            bad = strat.public_violations(0, params, public)
         if bad:  # before a shard is drawn or ε is spent
             raise AggregatorInputError(f"silo {self.name}: RoundStart round {m.round}: " + "; ".join(bad[:3])
                                        + " (nothing was trained)")
@@ -463,7 +459,7 @@ class SiloParticipant:
                 self.events.emit("training_done", round=m.round, n_samples=upd.n_samples, epsilon=upd.epsilon,
                                  **{k: float(v) for k, v in upd.metrics.items()})
             weight = min(float(upd.n_samples), self.policy.max_weight) / self.policy.max_weight
-        self.cur = _Round(m.round, params, _to_torch(m.public), m.seed, strat, upd.delta, weight, digest=digest,
+        self.cur = _Round(m.round, params, public, m.seed, strat, upd.delta, weight, digest=digest,
                           update_digest=params_digest(upd.delta), view=round_view(m, bytes.fromhex(digest)))
         head = self.ledger_head() if self.ledger_head is not None else {}
         self._send(UpdateReady(m.round, float(upd.epsilon or 0.0), head), m.round)
@@ -475,12 +471,16 @@ class SiloParticipant:
         done = len(self.store.trained())
         if mx is None or done < mx:
             return
+        self._refuse_round(m, f"silo {self.name}: refused RoundStart round {m.round} (site policy): this silo already "
+                              f"trained {done} round(s), policy run.max_rounds is {mx}",
+                           f"refused by site policy: run.max_rounds {mx} reached ({done} trained)")
+
+    def _refuse_round(self, m: RoundStart, reason: str, notice: str) -> None:
+        """A RoundStart this silo's own rules forbid: recorded (ledger), a LeaveNotice, then PolicyRefused."""
         from fedalign.protocol.policy import PolicyRefused
 
-        reason = (f"silo {self.name}: refused RoundStart round {m.round} (site policy): this silo already trained "
-                  f"{done} round(s), policy run.max_rounds is {mx}")
         self._refused("RoundStart", m.round, reason)
-        self._send(LeaveNotice(f"refused by site policy: run.max_rounds {mx} reached ({done} trained)"), m.round)
+        self._send(LeaveNotice(notice), m.round)
         raise PolicyRefused(reason)
 
     def _train(self, round_id: int, params: Tensors) -> TrainedUpdate:

@@ -716,7 +716,7 @@ def _check_witnessed_tail(res: VerifyResult, objs: list[dict[str, Any]], digests
     missing = sorted(k for k in set(receipted) if 0 <= k < len(objs) and k not in receipts)
     # which entries a peer must have witnessed: those of federated runs; a ledger with no run_start at
     # all (written through the library) counts as one federated run once a peer witnessed any of it
-    runs = [_federated(o) for o in objs if _federated(o) is not None]
+    runs = [f for f in map(_federated, objs) if f is not None]
     federated = not runs and (covered >= 0 or bool(missing))
     aggregator, must = False, []
     for i, obj in enumerate(objs):

@@ -34,11 +34,17 @@ def _run(tmp_path: Path, **kw):
     return res, ids
 
 
-def test_a_signed_run_closes_every_ledger_and_each_verifies_against_the_others(tmp_path):
+def _signed_run(tmp_path: Path, **kw):
+    """A run whose aggregator signs with its own identity (the silos trust it): result, the silos'
+    identities, the aggregator's identity and its public key."""
     agg_id = generate_identity()
-    res, ids = _run(tmp_path, aggregator_identity=agg_id)
+    res, ids = _run(tmp_path, aggregator_identity=agg_id, **kw)
+    return res, ids, agg_id, bytes.fromhex(agg_id.public_hex)
+
+
+def test_a_signed_run_closes_every_ledger_and_each_verifies_against_the_others(tmp_path):
+    res, ids, agg_id, agg_key = _signed_run(tmp_path)
     assert res.error is None and res.state.round == 2
-    agg_key = bytes.fromhex(agg_id.public_hex)
     for name in NAMES:
         last = read_ledger(tmp_path / f"{name}.jsonl")[-1]
         assert last.kind == "witnessed_head" and last.fields["receipt"]["for"] == name  # the closing receipt
@@ -57,10 +63,8 @@ def test_a_signed_run_closes_every_ledger_and_each_verifies_against_the_others(t
 
 
 def test_cutting_a_silos_last_entries_is_refused_with_or_without_the_aggregators_ledger(tmp_path):
-    agg_id = generate_identity()
-    res, ids = _run(tmp_path, aggregator_identity=agg_id)
+    res, ids, agg_id, agg_key = _signed_run(tmp_path)
     assert res.error is None
-    agg_key = bytes.fromhex(agg_id.public_hex)
     path = tmp_path / "silo-1.jsonl"
     lines = path.read_bytes().splitlines(keepends=True)
     for cut in (1, 2, 3):  # the receipt; receipt + run_end; + the last release record
@@ -74,10 +78,8 @@ def test_cutting_a_silos_last_entries_is_refused_with_or_without_the_aggregators
 
 
 def test_a_receipt_forged_copied_or_made_out_to_another_silo_is_refused(tmp_path):
-    agg_id = generate_identity()
-    res, ids = _run(tmp_path, aggregator_identity=agg_id)
+    res, ids, agg_id, agg_key = _signed_run(tmp_path)
     assert res.error is None
-    agg_key = bytes.fromhex(agg_id.public_hex)
     # forged: the silo re-closes its ledger with a receipt it signed itself (another key)
     src = tmp_path / "silo-0.jsonl"
     for how in ("forged", "other owner"):
@@ -129,14 +131,12 @@ class _NoReceipts:
 
 
 def test_a_silo_without_a_receipt_says_so_in_its_ledger_and_outcome(tmp_path):
-    agg_id = generate_identity()
-    res, ids = _run(tmp_path, aggregator_identity=agg_id, receipt_timeout_s=0.5,
-                    wrap_client=lambda name, c, net: _NoReceipts(c, net) if name == "silo-2" else c)
+    res, ids, _, agg_key = _signed_run(tmp_path, receipt_timeout_s=0.5,
+                                       wrap_client=lambda name, c, net: _NoReceipts(c, net) if name == "silo-2" else c)
     assert res.error is None
     out = res.silos["silo-2"]
     assert out.ledger_closed.startswith("ledger NOT closed") and "no receipt" in out.ledger_closed
     assert read_ledger(tmp_path / "silo-2.jsonl")[-1].kind == "ledger_not_closed"
-    agg_key = bytes.fromhex(agg_id.public_hex)
     v = _silo_verdict(tmp_path, "silo-2", ids, agg_key)
     assert v.status == UNWITNESSED and "receipt" in v.unwitnessed_reason, v.line()
     assert _silo_verdict(tmp_path, "silo-1", ids, agg_key).status == INTACT  # the others closed
