@@ -1,17 +1,23 @@
 """``fedalign-lab simulate``: K silos × R rounds of any strategy on any scenario, in one process.
 
 The lab's own entry point (the aggregator never imports the lab: the lab drives the aggregator's
-code, so mounting it there would be an import loop between folders). Writes to --out: metrics.jsonl (one record per round and seed), final.json (per seed and the
-mean/std over seeds) and curves.png.
+code, so mounting it there would be an import loop between folders). Writes to --out: metrics.jsonl
+(one record per round and seed), final.json (per seed and the mean/std over seeds) and curves.png.
+
+An experiment can live in a TOML file (``--config exp.toml``): its keys are the long options'
+names (``rounds = 10``, ``dp = true``, ``sum = "secagg"``, ``scenario-option = ["purity=0.8"]``),
+and an option given on the command line overrides the file (examples/experiments/).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+import tomllib
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
+
 
 import typer
 
@@ -20,7 +26,7 @@ from fedalign.protocol.errors import ConfigError, InsecureModeRefused
 from fedalign.fedcmp.strategies import make_strategy
 from fedalign.fedcmp.strategy import Strategy
 
-__all__ = ["simulate", "build_strategy", "make_sum", "summarise_seeds", "METRICS", "build_app", "main"]
+__all__ = ["simulate", "run_simulation", "experiment_options", "build_strategy", "make_sum", "summarise_seeds", "METRICS", "build_app", "main"]
 
 METRICS = ("nll", "mc_accuracy", "presence_f1", "upload_bytes_per_silo_per_round", "nll_no_image",
            "mc_accuracy_no_image", "nll_cut_vs_no_image")
@@ -112,7 +118,54 @@ def parse_scenario_options(items: list[str]) -> dict:
     return out
 
 
+def experiment_options(ctx: typer.Context, config: Path | None) -> dict[str, Any]:
+    """The command's parameters: the experiment file's values where the command line gave none.
+
+    Keys are option names without dashes' prefix, ``-`` or ``_`` alike (``scenario-option``), or the
+    parameter's own name; an unknown key or a value of the wrong type is one ConfigError naming the
+    file and the key."""
+    params = dict(ctx.params)
+    if config is None:
+        return params
+    try:
+        table = tomllib.loads(Path(config).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--config {config}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{config}: not valid TOML ({e})") from None
+    table = table.get("simulate", table)  # a [simulate] table or top-level keys
+    by_name: dict[str, Any] = {}
+    for p in ctx.command.params:
+        if p.name in ("config", "debug"):
+            continue
+        by_name[p.name] = p
+        for opt in p.opts:
+            if opt.startswith("--"):
+                by_name[opt[2:].replace("-", "_")] = p
+    for key, value in table.items():
+        p = by_name.get(str(key).replace("-", "_"))
+        if p is None:
+            known = sorted({q.opts[0][2:] for q in by_name.values()})
+            raise ConfigError(f"{config}: unknown key {key!r}; expected one of {', '.join(known)}")
+        if getattr(ctx.get_parameter_source(p.name), "name", "DEFAULT") != "DEFAULT":
+            continue  # the command line (or the environment) wins
+        if p.name == "seeds" and isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        try:
+            if p.multiple:
+                value = value if isinstance(value, list) else [value]
+            elif isinstance(value, (list, dict)):
+                raise typer.BadParameter("expected one value, not a list or table")
+            params[p.name] = p.process_value(ctx, value)  # the option's own type check
+        except typer.BadParameter as e:
+            raise ConfigError(f"{config}: {key} = {value!r}: {e.message}") from None
+    return params
+
+
 def simulate(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", help="experiment TOML: keys named as the long "
+                                          "options (rounds = 10, dp = true); the command line overrides it"),
     scenario: str = typer.Option("label", help="label | domain | style | unreliable | toy"),
     silos: int = typer.Option(5, help="number of silos K"),
     rounds: int = typer.Option(10, help="rounds R (one pass: each round a fresh shard)"),
@@ -170,83 +223,95 @@ def simulate(
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Simulate K silos × R rounds in one process over the real strategy and secure-sum code."""
-
-    def go() -> None:
-        from fedalign.lab.outputs import JsonlWriter, plot_curves, plot_reliability, write_final
-        from fedalign.lab.runner import simulate_problem
-        from fedalign.lab.scenarios import ProblemOptions, build_problem
-
-        seed_list = _seeds(seeds)
-        scenario_extra = parse_scenario_options(scenario_option)
-        sum_fn, sum_label = make_sum(sum_kind, clip=sum_clip, allow_insecure_plain_sums=allow_insecure_plain_sums)
-        dp_opts = dict(noise_multiplier=dp_noise, max_grad_norm=dp_clip, epsilon=dp_epsilon, delta=dp_delta) if dp else None
-        writer = JsonlWriter(out / "metrics.jsonl")
-        finals, curves, unreliable = [], {}, {}
-        for seed in seed_list:
-            strat = build_strategy(strategy, dp=dp, rank=rank, error_feedback=error_feedback, reliability=reliability,
-                                   kappa=kappa, beta=beta, server_lr=server_lr, seed=seed, rho_floor=rho_floor,
-                                   rho_power=rho_power, normalize=normalize, reliable_basis=reliable_basis,
-                                   rho_smoothing=rho_smoothing)
-            opts = ProblemOptions(n_silos=silos, rounds=rounds, seed=seed, alpha=alpha, corruption=corruption,
-                                  n_unreliable=n_unreliable, samples_per_round=samples_per_round, dp=dp_opts,
-                                  extra={"world": world, **({"test_size": test_size} if test_size else {}),
-                                         **({"public_size": public_size} if public_size else {}),
-                                         **({"reference_kind": reference_kind} if reference_kind else {}),
-                                         **{k: v for k, v in dict(batch_size=batch_size, lr=lr, optimizer=optimizer,
-                                                                  local_epochs=local_epochs,
-                                                                  physical_batch_size=physical_batch_size).items()
-                                            if v is not None},
-                                         **scenario_extra})
-            problem = build_problem(scenario, opts)
-            keep = [k for k in range(problem.n_silos) if k not in problem.unreliable] if drop_unreliable else None
-            writer.extra = {"seed": seed, "strategy": strat.name, "scenario": scenario}
-            typer.echo(f"seed {seed}: {strat.name} on {scenario}, {silos} silos × {rounds} rounds, engine {engine}, "
-                       f"sums: {sum_kind if engine == 'network' else sum_label}")
-            if engine == "network":
-                if keep is not None:
-                    raise ConfigError("--oracle-drop-unreliable works with --engine inprocess only")
-                from fedalign.lab.network import simulate_networked
-
-                res = simulate_networked(problem, strategy, strat, rounds, scheme=sum_kind, clip=sum_clip,
-                                         allow_insecure_plaintext=allow_insecure_plain_sums)
-                for rec in res.records:
-                    writer(rec)
-                sum_label = res.final["secure_sum"]
-            elif engine == "inprocess":
-                res = simulate_problem(problem, strat, rounds, secure_sum=sum_fn, secure_sum_label=sum_label,
-                                       silos=keep, eval_every=eval_every, on_record=writer)
-            else:
-                raise ConfigError(f"--engine: expected inprocess or network, got {engine!r}")
-            final = {"scenario": scenario, "seed": seed, "dp": dp_opts, **res.final}
-            if hasattr(problem, "no_image"):  # the same frozen LM without the image: the level to beat
-                final.update(problem.no_image())
-                if isinstance(final.get("nll"), float):
-                    final["nll_cut_vs_no_image"] = 1.0 - final["nll"] / final["nll_no_image"]
-            if getattr(problem, "dp_plan", None) is not None:
-                from dataclasses import asdict
-
-                final["dp_plan"] = asdict(problem.dp_plan)
-            finals.append(final)
-            curves[f"seed {seed}"] = res.records
-            unreliable[f"seed {seed}"] = tuple(problem.unreliable)
-            typer.echo("  " + ", ".join(f"{m}={final[m]:.4g}" for m in METRICS if isinstance(final.get(m), float)))
-        summary = {"strategy": finals[0]["strategy"], "scenario": scenario, "seeds": seed_list,
-                   "secure_sum": sum_label, "rounds": rounds, "n_silos": finals[0]["n_silos"], "dp": dp_opts,
-                   **summarise_seeds(finals), "runs": finals}
-        write_final(out / "final.json", summary)
-        plot_curves(curves, out / "curves.png", title=f"{summary['strategy']} on {scenario} ({sum_label})")
-        rho_png = ""
-        if plot_reliability(curves, out / "reliability.png", unreliable,
-                            title=f"{summary['strategy']} on {scenario}: each silo's own ρ"):
-            rho_png = f", {out / 'reliability.png'}"
-        typer.echo(f"wrote {out / 'metrics.jsonl'}, {out / 'final.json'}, {out / 'curves.png'}{rho_png}")
+    run_cli(lambda: run_simulation(**experiment_options(ctx, config)), debug=debug)
 
 
-    run_cli(go, debug=debug)
+def run_simulation(
+    *, scenario, silos, rounds, strategy, error_feedback, reliability, rho_floor, rho_power, rho_smoothing,
+    normalize, reliable_basis, public_size, reference_kind, kappa, beta, rank, server_lr, alpha, corruption,
+    n_unreliable, samples_per_round, drop_unreliable, scenario_option, world, test_size, batch_size, lr,
+    optimizer, local_epochs, physical_batch_size, seeds, dp, dp_noise, dp_clip, dp_epsilon, dp_delta, sum_kind,
+    sum_clip, allow_insecure_plain_sums, eval_every, engine, out, **_cli,
+) -> None:
+    """One ``simulate`` run from its parameters (the command's, after the experiment file)."""
+    from fedalign.lab.outputs import JsonlWriter, plot_curves, plot_reliability, write_final
+    from fedalign.lab.runner import simulate_problem
+    from fedalign.lab.scenarios import ProblemOptions, build_problem
+
+    seed_list = _seeds(seeds)
+    scenario_extra = parse_scenario_options(scenario_option)
+    sum_fn, sum_label = make_sum(sum_kind, clip=sum_clip, allow_insecure_plain_sums=allow_insecure_plain_sums)
+    dp_opts = dict(noise_multiplier=dp_noise, max_grad_norm=dp_clip, epsilon=dp_epsilon, delta=dp_delta) if dp else None
+    writer = JsonlWriter(out / "metrics.jsonl")
+    finals, curves, unreliable = [], {}, {}
+    for seed in seed_list:
+        strat = build_strategy(strategy, dp=dp, rank=rank, error_feedback=error_feedback, reliability=reliability,
+                               kappa=kappa, beta=beta, server_lr=server_lr, seed=seed, rho_floor=rho_floor,
+                               rho_power=rho_power, normalize=normalize, reliable_basis=reliable_basis,
+                               rho_smoothing=rho_smoothing)
+        opts = ProblemOptions(n_silos=silos, rounds=rounds, seed=seed, alpha=alpha, corruption=corruption,
+                              n_unreliable=n_unreliable, samples_per_round=samples_per_round, dp=dp_opts,
+                              extra={"world": world, **({"test_size": test_size} if test_size else {}),
+                                     **({"public_size": public_size} if public_size else {}),
+                                     **({"reference_kind": reference_kind} if reference_kind else {}),
+                                     **{k: v for k, v in dict(batch_size=batch_size, lr=lr, optimizer=optimizer,
+                                                              local_epochs=local_epochs,
+                                                              physical_batch_size=physical_batch_size).items()
+                                        if v is not None},
+                                     **scenario_extra})
+        problem = build_problem(scenario, opts)
+        keep = [k for k in range(problem.n_silos) if k not in problem.unreliable] if drop_unreliable else None
+        writer.extra = {"seed": seed, "strategy": strat.name, "scenario": scenario}
+        typer.echo(f"seed {seed}: {strat.name} on {scenario}, {silos} silos × {rounds} rounds, engine {engine}, "
+                   f"sums: {sum_kind if engine == 'network' else sum_label}")
+        if engine == "network":
+            if keep is not None:
+                raise ConfigError("--oracle-drop-unreliable works with --engine inprocess only")
+            from fedalign.lab.network import simulate_networked
+
+            res = simulate_networked(problem, strategy, strat, rounds, scheme=sum_kind, clip=sum_clip,
+                                     allow_insecure_plaintext=allow_insecure_plain_sums)
+            for rec in res.records:
+                writer(rec)
+            sum_label = res.final["secure_sum"]
+        elif engine == "inprocess":
+            res = simulate_problem(problem, strat, rounds, secure_sum=sum_fn, secure_sum_label=sum_label,
+                                   silos=keep, eval_every=eval_every, on_record=writer)
+        else:
+            raise ConfigError(f"--engine: expected inprocess or network, got {engine!r}")
+        final = {"scenario": scenario, "seed": seed, "dp": dp_opts, **res.final}
+        if hasattr(problem, "no_image"):  # the same frozen LM without the image: the level to beat
+            final.update(problem.no_image())
+            if isinstance(final.get("nll"), float):
+                final["nll_cut_vs_no_image"] = 1.0 - final["nll"] / final["nll_no_image"]
+        if getattr(problem, "dp_plan", None) is not None:
+            from dataclasses import asdict
+
+            final["dp_plan"] = asdict(problem.dp_plan)
+        finals.append(final)
+        curves[f"seed {seed}"] = res.records
+        unreliable[f"seed {seed}"] = tuple(problem.unreliable)
+        typer.echo("  " + ", ".join(f"{m}={final[m]:.4g}" for m in METRICS if isinstance(final.get(m), float)))
+    summary = {"strategy": finals[0]["strategy"], "scenario": scenario, "seeds": seed_list,
+               "secure_sum": sum_label, "rounds": rounds, "n_silos": finals[0]["n_silos"], "dp": dp_opts,
+               **summarise_seeds(finals), "runs": finals}
+    write_final(out / "final.json", summary)
+    plot_curves(curves, out / "curves.png", title=f"{summary['strategy']} on {scenario} ({sum_label})")
+    rho_png = ""
+    if plot_reliability(curves, out / "reliability.png", unreliable,
+                        title=f"{summary['strategy']} on {scenario}: each silo's own ρ"):
+        rho_png = f", {out / 'reliability.png'}"
+    typer.echo(f"wrote {out / 'metrics.jsonl'}, {out / 'final.json'}, {out / 'curves.png'}{rho_png}")
+
 
 def build_app() -> typer.Typer:
     app = typer.Typer(add_completion=False, no_args_is_help=True,
                       help="fedalign's lab: in-process federated experiments over the product's round loop.")
+
+    @app.callback()
+    def lab() -> None:  # a group callback keeps `simulate` a subcommand, as the README writes it
+        """fedalign's lab: in-process federated experiments over the product's round loop."""
+
     app.command("simulate")(simulate)
     return app
 
