@@ -349,16 +349,19 @@ class Coordinator:
                 early.append(env)  # a silo told first closes while others are still being told
             elif env is not None:
                 self._late(env, "run finished")
-        self._close_ledgers(told, end, early)
-        # a silo still heard from after it was told missed the RunEnd (a reconnect, a restart):
-        # tell it again for a short while, so no silo waits out its timeout for a finished run
+        acked = self._close_ledgers(told, end, early)
+        # a silo still heard from after it was told, that has not answered the RunEnd (LedgerClose),
+        # missed it (a reconnect, a restart): tell it again for a short while, so no silo waits out
+        # its timeout for a finished run; the wait ends once every silo told has answered or left
         told_at = {s: self.clock() for s in told}
         grace = self.clock() + min(3.0, self.policy.heartbeat_timeout_s)
-        while self.clock() < grace:
+        while self.clock() < grace and not told <= acked | self.left:
             env = self._next(min(grace, self.clock() + 0.25))
-            if env is not None:
+            if env is not None and isinstance(env.message, LedgerClose) and env.sender in told:
+                acked.add(env.sender)  # its answer to the RunEnd (no aggregator ledger to close)
+            elif env is not None:
                 self._late(env, "run finished")
-            for s in sorted(told):
+            for s in sorted(told - acked):
                 if self.last_seen.get(s, -1e18) > told_at[s] + 0.5:
                     self._send(s, self.state.round, end)
                     told_at[s] = self.clock()
@@ -532,15 +535,16 @@ class Coordinator:
             return
         self.ledger.record_witness(silo, h, now=time.time())
 
-    def _close_ledgers(self, told: set[str], end: RunEnd, early: Sequence[Envelope] = ()) -> None:
+    def _close_ledgers(self, told: set[str], end: RunEnd, early: Sequence[Envelope] = ()) -> set[str]:
         """Close both sides' ledgers so that no entry is left unwitnessed: each silo told ``end``
         answers with its final head (LedgerClose, its run_end written); each head signed by that
         silo is recorded here as a final witness; then this ledger's run_end; then every silo that
         closed gets a receipt (this identity's signature over its head) and this ledger's head after
         run_end, which it records (protocol.ledger, "No unwitnessed tail"). A silo that does not
-        answer within ``close_wait_s`` is named in run_end as unclosed."""
+        answer within ``close_wait_s`` is named in run_end as unclosed. Returns the silos that
+        answered (without a ledger here: those whose LedgerClose came while the RunEnd went out)."""
         if self.ledger is None:
-            return
+            return {e.sender for e in early if isinstance(e.message, LedgerClose)}
         closed: dict[str, LedgerHead | None] = {}
         deadline = self.clock() + self.policy.close_wait_s
         queue = list(early)
@@ -576,6 +580,7 @@ class Coordinator:
             self._send(s, end.rounds_done, LedgerReceipt(head.to_wire(), receipt, own.to_wire()))
         self.events.emit("ledgers_closed", receipted=receipted, unclosed=unclosed,
                          without_ledger=sorted(s for s, h in closed.items() if h is None))
+        return set(closed)
 
     def _commit(self, new: RunState, record: dict[str, Any]) -> None:
         if self.store is not None:

@@ -138,7 +138,9 @@ def curious_run(*, n_silos: int = 5, rounds: int = 2, strategy: str = "fedavg", 
     strat.inner.reference_update = lambda p: {k: 0.01 * torch.ones_like(v) for k, v in p.items()}
     params = projector(d_vision, d_model)
     state = RunState(0, params, strat.init_public(params), strat.init_server_state(params))
-    pol = RoundPolicy(rounds=rounds, min_silos=min_silos, step_deadline_s=30, heartbeat_timeout_s=30,
+    # a step deadline of 3 s: the dropped silo is waited for that long (in memory a live silo answers in
+    # milliseconds; the rounds tests run at 1.5 s)
+    pol = RoundPolicy(rounds=rounds, min_silos=min_silos, step_deadline_s=3, heartbeat_timeout_s=2,
                       roster_grace_s=0.2, clip=clip)
     coord = Coordinator(server, strat, strategy_name=strategy, strategy_options=options or {}, identities=trusted,
                         policy=pol, state=state)

@@ -156,7 +156,7 @@ def run_federation(
     events: list[dict] = []
     Log = list_log(events)
 
-    pol = dict(rounds=rounds, min_silos=3, train_deadline_s=20, step_deadline_s=1.5, heartbeat_timeout_s=5,
+    pol = dict(rounds=rounds, min_silos=3, train_deadline_s=20, step_deadline_s=1.5, heartbeat_timeout_s=2,
                roster_wait_s=10, roster_grace_s=0.3, scheme=scheme,
                allow_insecure_plaintext=scheme == SumScheme.PLAIN_INSECURE)
     pol.update(policy_overrides or {})
