@@ -10,8 +10,8 @@ from typing import Any, Sequence
 
 from fedalign.host.audit_cli import Peer, make_audit_app
 from fedalign.protocol.config.policy import AggregatorSitePolicy, load_aggregator_policy
-from fedalign.protocol.ledger import Ledger
-from fedalign.protocol.policy import check_aggregator_config, key_fingerprint, policy_digest, raise_if_violated
+from fedalign.compliance.ledger import Ledger
+from fedalign.compliance.policy import check_aggregator_config, key_fingerprint, policy_digest, raise_if_violated
 
 __all__ = ["check_config", "keygen_aggregator", "load_identity_checked", "record_run_start", "app"]
 

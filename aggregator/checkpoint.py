@@ -33,7 +33,8 @@ from fedalign.fedcmp.strategy import Tensors
 from fedalign.host.atomic import atomic_write
 from fedalign.protocol.errors import CheckpointError
 from fedalign.protocol.files import private_mkdir
-from fedalign.protocol.ledger import Ledger, LedgerEntry
+from fedalign.compliance.entries import LedgerEntry
+from fedalign.compliance.ledger import Ledger
 
 __all__ = ["RunState", "CheckpointStore", "CHECKPOINT_VERSION", "ROUND_COMMITTED_FIELDS", "state_digest",
            "reconcile_ledger"]

@@ -19,7 +19,7 @@ import typer
 
 from fedalign.host.cli_errors import run_cli
 from fedalign.host.process import apply_process_defaults
-from fedalign.protocol.eventlog import EventLog
+from fedalign.compliance.eventlog import EventLog
 from fedalign.protocol.files import private_mkdir
 
 __all__ = ["app", "main", "build_app", "initial_params", "init_projector", "serve_from_config"]
@@ -172,7 +172,7 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
     from fedalign.protocol.config.roster import load_roster
     from fedalign.protocol.errors import CheckpointError, ConfigError
     from fedalign.protocol.keys import load_keypair
-    from fedalign.protocol.ledger import Ledger
+    from fedalign.compliance.ledger import Ledger
     from fedalign.protocol.messages import SumScheme, wire_registry
     from fedalign.fedcmp.strategies import make_strategy, strategy_options
 

@@ -27,8 +27,10 @@ import numpy as np
 import torch
 
 from fedalign.protocol.errors import FedAlignError, ProtocolError, RoundAborted
-from fedalign.protocol.eventlog import EventLog
-from fedalign.protocol.ledger import Ledger, LedgerHead, sign_receipt, verify_head
+from fedalign.compliance.eventlog import EventLog
+from fedalign.compliance.entries import LedgerHead
+from fedalign.compliance.ledger import Ledger
+from fedalign.compliance.witness import sign_receipt, verify_head
 from fedalign.protocol.messages import (LedgerClose, LedgerReceipt, Heartbeat, JoinReply, LeaveNotice, ModelDeclaration, RoundEnd, RoundStart, RunEnd,
                                         SumScheme, SumStart, UpdateReady)
 from fedalign.fedcmp.phases import PhaseSum, phase_allows_dropouts, run_phases, sums_from_arrays
@@ -540,7 +542,7 @@ class Coordinator:
         answers with its final head (LedgerClose, its run_end written); each head signed by that
         silo is recorded here as a final witness; then this ledger's run_end; then every silo that
         closed gets a receipt (this identity's signature over its head) and this ledger's head after
-        run_end, which it records (protocol.ledger, "No unwitnessed tail"). A silo that does not
+        run_end, which it records (compliance.witness, "No unwitnessed tail"). A silo that does not
         answer within ``close_wait_s`` is named in run_end as unclosed. Returns the silos that
         answered (without a ledger here: those whose LedgerClose came while the RunEnd went out)."""
         if self.ledger is None:

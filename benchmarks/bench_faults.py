@@ -5,7 +5,7 @@
    sent, training wait, each of the 5 protocol steps of each of the 2 secure sums, between the
    checkpoint's tensors and state.json, between the checkpoint and the ledger entry, between the
    ledger and RoundEnd, after RoundEnd) and is restarted, once per kill. After every kill: does
-   the checkpoint load, does the ledger verify (fedalign.protocol.ledger.verify), did a committed
+   the checkpoint load, does the ledger verify (fedalign.compliance.verifier.verify), did a committed
    round disappear. At the end: ledger round_committed rounds vs checkpoint history, and the final
    parameters vs an uninterrupted process run and vs the in-process simulator.
 2. Silo kills: 4 silos (threshold 3); one silo at a time SIGKILLs itself after each message type
@@ -124,7 +124,7 @@ SecAgg, {agg_rounds} rounds; the aggregator SIGKILLs itself at the named step, `
 **{k['rounds_lost']} rounds lost, {k['ledger_gaps']} ledger gaps, {k['corrupt_checkpoints']} corrupt checkpoints**
 (goal: >= 20 kills with 0 / 0 / 0: {goal}). Ledger `round_committed` rounds {k['ledger_rounds']} ==
 checkpoint history {k['history_rounds']}: {k['ledger_equals_history']}; the ledger verifies
-(`fedalign.protocol.ledger.verify`); {k['recovered_ledger_entries']} entries were appended by the restart's
+(`fedalign.compliance.verifier.verify`); {k['recovered_ledger_entries']} entries were appended by the restart's
 reconciliation (kills between the checkpoint and the ledger). Final parameters vs an uninterrupted process run:
 max abs difference {diff_uninterrupted:.2e}; vs the in-process simulator {k['max_abs_diff_vs_simulator']:.2e}
 (not 0 by design: a kill after the silos' inputs left, or before the round's checkpoint is whole, redoes

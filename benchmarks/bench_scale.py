@@ -85,7 +85,7 @@ def many_silos(root: Path, n: int, rounds: int, log=print) -> dict:
 
     from fedalign.lab.toy import ToyFederation, make_toy
     from fedalign.protocol.config.silo import load_silo_config
-    from fedalign.protocol.eventlog import read_events
+    from fedalign.compliance.eventlog import read_events
     from fedalign.protocol.keys import write_keypair
     from fedalign.silo.federation import run_federated
     from fedalign.silo.keys import keygen_silo

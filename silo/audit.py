@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 from fedalign.host.audit_cli import Peer, make_audit_app
 from fedalign.protocol.config.policy import SitePolicy, load_site_policy
-from fedalign.protocol.ledger import Ledger
-from fedalign.protocol.policy import (check_silo_config, key_fingerprint, policy_digest, raise_if_violated,
+from fedalign.compliance.ledger import Ledger
+from fedalign.compliance.policy import (check_silo_config, key_fingerprint, policy_digest, raise_if_violated,
                                       sum_violations)
 
 __all__ = ["load_policy", "check_config", "SiloAuditTrail", "attach_policy", "app"]
@@ -93,7 +93,7 @@ def _transport(cfg: Any, networked: bool) -> dict[str, Any]:
 
 
 class SiloAuditTrail:
-    """What the silo writes to its ledger for auditors (kinds listed in :mod:`fedalign.protocol.audit`)."""
+    """What the silo writes to its ledger for auditors (kinds listed in :mod:`fedalign.compliance.audit`)."""
 
     def __init__(self, ledger: Ledger, clock: Callable[[], float] = time.time) -> None:
         self.ledger, self.clock = ledger, clock

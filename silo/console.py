@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedalign.protocol.eventlog import EventLog
+from fedalign.compliance.eventlog import EventLog
 
 __all__ = ["ConsoleEvents"]
 

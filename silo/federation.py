@@ -15,7 +15,7 @@ from fedalign.fedcmp.pin import StrategyPin
 from fedalign.fedcmp.strategy import Tensors
 from fedalign.host.atomic import atomic_write_text
 from fedalign.protocol.errors import InsecureModeRefused
-from fedalign.protocol.eventlog import EventLog
+from fedalign.compliance.eventlog import EventLog
 from fedalign.protocol.files import private_mkdir
 from fedalign.silo.console import ConsoleEvents
 from fedalign.silo.participant import RoundTrainer, SiloOutcome, SiloParticipant, SiloPolicy
@@ -166,7 +166,8 @@ def witness_heads(participant: SiloParticipant, ledger: Any, *, aggregator_key: 
     aggregator head and the receipt must carry its signature; one that does not is refused (an event
     and a refusal entry) and not recorded."""
     from fedalign.protocol.errors import CheckpointError
-    from fedalign.protocol.ledger import LedgerHead, receipt_ok, verify_head
+    from fedalign.compliance.entries import LedgerHead
+    from fedalign.compliance.witness import receipt_ok, verify_head
 
     def refuse(what: str, reason: str) -> None:
         participant.events.emit("ledger_head_refused", node="aggregator", what=what, reason=reason)
@@ -335,7 +336,7 @@ def session_report(trainer: Any) -> dict[str, Any]:
 
 def federation_status(config: Any) -> dict[str, Any]:
     """What ``silo status`` shows: committed round, ε spent, data used, the last events."""
-    from fedalign.protocol.eventlog import read_events
+    from fedalign.compliance.eventlog import read_events
 
     from fedalign.silo.data import cursor_status
     from fedalign.silo.privacy import privacy_status

@@ -37,7 +37,7 @@ from fedalign.fedcmp.pin import StrategyPin, pin_violations
 from fedalign.fedcmp.strategy import Strategy, Tensors, contribution_problems
 from fedalign.protocol.errors import (AggregatorInputError, ConfigError, DataError, FedAlignError, InsecureModeRefused,
                                       PrivacyBudgetExceeded, ProtocolError)
-from fedalign.protocol.eventlog import EventLog
+from fedalign.compliance.eventlog import EventLog
 from fedalign.protocol.messages import (Heartbeat, JoinReply, LeaveNotice, LedgerClose, LedgerReceipt, ModelDeclaration,
                                         RoundEnd, RoundStart, RunEnd, Stage, SumScheme, SumStart, UpdateReady)
 from fedalign.protocol.transport import ClientTransport
@@ -477,7 +477,7 @@ class SiloParticipant:
 
     def _refuse_round(self, m: RoundStart, reason: str, notice: str) -> None:
         """A RoundStart this silo's own rules forbid: recorded (ledger), a LeaveNotice, then PolicyRefused."""
-        from fedalign.protocol.policy import PolicyRefused
+        from fedalign.compliance.policy import PolicyRefused
 
         self._refused("RoundStart", m.round, reason)
         self._send(LeaveNotice(notice), m.round)

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from fedalign.protocol.errors import PrivacyBudgetExceeded, PrivacyError
-from fedalign.protocol.ledger import Ledger
+from fedalign.compliance.ledger import Ledger
 from fedalign.host.atomic import atomic_write_json
 
 # Opacus' hooks sit on the projector, whose input (cached tower features) needs no gradient.

@@ -17,7 +17,7 @@ import torch
 
 from fedalign.protocol.config.silo import SiloConfig
 from fedalign.protocol.errors import ConfigError, DataError, PrivacyBudgetExceeded
-from fedalign.protocol.ledger import Ledger
+from fedalign.compliance.ledger import Ledger
 from fedalign.silo.data import ShardCursor, fingerprint
 from fedalign.silo.evaluate import EvalSet, evaluate, no_image_metrics, prepare_eval
 from fedalign.silo.model import AlignmentModel, build_projector, load_alignment_model

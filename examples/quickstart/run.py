@@ -81,7 +81,7 @@ def prepare(out: Path, rounds: int, shard: int, world: str) -> dict:
     save_file({k: v.contiguous() for k, v in proj.state_dict().items()}, str(out / "init_projector.safetensors"))
 
     from fedalign.protocol.keys import load_public
-    from fedalign.protocol.policy import key_fingerprint
+    from fedalign.compliance.policy import key_fingerprint
 
     fp = key_fingerprint(load_public(keys / "aggregator.key"))
     (out / "policy.toml").write_text(_fill(HERE / "policy.toml", aggregator_fingerprint=fp))
@@ -159,7 +159,7 @@ def report(out: Path, rounds: int, started: float) -> None:
     from rich.table import Table
     from safetensors.torch import load_file
 
-    from fedalign.protocol.eventlog import read_events
+    from fedalign.compliance.eventlog import read_events
 
     con = Console(width=132)
     agg = out / "aggregator-out"

@@ -1,6 +1,6 @@
 """The ``audit`` command group that ``silo`` and ``aggregator`` both mount (typer).
 
-Every command verifies through the one verifier, :func:`fedalign.protocol.ledger.verify_ledger`:
+Every command verifies through the one verifier, :func:`fedalign.compliance.verifier.verify_ledger`:
 
 ``audit verify [LEDGER]`` hash chain, signatures (``--public-key``, or the key ``--config`` names),
                          heads (``--head``, ``--witness-ledger``, or the peers' ledgers the config's
@@ -82,7 +82,9 @@ def _peer_evidence(peers: list[Peer], owner: str | None) -> tuple[list, list[int
     closing receipt for, and the key receipts are checked against. Each peer's ledger is verified
     first (with its key, when known): a broken one witnesses nothing (LedgerError, exit 11)."""
     from fedalign.protocol.errors import ConfigError
-    from fedalign.protocol.ledger import LedgerError, final_heads, verify_ledger, witnessed_heads
+    from fedalign.compliance.entries import LedgerError
+    from fedalign.compliance.verifier import verify_ledger
+    from fedalign.compliance.witness import final_heads, witnessed_heads
 
     heads: list = []
     receipted: list[int] = []
@@ -112,9 +114,9 @@ def _peer_evidence(peers: list[Peer], owner: str | None) -> tuple[list, list[int
 def _verified(path: Path, heads: list[str] | None, key: bytes | None = None, key_source: str | None = None,
               peers: list[Peer] | None = None, *, owner: str | None = None, receipt_key: bytes | None = None,
               allow_torn_tail: bool = False, allow_unwitnessed_tail: bool = False, key_hint: str | None = None):
-    """Run the one verifier (:func:`fedalign.protocol.ledger.verify_ledger`); raise LedgerError (exit 11)
+    """Run the one verifier (:func:`fedalign.compliance.verifier.verify_ledger`); raise LedgerError (exit 11)
     unless the verdict is intact (or a torn or unwitnessed tail the caller accepted)."""
-    from fedalign.protocol.audit import parse_head, verify_ledger
+    from fedalign.compliance.audit import parse_head, verify_ledger
     from fedalign.protocol.errors import ConfigError
 
     if not path.exists():
@@ -129,7 +131,7 @@ def _verified(path: Path, heads: list[str] | None, key: bytes | None = None, key
                         peer_key=receipt_key or peer_receipt_key, receipted=receipted)
     if key_hint:
         res.key_hint = key_hint
-    from fedalign.protocol.ledger import LedgerError
+    from fedalign.compliance.entries import LedgerError
 
     try:
         res.raise_for_status()
@@ -196,7 +198,7 @@ def make_audit_app(role: str, ledger_of_config: Callable[[Path], Path],
     def summary(config: Optional[Path], ledger: Optional[Path], head: list[str] | None, public_key: Optional[str],
                 witness_ledger: Optional[Path], node: Optional[str], allow_torn_tail: bool,
                 peer_key: Optional[str] = None, allow_unwitnessed_tail: bool = False) -> dict[str, Any]:
-        from fedalign.protocol.audit import read_entries, summarize
+        from fedalign.compliance.audit import read_entries, summarize
 
         path, res = verified(config, ledger, head, public_key, witness_ledger, node, allow_torn_tail, peer_key,
                              allow_unwitnessed_tail)
@@ -226,7 +228,7 @@ def make_audit_app(role: str, ledger_of_config: Callable[[Path], Path],
              allow_unwitnessed_tail: bool = _Unwitnessed, debug: bool = _Debug) -> None:
         """Which checks ran on the ledger, then settings against policy, ε against budget, what left per
         round, transport, threat model. Refuses a ledger that fails verification (exit 11)."""
-        from fedalign.protocol.audit_report import render_text
+        from fedalign.compliance.audit_report import render_text
 
         run_cli(lambda: typer.echo(render_text(summary(config, ledger, head, public_key, witness_ledger, node,
                                                        allow_torn_tail, peer_key, allow_unwitnessed_tail)), nl=False),
@@ -247,7 +249,7 @@ def make_audit_app(role: str, ledger_of_config: Callable[[Path], Path],
 
         def body() -> None:
             from fedalign.host.atomic import atomic_write_text
-            from fedalign.protocol.audit_report import render_html, render_json, render_text
+            from fedalign.compliance.audit_report import render_html, render_json, render_text
             from fedalign.protocol.errors import PrivacyError
 
             s = summary(config, ledger, head, public_key, witness_ledger, node, allow_torn_tail, peer_key,
@@ -273,7 +275,7 @@ def make_audit_app(role: str, ledger_of_config: Callable[[Path], Path],
                     debug: bool = _Debug) -> None:
         """Print a CURVE public key's fingerprint, as policy.toml's key lists want it."""
         from fedalign.protocol.keys import load_public
-        from fedalign.protocol.policy import key_fingerprint
+        from fedalign.compliance.policy import key_fingerprint
 
         run_cli(lambda: typer.echo(key_fingerprint(load_public(key))), debug=debug)
 

@@ -28,7 +28,7 @@ Facts (every key optional)::
     strategy          "fedcmp" ...
     strategy_options  {name: value}
     privacy           {silo: {"epsilon": float | None, "delta": float | None, "source": str}}
-    ledger_head       "INDEX:SHA256" (:func:`fedalign.protocol.audit.ledger_head`) or None
+    ledger_head       "INDEX:SHA256" (:func:`fedalign.compliance.audit.ledger_head`) or None
     ledger            path of the writer's ledger
     witnessed         {peer: "INDEX:SHA256"}: the newest head of each peer's ledger the writer's ledger witnessed
     verify_command    "silo audit verify --config silo.toml"
@@ -75,14 +75,15 @@ def _base_models(facts: Mapping[str, Any]) -> list[str]:
 
 
 def head_text(head: tuple[int, str] | None) -> str | None:
-    """``INDEX:SHA256`` for :func:`fedalign.protocol.audit.ledger_head`'s (index, digest)."""
+    """``INDEX:SHA256`` for :func:`fedalign.compliance.audit.ledger_head`'s (index, digest)."""
     return None if head is None else f"{head[0]}:{head[1]}"
 
 
 def ledger_facts(path: str | os.PathLike) -> dict[str, Any]:
     """``ledger``, ``ledger_head`` and ``witnessed`` facts of the ledger at ``path`` (None: no ledger)."""
-    from fedalign.protocol.audit import ledger_head
-    from fedalign.protocol.ledger import WITNESS_KIND, read_ledger
+    from fedalign.compliance.audit import ledger_head
+    from fedalign.compliance.entries import read_ledger
+    from fedalign.compliance.witness import WITNESS_KIND
 
     p = Path(path)
     if not p.exists():

@@ -16,13 +16,13 @@ import torch
 
 from fedalign.aggregator.checkpoint import CheckpointStore, RunState
 from fedalign.aggregator.rounds import Coordinator, RoundPolicy
-from fedalign.protocol.eventlog import EventLog
+from fedalign.compliance.eventlog import EventLog
 from fedalign.protocol.messages import SumScheme, wire_registry
 from fedalign.fedcmp.strategies import make_strategy
 from fedalign.lab.runner import attach_reference
 from fedalign.protocol.transport import InMemoryNetwork
 from fedalign.crypto.identity import generate_identity
-from fedalign.protocol.ledger import Ledger
+from fedalign.compliance.ledger import Ledger
 from fedalign.silo.federation import witness_heads
 from fedalign.silo.participant import SiloOutcome, SiloParticipant, SiloPolicy, TrainedUpdate
 from fedalign.lab.toy import ToyFederation, make_toy

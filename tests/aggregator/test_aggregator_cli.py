@@ -174,7 +174,7 @@ def test_serve_repairs_a_ledger_that_lost_a_committed_round(tmp_path):
     # Before: a crash (or a NaN ε) between the checkpoint and the ledger append left a committed
     # round without its ledger entry, for good. Now serve appends it at start, marked recovered.
     from fedalign.fedcmp.strategies import make_strategy, strategy_options
-    from fedalign.protocol.ledger import Ledger
+    from fedalign.compliance.ledger import Ledger
 
     cfg = _federation(tmp_path)
     meta = {"strategy": "fedcmp", "strategy_options": strategy_options(make_strategy("fedcmp", reliability="off")),

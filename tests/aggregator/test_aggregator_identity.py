@@ -17,7 +17,7 @@ from fedalign.protocol.config.aggregator import load_aggregator_config
 from fedalign.protocol.config.roster import load_roster
 from fedalign.protocol.errors import ConfigError
 from fedalign.protocol.keys import load_keypair
-from fedalign.protocol.ledger import Ledger
+from fedalign.compliance.ledger import Ledger
 
 
 def _setup(tmp_path, *, identity_line: str = 'identity_key = "keys/aggregator.identity"'):

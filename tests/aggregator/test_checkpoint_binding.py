@@ -10,7 +10,9 @@ import torch
 
 from fedalign.aggregator.checkpoint import CheckpointStore, RunState, reconcile_ledger
 from fedalign.protocol.errors import CheckpointError
-from fedalign.protocol.ledger import Ledger, read_ledger, verify
+from fedalign.compliance.entries import read_ledger
+from fedalign.compliance.ledger import Ledger
+from fedalign.compliance.verifier import verify
 
 
 def _record(r):

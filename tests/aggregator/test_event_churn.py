@@ -9,7 +9,7 @@ from fedalign.aggregator.checkpoint import RunState
 from fedalign.aggregator.rounds import Coordinator, RoundPolicy
 from fedalign.crypto.identity import generate_identity
 from fedalign.fedcmp.strategies import make_strategy
-from fedalign.protocol.eventlog import EventLog, read_events
+from fedalign.compliance.eventlog import EventLog, read_events
 from fedalign.protocol.messages import Heartbeat, LeaveNotice, Stage
 from fedalign.protocol.wire import Envelope
 import torch

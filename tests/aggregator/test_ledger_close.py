@@ -1,6 +1,6 @@
 """Issue 26, items 2-3: the aggregator signs its ledger and heads, and no entry of a run is left
 unwitnessed: at RunEnd each silo's final head is witnessed by the aggregator, which answers with a
-signed receipt and its own head after its run_end (protocol/ledger.py, "No unwitnessed tail").
+signed receipt and its own head after its run_end (compliance/witness.py, "No unwitnessed tail").
 
 On 3c16410 the aggregator had no identity (its ledger and heads unsigned), and the entries a silo
 wrote after its last UpdateReady (the last round's release record, run_end) were witnessed by
@@ -14,8 +14,10 @@ from pathlib import Path
 from federation import run_federation
 
 from fedalign.crypto.identity import generate_identity
-from fedalign.protocol.ledger import (BROKEN, INTACT, UNWITNESSED, Ledger, LedgerHead, final_heads, read_ledger,
-                                      sign_receipt, verify_ledger, witnessed_heads)
+from fedalign.compliance.entries import LedgerHead, read_ledger
+from fedalign.compliance.ledger import Ledger
+from fedalign.compliance.verifier import BROKEN, INTACT, UNWITNESSED, verify_ledger
+from fedalign.compliance.witness import final_heads, sign_receipt, witnessed_heads
 from fedalign.protocol.messages import LedgerReceipt
 
 NAMES = ["silo-0", "silo-1", "silo-2"]

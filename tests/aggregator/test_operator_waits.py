@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fedalign.protocol.errors import ConfigError, ProtocolError, RoundAborted
-from fedalign.protocol.eventlog import EventLog
+from fedalign.compliance.eventlog import EventLog
 from fedalign.protocol.messages import ModelDeclaration, wire_registry
 from fedalign.protocol.transport import InMemoryNetwork
 from fedalign.crypto.identity import generate_identity

@@ -302,7 +302,7 @@ def test_ledger_heads_are_witnessed_both_ways_and_a_cut_silo_ledger_fails_verify
     from typer.testing import CliRunner
 
     from fedalign.host.audit_cli import make_audit_app
-    from fedalign.protocol.ledger import witnessed_heads
+    from fedalign.compliance.witness import witnessed_heads
 
     res = run_federation(3, rounds=2, options={"rank": 2}, ledger_dir=tmp_path)
     assert res.error is None and res.state.round == 2

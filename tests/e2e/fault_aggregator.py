@@ -46,8 +46,8 @@ def install(point: str) -> None:
     from fedalign.aggregator import checkpoint as C
     from fedalign.aggregator import rounds as R
     from fedalign.crypto.secure_sum import AggregatorSecureSum
-    from fedalign.protocol.eventlog import EventLog
-    from fedalign.protocol.ledger import Ledger
+    from fedalign.compliance.eventlog import EventLog
+    from fedalign.compliance.ledger import Ledger
     from fedalign.protocol.messages import UpdateReady
 
     armed = threading.Event()  # set once the round loop runs (never during reconciliation at start)

@@ -41,8 +41,9 @@ from fedalign.lab.engine import init_state, run_round  # noqa: E402
 from fedalign.lab.runner import attach_reference  # noqa: E402
 from fedalign.lab.sums import plain_sum_insecure  # noqa: E402
 from fedalign.protocol.errors import CheckpointError  # noqa: E402
-from fedalign.protocol.eventlog import read_events  # noqa: E402
-from fedalign.protocol.ledger import LedgerError, read_ledger, verify  # noqa: E402
+from fedalign.compliance.eventlog import read_events  # noqa: E402
+from fedalign.compliance.entries import LedgerError, read_ledger  # noqa: E402
+from fedalign.compliance.verifier import verify  # noqa: E402
 
 from loopback_setup import SHARD, write_federation  # noqa: E402
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedalign.protocol.eventlog import read_events
+from fedalign.compliance.eventlog import read_events
 from fedalign.fedcmp.strategies import make_strategy
 from fedalign.fedcmp.strategy import Sums
 from fedalign.lab.engine import init_state, run_round

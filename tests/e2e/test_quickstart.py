@@ -40,7 +40,7 @@ def test_the_quickstart_runs_and_reports_against_the_no_image_baseline(quickstar
     assert "epsilon" in text and "7.9" in text  # ε spent per silo, from the budget-derived plan
     # every export carries its model card (README.md, issue 26 item 8): the writer's final ledger head and
     # the command that verifies it; the aggregator cannot know the silos' record counts (it learns only sums)
-    from fedalign.protocol.ledger import read_ledger
+    from fedalign.compliance.entries import read_ledger
 
     for d, ledger, cmd in (("aggregator-out", "ledger.jsonl", "aggregator audit verify --config"),
                            ("hospital-a-out", "state/ledger.jsonl", "silo audit verify --config")):

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from fedalign.crypto.identity import generate_identity
 from fedalign.host.audit_cli import make_audit_app
-from fedalign.protocol.ledger import Ledger
+from fedalign.compliance.ledger import Ledger
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (Debian: apt-get install -y "

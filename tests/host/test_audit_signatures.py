@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from fedalign.crypto.identity import generate_identity
 from fedalign.host.audit_cli import make_audit_app
-from fedalign.protocol.ledger import Ledger
+from fedalign.compliance.ledger import Ledger
 
 runner = CliRunner()
 

@@ -89,8 +89,9 @@ def test_aggregator_card_from_its_history_and_ledger(tmp_path):
     import torch
 
     from fedalign.aggregator.cli import write_aggregator_card
-    from fedalign.protocol.audit import ledger_head
-    from fedalign.protocol.ledger import Ledger, LedgerHead
+    from fedalign.compliance.audit import ledger_head
+    from fedalign.compliance.entries import LedgerHead
+    from fedalign.compliance.ledger import Ledger
 
     ledger = Ledger(tmp_path / "ledger.jsonl")
     ledger.append("run_start", {"x": 1}, now=1.0)

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from fedalign.protocol.audit import dp_statement, ledger_head, read_entries, summarize, verify_ledger
-from fedalign.protocol.audit_report import render_html, render_json, render_text
-from fedalign.protocol.ledger import Ledger
+from fedalign.compliance.audit import dp_statement, ledger_head, read_entries, summarize, verify_ledger
+from fedalign.compliance.audit_report import render_html, render_json, render_text
+from fedalign.compliance.ledger import Ledger
 from fedalign.silo.privacy import PrivacyAccountant, RoundCharge
 
 
@@ -115,7 +115,7 @@ def test_report_renders_text_json_and_self_contained_html(tmp_path):
 def test_each_threat_model_summary_points_at_its_security_md_section():
     from pathlib import Path
 
-    from fedalign.protocol.audit import THREAT_MODELS
+    from fedalign.compliance.audit import THREAT_MODELS
 
     security = (Path(__file__).resolve().parents[2] / "SECURITY.md").read_text()
     for mode in ("secagg", "ckks", "plain"):

@@ -11,9 +11,9 @@ import torch
 
 from fedalign.aggregator.checkpoint import CheckpointStore, RunState
 from fedalign.host.atomic import atomic_write_json
-from fedalign.protocol.eventlog import EventLog
+from fedalign.compliance.eventlog import EventLog
 from fedalign.protocol.keys import write_keypair
-from fedalign.protocol.ledger import Ledger
+from fedalign.compliance.ledger import Ledger
 from fedalign.silo.keys import add_to_roster, keygen_silo
 from fedalign.silo.store import FederationStore
 

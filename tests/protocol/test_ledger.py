@@ -5,7 +5,9 @@ import json
 import pytest
 
 from fedalign.protocol.errors import CheckpointError
-from fedalign.protocol.ledger import Ledger, read_ledger, verify
+from fedalign.compliance.entries import read_ledger
+from fedalign.compliance.ledger import Ledger
+from fedalign.compliance.verifier import verify
 
 
 def test_append_read_verify(tmp_path):

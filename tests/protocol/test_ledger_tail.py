@@ -9,7 +9,10 @@ import logging
 import pytest
 
 from fedalign.protocol.errors import CheckpointError
-from fedalign.protocol.ledger import Ledger, LedgerError, LedgerHead, read_ledger, verify, witnessed_heads
+from fedalign.compliance.entries import LedgerError, LedgerHead, read_ledger
+from fedalign.compliance.ledger import Ledger
+from fedalign.compliance.verifier import verify
+from fedalign.compliance.witness import witnessed_heads
 from fedalign.crypto.identity import generate_identity
 
 

@@ -1,6 +1,6 @@
 """One verifier for every entry point (issue 26, items 1-2, silo side).
 
-The library (``protocol.ledger.verify`` / ``verify_ledger``), ``protocol.audit.verify_ledger`` and
+The library (``compliance.verifier.verify`` / ``verify_ledger``), ``compliance.audit.verify_ledger`` and
 ``silo audit verify|show|report`` give one verdict on one ledger: a forged ledger re-signed with
 an attacker's key is refused wherever the owner's key is known (``--public-key`` or ``--config``),
 a signed ledger checked without a key says its signatures were NOT checked, and a crash-torn last
@@ -17,12 +17,14 @@ from typer.testing import CliRunner
 
 from fedalign.crypto.identity import generate_identity
 from fedalign.host.cli_errors import EXIT_CODES
-from fedalign.protocol import audit
+from fedalign.compliance import audit
 from fedalign.protocol.config.roster import roster_entry_toml
 from fedalign.protocol.errors import CheckpointError
 from fedalign.protocol.keys import generate as curve_keypair
-from fedalign.protocol.ledger import (Ledger, LedgerError, LedgerHead, read_ledger, verify, verify_ledger,
-                                      witnessed_heads)
+from fedalign.compliance.entries import LedgerError, LedgerHead, read_ledger
+from fedalign.compliance.ledger import Ledger
+from fedalign.compliance.verifier import verify, verify_ledger
+from fedalign.compliance.witness import witnessed_heads
 from fedalign.silo.privacy import PrivacyAccountant, RoundCharge
 
 BROKEN_EXIT = EXIT_CODES[CheckpointError]  # 11, docs/silo.md "Errors and exit codes"

@@ -8,7 +8,7 @@ from fedalign.protocol.config.aggregator import AggregatorConfig
 from fedalign.protocol.config.policy import AggregatorSitePolicy, SitePolicy, load_site_policy
 from fedalign.protocol.config.silo import SiloConfig
 from fedalign.protocol.errors import ConfigError
-from fedalign.protocol.policy import (PolicyViolation, check_aggregator_config, check_silo_config, policy_digest,
+from fedalign.compliance.policy import (PolicyViolation, check_aggregator_config, check_silo_config, policy_digest,
                                       raise_if_violated, sum_violations)
 
 STRICT = SitePolicy.model_validate({

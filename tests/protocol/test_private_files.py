@@ -11,7 +11,7 @@ from fedalign.host.atomic import atomic_write, atomic_write_bytes, atomic_write_
 from fedalign.protocol.config import validate_config
 from fedalign.protocol.config.aggregator import AggregatorConfig
 from fedalign.protocol.errors import ConfigError
-from fedalign.protocol.eventlog import MAX_RECORD_CHARS, MAX_STR_CHARS, EventLog, read_events
+from fedalign.compliance.eventlog import MAX_RECORD_CHARS, MAX_STR_CHARS, EventLog, read_events
 
 
 def _mode(p):

@@ -119,7 +119,7 @@ def test_local_export_has_a_model_card(tmp_path, tiny_dir, data_files):
     (ε, δ), the ledger's final head and the command that verifies it (issue 26, item 8)."""
     import stat
 
-    from fedalign.protocol.audit import ledger_head, read_entries
+    from fedalign.compliance.audit import ledger_head, read_entries
 
     cfg = _toml(tmp_path, tiny_dir, data_files, privacy__enabled=True, privacy__epsilon=50.0)
     r = runner.invoke(app, ["train", "--local", "--config", str(cfg)])

@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 from test_active_aggregator import EvilAggregator
 
 from fedalign.host.cli_errors import EXIT_CODES
-from fedalign.protocol.audit import read_entries, verify_ledger
+from fedalign.compliance.audit import read_entries, verify_ledger
 from fedalign.protocol.config.policy import SitePolicy
 from fedalign.protocol.errors import CheckpointError, ConfigError
-from fedalign.protocol.ledger import Ledger
-from fedalign.protocol.policy import PolicyRefused
+from fedalign.compliance.ledger import Ledger
+from fedalign.compliance.policy import PolicyRefused
 from fedalign.silo.audit import SiloAuditTrail, attach_policy
 
 runner = CliRunner()
@@ -145,7 +145,7 @@ def test_a_local_run_starts_its_ledger_with_the_policy_and_the_report_agrees(tmp
     from test_cli import _toml
 
     from fedalign.protocol.config.policy import load_site_policy
-    from fedalign.protocol.policy import policy_digest
+    from fedalign.compliance.policy import policy_digest
     from fedalign.silo.cli import app
 
     pol = tmp_path / "policy.toml"

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from fedalign.protocol.errors import PrivacyBudgetExceeded
-from fedalign.protocol.ledger import read_ledger, Ledger
+from fedalign.compliance.entries import read_ledger
+from fedalign.compliance.ledger import Ledger
 from fedalign.silo.model import IMAGE_TOKEN
 from fedalign.silo.privacy import (DPProjectorTrainer, PrivacyAccountant, RoundCharge, compute_epsilon,
                           poisson_batches)

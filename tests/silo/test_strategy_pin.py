@@ -16,7 +16,7 @@ from fedalign.protocol.config.aggregator import load_aggregator_config
 from fedalign.protocol.config.policy import SitePolicy, load_site_policy
 from fedalign.protocol.config.silo import SiloConfig, load_silo_config
 from fedalign.protocol.errors import ConfigError
-from fedalign.protocol.policy import check_silo_config
+from fedalign.compliance.policy import check_silo_config
 from fedalign.silo.federation import strategy_pin
 
 ROOT = Path(__file__).resolve().parents[2]

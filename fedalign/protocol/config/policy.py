@@ -3,7 +3,7 @@ aggregator operator's own (docs/design.md §10).
 
 A site policy is separate from the training config and from anything the aggregator sends: the
 config says what a run will do, the policy what the institution allows. ``silo train`` checks its
-config against the policy before it loads any data (:func:`fedalign.protocol.policy.check_silo_config`)
+config against the policy before it loads any data (:func:`fedalign.compliance.policy.check_silo_config`)
 and every RoundStart and SumStart during the run; the policy's hash is the first entry the run
 writes to its ledger. See docs/compliance.md for a commented example.
 """

@@ -19,7 +19,7 @@ Entry kinds written by the runtimes (besides the ledger's own ``seq/time/kind/pr
     round_committed aggregator: a committed round (survivors, dropouts, ε reported, bytes)
     run_end         end of a run: reason, rounds, what was written out
 
-Verification is :mod:`fedalign.protocol.ledger`'s one verifier (:func:`verify_ledger` here only
+Verification is :mod:`fedalign.compliance.verifier`'s one verifier (:func:`verify_ledger` here only
 maps the audit commands' names onto it): the same verdict, the same first bad entry, the same
 handling of a torn last line, whichever entry point an auditor uses.
 """
@@ -32,8 +32,9 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from fedalign.protocol.ledger import LedgerHead, VerifyResult, _committed_lines, _is_hex
-from fedalign.protocol.ledger import verify_ledger as _verify
+from fedalign.compliance.entries import LedgerHead, _committed_lines, _is_hex
+from fedalign.compliance.verifier import VerifyResult
+from fedalign.compliance.verifier import verify_ledger as _verify
 
 __all__ = [
     "VerifyResult",
@@ -72,7 +73,7 @@ def verify_ledger(path: str | Path, *, witnessed: Iterable[tuple[int, str] | Led
                   public_key: bytes | None = None, key_source: str | None = None,
                   peer_heads: Iterable[LedgerHead] = (), allow_torn_tail: bool = False,
                   **tail: Any) -> VerifyResult:
-    """:func:`fedalign.protocol.ledger.verify_ledger`, the one verifier, with the audit commands' names:
+    """:func:`fedalign.compliance.verifier.verify_ledger`, the one verifier, with the audit commands' names:
     ``witnessed`` are heads the auditor recorded (``--head``), ``peer_heads`` heads a peer's ledger
     recorded (``--witness-ledger``; with ``public_key`` their signatures are checked too); ``tail``
     passes ``owner``, ``peer_key``, ``receipted`` and ``allow_unwitnessed_tail`` on."""

@@ -1,4 +1,4 @@
-"""Rendering an audit summary (:func:`fedalign.protocol.audit.summarize`): terminal tables, JSON
+"""Rendering an audit summary (:func:`fedalign.compliance.audit.summarize`): terminal tables, JSON
 for machines, and one self-contained HTML file (inline SVG plot of ε and bytes sent over rounds,
 the DP statement, no external resources)."""
 
