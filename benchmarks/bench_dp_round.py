@@ -24,8 +24,8 @@ import torch  # noqa: E402
 
 from fedalign.silo.data import Sample  # noqa: E402
 from fedalign.silo.model import load_alignment_model  # noqa: E402
-from fedalign.silo.privacy import PrivacyAccountant  # noqa: E402
-from fedalign.silo.trainer import DPSettings, LocalTrainer, TrainSettings, prepare_shard  # noqa: E402
+from fedalign.silo.privacy import DPSettings, PrivacyAccountant  # noqa: E402
+from fedalign.silo.trainer import LocalTrainer, TrainSettings, prepare_shard  # noqa: E402
 
 
 def main(argv=None) -> None:

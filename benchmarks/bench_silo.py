@@ -27,8 +27,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from fedalign.silo.data import Sample  # noqa: E402
 from fedalign.silo.model import AlignmentModel, build_projector, load_alignment_model  # noqa: E402
-from fedalign.silo.privacy import PrivacyAccountant  # noqa: E402
-from fedalign.silo.trainer import DPSettings, LocalTrainer, ShardData, TrainSettings, prepare_shard  # noqa: E402
+from fedalign.silo.privacy import DPSettings, PrivacyAccountant  # noqa: E402
+from fedalign.silo.trainer import LocalTrainer, ShardData, TrainSettings, prepare_shard  # noqa: E402
 
 
 def _world_model(tiny: bool, world_dir: str | None) -> tuple[AlignmentModel, list[Sample]]:

@@ -216,8 +216,8 @@ def scale(args, name: str) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from fedalign.silo.model import AlignmentModel, TokenBatch, build_projector, pick_device
-    from fedalign.silo.privacy import PrivacyAccountant
-    from fedalign.silo.trainer import DPSettings, LocalTrainer, ShardData, TrainSettings
+    from fedalign.silo.privacy import DPSettings, PrivacyAccountant
+    from fedalign.silo.trainer import LocalTrainer, ShardData, TrainSettings
 
     dev, dtype = pick_device(args.device)
     tiny = name == "tiny"

@@ -18,10 +18,10 @@ from typing import Any, Callable
 from fedalign.host.audit_cli import Peer, make_audit_app
 from fedalign.protocol.config.policy import SitePolicy, load_site_policy
 from fedalign.compliance.ledger import Ledger
-from fedalign.compliance.policy import (check_silo_config, key_fingerprint, policy_digest, raise_if_violated,
-                                      sum_violations)
+from fedalign.compliance.policy import (check_silo_config, epsilon_per_pass_violations, key_fingerprint,
+                                        policy_digest, raise_if_violated, sum_violations)
 
-__all__ = ["load_policy", "check_config", "SiloAuditTrail", "attach_policy", "app"]
+__all__ = ["load_policy", "check_config", "check_plan", "SiloAuditTrail", "attach_policy", "app"]
 
 
 def load_policy(cfg: Any) -> tuple[SitePolicy | None, Path | None]:
@@ -38,37 +38,22 @@ def _aggregator_fingerprint(cfg: Any) -> str | None:
     return key_fingerprint(load_public(cfg.resolve(cfg.federation.aggregator_public_key)))
 
 
-def _epsilon_of_pass(cfg: Any) -> Callable[[], float]:
-    """The planned ε of one pass (one shard's round, shards of a pass compose in parallel)."""
-
-    def f() -> float:
-        from fedalign.silo.privacy import compute_epsilon
-        from fedalign.silo.trainer import TrainSettings
-
-        from fedalign.silo.privacy import plan_dp
-
-        t, p, n = cfg.train, cfg.privacy, cfg.data.shard_size
-        steps_for = TrainSettings(t.batch_size, t.lr, t.optimizer, t.weight_decay, t.local_steps, t.local_epochs,
-                                  t.prox_mu).steps_for
-        sigma = p.noise_multiplier
-        if sigma is None:  # derived from the budget for the planned schedule, as the silo will
-            sigma = plan_dp(p.epsilon, p.delta, shard_sizes=[n], batch_size=t.batch_size, steps_for=steps_for,
-                            max_grad_norm=p.max_grad_norm, passes=cfg.data.max_passes,
-                            accountant=p.accountant).noise_multiplier
-        return compute_epsilon([(sigma, min(1.0, t.batch_size / n), steps_for(n))], p.delta, p.accountant)
-
-    return f
-
-
 def check_config(cfg: Any, *, networked: bool) -> SitePolicy | None:
-    """Check ``cfg`` against its site policy before any data is loaded; one error names every clause."""
+    """Check ``cfg`` against its site policy before any data is loaded; one error names every clause
+    but ``privacy.max_epsilon_per_pass``, which bounds the run's DP plan (:func:`check_plan`)."""
     policy, path = load_policy(cfg)
     if policy is None:
         return None
     fp = _aggregator_fingerprint(cfg) if networked and policy.aggregator.key_fingerprints else None
-    raise_if_violated(check_silo_config(cfg, policy, networked=networked, epsilon_of_pass=_epsilon_of_pass(cfg),
-                                        aggregator_fingerprint=fp), path)
+    raise_if_violated(check_silo_config(cfg, policy, networked=networked, aggregator_fingerprint=fp), path)
     return policy
+
+
+def check_plan(cfg: Any, policy: SitePolicy, plan: Any) -> None:
+    """The policy's ``privacy.max_epsilon_per_pass`` against the run's one DP plan (a
+    :class:`~fedalign.silo.privacy.DPPlan`, derived once the records are counted, before any model loads)."""
+    _, path = load_policy(cfg)
+    raise_if_violated(epsilon_per_pass_violations(cfg, policy, lambda: plan.epsilon_per_pass), path or "policy")
 
 
 def _transport(cfg: Any, networked: bool) -> dict[str, Any]:

@@ -123,7 +123,7 @@ def _train_local(cfg) -> dict[str, Any]:
 
     policy = check_config(cfg, networked=False)  # before any data is loaded: names every broken clause
     _refuse_foreign_state(cfg, local=True)
-    session = SiloSession(cfg, notify=say)
+    session = SiloSession(cfg, notify=say, policy=policy)  # its DP plan against the policy's per-pass clause
     trail = SiloAuditTrail(session.ledger)
     trail.run_start(cfg, policy, networked=False)
     session.record_dp_plan()

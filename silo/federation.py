@@ -231,11 +231,12 @@ class SessionTrainer:
         return self.session.declaration()
 
 
-def build_trainer(config: Any, *, notify: Callable[[str], None] | None = None) -> RoundTrainer:
-    """The local trainer for ``config`` (models, data shards, DP accountant, cursor)."""
+def build_trainer(config: Any, *, notify: Callable[[str], None] | None = None, policy: Any = None) -> RoundTrainer:
+    """The local trainer for ``config`` (models, data shards, DP accountant and plan, cursor); ``policy``
+    bounds the DP plan (``privacy.max_epsilon_per_pass``)."""
     from fedalign.silo.session import SiloSession
 
-    return SessionTrainer(SiloSession(config, notify=notify))
+    return SessionTrainer(SiloSession(config, notify=notify, policy=policy))
 
 
 def federated_train(config: Any, *, insecure_plaintext: bool = False, stop: threading.Event | None = None,
@@ -251,7 +252,7 @@ def federated_train(config: Any, *, insecure_plaintext: bool = False, stop: thre
 
     policy = check_config(config, networked=True)  # before any data is loaded: names every broken clause
     strategy_pin(config)  # a [strategy] this silo could not run is an error before any data is loaded, too
-    trainer = build_trainer(config, notify=notify)
+    trainer = build_trainer(config, notify=notify, policy=policy)
     session = trainer.session  # type: ignore[attr-defined]
     say = notify or (lambda line: None)
     report = session_report(trainer)

@@ -21,9 +21,9 @@ from fedalign.compliance.ledger import Ledger
 from fedalign.silo.data import ShardCursor, fingerprint
 from fedalign.silo.evaluate import EvalSet, evaluate, no_image_metrics, prepare_eval
 from fedalign.silo.model import AlignmentModel, build_projector, load_alignment_model
-from fedalign.silo.privacy import DPPlan, PrivacyAccountant, plan_dp
+from fedalign.silo.privacy import DPPlan, DPSettings, PrivacyAccountant, dp_settings, plan_for
 from fedalign.silo.sources import SiloInputs, load_inputs, model_paths
-from fedalign.silo.trainer import DPSettings, LocalTrainer, Params, RoundResult, TrainSettings, prepare_shard
+from fedalign.silo.trainer import LocalTrainer, Params, RoundResult, TrainSettings, prepare_shard
 
 __all__ = ["SiloSession", "load_model", "train_settings", "run_local", "model_card", "declare_model", "unknown_token_rate", "UNKNOWN_TOKENS_WARN", "UNKNOWN_TOKENS_REFUSE"]
 
@@ -73,7 +73,7 @@ class SiloSession:
 
     def __init__(self, cfg: SiloConfig, *, inputs: SiloInputs | None = None, model: AlignmentModel | None = None,
                  clock: Callable[[], float] = time.time, notify: Callable[[str], None] | None = None,
-                 group: Any = None):
+                 group: Any = None, policy: Any = None):
         from fedalign.silo import distributed
 
         self.group = group if group is not None else distributed.current()
@@ -88,28 +88,26 @@ class SiloSession:
         # another rank keeps no ledger (and reads no identity key): it would be a second writer
         self.ledger = Ledger(state / "ledger.jsonl", identity=_ledger_identity(cfg)) if self.is_main else None
         self.accountant: PrivacyAccountant | None = None
-        self.dp: DPSettings | None = None
-        if p.enabled:
-            self.dp = DPSettings(p.noise_multiplier, p.max_grad_norm, p.clipping,
-                                 t.seed if p.insecure_seeded_noise else None, passes=cfg.data.max_passes)
+        self.dp: DPSettings | None = dp_settings(cfg)
+        plan: DPPlan | None = None
+        if self.dp is not None:
             self.accountant = PrivacyAccountant(p.epsilon, p.delta, accountant=p.accountant,
                                                 state_path=state / "privacy.json", ledger=self.ledger) \
                 if self.is_main else PrivacyAccountant(p.epsilon, p.delta, accountant=p.accountant)  # plans only
-            n = min(cfg.data.shard_size, len(self.inputs.train))
-            # σ from the budget (or the override, refused if it cannot meet it), before any model loads
-            plan_dp(p.epsilon, p.delta, shard_sizes=[n], batch_size=t.batch_size, steps_for=self.settings.steps_for,
-                    max_grad_norm=p.max_grad_norm, passes=cfg.data.max_passes, noise_multiplier=p.noise_multiplier,
-                    accountant=p.accountant)
+            # the run's one plan: σ from the budget (or the override, refused if it cannot meet it),
+            # before any model loads; the trainer, the policy, the ledger and the log all get this one
+            plan = plan_for(self.dp, self.accountant, self.settings, [min(cfg.data.shard_size, len(self.inputs.train))])
+            if policy is not None and self.is_main:
+                from fedalign.silo.audit import check_plan
+
+                check_plan(cfg, policy, plan)
         self.model = model = model if model is not None else load_model(cfg, notify=self.notify)
         self._check_vocabulary()
         self.trainer = LocalTrainer(model, self.settings, dp=self.dp, accountant=self.accountant,
-                                    generator=torch.Generator().manual_seed(t.seed), group=self.group)
-        self.dp_plan: DPPlan | None = None
-        if self.dp is not None:
-            self.dp_plan = self.trainer.plan_dp([min(cfg.data.shard_size, len(self.inputs.train))])
-            assert self.dp_plan is not None
-            if self.is_main:
-                print(f"[{cfg.federation.silo_id or 'silo'}] {self.dp_plan.describe()}", file=sys.stderr, flush=True)
+                                    generator=torch.Generator().manual_seed(t.seed), group=self.group, plan=plan)
+        self.dp_plan: DPPlan | None = self.trainer.dp_plan
+        if self.dp_plan is not None and self.is_main:
+            print(f"[{cfg.federation.silo_id or 'silo'}] {self.dp_plan.describe()}", file=sys.stderr, flush=True)
         self._plan_recorded = False  # the plan goes to the ledger after the run's policy entry
         self._cursor: ShardCursor | None = None
         self._eval: EvalSet | None = None
@@ -197,27 +195,29 @@ class SiloSession:
         assert self.is_main, "only rank 0 draws shards; the other ranks serve()"
         self.check_params(global_params)
         self.record_dp_plan()
-        if self.accountant is not None:
+        admitted = None
+        if self.accountant is not None:  # the round's one budget check, before a shard is drawn
             nxt = self.cursor.peek_shard(self.cfg.data.shard_size)
-            self.accountant.check(self.trainer.plan(len(nxt.indices), pass_index=nxt.pass_index,
-                                                    shard_index=nxt.shard_index))
+            admitted = self.trainer.admit(len(nxt.indices), pass_index=nxt.pass_index, shard_index=nxt.shard_index)
         shard = self.cursor.next_shard(self.cfg.data.shard_size)
         if self.group is None:
             data = prepare_shard(self.model, [self.inputs.train[i] for i in shard.indices],
                                  pass_index=shard.pass_index, shard_index=shard.shard_index)
-            return self.trainer.train_round(global_params, data)
+            return self.trainer.train_round(global_params, data, admitted=admitted)
         self.group.send_round(shard.indices, shard.pass_index, shard.shard_index, global_params)
-        res = self._train_slice(global_params, list(shard.indices), shard.pass_index, shard.shard_index)
+        res = self._train_slice(global_params, list(shard.indices), shard.pass_index, shard.shard_index, admitted)
         self.group.mid_round = False  # stays True when the round failed here: the ranks are not listening
         return res
 
-    def _train_slice(self, params: Params, indices: list[int], pass_index: int, shard_index: int) -> RoundResult:
-        """This rank's part of a round of a multi-process silo: its contiguous slice of the shard."""
+    def _train_slice(self, params: Params, indices: list[int], pass_index: int, shard_index: int,
+                     admitted: Any = None) -> RoundResult:
+        """This rank's part of a round of a multi-process silo: its contiguous slice of the shard
+        (``admitted``: rank 0's admission of the round's charge)."""
         assert self.group is not None
         lo, hi = self.group.chunk(len(indices))
         data = prepare_shard(self.model, [self.inputs.train[i] for i in indices[lo:hi]], pass_index=pass_index,
                              shard_index=shard_index, offset=lo, total=len(indices))
-        return self.trainer.train_round(params, data)
+        return self.trainer.train_round(params, data, admitted=admitted)
 
     def serve(self) -> int:
         """A rank other than 0: train each round rank 0 broadcasts until it says stop; returns the

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
@@ -20,10 +20,10 @@ import torch
 from fedalign.protocol.errors import PrivacyError
 from fedalign.silo.data import Sample, open_image
 from fedalign.silo.model import AlignmentModel, TokenBatch
-from fedalign.silo.privacy import (DPPlan, DPProjectorTrainer, PrivacyAccountant, RoundCharge, dp_generator, plan_dp,
-                                   poisson_batches)
+from fedalign.silo.privacy import (Admission, DPPlan, DPProjectorTrainer, DPSettings, PrivacyAccountant, RoundCharge,
+                                   dp_generator, plan_for, poisson_batches)
 
-__all__ = ["TrainSettings", "DPSettings", "ShardData", "RoundResult", "LocalTrainer", "prepare_shard",
+__all__ = ["TrainSettings", "ShardData", "RoundResult", "LocalTrainer", "prepare_shard",
            "feature_device", "train_rounds", "Params"]
 
 Params = dict[str, torch.Tensor]
@@ -45,18 +45,6 @@ class TrainSettings:
         if self.local_steps is not None:
             return self.local_steps
         return max(1, math.ceil(self.local_epochs * n / self.batch_size))
-
-
-@dataclass(frozen=True)
-class DPSettings:
-    """``noise_multiplier=None``: derived from the accountant's (ε, δ) budget for the planned
-    schedule (:meth:`LocalTrainer.plan_dp`); a number is the expert override, checked against it."""
-
-    noise_multiplier: float | None
-    max_grad_norm: float
-    clipping: Literal["ghost", "per_sample"] = "ghost"
-    insecure_seed: int | None = None  # INSECURE: tests only; None = OS-seeded noise and sampling
-    passes: int = 1  # planned passes over the data (each composes; the plan covers all of them)
 
 
 @dataclass
@@ -175,9 +163,11 @@ class RoundResult:
 class LocalTrainer:
     """Trains the model's projector from given global parameters on one shard at a time.
 
-    With ``dp`` set, an ``accountant`` is required: the round's charge is checked before any
-    compute and committed before the update is returned (fail closed: on
-    :class:`PrivacyBudgetExceeded` no update exists outside this call).
+    With ``dp`` set, an ``accountant`` is required: the round's charge is admitted once, before any
+    compute (:meth:`admit`, which a caller that draws shards calls before drawing one), and committed
+    before the update is returned (fail closed: on :class:`PrivacyBudgetExceeded` no update exists
+    outside this call). ``plan``: the run's :class:`DPPlan` when the caller derived it already (the
+    session, before any model loaded); otherwise :meth:`plan_dp` derives it, once.
 
     ``group`` (:mod:`silo.distributed`): one rank of a multi-process silo. Rank 0 draws the
     logical batches (as one process would) and broadcasts them; each rank trains on the members
@@ -187,7 +177,7 @@ class LocalTrainer:
 
     def __init__(self, model: AlignmentModel, settings: TrainSettings, *, dp: DPSettings | None = None,
                  accountant: PrivacyAccountant | None = None, generator: torch.Generator | None = None,
-                 group: Any = None):
+                 group: Any = None, plan: DPPlan | None = None):
         if dp is not None and accountant is None:
             raise PrivacyError("DP training needs a PrivacyAccountant (the budget must be checked)")
         self.model = model
@@ -197,27 +187,28 @@ class LocalTrainer:
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self._dp_gen = dp_generator(dp.insecure_seed, model.device) if dp else None
         self._sample_gen = dp_generator(None if dp.insecure_seed is None else dp.insecure_seed + 1) if dp else None
-        self.dp_plan: DPPlan | None = None
         self.group = group
+        self.dp_plan: DPPlan | None = None
+        if plan is not None and dp is not None:  # the run's plan, completed with how many values this model noises
+            self.dp_plan = plan if plan.n_params else replace(plan, n_params=self._noised_values())
 
     @property
     def is_main(self) -> bool:
         return self.group is None or self.group.is_main
 
     # -- planning -------------------------------------------------------------------------
+    def _noised_values(self) -> int:
+        return sum(p.numel() for p in self.model.projector.parameters())
+
     def plan_dp(self, shard_sizes: Sequence[int]) -> DPPlan | None:
         """Fix the run's DP schedule for shards of ``shard_sizes`` (None without DP): σ from the budget
-        (or the override, refused when it cannot meet the budget). Call before training; a round on
-        an unplanned shard size plans for that size alone."""
+        (or the override, refused when it cannot meet the budget). Call before training, unless the plan
+        was given; a trainer without one plans, once, for its first round's shard size."""
         if self.dp is None:
             return None
         assert self.accountant is not None
-        acc = self.accountant
-        self.dp_plan = plan_dp(acc.epsilon_budget, acc.delta, shard_sizes=list(shard_sizes),
-                               batch_size=self.settings.batch_size, steps_for=self.settings.steps_for,
-                               max_grad_norm=self.dp.max_grad_norm, passes=self.dp.passes,
-                               noise_multiplier=self.dp.noise_multiplier, accountant=acc.accountant,  # type: ignore[arg-type]
-                               n_params=sum(p.numel() for p in self.model.projector.parameters()))
+        self.dp_plan = plan_for(self.dp, self.accountant, self.settings, list(shard_sizes),
+                                n_params=self._noised_values())
         return self.dp_plan
 
     @property
@@ -233,6 +224,16 @@ class LocalTrainer:
         assert self.dp_plan is not None
         return RoundCharge(self.dp_plan.noise_multiplier, min(1.0, self.settings.batch_size / n),
                            self.settings.steps_for(n), pass_index, shard_index, n)
+
+    def admit(self, n: int, *, pass_index: int = 0, shard_index: int = 0) -> Admission | None:
+        """The round's one budget check: the charge of a round on ``n`` records, admitted by the
+        accountant (PrivacyBudgetExceeded when it would pass the budget); None without DP and on a rank
+        other than 0 (rank 0 alone holds the budget)."""
+        charge = self.plan(n, pass_index=pass_index, shard_index=shard_index)
+        if charge is None or not self.is_main:
+            return None
+        assert self.accountant is not None
+        return self.accountant.admit(charge)
 
     def _batches(self, n: int, steps: int) -> list[torch.Tensor]:
         if self.dp is not None:  # Poisson sampling: what the accountant assumes
@@ -256,29 +257,36 @@ class LocalTrainer:
         return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
 
     # -- the round --------------------------------------------------------------------------
-    def train_round(self, global_params: Params, shard: ShardData, *, basis: Params | None = None) -> RoundResult:
+    def train_round(self, global_params: Params, shard: ShardData, *, basis: Params | None = None,
+                    admitted: Admission | None = None) -> RoundResult:
         """Train from ``global_params`` on ``shard``; return Δ, count, metrics, ε (charged).
 
         ``basis`` (weight name -> U, m×r, public and shared): train those weights only as
-        W_t + U·C (:mod:`silo.subspace`); under DP the noise then lives in r·n dimensions."""
+        W_t + U·C (:mod:`silo.subspace`); under DP the noise then lives in r·n dimensions.
+        ``admitted``: this round's charge as :meth:`admit` returned it before the shard was drawn;
+        without it the round is admitted here, before any compute."""
         model, s = self.model, self.settings
         if basis and s.prox_mu > 0:
             raise PrivacyError("FedProx with subspace training is not supported")
         n = shard.size
         steps = s.steps_for(n)
-        charge = self.plan(n, pass_index=shard.pass_index, shard_index=shard.shard_index)
-        if charge is not None and self.is_main:
-            assert self.accountant is not None
-            self.accountant.check(charge)  # before spending compute on a round that cannot be sent
+        if admitted is None:
+            admitted = self.admit(n, pass_index=shard.pass_index, shard_index=shard.shard_index)
+        elif (admitted.charge.shard_size, admitted.charge.pass_index, admitted.charge.shard_index) != (
+                n, shard.pass_index, shard.shard_index):
+            raise PrivacyError(f"the round was admitted for {admitted.charge.shard_size} records of shard "
+                               f"{admitted.charge.shard_index} (pass {admitted.charge.pass_index}), not for this shard")
+        charge = admitted.charge if admitted is not None else self.plan(n, pass_index=shard.pass_index,
+                                                                        shard_index=shard.shard_index)
         was_training = model.projector.training
         model.projector.train()  # Opacus' hooks record activations in train mode only
         try:
-            return self._train(global_params, shard, basis, n, steps, charge)
+            return self._train(global_params, shard, basis, n, steps, charge, admitted)
         finally:
             model.projector.train(was_training)
 
     def _train(self, global_params: Params, shard: ShardData, basis: Params | None, n: int, steps: int,
-               charge: RoundCharge | None) -> RoundResult:
+               charge: RoundCharge | None, admitted: Admission | None) -> RoundResult:
         model, s, group = self.model, self.settings, self.group
         model.load_projector_state(global_params)
         anchor = model.projector_state()  # clones: the parameters change in place below
@@ -359,9 +367,9 @@ class LocalTrainer:
         if dp is not None:
             metrics["noise_multiplier"] = charge.noise_multiplier  # type: ignore[union-attr]
         eps = None
-        if charge is not None and self.is_main:
+        if admitted is not None:
             assert self.accountant is not None
-            eps = self.accountant.charge(charge)  # committed before the update is handed out
+            eps = self.accountant.commit(admitted)  # committed before the update is handed out
         return RoundResult(delta, n, metrics, eps, charge)
 
     def _prox(self, named, anchor) -> Callable[[], None]:

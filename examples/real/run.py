@@ -258,8 +258,8 @@ class DigitFederation:
 
     def local_update(self, params, silo, rnd, prox_mu):
         from fedalign.lab.problem import LocalResult
-        from fedalign.silo.privacy import PrivacyAccountant
-        from fedalign.silo.trainer import DPSettings, LocalTrainer
+        from fedalign.silo.privacy import DPSettings, PrivacyAccountant
+        from fedalign.silo.trainer import LocalTrainer
 
         if silo not in self.trainers:
             dp = acc = None

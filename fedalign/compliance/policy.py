@@ -79,13 +79,8 @@ def check_silo_config(cfg: Any, policy: SitePolicy, *, networked: bool,
             out.append(f"privacy.max_epsilon: privacy.epsilon = {p.epsilon:g} is over the policy's {pr.max_epsilon:g}")
         if pr.max_delta is not None and p.delta > pr.max_delta:
             out.append(f"privacy.max_delta: privacy.delta = {p.delta:g} is over the policy's {pr.max_delta:g}")
-        if pr.max_epsilon_per_pass is not None and p.enabled and epsilon_of_pass is not None:
-            eps = epsilon_of_pass()
-            if eps > pr.max_epsilon_per_pass:
-                out.append(f"privacy.max_epsilon_per_pass: one pass as configured costs ε = {eps:.4g} "
-                           f"(privacy.noise_multiplier {'derived' if p.noise_multiplier is None else format(p.noise_multiplier, 'g')}, train.batch_size "
-                           f"{cfg.train.batch_size}, data.shard_size {cfg.data.shard_size}), over the policy's "
-                           f"{pr.max_epsilon_per_pass:g}")
+        if epsilon_of_pass is not None:
+            out += epsilon_per_pass_violations(cfg, policy, epsilon_of_pass)
     if run.max_passes is not None and cfg.data.max_passes > run.max_passes:
         out.append(f"run.max_passes: data.max_passes = {cfg.data.max_passes} is over the policy's {run.max_passes}")
     if run.max_rounds is not None and not networked and cfg.train.rounds > run.max_rounds:
@@ -104,6 +99,21 @@ def check_silo_config(cfg: Any, policy: SitePolicy, *, networked: bool,
     if networked and cfg.strategy.allow_reliability_under_dp and not st.allow_reliability_under_dp:
         out.append("strategy.allow_reliability_under_dp: strategy.allow_reliability_under_dp = true is not allowed")
     return out
+
+
+def epsilon_per_pass_violations(cfg: Any, policy: SitePolicy, epsilon_of_pass: Callable[[], float]) -> list[str]:
+    """The ``privacy.max_epsilon_per_pass`` clause alone: ``epsilon_of_pass`` computes what one pass of
+    the run's DP plan costs (called only when the clause applies)."""
+    pr, p = policy.privacy, cfg.privacy
+    if pr.max_epsilon_per_pass is None or not p.enabled:
+        return []
+    eps = epsilon_of_pass()
+    if eps <= pr.max_epsilon_per_pass:
+        return []
+    return [f"privacy.max_epsilon_per_pass: one pass as configured costs ε = {eps:.4g} "
+            f"(privacy.noise_multiplier {'derived' if p.noise_multiplier is None else format(p.noise_multiplier, 'g')}, train.batch_size "
+            f"{cfg.train.batch_size}, data.shard_size {cfg.data.shard_size}), over the policy's "
+            f"{pr.max_epsilon_per_pass:g}"]
 
 
 def check_aggregator_config(cfg: Any, policy: AggregatorSitePolicy, roster_silos: Sequence[str]) -> list[str]:

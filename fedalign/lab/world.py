@@ -67,7 +67,8 @@ class WorldFederation:
     def __init__(self, scenario: str, opts) -> None:
         from fedalign.silo.sources import world_records
         from fedalign.silo.model import load_alignment_model
-        from fedalign.silo.trainer import DPSettings, LocalTrainer, TrainSettings, prepare_shard
+        from fedalign.silo.privacy import DPSettings
+        from fedalign.silo.trainer import LocalTrainer, TrainSettings, prepare_shard
         from fedalign.world.build import build_world
         from fedalign.world.scenarios import make_scenario
         from fedalign.world.spec import TINY_SPEC, WorldSpec
@@ -190,7 +191,7 @@ class WorldFederation:
         """Change the silos' training settings (TrainSettings fields) and/or DP options
         (``dict(noise_multiplier=None|σ, max_grad_norm, epsilon, delta)``, or None for no DP) between
         runs on the same prepared shards; fresh trainers and accountants follow."""
-        from fedalign.silo.trainer import DPSettings
+        from fedalign.silo.privacy import DPSettings
 
         for k in ("subspace_rank", "subspace_basis", "sampling", "public_warm_start"):
             if k in train:

@@ -9,8 +9,8 @@ import torch
 from fedalign.protocol.errors import PrivacyBudgetExceeded
 from fedalign.silo.data import Sample
 from fedalign.silo.model import IMAGE_TOKEN
-from fedalign.silo.privacy import PrivacyAccountant, compute_epsilon, noise_for_budget, plan_dp
-from fedalign.silo.trainer import DPSettings, LocalTrainer, TrainSettings, prepare_shard
+from fedalign.silo.privacy import DPSettings, PrivacyAccountant, compute_epsilon, noise_for_budget, plan_dp
+from fedalign.silo.trainer import LocalTrainer, TrainSettings, prepare_shard
 from tests.silo.conftest import make_samples
 
 

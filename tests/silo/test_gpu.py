@@ -12,8 +12,8 @@ import torch
 
 from fedalign.silo.data import Sample
 from fedalign.silo.model import IMAGE_TOKEN, load_alignment_model
-from fedalign.silo.privacy import PrivacyAccountant
-from fedalign.silo.trainer import DPSettings, LocalTrainer, ShardData, TrainSettings, feature_device, prepare_shard
+from fedalign.silo.privacy import DPSettings, PrivacyAccountant
+from fedalign.silo.trainer import LocalTrainer, ShardData, TrainSettings, feature_device, prepare_shard
 from tests.silo.conftest import make_samples
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh)")

@@ -6,7 +6,8 @@ from fedalign.silo.data import Sample
 from fedalign.silo.model import IMAGE_TOKEN, build_projector
 from fedalign.silo.privacy import PrivacyAccountant
 from fedalign.silo.subspace import SubspaceProjector, public_basis, subspace_numel
-from fedalign.silo.trainer import DPSettings, LocalTrainer, TrainSettings, prepare_shard
+from fedalign.silo.privacy import DPSettings
+from fedalign.silo.trainer import LocalTrainer, TrainSettings, prepare_shard
 from tests.silo.conftest import make_samples
 
 

@@ -6,8 +6,8 @@ import torch
 from fedalign.protocol.errors import PrivacyBudgetExceeded
 from fedalign.silo.data import Sample
 from fedalign.silo.model import IMAGE_TOKEN
-from fedalign.silo.privacy import PrivacyAccountant
-from fedalign.silo.trainer import DPSettings, LocalTrainer, TrainSettings, prepare_shard, train_rounds
+from fedalign.silo.privacy import DPSettings, PrivacyAccountant
+from fedalign.silo.trainer import LocalTrainer, TrainSettings, prepare_shard, train_rounds
 from silo_samples import make_samples
 
 

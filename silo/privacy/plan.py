@@ -1,0 +1,142 @@
+"""A silo's DP plan: the noise multiplier for its schedule, derived once per run from the budget.
+
+The user states (ε, δ); :func:`plan_dp` derives σ for the planned schedule (Poisson rate q = batch
+/ shard size, T steps a round, ``passes`` passes) with the accountant the silo reports with, so
+the plan's ε is what the ledger will show. An expert σ (``privacy.noise_multiplier``) is refused
+when its schedule cannot meet the budget. A run derives its plan once (:func:`plan_for`: the
+session before any model loads, or :meth:`silo.trainer.LocalTrainer.plan_dp`) and passes the
+:class:`DPPlan` on: to the trainer, to the policy's per-pass clause, to the ledger, to the log.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+from fedalign.protocol.errors import PrivacyBudgetExceeded, PrivacyError
+from fedalign.silo.privacy.accountant import compute_epsilon
+from fedalign.silo.privacy.settings import DPSettings
+
+__all__ = ["DPPlan", "plan_dp", "plan_for", "noise_for_budget"]
+
+def noise_for_budget(epsilon: float, delta: float, sample_rate: float, steps: int, *, passes: int = 1,
+                     accountant: Literal["rdp", "prv"] = "rdp", rtol: float = 0.002,
+                     max_noise: float = 200.0) -> float:
+    """The smallest noise multiplier σ (to ``rtol``) whose ``passes`` × (σ, q, T) history costs ≤ ε.
+
+    Uses :func:`compute_epsilon`, the accountant the silo reports with, so the derived plan's ε
+    is what the ledger will show. Bisection on σ (ε decreases monotonically in σ).
+    Raises :class:`PrivacyBudgetExceeded` when not even ``max_noise`` meets the budget.
+    """
+    if epsilon <= 0 or not 0 < delta < 1:
+        raise PrivacyError(f"budget needs epsilon > 0 and 0 < delta < 1, got ({epsilon}, {delta})")
+    if not 0 < sample_rate <= 1 or steps < 1 or passes < 1:
+        raise PrivacyError(f"bad schedule: sample rate {sample_rate}, steps {steps}, passes {passes}")
+
+    def eps(sigma: float) -> float:
+        with warnings.catch_warnings():  # the search visits σ where the optimal RDP order is at the range's end
+            warnings.simplefilter("ignore")
+            return compute_epsilon([(sigma, sample_rate, steps)] * passes, delta, accountant)
+
+    if eps(max_noise) > epsilon:
+        raise PrivacyBudgetExceeded(
+            f"impossible privacy budget: cannot meet epsilon={epsilon:g}, delta={delta:g}: even noise multiplier "
+            f"{max_noise:g} costs epsilon {eps(max_noise):.4g} for {passes} pass(es) of {steps} steps at "
+            f"sample rate {sample_rate:.4g}; use fewer steps, a smaller sample rate or a larger budget")
+    lo, hi = 0.05, max_noise
+    if eps(lo) <= epsilon:
+        return lo
+    while hi / lo > 1 + rtol:
+        mid = (lo * hi) ** 0.5
+        if eps(mid) <= epsilon:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+@dataclass(frozen=True)
+class DPPlan:
+    """A silo's DP schedule for a run, fixed before training: what every round will be charged.
+
+    ``sample_rate`` and ``steps`` are the dominating (largest) ones over the planned shards, so a
+    run that follows the plan spends at most ``epsilon`` (the pass's accountant charge is
+    (min σ, max q, max T)).
+    """
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    passes: int
+    shard_size: int
+    batch_size: int
+    max_grad_norm: float
+    epsilon: float  # what the accountant computes for the planned schedule
+    epsilon_budget: float
+    delta: float
+    accountant: str
+    derived: bool  # True: σ derived from the budget; False: the expert override was used
+    n_params: int = 0  # d: values trained, and noised, per step (r·n per factored weight in a subspace)
+
+    def describe(self) -> str:
+        """One line for logs: σ, q, steps, passes, ε, and the noise against the clipped signal."""
+        rel = ""
+        if self.n_params:  # noise norm on the averaged gradient, in units of the clip norm
+            rel = (f", noise/clip on the mean gradient ≈ σ·√d/B = "
+                   f"{self.noise_multiplier * self.n_params ** 0.5 / max(self.batch_size, 1):.3g}")
+        src = "derived from the budget" if self.derived else "expert override privacy.noise_multiplier"
+        epochs = self.steps * self.sample_rate  # expected visits of each record of the round's shard
+        return (f"DP plan: noise multiplier σ={self.noise_multiplier:.4g} ({src}), Poisson rate q="
+                f"{self.sample_rate:.4g} (batch {self.batch_size} of shard {self.shard_size}), {self.steps} "
+                f"steps/round (each record of the shard seen {epochs:.3g}× on average), {self.passes} pass(es) "
+                f"over the data composed, clip C={self.max_grad_norm:g} -> epsilon="
+                f"{self.epsilon:.4g} of budget {self.epsilon_budget:g} at delta={self.delta:g} "
+                f"({self.accountant}){rel}")
+
+    @property
+    def epsilon_per_pass(self) -> float:
+        """ε of one pass of this plan (one round's shard: shards of a pass compose in parallel), by the
+        plan's accountant: what a site policy's ``max_epsilon_per_pass`` bounds."""
+        return compute_epsilon([(self.noise_multiplier, self.sample_rate, self.steps)], self.delta,
+                               self.accountant)  # type: ignore[arg-type]
+
+
+def plan_dp(epsilon: float, delta: float, *, shard_sizes: list[int], batch_size: int,
+            steps_for: Callable[[int], int], max_grad_norm: float, passes: int = 1,
+            noise_multiplier: float | None = None, accountant: Literal["rdp", "prv"] = "rdp",
+            n_params: int = 0) -> DPPlan:
+    """The DP plan for shards of ``shard_sizes`` (Poisson rate q = batch/size, T = steps_for(size)).
+
+    ``noise_multiplier=None`` derives σ from (ε, δ) for the dominating (max q, max T) schedule;
+    a given σ is the expert override and is refused (:class:`PrivacyBudgetExceeded`) when its
+    schedule cannot meet the budget.
+    """
+    sizes = [int(n) for n in shard_sizes if n > 0]
+    if not sizes:
+        raise PrivacyError("DP plan: no non-empty shard")
+    q = max(min(1.0, batch_size / n) for n in sizes)
+    T = max(steps_for(n) for n in sizes)
+    if noise_multiplier is None:
+        sigma, derived = noise_for_budget(epsilon, delta, q, T, passes=passes, accountant=accountant), True
+    else:
+        sigma, derived = float(noise_multiplier), False
+    eps = compute_epsilon([(sigma, q, T)] * passes, delta, accountant)
+    if eps > epsilon:
+        raise PrivacyBudgetExceeded(
+            f"impossible privacy budget: the planned schedule ({passes} pass(es) of {T} steps at sample rate "
+            f"{q:.4g}, noise multiplier {sigma:g}) costs epsilon {eps:.4g} > privacy.epsilon {epsilon:g} "
+            f"(delta {delta:g}); leave privacy.noise_multiplier unset to derive it from the budget, or use "
+            "fewer local steps / a smaller batch")
+    return DPPlan(sigma, q, T, passes, max(sizes), batch_size, max_grad_norm, eps, epsilon, delta, accountant,
+                  derived, n_params)
+
+
+def plan_for(dp: DPSettings, accountant: Any, train: Any, shard_sizes: list[int], *, n_params: int = 0) -> DPPlan:
+    """The run's plan from its settings: ``dp`` (σ override, clip, passes), the budget the
+    ``accountant`` holds (ε, δ, which accountant), ``train``'s batch size and steps per shard
+    (``train.steps_for``), for shards of ``shard_sizes``."""
+    return plan_dp(accountant.epsilon_budget, accountant.delta, shard_sizes=list(shard_sizes),
+                   batch_size=train.batch_size, steps_for=train.steps_for, max_grad_norm=dp.max_grad_norm,
+                   passes=dp.passes, noise_multiplier=dp.noise_multiplier, accountant=accountant.accountant,
+                   n_params=n_params)
