@@ -18,7 +18,7 @@ from fedalign.protocol.errors import PrivacyBudgetExceeded, PrivacyError
 from fedalign.silo.privacy.accountant import compute_epsilon
 from fedalign.silo.privacy.settings import DPSettings
 
-__all__ = ["DPPlan", "plan_dp", "plan_for", "noise_for_budget"]
+__all__ = ["DPPlan", "plan_dp", "plan_for", "noise_for_budget", "NOISE_TO_CLIP_WARN"]
 
 def noise_for_budget(epsilon: float, delta: float, sample_rate: float, steps: int, *, passes: int = 1,
                      accountant: Literal["rdp", "prv"] = "rdp", rtol: float = 0.002,
@@ -56,6 +56,22 @@ def noise_for_budget(epsilon: float, delta: float, sample_rate: float, steps: in
     return hi
 
 
+NOISE_TO_CLIP_WARN = 10.0
+"""The plan warns when σ·√d/B, the norm of one step's noise on the mean gradient in units of the
+clip norm C, is above this.
+
+A step's signal on the mean gradient is at most C (every clipped per-sample gradient pointing the
+same way) and usually much less. Over T steps the signal adds up linearly and the independent
+noise as √T, so at a ratio r even perfectly aligned gradients need about r² steps before the
+summed signal is as large as the summed noise: 100 steps at r = 10, more than a round, and often
+more than a whole run, of a silo here takes. The measurements agree: the DP runs that learned sat
+at 0.5-1 (results/dp_notes.md; the real digits' public subspace, results/real_notes.md), while
+the real digits' full projector at 17.9 and 52 stayed at chance. 10 rather than a lower figure
+because the warning is for plans that cannot learn, not for every hard one: the digits at 7 also
+failed with 12 steps, but a run of a few hundred steps can average that down.
+"""
+
+
 @dataclass(frozen=True)
 class DPPlan:
     """A silo's DP schedule for a run, fixed before training: what every round will be charged.
@@ -79,12 +95,34 @@ class DPPlan:
     derived: bool  # True: σ derived from the budget; False: the expert override was used
     n_params: int = 0  # d: values trained, and noised, per step (r·n per factored weight in a subspace)
 
+    @property
+    def noise_to_clip(self) -> float | None:
+        """σ·√d/B: one step's noise norm on the averaged gradient, in units of the clip norm (None when
+        d, ``n_params``, is not known)."""
+        if not self.n_params:
+            return None
+        return self.noise_multiplier * self.n_params ** 0.5 / max(self.batch_size, 1)
+
+    def warning(self) -> str | None:
+        """A warning naming the knobs when the noise drowns any signal a step can carry
+        (``noise_to_clip`` > :data:`NOISE_TO_CLIP_WARN`), else None."""
+        r = self.noise_to_clip
+        if r is None or r <= NOISE_TO_CLIP_WARN:
+            return None
+        expert = "" if self.derived else ", or lower the expert override privacy.noise_multiplier"
+        return (f"warning: noise/clip on the mean gradient ≈ {r:.3g} > {NOISE_TO_CLIP_WARN:g}: each step's noise is "
+                f"{r:.3g}× the largest signal a step can carry (σ·√d/B, d = {self.n_params} noised values), so this "
+                f"plan is not expected to learn. Lower it: raise train.batch_size (the expected Poisson batch B, now "
+                f"{self.batch_size}; train.physical_batch_size runs it as micro-batches when memory is short), lower "
+                f"data.max_passes (now {self.passes}: fewer passes need less σ), or raise privacy.epsilon (now "
+                f"{self.epsilon_budget:g}){expert}")
+
     def describe(self) -> str:
-        """One line for logs: σ, q, steps, passes, ε, and the noise against the clipped signal."""
+        """For logs: one line with σ, q, steps, passes, ε and the noise against the clipped signal, and a
+        second line with :meth:`warning` when the plan is not expected to learn."""
         rel = ""
         if self.n_params:  # noise norm on the averaged gradient, in units of the clip norm
-            rel = (f", noise/clip on the mean gradient ≈ σ·√d/B = "
-                   f"{self.noise_multiplier * self.n_params ** 0.5 / max(self.batch_size, 1):.3g}")
+            rel = f", noise/clip on the mean gradient ≈ σ·√d/B = {self.noise_to_clip:.3g}"
         src = "derived from the budget" if self.derived else "expert override privacy.noise_multiplier"
         epochs = self.steps * self.sample_rate  # expected visits of each record of the round's shard
         return (f"DP plan: noise multiplier σ={self.noise_multiplier:.4g} ({src}), Poisson rate q="
@@ -92,7 +130,7 @@ class DPPlan:
                 f"steps/round (each record of the shard seen {epochs:.3g}× on average), {self.passes} pass(es) "
                 f"over the data composed, clip C={self.max_grad_norm:g} -> epsilon="
                 f"{self.epsilon:.4g} of budget {self.epsilon_budget:g} at delta={self.delta:g} "
-                f"({self.accountant}){rel}")
+                f"({self.accountant}){rel}") + ("\n" + self.warning() if self.warning() else "")
 
     @property
     def epsilon_per_pass(self) -> float:

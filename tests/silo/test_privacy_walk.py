@@ -1,9 +1,11 @@
 """The walk of ε through a silo run: the DP plan is derived once per run and passed on, the budget is
-checked once per round, and the site policy's per-pass clause bounds that one plan."""
+checked once per round, the site policy's per-pass clause bounds that one plan, and the printed plan
+warns, naming the knobs, when its noise drowns anything a step can learn."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from typer.testing import CliRunner
@@ -13,8 +15,29 @@ from test_cli import _toml
 from fedalign.host.cli_errors import EXIT_CODES
 from fedalign.protocol.errors import ConfigError
 from fedalign.silo.cli import app
+from fedalign.silo.privacy import NOISE_TO_CLIP_WARN, plan_dp
 
 runner = CliRunner()
+
+
+def test_the_plan_warns_and_names_the_knobs_when_the_noise_drowns_the_signal():
+    # issue 27's real-image silo: Poisson batch 16 of a 55-record shard, the whole 1.07 M-weight projector
+    drowned = plan_dp(8.0, 1e-5, shard_sizes=[55], batch_size=16, steps_for=lambda n: math.ceil(n / 16),
+                      max_grad_norm=1.0, n_params=1_070_000)
+    assert drowned.noise_to_clip > NOISE_TO_CLIP_WARN
+    warning = drowned.warning()
+    assert warning is not None and f"{drowned.noise_to_clip:.3g}" in warning
+    for knob in ("train.batch_size", "train.physical_batch_size", "data.max_passes", "privacy.epsilon"):
+        assert knob in warning, knob
+    assert "privacy.noise_multiplier" not in warning  # σ was derived: not a knob here
+    assert drowned.describe().splitlines()[1] == warning  # the printed plan carries it
+    override = plan_dp(50.0, 1e-5, shard_sizes=[55], batch_size=16, steps_for=lambda n: 4, max_grad_norm=1.0,
+                       noise_multiplier=2.0, n_params=1_070_000)
+    assert "privacy.noise_multiplier" in override.warning()
+    # a plan that can learn (results/dp_notes.md: 0.5-1 of the clip) prints one line, no warning
+    fine = plan_dp(8.0, 1e-5, shard_sizes=[4096], batch_size=1024, steps_for=lambda n: 8, max_grad_norm=1.0,
+                   n_params=29_000)
+    assert fine.noise_to_clip < 1 and fine.warning() is None and len(fine.describe().splitlines()) == 1
 
 
 def test_a_run_derives_its_plan_once_and_checks_the_budget_once_a_round(tmp_path, tiny_dir, data_files, monkeypatch):
