@@ -48,8 +48,8 @@ def _epsilon_of_pass(cfg: Any) -> Callable[[], float]:
         from fedalign.silo.privacy import plan_dp
 
         t, p, n = cfg.train, cfg.privacy, cfg.data.shard_size
-        steps_for = TrainSettings(t.batch_size, t.lr, t.optimizer, t.weight_decay, t.local_steps, t.local_epochs,
-                                  t.prox_mu).steps_for
+        steps_for = TrainSettings(t.batch_size, t.lr, t.optimizer, t.weight_decay, t.local_steps,
+                                  t.local_epochs).steps_for
         sigma = p.noise_multiplier
         if sigma is None:  # derived from the budget for the planned schedule, as the silo will
             sigma = plan_dp(p.epsilon, p.delta, shard_sizes=[n], batch_size=t.batch_size, steps_for=steps_for,
