@@ -38,7 +38,7 @@ class FixedUpdate:
     def __init__(self, index: int) -> None:
         self.index = index
 
-    def train(self, round_id, params):
+    def train(self, round_id, params, *, prox_mu=0.0):
         g = torch.Generator().manual_seed(1000 * self.index + round_id)
         return TrainedUpdate({k: 1e-3 * torch.randn(v.shape, generator=g) for k, v in params.items()}, 64)
 

@@ -73,7 +73,7 @@ class SharedToyTrainer:
     def __init__(self, fed, index: int) -> None:
         self.fed, self.index = fed, index
 
-    def train(self, round_id, params):
+    def train(self, round_id, params, *, prox_mu=0.0):
         from fedalign.silo.store import TrainedUpdate
 
         res = self.fed.local_update(params, self.index, round_id, 0.0)

@@ -191,11 +191,12 @@ class Group:
 
     # -- the round protocol ------------------------------------------------------------------
     def send_round(self, indices: Sequence[int], pass_index: int, shard_index: int,
-                   params: dict[str, torch.Tensor]) -> None:
-        """Rank 0: start a round on the other ranks (shard indices, then θ in sorted key order)."""
+                   params: dict[str, torch.Tensor], prox_mu: float = 0.0) -> None:
+        """Rank 0: start a round on the other ranks (shard indices and the strategy's FedProx μ, then θ
+        in sorted key order)."""
         assert self.is_main
         self.broadcast_json({"op": "round", "indices": [int(i) for i in indices], "pass_index": pass_index,
-                             "shard_index": shard_index}, what="a round")
+                             "shard_index": shard_index, "prox_mu": float(prox_mu)}, what="a round")
         self.mid_round = True
         self.broadcast_([params[k] for k in sorted(params)])
 

@@ -61,11 +61,11 @@ def strategy_pin(config: Any) -> StrategyPin:
         if isinstance(own[k], bool) or not isinstance(own[k], (int, float)):
             raise ConfigError(f"[strategy] ranges: option {k!r} of strategy {sec.name!r} is not a number "
                               f"(this silo's value: {own[k]!r}); pin it in [strategy] options instead")
-    if own:  # a strategy without options (fedavg, ...) has nothing to free: the default free = ["seed"] is moot
-        for k in sec.free:
-            if k not in own:
-                raise ConfigError(f"[strategy] free: {k!r} is not an option of strategy {sec.name!r} "
-                                  f"(options: {known})")
+    defaulted = "free" not in sec.model_fields_set  # the default free = ["seed"] is moot without a seed option
+    for k in sec.free:
+        if k not in own and not (defaulted and k == "seed"):
+            raise ConfigError(f"[strategy] free: {k!r} is not an option of strategy {sec.name!r} "
+                              f"(options: {known})")
     rel = own.get("reliability", "off")
     if pin.dp and not pin.allow_reliability_under_dp and rel not in ("off", None):
         raise ConfigError(f"[strategy] options: reliability = {rel!r} under DP (privacy.enabled = true) would make "
@@ -222,8 +222,8 @@ class SessionTrainer:
     def __init__(self, session: Any) -> None:
         self.session = session
 
-    def train(self, round_id: int, params: Tensors) -> TrainedUpdate:
-        res = self.session.train_round(params)
+    def train(self, round_id: int, params: Tensors, *, prox_mu: float = 0.0) -> TrainedUpdate:
+        res = self.session.train_round(params, prox_mu=prox_mu)
         return TrainedUpdate(res.delta, res.n_samples, res.epsilon, dict(res.metrics))
 
     def describe(self):

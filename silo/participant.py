@@ -60,8 +60,11 @@ __all__ = ["TrainedUpdate", "RoundTrainer", "SiloPolicy", "SiloOutcome", "SiloPa
 class RoundTrainer(Protocol):
     """What the runtime needs from local training (``silo.trainer`` behind an adapter)."""
 
-    def train(self, round_id: int, params: Tensors) -> TrainedUpdate:
-        """Train a fresh shard from ``params``; raise PrivacyBudgetExceeded before anything is spent."""
+    def train(self, round_id: int, params: Tensors, *, prox_mu: float = 0.0) -> TrainedUpdate:
+        """Train a fresh shard from ``params``; raise PrivacyBudgetExceeded before anything is spent.
+
+        ``prox_mu``: the round's strategy's FedProx weight (the aggregator's strategy options, inside
+        this silo's pin), the only local-training setting a strategy carries."""
 
     # Optional: ``describe() -> ModelDeclaration`` (the projector's shapes and the model ids) makes
     # the silo declare its model at join, so the aggregator refuses a mismatch before any round.
@@ -454,7 +457,7 @@ class SiloParticipant:
                 self._within_max_rounds(m)
                 self.store.note_training(m.round)  # before any data is drawn: a crash mid-training counts too
                 self.events.emit("training_started", round=m.round)
-                upd = self._train(m.round, params)
+                upd = self._train(m.round, params, strat.prox_mu)
                 self.store.save_update(m.round, digest, upd)
                 self.events.emit("training_done", round=m.round, n_samples=upd.n_samples, epsilon=upd.epsilon,
                                  **{k: float(v) for k, v in upd.metrics.items()})
@@ -483,10 +486,10 @@ class SiloParticipant:
         self._send(LeaveNotice(notice), m.round)
         raise PolicyRefused(reason)
 
-    def _train(self, round_id: int, params: Tensors) -> TrainedUpdate:
+    def _train(self, round_id: int, params: Tensors, prox_mu: float) -> TrainedUpdate:
         """Train in a worker thread while the main thread keeps heartbeating."""
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="local-training") as ex:
-            fut = ex.submit(self.trainer.train, round_id, params)
+            fut = ex.submit(self.trainer.train, round_id, params, prox_mu=prox_mu)
             while True:
                 try:
                     return fut.result(timeout=self.policy.heartbeat_interval_s)

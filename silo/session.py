@@ -46,7 +46,7 @@ def train_settings(cfg: SiloConfig) -> TrainSettings:
     """The local trainer's settings from ``[train]``."""
     t = cfg.train
     return TrainSettings(t.batch_size, t.lr, t.optimizer, t.weight_decay, t.local_steps, t.local_epochs,
-                         t.prox_mu, t.physical_batch_size)
+                         t.physical_batch_size)
 
 
 def load_model(cfg: SiloConfig, *, notify: Callable[[str], None] | None = None) -> AlignmentModel:
@@ -187,7 +187,7 @@ class SiloSession:
             self.ledger.append("dp_plan", asdict(self.dp_plan), now=self.clock())
             self._plan_recorded = True
 
-    def train_round(self, global_params: Params) -> RoundResult:
+    def train_round(self, global_params: Params, *, prox_mu: float = 0.0) -> RoundResult:
         """Draw the next fresh shard (persisted first), train on it, return Δ (DP charged).
 
         θ's shapes and the DP budget are checked before the shard is drawn: a round that cannot
@@ -203,21 +203,22 @@ class SiloSession:
         if self.group is None:
             data = prepare_shard(self.model, [self.inputs.train[i] for i in shard.indices],
                                  pass_index=shard.pass_index, shard_index=shard.shard_index)
-            return self.trainer.train_round(global_params, data, admitted=admitted)
-        self.group.send_round(shard.indices, shard.pass_index, shard.shard_index, global_params)
-        res = self._train_slice(global_params, list(shard.indices), shard.pass_index, shard.shard_index, admitted)
+            return self.trainer.train_round(global_params, data, admitted=admitted, prox_mu=prox_mu)
+        self.group.send_round(shard.indices, shard.pass_index, shard.shard_index, global_params, prox_mu)
+        res = self._train_slice(global_params, list(shard.indices), shard.pass_index, shard.shard_index, prox_mu,
+                                admitted)
         self.group.mid_round = False  # stays True when the round failed here: the ranks are not listening
         return res
 
     def _train_slice(self, params: Params, indices: list[int], pass_index: int, shard_index: int,
-                     admitted: Any = None) -> RoundResult:
+                     prox_mu: float, admitted: Any = None) -> RoundResult:
         """This rank's part of a round of a multi-process silo: its contiguous slice of the shard
         (``admitted``: rank 0's admission of the round's charge)."""
         assert self.group is not None
         lo, hi = self.group.chunk(len(indices))
         data = prepare_shard(self.model, [self.inputs.train[i] for i in indices[lo:hi]], pass_index=pass_index,
                              shard_index=shard_index, offset=lo, total=len(indices))
-        return self.trainer.train_round(params, data, admitted=admitted)
+        return self.trainer.train_round(params, data, admitted=admitted, prox_mu=prox_mu)
 
     def serve(self) -> int:
         """A rank other than 0: train each round rank 0 broadcasts until it says stop; returns the
@@ -233,7 +234,7 @@ class SiloSession:
                 raise ConfigError(f"rank {self.group.rank}: unknown command from rank 0: {cmd.get('op')!r}")
             self.group.broadcast_([template[k] for k in sorted(template)])
             self._train_slice(template, [int(i) for i in cmd["indices"]], int(cmd["pass_index"]),
-                              int(cmd["shard_index"]))
+                              int(cmd["shard_index"]), float(cmd["prox_mu"]))
             rounds += 1
 
     # -- evaluation -----------------------------------------------------------------------------

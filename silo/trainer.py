@@ -37,7 +37,6 @@ class TrainSettings:
     weight_decay: float = 0.0
     local_steps: int | None = None
     local_epochs: float = 1.0
-    prox_mu: float = 0.0
     physical_batch_size: int | None = None  # memory bound: a logical batch runs as micro-batches of this size
 
     def steps_for(self, n: int) -> int:
@@ -258,15 +257,17 @@ class LocalTrainer:
 
     # -- the round --------------------------------------------------------------------------
     def train_round(self, global_params: Params, shard: ShardData, *, basis: Params | None = None,
-                    admitted: Admission | None = None) -> RoundResult:
+                    admitted: Admission | None = None, prox_mu: float = 0.0) -> RoundResult:
         """Train from ``global_params`` on ``shard``; return Δ, count, metrics, ε (charged).
 
         ``basis`` (weight name -> U, m×r, public and shared): train those weights only as
         W_t + U·C (:mod:`silo.subspace`); under DP the noise then lives in r·n dimensions.
         ``admitted``: this round's charge as :meth:`admit` returned it before the shard was drawn;
-        without it the round is admitted here, before any compute."""
+        without it the round is admitted here, before any compute.
+        ``prox_mu``: the round strategy's FedProx weight (``Strategy.prox_mu``; 0 for the others),
+        so a federated silo trains with the μ the aggregator's strategy names, as the lab does."""
         model, s = self.model, self.settings
-        if basis and s.prox_mu > 0:
+        if basis and prox_mu > 0:
             raise PrivacyError("FedProx with subspace training is not supported")
         n = shard.size
         steps = s.steps_for(n)
@@ -281,12 +282,12 @@ class LocalTrainer:
         was_training = model.projector.training
         model.projector.train()  # Opacus' hooks record activations in train mode only
         try:
-            return self._train(global_params, shard, basis, n, steps, charge, admitted)
+            return self._train(global_params, shard, basis, n, steps, charge, admitted, prox_mu)
         finally:
             model.projector.train(was_training)
 
     def _train(self, global_params: Params, shard: ShardData, basis: Params | None, n: int, steps: int,
-               charge: RoundCharge | None, admitted: Admission | None) -> RoundResult:
+               charge: RoundCharge | None, admitted: Admission | None, prox_mu: float) -> RoundResult:
         model, s, group = self.model, self.settings, self.group
         model.load_projector_state(global_params)
         anchor = model.projector_state()  # clones: the parameters change in place below
@@ -300,7 +301,7 @@ class LocalTrainer:
             p.requires_grad_(True)
         opt = self._optimizer(params)
         named = list(model.projector.named_parameters())
-        prox = self._prox(named, anchor) if s.prox_mu > 0 else None
+        prox = self._prox(named, anchor, prox_mu) if prox_mu > 0 else None
         dp = None
         if self.dp is not None:
             assert self._dp_gen is not None
@@ -372,9 +373,8 @@ class LocalTrainer:
             eps = self.accountant.commit(admitted)  # committed before the update is handed out
         return RoundResult(delta, n, metrics, eps, charge)
 
-    def _prox(self, named, anchor) -> Callable[[], None]:
-        mu = self.settings.prox_mu
-
+    @staticmethod
+    def _prox(named, anchor, mu: float) -> Callable[[], None]:
         def add() -> None:  # FedProx: ∇ μ/2 ||θ − θ_t||², data-independent (safe after DP noise)
             with torch.no_grad():
                 for name, p in named:

@@ -105,6 +105,10 @@ class FedAvg(_MeanUpdateStrategy):
         self.server_lr = float(server_lr)
         self.name = "fedavg" if self.server_lr == 1.0 else f"fedavg-lr{self.server_lr:g}"
 
+    @property
+    def options(self) -> dict[str, Any]:
+        return {"server_lr": self.server_lr}
+
     def _server_step(self, mean, params, state):
         return {n: params[n] + self.server_lr * mean[n] for n in params}, state
 
@@ -117,6 +121,10 @@ class FedProx(FedAvg):
         self.prox_mu = float(mu)
         self.name = f"fedprox-mu{self.prox_mu:g}"
 
+    @property
+    def options(self) -> dict[str, Any]:
+        return {"mu": self.prox_mu, "server_lr": self.server_lr}
+
 
 class FedAvgM(_MeanUpdateStrategy):
     """FedAvgM (Hsu et al. 2019): server heavy-ball momentum v ← β v + Δ̄, θ ← θ + η v."""
@@ -124,6 +132,10 @@ class FedAvgM(_MeanUpdateStrategy):
     def __init__(self, beta: float = 0.5, server_lr: float = 1.0) -> None:
         self.beta, self.server_lr = float(beta), float(server_lr)
         self.name = f"fedavgm-b{self.beta:g}" + ("" if self.server_lr == 1.0 else f"-lr{self.server_lr:g}")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {"beta": self.beta, "server_lr": self.server_lr}
 
     def init_server_state(self, params):
         return {f"v/{n}": torch.zeros_like(t) for n, t in params.items()}
@@ -141,6 +153,10 @@ class _AdaptiveServer(_MeanUpdateStrategy):
     def __init__(self, server_lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3):
         self.server_lr, self.beta1, self.beta2, self.tau = map(float, (server_lr, beta1, beta2, tau))
         self.name = f"fed{self.kind}-lr{self.server_lr:g}"
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {"server_lr": self.server_lr, "beta1": self.beta1, "beta2": self.beta2, "tau": self.tau}
 
     def init_server_state(self, params):
         st = {f"m/{n}": torch.zeros_like(t) for n, t in params.items()}
@@ -257,6 +273,7 @@ class FedCMP:
 
     def __init__(self, config: FedCMPConfig | None = None, reference_update: ReferenceUpdate | None = None) -> None:
         self.config = config or FedCMPConfig()
+        self.options = asdict(self.config)
         # reliability "reference": the coordinator's hook θ_t -> Δ_ref, called by init_public (θ_0) and after
         # each round's last phase (θ_{t+1}): the next round's reference is public before its phase 0
         self.reference_update = reference_update
@@ -462,41 +479,51 @@ class FedCMP:
         return PhaseOutcome(public=nxt, params=new_params, server_state=new_server, metrics=metrics)
 
 
-# --------------------------------------------------------------------------- presets
+# --------------------------------------------------------------------------- the registry
 
-PRESETS: dict[str, Callable[[], Strategy]] = {
-    "fedavg": lambda: FedAvg(1.0),
-    "fedavg-lr0.5": lambda: FedAvg(0.5),
-    "fedprox": lambda: FedProx(mu=0.01),
-    "fedavgm-b0.5": lambda: FedAvgM(beta=0.5),
-    "fedavgm-b0.9": lambda: FedAvgM(beta=0.9),
-    "fedadam": lambda: FedAdam(server_lr=0.01),
-    "fedyogi": lambda: FedYogi(server_lr=0.01),
-    "fedcmp": lambda: FedCMP(FedCMPConfig()),
+PRESETS: dict[str, tuple[Callable[..., Strategy], dict[str, Any]]] = {
+    # name -> (class, the preset's option values); options given by name override them
+    "fedavg": (FedAvg, {}),
+    "fedavg-lr0.5": (FedAvg, {"server_lr": 0.5}),
+    "fedprox": (FedProx, {"mu": 0.01}),
+    "fedavgm-b0.5": (FedAvgM, {"beta": 0.5}),
+    "fedavgm-b0.9": (FedAvgM, {"beta": 0.9}),
+    "fedadam": (FedAdam, {"server_lr": 0.01}),
+    "fedyogi": (FedYogi, {"server_lr": 0.01}),
+    "fedcmp": (FedCMP, {}),
 }
+"""Every strategy by name; a new one is one class with an ``options`` property and one row here."""
 
 
-def make_strategy(name: str, *, dp: bool = False, **fedcmp_options) -> Strategy:
-    """A strategy by preset name; ``fedcmp_options`` (FedCMPConfig fields) apply to ``fedcmp`` only.
+def make_strategy(name: str, *, dp: bool = False, **options) -> Strategy:
+    """A strategy by registry name, with ``options`` over the preset's values (ConfigError naming the
+    options the strategy knows for an unknown one). Every strategy takes options: FedProx's ``mu``,
+    the server optimisers' ``server_lr``/``beta``..., Fed-CMP's FedCMPConfig fields.
 
     ``dp``: the silos train under differential privacy, so Fed-CMP starts from its measured DP
-    defaults (:meth:`FedCMPConfig.under_dp`: reliability off) before ``fedcmp_options`` apply. The
+    defaults (:meth:`FedCMPConfig.under_dp`: reliability off) before ``options`` apply. The
     aggregator, the silos and the simulator all build strategies here, so they agree on those defaults.
     """
-    if name == "fedcmp":
-        base = FedCMPConfig().under_dp() if dp else FedCMPConfig()
-        try:
-            return FedCMP(FedCMPConfig(**{**asdict(base), **fedcmp_options}))
-        except TypeError as exc:
-            raise ConfigError(f"fedcmp options: {exc}") from None
-    if fedcmp_options:
-        raise ConfigError(f"strategy {name!r} takes no Fed-CMP options, got {sorted(fedcmp_options)}")
     if name not in PRESETS:
         raise ConfigError(f"--strategy: expected one of {sorted(PRESETS)}, got {name!r}")
-    return PRESETS[name]()
+    cls, preset = PRESETS[name]
+    if cls is FedCMP:
+        base = FedCMPConfig().under_dp() if dp else FedCMPConfig()
+        try:
+            return FedCMP(FedCMPConfig(**{**asdict(base), **options}))
+        except TypeError as exc:
+            raise ConfigError(f"fedcmp options: {exc}") from None
+    known = set(cls().options)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"strategy {name!r}: unknown option(s) {unknown}; it takes {sorted(known)}")
+    try:
+        return cls(**{**preset, **options})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"strategy {name!r} options {options}: {exc}") from None
 
 
 def strategy_options(strategy: Strategy) -> dict[str, Any]:
-    """The resolved options silos need to rebuild ``strategy`` exactly from a RoundStart."""
-    config = getattr(strategy, "config", None)
-    return asdict(config) if config is not None else {}
+    """The resolved options silos need to rebuild ``strategy`` exactly from a RoundStart (FedProx's μ
+    among them: the silo trains with the μ its rebuilt strategy carries)."""
+    return dict(getattr(strategy, "options", {}))

@@ -83,6 +83,7 @@ class Strategy(Protocol):
     name: str
     n_phases: int
     prox_mu: float  # FedProx proximal weight for local training; 0 for every other strategy
+    options: dict  # the resolved options a silo rebuilds the strategy from (make_strategy(name, **options))
 
     def init_public(self, params: Tensors) -> Tensors:
         """Carried public state at round 0 (broadcast to silos with the parameters)."""

@@ -24,16 +24,17 @@ __all__ = ["simulate_networked"]
 
 
 class _Trainer:
-    """A silo's RoundTrainer over the problem; one lock, since silos may share one model in memory."""
+    """A silo's RoundTrainer over the problem; one lock, since silos may share one model in memory.
+    FedProx's μ comes with each round from the silo runtime (the RoundStart's strategy), as in serve."""
 
-    def __init__(self, problem: FederatedProblem, index: int, prox_mu: float, lock: threading.Lock) -> None:
-        self.problem, self.index, self.prox_mu, self.lock = problem, index, prox_mu, lock
+    def __init__(self, problem: FederatedProblem, index: int, lock: threading.Lock) -> None:
+        self.problem, self.index, self.lock = problem, index, lock
 
-    def train(self, round_id: int, params: Tensors):
+    def train(self, round_id: int, params: Tensors, *, prox_mu: float = 0.0):
         from fedalign.silo.store import TrainedUpdate
 
         with self.lock:
-            res = self.problem.local_update(params, self.index, round_id, self.prox_mu)
+            res = self.problem.local_update(params, self.index, round_id, prox_mu)
         return TrainedUpdate(res.delta, res.n_samples, None)
 
 
@@ -99,7 +100,7 @@ def simulate_networked(
     def silo(k: int, name: str) -> None:
         sp = SiloPolicy(min_silos=min_silos, heartbeat_interval_s=0.5, aggregator_timeout_s=train_deadline_s + 60,
                         max_weight=max_weight, allow_insecure_plaintext=insecure, scheme=str(sum_scheme))
-        p = SiloParticipant(name, net.client(name), _Trainer(problem, k, strategy.prox_mu, lock),
+        p = SiloParticipant(name, net.client(name), _Trainer(problem, k, lock),
                             identity=ids[name], trusted=trusted, policy=sp, stop=stop)
         try:
             outcomes[name] = p.run()

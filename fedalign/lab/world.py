@@ -151,11 +151,11 @@ class WorldFederation:
             self._warm_key, self._warm = epochs, {k: self._init[k] + delta[k].cpu() for k in self._init}
         return {k: v.clone() for k, v in self._warm.items()}
 
-    def _trainer(self, silo: int, prox_mu: float, lr: float | None = None):
-        key = (silo, prox_mu, lr)
+    def _trainer(self, silo: int, lr: float | None = None):
+        key = (silo, lr)
         if key not in self._trainers:
             gen = torch.Generator().manual_seed(self.seed * 7919 + silo)
-            settings = replace(self._settings, prox_mu=prox_mu, **({"lr": lr} if lr is not None else {}))
+            settings = replace(self._settings, **({"lr": lr} if lr is not None else {}))
             dp = None if silo == REFERENCE else self._dp  # the coordinator's public set needs no DP
             if silo >= 0 and self._pooled_sampling():  # a round's worth of steps on the whole data
                 per_round = math.ceil(sum(len(sh) for sh in self.shards[silo]) / self.rounds)
@@ -229,10 +229,10 @@ class WorldFederation:
             shard = replace(self._silo_data(silo), pass_index=round)
         else:
             shard = self.shards[silo][round % self.rounds]
-        trainer = self._trainer(silo, prox_mu)
+        trainer = self._trainer(silo)
         # same batch order for every strategy: reseed the silo's generator per (silo, round)
         trainer.generator.manual_seed(self.seed * 1_000_003 + silo * 1009 + round)
-        res = trainer.train_round(params, shard, basis=self._basis(params))
+        res = trainer.train_round(params, shard, basis=self._basis(params), prox_mu=prox_mu)
         return LocalResult(_on_cpu(res.delta), res.n_samples, res.metrics.get("train_loss", math.nan))
 
     def _basis(self, params: Tensors):
@@ -282,7 +282,7 @@ class WorldFederation:
         if round not in self._pooled:
             pooled = [r for row in self._chunks for r in row[round % self.rounds]]
             self._pooled[round] = self._prepare_shard(self.model, pooled, shard_index=round)
-        trainer = self._trainer(-1, 0.0, lr)
+        trainer = self._trainer(-1, lr)
         trainer.generator.manual_seed(self.seed * 1_000_003 + round)
         return _on_cpu(trainer.train_round(params, self._pooled[round]).delta)
 
@@ -340,7 +340,7 @@ class WorldFederation:
         t = self._reference_calls
         self._reference_calls += 1
         i = t % len(shards)
-        trainer = self._trainer(REFERENCE, 0.0)
+        trainer = self._trainer(REFERENCE)
         trainer.generator.manual_seed(reference_seed(self.seed, t))
         delta = trainer.train_round(params, shards[i][1]).delta
         if kind == "contrast":

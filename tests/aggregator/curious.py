@@ -77,7 +77,7 @@ class FixedUpdate:
     def __init__(self, index: int, scale: float) -> None:
         self.index, self.scale = index, scale
 
-    def train(self, round_id, params):
+    def train(self, round_id, params, *, prox_mu=0.0):
         g = torch.Generator().manual_seed(7919 * self.index + round_id)
         return TrainedUpdate({k: self.scale * torch.randn(v.shape, generator=g) for k, v in params.items()}, 64)
 

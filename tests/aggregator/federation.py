@@ -87,9 +87,9 @@ class ToyTrainer:
         self.fed, self.index, self.fresh = fed, index, fresh_on_retrain
         self.attempts: dict[int, int] = {}
 
-    def train(self, round_id: int, params):
+    def train(self, round_id: int, params, *, prox_mu: float = 0.0):
         k = self.attempts[round_id] = self.attempts.get(round_id, -1) + 1
-        res = self.fed.local_update(params, self.index, round_id + (100_003 * k if self.fresh else 0), 0.0)
+        res = self.fed.local_update(params, self.index, round_id + (100_003 * k if self.fresh else 0), prox_mu)
         return TrainedUpdate(res.delta, res.n_samples, None)
 
 

@@ -69,7 +69,7 @@ class FreshUpdate:
     def __init__(self, index: int, scale: float = 0.05) -> None:
         self.index, self.scale, self.calls = index, scale, 0
 
-    def train(self, round_id, params):
+    def train(self, round_id, params, *, prox_mu=0.0):
         self.calls += 1
         g = torch.Generator().manual_seed(104_729 * self.index + 1009 * round_id + self.calls)
         return TrainedUpdate({k: self.scale * torch.randn(v.shape, generator=g) for k, v in params.items()}, 64)

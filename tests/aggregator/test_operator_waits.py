@@ -121,9 +121,9 @@ class _Declaring(ToyTrainer):
     def describe(self) -> ModelDeclaration:
         return ModelDeclaration("linear", self.shapes, f"vision-{self.index}", "lm", 5, 6)
 
-    def train(self, round_id, params):
+    def train(self, round_id, params, *, prox_mu=0.0):
         self.trained += 1
-        return super().train(round_id, params)
+        return super().train(round_id, params, prox_mu=prox_mu)
 
 
 def test_a_silo_whose_projector_does_not_fit_is_refused_before_any_training_with_one_line_to_both():
@@ -189,12 +189,12 @@ def test_the_aggregators_console_lines_do_not_wrap_when_redirected(capsys):
 class _SpentAfter(ToyTrainer):
     """Data for one round only: the second raises DataError, as a spent ShardCursor does."""
 
-    def train(self, round_id, params):
+    def train(self, round_id, params, *, prox_mu=0.0):
         from fedalign.protocol.errors import DataError
 
         if round_id >= 1:
             raise DataError("cursor.json: all 32 records used in 1 pass(es); one-pass data is spent")
-        return super().train(round_id, params)
+        return super().train(round_id, params, prox_mu=prox_mu)
 
 
 def test_a_silo_whose_data_runs_out_keeps_the_rounds_it_took_part_in():

@@ -34,7 +34,7 @@ class ToyTrainer:
     def __init__(self, index: int, n_silos: int, state: Path) -> None:
         self.fed, self.index, self.state = toy(n_silos), index, state
 
-    def train(self, round_id, params):
+    def train(self, round_id, params, *, prox_mu=0.0):
         import json
 
         from fedalign.silo.store import TrainedUpdate

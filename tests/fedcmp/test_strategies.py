@@ -83,6 +83,28 @@ def test_fedprox_sets_proximal_weight_only():
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_strategy_is_rebuilt_exactly_from_its_options(name):
+    """A silo rebuilds the round's strategy from the RoundStart's name and options; every strategy
+    takes options now (before: only fedcmp, so fedprox's μ never crossed the wire)."""
+    from fedalign.fedcmp.strategies import strategy_options
+
+    s = make_strategy(name)
+    opts = strategy_options(s)
+    again = make_strategy(name, **opts)
+    assert strategy_options(again) == opts and again.name == s.name and again.prox_mu == s.prox_mu
+    if name != "fedcmp":
+        assert opts  # every baseline has at least its server learning rate
+
+
+def test_fedprox_mu_is_an_option_and_crosses_in_the_strategy_options():
+    from fedalign.fedcmp.strategies import strategy_options
+
+    s = make_strategy("fedprox", mu=0.3)
+    assert s.prox_mu == 0.3 and strategy_options(s) == {"mu": 0.3, "server_lr": 1.0}
+    assert make_strategy("fedavgm-b0.5", server_lr=0.5).options == {"beta": 0.5, "server_lr": 0.5}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
 def test_presets_implement_strategy_protocol_with_unique_names(name):
     s = make_strategy(name)
     assert isinstance(s, Strategy)
@@ -93,7 +115,7 @@ def test_presets_implement_strategy_protocol_with_unique_names(name):
 def test_make_strategy_errors_name_the_option():
     with pytest.raises(ConfigError, match="--strategy"):
         make_strategy("fedsgd")
-    with pytest.raises(ConfigError, match="no Fed-CMP options"):
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['rank'\]; it takes \['server_lr'\]"):
         make_strategy("fedavg", rank=4)
     with pytest.raises(ConfigError, match="rank"):
         make_strategy("fedcmp", rank=0)

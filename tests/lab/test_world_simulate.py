@@ -132,7 +132,7 @@ def test_pooled_sampling_charges_every_round_at_the_whole_data_rate():
     pooled = prob.dp_plan
     assert (pooled.shard_size, pooled.sample_rate, pooled.steps, pooled.passes) == (48, 8 / 48, 4, 3)
     assert pooled.noise_multiplier < shards.noise_multiplier
-    acc = prob._trainers[(0, 0.0, None)].accountant
+    acc = prob._trainers[(0, None)].accountant
     assert sorted(acc.passes) == [0, 1]  # two rounds, two composed passes, within the budget
     assert 0 < acc.spent < pooled.epsilon <= 8.0
     prob.configure(sampling="everything")

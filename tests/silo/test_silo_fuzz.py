@@ -34,7 +34,7 @@ def _silo(fz: SiloFuzz, envs: list, refusals: list):
     trainer = _Trainer(fz.fed, 0, fz.shapes)
     trained: list[int] = []
     real = trainer.train
-    trainer.train = lambda r, p: (trained.append(r), real(r, p))[1]
+    trainer.train = lambda r, p, **kw: (trained.append(r), real(r, p, **kw))[1]
     p = SiloParticipant(silo_fuzz.NAMES[0], feed, trainer, identity=fz.ids[silo_fuzz.NAMES[0]], trusted=fz.trusted,
                         stop=stop, policy=SiloPolicy(min_silos=2, heartbeat_interval_s=0.01, receipt_timeout_s=0.01))
     p.on_refusal = refusals.append

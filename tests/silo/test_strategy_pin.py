@@ -93,14 +93,14 @@ def test_the_pin_is_built_from_the_config_with_dp_from_privacy():
     allowed = strategy_pin(_cfg(privacy={"enabled": True}, strategy={
         "options": {"reliability": "reference"}, "allow_reliability_under_dp": True}))
     assert allowed.allow_reliability_under_dp and allowed.expected_options()["reliability"] == "reference"
-    assert strategy_pin(_cfg(strategy={"name": "fedavg"})).expected_options() == {}  # default free: moot
+    assert strategy_pin(_cfg(strategy={"name": "fedavg"})).expected_options() == {"server_lr": 1.0}  # free: moot
 
 
 @pytest.mark.parametrize("section, words", [
     ({"name": "fedsgd"}, ["[strategy] name = 'fedsgd' is not a strategy", "expected one of"]),
     ({"options": {"rnak": 8}}, ["[strategy]", "rnak"]),
     ({"options": {"rank": 0}}, ["[strategy]", "fedcmp.rank"]),
-    ({"name": "fedavg", "options": {"rank": 8}}, ["[strategy]", "takes no Fed-CMP options"]),
+    ({"name": "fedavg", "options": {"rank": 8}}, ["[strategy]", "unknown option(s) ['rank']; it takes ['server_lr']"]),
     ({"ranges": {"kapa": [0.0, 1.0]}}, ["[strategy] ranges", "'kapa' is not an option of strategy 'fedcmp'"]),
     ({"ranges": {"reliability": [0.0, 1.0]}}, ["[strategy] ranges", "'reliability'", "is not a number"]),
     ({"free": ["sead"]}, ["[strategy] free", "'sead' is not an option"]),

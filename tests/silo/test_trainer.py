@@ -56,9 +56,9 @@ def test_fedprox_pulls_towards_global(tiny_model, shards):
     theta = _init(tiny_model)
     norms = []
     for mu in (0.0, 50.0):
-        tr = LocalTrainer(tiny_model, TrainSettings(batch_size=8, local_steps=8, optimizer="sgd", lr=0.02,
-                                                    prox_mu=mu), generator=torch.Generator().manual_seed(2))
-        norms.append(sum(v.norm() ** 2 for v in tr.train_round(theta, shards["small"]).delta.values()))
+        tr = LocalTrainer(tiny_model, TrainSettings(batch_size=8, local_steps=8, optimizer="sgd", lr=0.02),
+                          generator=torch.Generator().manual_seed(2))
+        norms.append(sum(v.norm() ** 2 for v in tr.train_round(theta, shards["small"], prox_mu=mu).delta.values()))
     assert norms[1] < 0.5 * norms[0]
 
 

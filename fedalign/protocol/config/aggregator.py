@@ -61,7 +61,9 @@ class StrategySection(StrictModel):
     name: str = "fedcmp"
     dp: bool = Field(False, description="the silos train under DP: Fed-CMP starts from its measured DP "
                                         "defaults (reliability off; docs/fedcmp.md) before `options` apply")
-    options: dict[str, Any] = Field(default_factory=dict, description="FedCMPConfig fields for fedcmp")
+    options: dict[str, Any] = Field(default_factory=dict, description="the strategy's options: FedCMPConfig fields "
+                                    "for fedcmp, mu and server_lr for fedprox, beta for fedavgm, ... "
+                                    "(fedalign.fedcmp.strategies.PRESETS)")
 
 
 class InitSection(StrictModel):

@@ -104,8 +104,16 @@ class TrainSection(StrictModel):
     local_epochs: float = Field(1.0, gt=0)
     physical_batch_size: int | None = Field(None, ge=1, description="memory bound: run each logical batch as "
                                             "micro-batches of at most this many records (one optimizer step)")
-    prox_mu: float = Field(0.0, ge=0, description="FedProx proximal weight")
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prox_mu_is_the_strategys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "prox_mu" in data:
+            raise ValueError("train.prox_mu is gone: FedProx's μ is the strategy's option (aggregator.toml "
+                             "[strategy] name = \"fedprox\", options.mu), and each silo pins it in its own "
+                             "[strategy]; delete train.prox_mu")
+        return data
 
 
 class PrivacySection(StrictModel):
