@@ -27,8 +27,12 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/python examples/quickstart/run.py
 
+# two workers (pytest-xdist): the suite mostly waits on deadlines and process starts, so two
+# share 2 cores well; a file stays on one worker (its module fixtures run once); TEST_WORKERS=0
+# runs it in one process
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # the suite against a wheel (not the editable install): what pip users get
 wheel-test:
