@@ -173,7 +173,8 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
     from fedalign.protocol.errors import CheckpointError, ConfigError
     from fedalign.protocol.keys import load_keypair
     from fedalign.compliance.ledger import Ledger
-    from fedalign.protocol.messages import SumScheme, wire_registry
+    from fedalign.crypto.schemes import scheme_spec
+    from fedalign.protocol.messages import wire_registry
     from fedalign.fedcmp.strategies import make_strategy, strategy_options
 
     apply_process_defaults()
@@ -185,10 +186,10 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
     if len(roster.silos) < cfg.run.min_silos:
         raise ConfigError(f"{cfg.resolve(cfg.server.roster)}: {len(roster.silos)} silo(s) listed, "
                           f"run.min_silos is {cfg.run.min_silos}")
-    scheme = SumScheme(cfg.secure_sum.scheme)
+    scheme = cfg.secure_sum.scheme
     insecure = False
-    if scheme == SumScheme.PLAIN_INSECURE:
-        insecure = _insecure_allowed(cfg, insecure_plaintext, "secure_sum.scheme = 'plain'")
+    if scheme_spec(scheme).insecure:
+        insecure = _insecure_allowed(cfg, insecure_plaintext, f"secure_sum.scheme = '{scheme}'")
     keypair = None
     if cfg.server.secret_key is None:
         insecure = _insecure_allowed(cfg, insecure_plaintext, "server.secret_key unset (plaintext transport)")

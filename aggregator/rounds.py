@@ -44,6 +44,7 @@ from fedalign.crypto.config import SecureSumConfig
 from fedalign.crypto.errors import CryptoError, SecAggAborted, SecureSumUsageError
 from fedalign.crypto.identity import Roster
 from fedalign.crypto.messages import Message as CryptoMessage, input_nbytes
+from fedalign.crypto.schemes import scheme_spec
 from fedalign.crypto.secure_sum import AggregatorSecureSum
 
 __all__ = ["RoundPolicy", "Coordinator", "round_seed", "sum_threshold", "to_numpy", "to_torch"]
@@ -63,7 +64,7 @@ class RoundPolicy:
     report_interval_s: float = 10.0  # while waiting for silos: who is connected, who is missing
     max_failed_rounds: int = 3
     seed: int = 0
-    scheme: SumScheme = SumScheme.SECAGG
+    scheme: str = SumScheme.SECAGG  # a name in crypto's scheme table (fedalign.crypto.schemes)
     clip: float = 16.0
     neighbours: int | None = None
     ckks_poly_modulus: int = 8192
@@ -140,7 +141,7 @@ class Coordinator:
         on_round: Callable[[RunState, dict[str, Any]], None] | None = None,
         params_source: str = "the aggregator's initial projector",
     ) -> None:
-        if policy.scheme == SumScheme.PLAIN_INSECURE and not policy.allow_insecure_plaintext:
+        if scheme_spec(str(policy.scheme)).insecure and not policy.allow_insecure_plaintext:
             from fedalign.protocol.errors import InsecureModeRefused
 
             raise InsecureModeRefused("plain sums need allow_insecure_plaintext (site policy and flag)")
@@ -613,12 +614,13 @@ class Coordinator:
             mode=str(p.scheme),
             threshold=threshold,
             clip=p.clip,
-            allow_insecure_plaintext=p.scheme == SumScheme.PLAIN_INSECURE,
+            allow_insecure_plaintext=scheme_spec(str(p.scheme)).insecure,
             neighbours=p.neighbours,
             graph_seed=seed,
             ckks_poly_modulus=p.ckks_poly_modulus,
             view=phase_view(view, msg, tuple(sorted(participants))),
-            allow_dropouts=phase_allows_dropouts(self.strategy.n_phases, phase, str(p.scheme)),
+            allow_dropouts=phase_allows_dropouts(self.strategy.n_phases, phase,
+                                                 scheme_spec(str(p.scheme)).signed_survivors),
         )
         try:
             agg = AggregatorSecureSum(Roster({s: self.identities[s] for s in participants}), t, inst, cfg)

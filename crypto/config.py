@@ -10,10 +10,9 @@ from fedalign.crypto.errors import InsecurePlaintextRefused, SecureSumUsageError
 from fedalign.crypto.hazmat.encoding import canonical
 from fedalign.crypto.hazmat.fixedpoint import auto_fractional_bits, check_headroom
 from fedalign.crypto.hazmat.graph import neighbours as _neighbours
+from fedalign.crypto.schemes import scheme_spec
 
-__all__ = ["MODES", "SecureSumConfig"]
-
-MODES = ("secagg", "ckks", "plain")
+__all__ = ["SecureSumConfig"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,18 +50,17 @@ class SecureSumConfig:
     allow_dropouts: bool = True
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise SecureSumUsageError(f"SecureSumConfig.mode must be one of {MODES}, got {self.mode!r}")
+        spec = scheme_spec(self.mode)  # a registered scheme (crypto/schemes.py)
         if not isinstance(self.allow_insecure_plaintext, bool):
             raise SecureSumUsageError("SecureSumConfig.allow_insecure_plaintext must be a bool")
-        if self.mode == "plain":
+        if spec.insecure:
             if not self.allow_insecure_plaintext:
                 raise InsecurePlaintextRefused(
-                    'SecureSumConfig: mode "plain" sends every silo\'s update in the clear; '
+                    f'SecureSumConfig: mode "{self.mode}" sends every silo\'s update in the clear; '
                     "it needs allow_insecure_plaintext=True"
                 )
             warnings.warn(
-                "INSECURE: secure sum in plain mode, the aggregator sees every silo's input",
+                f"INSECURE: secure sum in {self.mode} mode, the aggregator sees every silo's input",
                 stacklevel=3,
             )
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, int) or self.threshold < 1:
@@ -106,7 +104,7 @@ class SecureSumConfig:
         if self.threshold > n:
             raise SecureSumUsageError(f"threshold {self.threshold} exceeds the roster size {n}")
         graph = self.graph(ids, round_id, instance_id)
-        if self.mode == "secagg":
+        if scheme_spec(self.mode).pairwise_masks:
             self.frac_bits(n)
             smallest = min(len(v) for v in graph.values()) + 1
             largest = max(len(v) for v in graph.values()) + 1

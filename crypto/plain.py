@@ -14,13 +14,16 @@ from fedalign.crypto.config import SecureSumConfig
 from fedalign.crypto.errors import CryptoError, SecAggAborted, SecureSumUsageError
 from fedalign.crypto.identity import Roster
 from fedalign.crypto.messages import Message, PlainInput, Stage
+from fedalign.crypto.schemes import scheme_spec
 
 __all__ = ["PlainSilo", "PlainAggregator"]
 
 
 def _check(roster: Roster, config: SecureSumConfig) -> None:
-    if config.mode != "plain" or not config.allow_insecure_plaintext:
-        raise SecureSumUsageError("plain protocol needs mode 'plain' and allow_insecure_plaintext=True")
+    # the sum in the clear serves a scheme the table marks insecure (plain, or one registered as such)
+    if not scheme_spec(config.mode).insecure or not config.allow_insecure_plaintext:
+        raise SecureSumUsageError("plain protocol needs an insecure scheme (mode 'plain') and "
+                                  "allow_insecure_plaintext=True")
     config.check_roster(roster.ids, 0, 0)
 
 

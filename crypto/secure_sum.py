@@ -16,6 +16,7 @@ from fedalign.crypto.config import SecureSumConfig
 from fedalign.crypto.errors import SecureSumUsageError
 from fedalign.crypto.identity import IdentityKey, Roster
 from fedalign.crypto.messages import Message, Stage
+from fedalign.crypto.schemes import scheme_spec
 
 __all__ = ["SecureSumResult", "SiloSecureSum", "AggregatorSecureSum"]
 
@@ -29,17 +30,7 @@ class SecureSumResult:
 
 
 def _protocols(mode: str):
-    if mode == "secagg":
-        from fedalign.crypto.secagg import SecAggAggregator, SecAggSilo
-
-        return SecAggSilo, SecAggAggregator
-    if mode == "ckks":
-        from fedalign.crypto.ckks import CkksAggregator, CkksSilo
-
-        return CkksSilo, CkksAggregator
-    from fedalign.crypto.plain import PlainAggregator, PlainSilo
-
-    return PlainSilo, PlainAggregator
+    return scheme_spec(mode).protocols()
 
 
 class SiloSecureSum:

@@ -39,7 +39,7 @@ from fedalign.protocol.errors import (AggregatorInputError, ConfigError, DataErr
                                       PrivacyBudgetExceeded, ProtocolError)
 from fedalign.compliance.eventlog import EventLog
 from fedalign.protocol.messages import (Heartbeat, JoinReply, LeaveNotice, LedgerClose, LedgerReceipt, ModelDeclaration,
-                                        RoundEnd, RoundStart, RunEnd, Stage, SumScheme, SumStart, UpdateReady)
+                                        RoundEnd, RoundStart, RunEnd, Stage, SumStart, UpdateReady)
 from fedalign.protocol.transport import ClientTransport
 from fedalign.protocol.view import phase_view, round_view
 from fedalign.protocol.wire import Envelope
@@ -50,6 +50,7 @@ from fedalign.crypto.config import SecureSumConfig
 from fedalign.crypto.errors import SecureSumError
 from fedalign.crypto.identity import IdentityKey, Roster
 from fedalign.crypto.messages import INPUT_TYPES, Message as CryptoMessage, input_nbytes
+from fedalign.crypto.schemes import scheme_spec
 from fedalign.crypto.secure_sum import SiloSecureSum
 
 
@@ -504,9 +505,9 @@ class SiloParticipant:
         """Refuse (ProtocolError) a sum this silo's own rules forbid, before any state changes."""
         p = self.policy
         parts = m.participants
-        if m.scheme == SumScheme.PLAIN_INSECURE and not p.allow_insecure_plaintext:
+        if scheme_spec(m.scheme).insecure and not p.allow_insecure_plaintext:
             raise InsecureModeRefused(
-                f"silo {self.name}: the aggregator asked for plain (unprotected) sums; this silo's policy "
+                f"silo {self.name}: the aggregator asked for {m.scheme} (unprotected) sums; this silo's policy "
                 "and command line do not allow insecure plaintext"
             )
         problems = []
@@ -594,10 +595,10 @@ class SiloParticipant:
         round_set = tuple(sorted(m.participants)) if m.phase == 0 else cur.completed[0]
         cfg = SecureSumConfig(
             mode=str(m.scheme), threshold=m.threshold, clip=m.clip,
-            allow_insecure_plaintext=m.scheme == SumScheme.PLAIN_INSECURE and self.policy.allow_insecure_plaintext,
+            allow_insecure_plaintext=scheme_spec(m.scheme).insecure and self.policy.allow_insecure_plaintext,
             neighbours=m.neighbours or None, graph_seed=cur.seed, ckks_poly_modulus=m.ckks_poly_modulus,
             view=phase_view(cur.view, m, round_set),
-            allow_dropouts=phase_allows_dropouts(cur.strategy.n_phases, m.phase, str(m.scheme)),
+            allow_dropouts=phase_allows_dropouts(cur.strategy.n_phases, m.phase, scheme_spec(m.scheme).signed_survivors),
         )
         roster = Roster({s: self.trusted[s] for s in m.participants})
         try:

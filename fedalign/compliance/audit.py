@@ -46,7 +46,7 @@ __all__ = [
     "independent_epsilon",
     "dp_statement",
     "summarize",
-    "THREAT_MODELS",
+    "threat_model",
     "DISAGREEMENT",
 ]
 
@@ -179,25 +179,19 @@ def dp_statement(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------------------- threat models
-THREAT_MODELS: dict[str, str] = {
-    "secagg": (
-        "Bonawitz et al. SecAgg (SECURITY.md, mode secagg): the aggregator learns only the sum over at "
-        "least t silos, provided it colludes with fewer than t silos of any group; each upload is uniformly "
-        "masked; shares travel end to end under AEAD; advertised keys are signed. Not protected: the sum "
-        "itself (min_silos and DP address it), which silos count as dropouts, poisoning, metadata. Against "
-        "an actively malicious aggregator the guarantee needs t > 2n/3."),
-    "ckks": (
-        "CKKS via TenSEAL (SECURITY.md, mode ckks): an honest-but-curious aggregator colluding with no silo "
-        "learns only the sum. Weaker than secagg: every silo holds the secret key (no threshold), a malicious "
-        "aggregator can hand the decryptor one silo's ciphertext, and published decryptions can leak the key. "
-        "Use only when every silo trusts every other not to collude with the aggregator."),
-    "local": (
-        "Local training (no aggregator): nothing leaves the silo during training; what is written out "
-        "(the exported projector, metrics) is covered by the DP statement when DP is on."),
-    "plain": (
-        "INSECURE plain sums (SECURITY.md, mode plain): the aggregator sees every silo's update. Debugging "
-        "only, never with real data."),
-}
+LOCAL_THREAT_MODEL = (
+    "Local training (no aggregator): nothing leaves the silo during training; what is written out "
+    "(the exported projector, metrics) is covered by the DP statement when DP is on.")
+
+
+def threat_model(scheme: str) -> str:
+    """The report's threat-model sentence: "local", or the scheme's own (crypto's scheme table)."""
+    from fedalign.crypto.schemes import SCHEMES
+
+    if scheme == "local":
+        return LOCAL_THREAT_MODEL
+    spec = SCHEMES.get(scheme)
+    return spec.threat_model if spec is not None else "unknown mode"
 
 
 # ---------------------------------------------------------------------------- summaries
@@ -228,7 +222,7 @@ def summarize(entries: Sequence[Mapping[str, Any]], *, verify: VerifyResult | No
         "checks": (start or {}).get("checks", []),
     }
     scheme = out["settings"].get("scheme") or ("local" if (start or {}).get("mode") == "local" else "secagg")
-    out["threat_model"] = {"mode": scheme, "text": THREAT_MODELS.get(scheme, "unknown mode")}
+    out["threat_model"] = {"mode": scheme, "text": threat_model(scheme)}
     out["refusals"] = [{k: v for k, v in e.items() if k not in ("v", "prev")} for e in run if e["kind"] == "refusal"]
     end = [e for e in run if e["kind"] == "run_end"]
     out["run_end"] = {k: v for k, v in end[-1].items() if k not in ("v", "prev", "seq")} if end else None

@@ -106,11 +106,12 @@ def sums_from_arrays(arrays: Mapping[str, np.ndarray], n_silos: int, like: Tenso
     return Sums(out, n_silos=n_silos)
 
 
-def phase_allows_dropouts(n_phases: int, phase: int, scheme: str) -> bool:
+def phase_allows_dropouts(n_phases: int, phase: int, signed_survivors: bool) -> bool:
     """Whether a phase's secure sum may complete without some of its participants.
 
-    One-phase strategies: yes (SecAgg's dropout tolerance). Multi-phase: only phase 0 under secagg,
-    whose signed survivor list fixes the round's one set; every later phase must sum exactly that
-    set. Under ckks (and plain) a silo cannot verify who was included, so no phase allows dropouts.
-    The aggregator applies the same rule (it must: both sides configure the sum)."""
-    return n_phases == 1 or (phase == 0 and scheme == "secagg")
+    One-phase strategies: yes (SecAgg's dropout tolerance). Multi-phase: only phase 0 under a scheme
+    whose survivors sign who was included (``SchemeSpec.signed_survivors``: secagg), since that list
+    fixes the round's one set; every later phase must sum exactly that set. Under ckks (and plain) a
+    silo cannot verify who was included, so no phase allows dropouts. The aggregator applies the
+    same rule (it must: both sides configure the sum)."""
+    return n_phases == 1 or (phase == 0 and signed_survivors)

@@ -57,16 +57,20 @@ def build_strategy(
 
 
 def make_sum(kind: str, *, clip: float, allow_insecure_plain_sums: bool):
-    """(sum function, label) for ``--sum``: secagg / ckks through crypto/, or plain behind its flag."""
+    """(sum function, label) for ``--sum``: a scheme of crypto's table through crypto/, or plain (in
+    process, float64) behind its flag."""
+    from fedalign.crypto.schemes import SCHEMES
     from fedalign.lab import sums
 
-    if kind == "plain":
+    if kind not in SCHEMES:
+        raise ConfigError(f"--sum: expected one of {', '.join(SCHEMES)}, got {kind!r}")
+    if SCHEMES[kind].insecure:
         if not allow_insecure_plain_sums:
-            raise InsecureModeRefused("--sum plain shows every silo's contribution; add --allow-insecure-plain-sums")
+            raise InsecureModeRefused(f"--sum {kind} shows every silo's contribution; add --allow-insecure-plain-sums")
+        if kind != "plain":
+            raise ConfigError(f"--sum {kind}: the simulator runs insecure sums as plain only")
         warnings.warn("INSECURE: plain sums (simulation only), no secure aggregation", stacklevel=2)
         return sums.plain_sum_insecure, sums.PLAIN_LABEL
-    if kind not in ("secagg", "ckks"):
-        raise ConfigError(f"--sum: expected secagg, ckks or plain, got {kind!r}")
     return sums.crypto_secure_sum(kind, clip=clip), sums.secure_sum_label(kind, clip)
 
 

@@ -58,7 +58,7 @@ def simulate_networked(
     """
     from fedalign.aggregator.checkpoint import RunState
     from fedalign.aggregator.rounds import Coordinator, RoundPolicy
-    from fedalign.protocol.messages import SumScheme, wire_registry
+    from fedalign.protocol.messages import wire_registry
     from fedalign.protocol.transport import InMemoryNetwork
     from fedalign.crypto.identity import generate_identity
     from fedalign.silo.participant import SiloParticipant, SiloPolicy
@@ -82,8 +82,10 @@ def simulate_networked(
     net = InMemoryNetwork(wire_registry())
     params = problem.init_params()
     state = RunState(0, params, strategy.init_public(params), strategy.init_server_state(params))
-    sum_scheme = SumScheme(scheme)
-    insecure = allow_insecure_plaintext and sum_scheme == SumScheme.PLAIN_INSECURE
+    from fedalign.crypto.schemes import scheme_spec
+
+    sum_scheme = scheme_spec(scheme).name
+    insecure = allow_insecure_plaintext and scheme_spec(scheme).insecure
     min_silos = min(3, len(names))
     policy = RoundPolicy(rounds=rounds, min_silos=min_silos, train_deadline_s=train_deadline_s,
                          step_deadline_s=step_deadline_s, heartbeat_timeout_s=max(30.0, train_deadline_s),

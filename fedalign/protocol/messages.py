@@ -64,7 +64,8 @@ class Stage(enum.StrEnum):
 
 
 class SumScheme(enum.StrEnum):
-    """How a phase's contributions are summed. ``PLAIN_INSECURE`` shows the aggregator each input."""
+    """The built-in schemes' names, as constants. ``PLAIN_INSECURE`` shows the aggregator each input.
+    A SumStart may name any scheme registered in crypto's table (fedalign.crypto.schemes)."""
 
     SECAGG = "secagg"
     CKKS = "ckks"
@@ -188,7 +189,7 @@ class SumStart:
     round: int
     phase: int
     instance: int
-    scheme: SumScheme
+    scheme: str  # a name in crypto's scheme table (fedalign.crypto.schemes)
     participants: tuple[str, ...]
     threshold: int
     clip: float
@@ -200,8 +201,10 @@ class SumStart:
         _nonneg("SumStart", "round", self.round)
         _nonneg("SumStart", "phase", self.phase)
         _nonneg("SumStart", "instance", self.instance)
-        if not isinstance(self.scheme, SumScheme):
-            raise WireFormatError(f"SumStart.scheme must be a SumScheme, got {self.scheme!r}")
+        from fedalign.crypto.schemes import SCHEMES
+
+        if not isinstance(self.scheme, str) or self.scheme not in SCHEMES:
+            raise WireFormatError(f"SumStart.scheme must be one of {sorted(SCHEMES)}, got {_show(self.scheme)}")
         _names("SumStart", "participants", self.participants)
         if len(set(self.participants)) != len(self.participants):
             raise WireFormatError("SumStart.participants must be a tuple of distinct silo names")

@@ -115,9 +115,12 @@ def test_report_renders_text_json_and_self_contained_html(tmp_path):
 def test_each_threat_model_summary_points_at_its_security_md_section():
     from pathlib import Path
 
-    from fedalign.compliance.audit import THREAT_MODELS
+    from fedalign.compliance.audit import threat_model
+    from fedalign.crypto.schemes import SCHEMES
 
     security = (Path(__file__).resolve().parents[2] / "SECURITY.md").read_text()
-    for mode in ("secagg", "ckks", "plain"):
+    assert set(SCHEMES) == {"secagg", "ckks", "plain"}
+    for mode in SCHEMES:
         assert f"## Secure sum: mode `{mode}`" in security
-        assert f"SECURITY.md, mode {mode}" in THREAT_MODELS[mode]
+        assert f"SECURITY.md, mode {mode}" in threat_model(mode)
+    assert "Local training" in threat_model("local") and threat_model("nonsense") == "unknown mode"

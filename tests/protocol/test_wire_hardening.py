@@ -125,7 +125,8 @@ def test_leave_reason_must_be_a_str(value):
     ("ckks_poly_modulus", 4096, "SumStart.ckks_poly_modulus must be one of"),
     ("threshold", True, "SumStart.threshold"),
     ("participants", ("a", 3), r"SumStart.participants\[1\]: expected str"),
-    ("scheme", ["secagg"], "SumStart.scheme: expected a SumScheme value"),
+    ("scheme", ["secagg"], "SumStart.scheme: expected str"),
+    ("scheme", "rot13", r"SumStart.scheme must be one of \['ckks', 'plain', 'secagg'\], got str 'rot13'"),
 ])
 def test_sum_start_fields(field, value, needle):
     fr = CORPUS[3]

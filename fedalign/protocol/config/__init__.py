@@ -9,15 +9,28 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Annotated, Any, Mapping, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from fedalign.protocol.errors import ConfigError
 
-__all__ = ["StrictModel", "FileConfig", "load_config", "apply_overrides", "parse_override", "validate_config"]
+__all__ = ["StrictModel", "FileConfig", "SchemeName", "load_config", "apply_overrides", "parse_override",
+           "validate_config"]
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _registered_scheme(name: str) -> str:
+    from fedalign.crypto.schemes import SCHEMES
+
+    if name not in SCHEMES:
+        raise ValueError(f"{name!r} is not a secure-sum scheme; expected one of {sorted(SCHEMES)}")
+    return name
+
+
+SchemeName = Annotated[str, AfterValidator(_registered_scheme)]
+"""A name in crypto's scheme table (fedalign.crypto.schemes): secagg, ckks, plain, or one registered."""
 
 
 class StrictModel(BaseModel):

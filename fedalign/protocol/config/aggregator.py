@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from fedalign.protocol.config import FileConfig, StrictModel, load_config
+from fedalign.protocol.config import FileConfig, SchemeName, StrictModel, load_config
 
 __all__ = [
     "ServerSection",
@@ -50,7 +50,7 @@ class RunSection(StrictModel):
 
 
 class SecureSumSection(StrictModel):
-    scheme: Literal["secagg", "ckks", "plain"] = "secagg"
+    scheme: SchemeName = "secagg"
     clip: float = Field(16.0, gt=0, description="declared |value| bound of every contribution entry")
     neighbours: int | None = Field(None, ge=2, description="SecAgg+ graph degree; None = complete graph")
     ckks_poly_modulus: Literal[8192, 16384] = Field(

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from fedalign.protocol.config import StrictModel, load_config
+from fedalign.protocol.config import SchemeName, StrictModel, load_config
 
 __all__ = [
     "SecureSumRules",
@@ -33,7 +33,7 @@ __all__ = [
     "load_aggregator_policy",
 ]
 
-Scheme = Literal["secagg", "ckks", "plain"]
+Scheme = SchemeName
 
 
 class SecureSumRules(StrictModel):

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from fedalign.protocol.config import FileConfig, StrictModel, load_config
+from fedalign.protocol.config import FileConfig, SchemeName, StrictModel, load_config
 
 __all__ = [
     "ModelSection",
@@ -154,7 +154,7 @@ class FederationSection(StrictModel):
     roster: Path | None = Field(None, description="trusted roster.toml: every silo's CURVE and identity key")
     identity_key: Path | None = Field(None, description="this silo's Ed25519 identity (silo keygen)")
     min_silos: int = Field(3, ge=2, description="refuse secure sums over fewer silos")
-    scheme: Literal["secagg", "ckks", "plain"] = Field(
+    scheme: SchemeName = Field(
         "secagg", description="the secure-sum scheme this silo joins; a SumStart asking for another is refused")
     heartbeat_interval_s: float = Field(2.0, gt=0)
     aggregator_timeout_s: float = Field(600.0, gt=0, description="give up after this long without a message")
