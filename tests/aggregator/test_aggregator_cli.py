@@ -206,7 +206,7 @@ def test_init_params_reads_a_silo_export_in_llava_or_hf_layout(tmp_path, kind):
     LLaVA's and HF Llava's layouts read back to the same state as our own keys."""
     from safetensors.torch import save_file
 
-    from fedalign.aggregator.cli import initial_params
+    from fedalign.aggregator.app import initial_params
     from fedalign.protocol.config.aggregator import load_aggregator_config
     from fedalign.silo.export import export_projector
 
@@ -230,7 +230,7 @@ def test_init_params_holding_part_of_a_llava_projector_is_one_line_naming_the_fi
     anything is written; a state dict in no projector layout still passes through (toy federations)."""
     from safetensors.torch import save_file
 
-    from fedalign.aggregator.cli import initial_params
+    from fedalign.aggregator.app import initial_params
     from fedalign.protocol.config.aggregator import load_aggregator_config
 
     bad = tmp_path / "part.safetensors"

@@ -175,7 +175,7 @@ def test_a_declared_silo_refuses_a_round_whose_projector_does_not_fit_before_tra
 
 
 def test_the_aggregators_console_lines_do_not_wrap_when_redirected(capsys):
-    from fedalign.aggregator.cli import _Progress
+    from fedalign.aggregator.app import _Progress
 
     names = [f"hospital-with-a-long-name-{i}" for i in range(4)]
     p = _Progress(1, 0, quiet=False)

@@ -88,7 +88,7 @@ def test_aggregator_card_from_its_history_and_ledger(tmp_path):
 
     import torch
 
-    from fedalign.aggregator.cli import write_aggregator_card
+    from fedalign.aggregator.app import write_aggregator_card
     from fedalign.compliance.audit import ledger_head
     from fedalign.compliance.entries import LedgerHead
     from fedalign.compliance.ledger import Ledger
