@@ -198,18 +198,18 @@ def simulate(
     alpha: Optional[float] = typer.Option(None, help="label skew: Dirichlet α"),
     corruption: Optional[float] = typer.Option(None, help="unreliable: share of mismatched captions at bad silos"),
     n_unreliable: Optional[int] = typer.Option(None, help="unreliable: number of bad silos"),
-    samples_per_round: Optional[int] = typer.Option(None, help="samples per silo per round"),
+    samples_per_round: Optional[int] = typer.Option(None, help="samples per silo per round (default 64; 1024 under --dp)"),
     drop_unreliable: bool = typer.Option(False, "--oracle-drop-unreliable", help="oracle: leave the known-bad silos out"),
     scenario_option: list[str] = typer.Option([], "--scenario-option", help="KEY=VALUE passed to the world's "
                                               "make_scenario, repeatable: purity, quantity_alpha, min_samples, "
                                               "skew_attribute, unreliable_largest, domain_purity"),
     world: str = typer.Option("default", help="embedded world size: default | tiny (seconds to build; for tests)"),
     test_size: Optional[int] = typer.Option(None, help="held-out samples (default 300)"),
-    batch_size: Optional[int] = typer.Option(None, help="local batch (DP: expected Poisson batch; default 16)"),
-    lr: Optional[float] = typer.Option(None, help="local learning rate (default 2e-3)"),
+    batch_size: Optional[int] = typer.Option(None, help="local batch (DP: expected Poisson batch; default 16; 256 under --dp)"),
+    lr: Optional[float] = typer.Option(None, help="local learning rate (default 2e-3; 3e-3 under --dp)"),
     optimizer: Optional[str] = typer.Option(None, help="local optimizer: adamw | sgd (default adamw)"),
-    local_epochs: Optional[float] = typer.Option(None, help="passes over each round's shard (default 1)"),
-    physical_batch_size: Optional[int] = typer.Option(None, help="micro-batch bound for large logical batches"),
+    local_epochs: Optional[float] = typer.Option(None, help="passes over each round's shard (default 1; 8 under --dp)"),
+    physical_batch_size: Optional[int] = typer.Option(None, help="micro-batch bound for large logical batches (128 under --dp)"),
     seeds: str = typer.Option("0", help="comma-separated seeds, e.g. 0,1,2"),
     dp: bool = typer.Option(False, "--dp/--no-dp", help="record-level DP at every silo (Opacus)"),
     dp_noise: Optional[float] = typer.Option(None, help="DP noise multiplier σ: expert override (default: derived "

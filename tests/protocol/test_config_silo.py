@@ -45,3 +45,33 @@ def test_missing_file_and_bad_override(tmp_path):
     assert parse_override("a.b=3") == ("a.b", 3) and parse_override("a.b=x y") == ("a.b", "x y")
     with pytest.raises(ConfigError, match="not a section"):
         apply_overrides({"a": 1}, {"a.b": 2})
+
+
+def test_privacy_on_and_nothing_else_gets_the_measured_dp_schedule(tmp_path):
+    """issue 27 item 4: a silo.toml with privacy on and [train] silent trained batch 32 for one pass
+    (noise/clip on the mean gradient in the tens: nothing learned); it now gets the recipe, and keys
+    the file sets are kept."""
+    from fedalign.protocol.config.silo import DP_TRAIN_DEFAULTS, load_silo_config
+    from fedalign.silo.privacy.plan import NOISE_TO_CLIP_WARN, plan_dp
+    from fedalign.silo.session import train_settings
+
+    p = tmp_path / "silo.toml"
+    p.write_text("[privacy]\nenabled = true\n")
+    cfg = load_silo_config(p)
+    t = cfg.train
+    assert (t.batch_size, t.physical_batch_size, t.lr, t.local_epochs) == (256, 128, 3e-3, 4.0)
+    steps_for = train_settings(cfg).steps_for
+    n_params = 2 * 1024 * 1024  # a projector of about a million weights per layer
+    plan = plan_dp(8.0, 1e-5, shard_sizes=[cfg.data.shard_size], batch_size=t.batch_size, steps_for=steps_for,
+                   max_grad_norm=1.0, n_params=n_params)
+    assert plan.noise_to_clip < NOISE_TO_CLIP_WARN
+    # and the plain defaults under DP would have been past the warning: what the default used to be
+    old = plan_dp(8.0, 1e-5, shard_sizes=[cfg.data.shard_size], batch_size=32, steps_for=lambda n: n // 32,
+                  max_grad_norm=1.0, n_params=n_params)
+    assert old.noise_to_clip > NOISE_TO_CLIP_WARN
+    # a key the file sets wins; privacy off leaves the plain defaults
+    p.write_text("[privacy]\nenabled = true\n[train]\nbatch_size = 64\n")
+    t = load_silo_config(p).train
+    assert t.batch_size == 64 and t.lr == DP_TRAIN_DEFAULTS["lr"]
+    p.write_text("[train]\nrounds = 2\n")
+    assert load_silo_config(p).train.batch_size == 32

@@ -213,6 +213,13 @@ class AuditSection(StrictModel):
     peer_ledger: Path | None = Field(None, description="a copy of the aggregator's ledger.jsonl")
 
 
+# [train] under DP when the file names none of these: the measured recipe (results/dp_notes.md; the
+# quickstart's silos): large Poisson batches run as micro-batches, several passes over each shard. The
+# plain defaults (batch 32, one pass) put the noise on the mean gradient (σ·√d/B) at tens of clip
+# norms, where nothing is learned; the printed DP plan warns when a schedule is there.
+DP_TRAIN_DEFAULTS: dict[str, Any] = {"batch_size": 256, "physical_batch_size": 128, "lr": 3e-3, "local_epochs": 4.0}
+
+
 class SiloConfig(FileConfig):
     policy: Path | None = Field(None, description="the institution's site policy.toml (docs/compliance.md)")
     model: ModelSection = Field(default_factory=ModelSection)
@@ -224,6 +231,21 @@ class SiloConfig(FileConfig):
     federation: FederationSection = Field(default_factory=FederationSection)
     strategy: StrategySection = Field(default_factory=StrategySection)
     audit: AuditSection = Field(default_factory=AuditSection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dp_schedule_defaults(cls, data: Any) -> Any:
+        """privacy.enabled with [train] silent on the schedule: DP_TRAIN_DEFAULTS fill what is not set
+        (a key the file sets is kept, and local_steps, when set, decides the steps)."""
+        if not isinstance(data, dict):
+            return data
+        privacy = data.get("privacy")
+        if not (isinstance(privacy, dict) and privacy.get("enabled") in (True, "true")):
+            return data
+        train = data.get("train", {})
+        if not isinstance(train, dict):
+            return data
+        return {**data, "train": {**DP_TRAIN_DEFAULTS, **train}}
 
     @property
     def state_dir(self) -> Path:
