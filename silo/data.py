@@ -31,6 +31,7 @@ __all__ = [
     "DataReport",
     "read_records",
     "open_image",
+    "check_image",
     "Shard",
     "ShardCursor",
     "fingerprint",
@@ -79,7 +80,8 @@ def open_image(image: Any, origin: str = "") -> Image.Image:
         raise DataError(f"{origin}: cannot decode image {image}: {exc}") from None
 
 
-def _check_image(path: Path, origin: str) -> None:
+def check_image(path: Path, origin: str) -> None:
+    """The image file exists and decodes (DataError naming ``origin`` otherwise)."""
     if not path.is_file():
         raise DataError(f"{origin}: image file not found: {path}")
     try:
@@ -89,121 +91,22 @@ def _check_image(path: Path, origin: str) -> None:
         raise DataError(f"{origin}: cannot decode image {path}: {exc}") from None
 
 
-def _json_array_items(text: str, path: Path):
-    """Yield (line, object) for each element of a top-level JSON array, with its line number."""
-    dec = json.JSONDecoder()
-    i = len(text) - len(text.lstrip())
-    if not text[i : i + 1] == "[":
-        raise DataError(f"{path}:1: expected a JSON array of records (LLaVA stage-1 format)")
-    i += 1
-    while True:
-        while i < len(text) and text[i] in " \t\r\n,":
-            i += 1
-        if i >= len(text):
-            raise DataError(f"{path}:{text.count(chr(10)) + 1}: JSON array is not closed")
-        if text[i] == "]":
-            return
-        line = text.count("\n", 0, i) + 1
-        try:
-            obj, i = dec.raw_decode(text, i)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-        yield line, obj
-
-
-def _from_llava(obj: Any) -> tuple[str, str, str]:
-    if not isinstance(obj, dict) or "image" not in obj or "conversations" not in obj:
-        raise ValueError("expected an object with 'image' and 'conversations'")
-    conv = obj["conversations"]
-    if not isinstance(conv, list) or len(conv) < 2:
-        raise ValueError("'conversations' must hold a human turn and a gpt turn")
-    human = next((t for t in conv if isinstance(t, dict) and t.get("from") == "human"), None)
-    gpt = next((t for t in conv if isinstance(t, dict) and t.get("from") == "gpt"), None)
-    if human is None or gpt is None:
-        raise ValueError("'conversations' needs a turn from 'human' and one from 'gpt'")
-    return str(obj["image"]), str(human.get("value", "")), str(gpt.get("value", ""))
-
-
-def _from_jsonl(obj: Any) -> tuple[str, str, str]:
-    if not isinstance(obj, dict) or "image" not in obj or "caption" not in obj:
-        raise ValueError("expected an object with 'image' and 'caption'")
-    return str(obj["image"]), str(obj.get("prompt", DEFAULT_PROMPT)), str(obj["caption"])
-
-
-def _detect(path: Path, fmt: str) -> str:
-    if fmt != "auto":
-        return fmt
-    if path.suffix.lower() == ".jsonl":
-        return "jsonl"
-    if path.suffix.lower() == ".json":
-        return "llava_json"
-    raise DataError(f"{path}: cannot tell the format from the suffix; set data.format")
-
-
-def _to_sample(obj: Any, origin: str, parse, root: Path, check_images: bool) -> Sample:
-    """One parsed record checked (fields, one ``<image>``, a caption, the image file) as a Sample."""
-    try:
-        image, prompt, caption = parse(obj)
-    except ValueError as exc:
-        raise DataError(f"{origin}: {exc}") from None
-    if prompt.count(IMAGE_TOKEN) != 1:
-        raise DataError(f"{origin}: prompt must contain {IMAGE_TOKEN} exactly once, got {prompt!r}")
-    if not caption.strip():
-        raise DataError(f"{origin}: empty caption")
-    img_path = Path(image) if Path(image).is_absolute() else root / image
-    if check_images:
-        _check_image(img_path, origin)
-    elif not img_path.is_file():
-        raise DataError(f"{origin}: image file not found: {img_path}")
-    return Sample(img_path, prompt, caption.strip(), origin)
-
-
 def read_records(path: str | Path, *, image_root: str | Path | None = None, fmt: str = "auto",
                  policy: Policy = "fail", check_images: bool = True) -> tuple[list[Sample], DataReport]:
-    """Read and validate every record of ``path``.
+    """Read and validate every record of ``path``: :func:`fedalign.silo.stream.stream_records` (the one
+    reader of both formats) held in a list, with its report.
 
     Checks per record: the fields, the image file (exists; decodes when ``check_images``), one
     ``<image>`` in the prompt, a non-empty caption. ``policy='fail'`` raises the first problem
     as DataError("file:line: ..."); ``'skip'`` drops it and counts it in the report.
     """
+    from fedalign.silo.stream import stream_records
+
     p = Path(path)
-    root = Path(image_root) if image_root is not None else p.parent
-    if policy not in ("skip", "fail"):
-        raise DataError(f"bad-record policy must be 'skip' or 'fail', got {policy!r}")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{p}: data file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{p}: cannot read data file: {exc}") from None
-    kind = _detect(p, fmt)
-    report = DataReport(str(p))
-    samples: list[Sample] = []
-
-    def items():
-        if kind == "llava_json":
-            yield from _json_array_items(text, p)
-            return
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    yield n, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield n, exc
-
-    parse = _from_llava if kind == "llava_json" else _from_jsonl
-    for line, obj in items():
-        origin = f"{p}:{line}"
-        try:
-            if isinstance(obj, Exception):
-                raise DataError(f"{origin}: invalid JSON: {obj.msg}")
-            samples.append(_to_sample(obj, origin, parse, root, check_images))
-        except DataError as exc:
-            if policy == "fail":
-                raise
-            report.skipped += 1
-            report.problems.append(str(exc))
-    report.kept = len(samples)
+    rep: dict[str, Any] = {}
+    samples = list(stream_records(p, image_root=image_root, fmt=fmt, policy=policy, check_images=check_images,
+                                  report=rep))
+    report = DataReport(str(p), rep["kept"], rep["skipped"], list(rep["problems"]))
     if not samples:
         raise DataError(f"{p}: no usable records (skipped {report.skipped})")
     return samples, report
@@ -331,7 +234,7 @@ def read_eval_items(path: str | Path, *, image_root: str | Path | None = None) -
             raise DataError(f"{origin}: prompt must contain {IMAGE_TOKEN} exactly once")
         if len(cands) < 2 or not 0 <= item.answer < len(cands):
             raise DataError(f"{origin}: need >= 2 candidates and 0 <= answer < {len(cands)}")
-        _check_image(Path(item.image), origin)
+        check_image(Path(item.image), origin)
         items.append(item)
     return items
 

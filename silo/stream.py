@@ -1,4 +1,6 @@
-"""Records streamed from a file too large to hold: an incremental JSON array parser and one-pass shards.
+"""The record readers: one streaming reader for every data format (the FORMATS table), an
+incremental JSON array parser, and one-pass shards. ``silo.data.read_records`` is this reader held in
+a list; a new format is a row of FORMATS (its suffix, how to iterate its records, how to parse one).
 
 LLaVA's stage-1 file (558K records, ~170 MB of JSON) becomes several GB as Python objects;
 :func:`read_records` holds them all. Here the file is read in chunks and each array element is
@@ -11,13 +13,15 @@ from __future__ import annotations
 
 import codecs
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from fedalign.protocol.errors import DataError
-from fedalign.silo.data import Policy, Sample, _detect, _from_jsonl, _from_llava, _to_sample
+from fedalign.silo.data import DEFAULT_PROMPT, IMAGE_TOKEN, Policy, Sample, check_image
 
-__all__ = ["iter_json_array", "stream_records", "stream_shards"]
+__all__ = ["FORMATS", "RecordFormat", "iter_json_array", "iter_jsonl", "stream_records", "stream_shards",
+           "detect_format", "to_sample"]
 
 _WS = " \t\r\n"
 
@@ -103,6 +107,88 @@ def iter_json_array(path: str | Path, *, chunk_chars: int = 1 << 20, max_record_
             yield start_line, obj
 
 
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line, object)`` per non-blank line (a line that is not JSON: its JSONDecodeError)."""
+    p = Path(path)
+    try:
+        fh = open(p, encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{p}: data file not found") from None
+    with fh:
+        n = 0
+        try:
+            for n, text in enumerate(fh, 1):
+                if text.strip():
+                    try:
+                        yield n, json.loads(text)
+                    except json.JSONDecodeError as exc:
+                        yield n, exc
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{p}:{n + 1}: not UTF-8: {exc.reason}") from None
+
+
+def parse_llava(obj: Any) -> tuple[str, str, str]:
+    if not isinstance(obj, dict) or "image" not in obj or "conversations" not in obj:
+        raise ValueError("expected an object with 'image' and 'conversations'")
+    conv = obj["conversations"]
+    if not isinstance(conv, list) or len(conv) < 2:
+        raise ValueError("'conversations' must hold a human turn and a gpt turn")
+    human = next((t for t in conv if isinstance(t, dict) and t.get("from") == "human"), None)
+    gpt = next((t for t in conv if isinstance(t, dict) and t.get("from") == "gpt"), None)
+    if human is None or gpt is None:
+        raise ValueError("'conversations' needs a turn from 'human' and one from 'gpt'")
+    return str(obj["image"]), str(human.get("value", "")), str(gpt.get("value", ""))
+
+
+def parse_jsonl(obj: Any) -> tuple[str, str, str]:
+    if not isinstance(obj, dict) or "image" not in obj or "caption" not in obj:
+        raise ValueError("expected an object with 'image' and 'caption'")
+    return str(obj["image"]), str(obj.get("prompt", DEFAULT_PROMPT)), str(obj["caption"])
+
+
+def detect_format(path: Path, fmt: str) -> str:
+    """``fmt``, or the format whose suffix ``path`` has (``auto``)."""
+    if fmt != "auto":
+        if fmt not in FORMATS:
+            raise DataError(f"{path}: data.format {fmt!r} is not one of {sorted(FORMATS)}")
+        return fmt
+    for name, f in FORMATS.items():
+        if path.suffix.lower() == f.suffix:
+            return name
+    raise DataError(f"{path}: cannot tell the format from the suffix; set data.format")
+
+
+def to_sample(obj: Any, origin: str, parse, root: Path, check_images: bool) -> Sample:
+    """One parsed record checked (fields, one ``<image>``, a caption, the image file) as a Sample."""
+    try:
+        image, prompt, caption = parse(obj)
+    except ValueError as exc:
+        raise DataError(f"{origin}: {exc}") from None
+    if prompt.count(IMAGE_TOKEN) != 1:
+        raise DataError(f"{origin}: prompt must contain {IMAGE_TOKEN} exactly once, got {prompt!r}")
+    if not caption.strip():
+        raise DataError(f"{origin}: empty caption")
+    img_path = Path(image) if Path(image).is_absolute() else root / image
+    if check_images:
+        check_image(img_path, origin)
+    elif not img_path.is_file():
+        raise DataError(f"{origin}: image file not found: {img_path}")
+    return Sample(img_path, prompt, caption.strip(), origin)
+
+
+@dataclass(frozen=True)
+class RecordFormat:
+    suffix: str  # what ``data.format = "auto"`` recognises
+    items: Callable[[Path], Iterator[tuple[int, Any]]]  # (line, object or its JSON error) per record
+    parse: Callable[[Any], tuple[str, str, str]]  # object -> (image, prompt, caption); ValueError if not one
+
+
+FORMATS: dict[str, RecordFormat] = {
+    "jsonl": RecordFormat(".jsonl", iter_jsonl, parse_jsonl),  # {"image", "caption", "prompt"?} a line
+    "llava_json": RecordFormat(".json", iter_json_array, parse_llava),  # LLaVA's stage-1 array
+}
+
+
 def stream_records(path: str | Path, *, image_root: str | Path | None = None, fmt: str = "auto",
                    policy: Policy = "fail", check_images: bool = True, report: dict | None = None
                    ) -> Iterator[Sample]:
@@ -114,33 +200,16 @@ def stream_records(path: str | Path, *, image_root: str | Path | None = None, fm
     root = Path(image_root) if image_root is not None else p.parent
     if policy not in ("skip", "fail"):
         raise DataError(f"bad-record policy must be 'skip' or 'fail', got {policy!r}")
-    kind = _detect(p, fmt)
+    form = FORMATS[detect_format(p, fmt)]
     rep = report if report is not None else {}
     rep.update(kept=0, skipped=0, problems=[])
-    parse = _from_llava if kind == "llava_json" else _from_jsonl
 
-    def items() -> Iterator[tuple[int, Any]]:
-        if kind == "llava_json":
-            yield from iter_json_array(p)
-            return
-        try:
-            fh = open(p, encoding="utf-8")
-        except FileNotFoundError:
-            raise DataError(f"{p}: data file not found") from None
-        with fh:
-            for n, text in enumerate(fh, 1):
-                if text.strip():
-                    try:
-                        yield n, json.loads(text)
-                    except json.JSONDecodeError as exc:
-                        yield n, exc
-
-    for line, obj in items():
+    for line, obj in form.items(p):
         origin = f"{p}:{line}"
         try:
             if isinstance(obj, Exception):
                 raise DataError(f"{origin}: invalid JSON: {obj.msg}")
-            sample = _to_sample(obj, origin, parse, root, check_images)
+            sample = to_sample(obj, origin, form.parse, root, check_images)
         except DataError as exc:
             if policy == "fail":
                 raise
