@@ -54,6 +54,30 @@ def initial_params(cfg) -> dict:
     return fresh_projector(init.projector, init.d_vision, init.d_model, init.seed)
 
 
+def theta0_record(cfg, params: dict | None) -> dict:
+    """What the ledger records about θ_0: its source, the SHA-256 of ``init.params``' file (when
+    set) and of θ_0's tensors (``params_sha256``: names, dtypes, shapes, bytes in name order; None
+    on a resumed run, whose θ_0 is no longer in memory), so an auditor can check which public warm
+    start, or which fresh initialisation, a federation began from."""
+    import hashlib
+
+    out: dict = {"source": params_source(cfg), "file_sha256": None, "params_sha256": None}
+    if cfg.init.params is not None:
+        h = hashlib.sha256()
+        with open(cfg.resolve(cfg.init.params), "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        out["file_sha256"] = h.hexdigest()
+    if params is not None:
+        h = hashlib.sha256()
+        for k in sorted(params):
+            v = params[k].detach().cpu().contiguous()
+            h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+            h.update(v.numpy().tobytes())
+        out["params_sha256"] = h.hexdigest()
+    return out
+
+
 def fresh_projector(kind: str, d_vision: int, d_model: int, seed: int) -> dict:
     """A projector ``kind`` for ``d_vision -> d_model``, initialised like ``nn.Linear`` from ``seed``."""
     import torch
@@ -250,7 +274,7 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
         if recovered:
             events.emit("ledger_reconciled", rounds=[e.fields.get("round") for e in recovered])
         record_run_start(ledger, cfg, site_policy, roster, curve_public=keypair.public if keypair else None,
-                         resumed_round=state.round, identity=identity)
+                         resumed_round=state.round, identity=identity, init=theta0_record(cfg, first_params))
         policy = RoundPolicy(
             rounds=cfg.run.rounds, min_silos=cfg.run.min_silos, train_deadline_s=cfg.run.train_deadline_s,
             step_deadline_s=cfg.run.step_deadline_s, heartbeat_timeout_s=cfg.run.heartbeat_timeout_s,
