@@ -11,7 +11,7 @@ initialisation and the same data:
 - ``no_image``: the same LM given no image (the baseline beside every figure);
 - ``warm``: the coordinator's public warm start θ_0 (its public set, no DP: it is public), saved
   as safetensors for ``aggregator serve``'s ``[init] params``; every federation starts there;
-- ``fedavg``, ``fedcmp``: federated without DP (Fed-CMP with its defaults: reliability "reference"
+- ``fedavg``, ``fedavgm`` (β 0.5), ``fedcmp``: federated without DP (Fed-CMP with its defaults: reliability "reference"
   against the coordinator's update on its public set);
 - ``dp_fedcmp``, ``dp_fedavg``: federated with DP (Opacus, σ derived from ε 8, δ 1e-5 per silo),
   training in the public basis of the warm start (``silo.subspace``; θ_0 − θ_init's top singular
@@ -45,7 +45,8 @@ from common_real import (Federation, build_model, cache_dir, caption_nll, genera
 from clipart_data import SILO_GROUPS, split  # noqa: E402
 
 PROMPT = "<image>\n"
-CONFIGS = ("warm", "fedavg", "fedcmp", "dp_fedcmp", "dp_fedavg")
+CONFIGS = ("warm", "fedavg", "fedavgm", "fedcmp", "dp_fedcmp", "dp_fedavg")
+PRESET = {"fedavgm": "fedavgm-b0.5"}  # FedAvgM at β 0.5: the strongest baseline on the embedded world
 TOWER_NOTE = ("EfficientNet-Lite0 is an ImageNet-1k classifier, trained on labels, not on text (no CLIP/SigLIP "
               "weights are reachable offline): the projector does all of the alignment to SmolLM2-135M.")
 
@@ -85,6 +86,7 @@ class Held:
         self.g_feats = [feats[torch.as_tensor(g)] for g in self.groups]
         self.g_texts = [[model.encode_text(PROMPT, recs[i]["caption"]) for i in g] for g in self.groups]
         self.g_plain = [[model.encode_text("<image>", recs[i]["caption"]) for i in g] for g in self.groups]
+        self.g_prior = [caption_logliks(model, None, t) for t in self.g_plain]  # (1, 10): the LM's prior
 
 
 def caption_logliks(model, feats, texts) -> torch.Tensor:
@@ -97,17 +99,23 @@ def caption_logliks(model, feats, texts) -> torch.Tensor:
 
 
 def evaluate(model, held: Held) -> dict:
-    hits = 0
-    for f, t in zip(held.g_feats, held.g_texts):
-        hits += int((caption_logliks(model, f, t).argmax(1) == torch.arange(len(t))).sum())
-    return {"nll": caption_nll(model, held.feats, held.texts),
-            "retrieval": hits / sum(len(g) for g in held.groups)}
+    """Caption NLL; retrieval by the caption's likelihood given the image (``retrieval``) and by that
+    likelihood minus the same LM's likelihood of the caption with no image (``retrieval_pmi``: the
+    caption's own prior taken out, so a short or common caption does not win for every drawing)."""
+    hits = hits_pmi = 0
+    for f, t, prior in zip(held.g_feats, held.g_texts, held.g_prior):
+        ll = caption_logliks(model, f, t)
+        right = torch.arange(len(t))
+        hits += int((ll.argmax(1) == right).sum())
+        hits_pmi += int(((ll - prior).argmax(1) == right).sum())
+    n = sum(len(g) for g in held.groups)
+    return {"nll": caption_nll(model, held.feats, held.texts), "retrieval": hits / n, "retrieval_pmi": hits_pmi / n}
 
 
 def text_only(model, held: Held) -> dict:
     """The same LM with no image: caption NLL; its retrieval picks the same caption (its prior's
     favourite) for all ten drawings of a group, so exactly one of ten is right: 0.1."""
-    return {"nll": caption_nll(model, None, held.plain), "retrieval": 1 / 10}
+    return {"nll": caption_nll(model, None, held.plain), "retrieval": 1 / 10, "retrieval_pmi": 1 / 10}
 
 
 def figure(path: Path, recs, idx, captions: dict[str, list[str]], png_root: Path) -> Path:
@@ -162,7 +170,8 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
             "params_sha256": params_sha256(theta0), "upload_bytes_per_silo_per_round": 0}
     out["rows"]["warm"] = warm
     say(f"  public warm start ({len(sp.public)} public drawings x {args.warm_passes} passes, no DP, "
-        f"{warm['seconds']:.0f}s): NLL {warm['nll']:.3f}, retrieval {warm['retrieval']:.3f} (no image "
+        f"{warm['seconds']:.0f}s): NLL {warm['nll']:.3f}, retrieval {warm['retrieval']:.3f} "
+        f"(prior removed {warm['retrieval_pmi']:.3f}) (no image "
         f"{base['nll']:.3f}); θ_0 sha256 {sha[:16]}")
 
     ref = [shard(model, feats, recs, list(c), t) for t, c in
@@ -178,7 +187,7 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
             out_.append([shard(model, feats, recs, list(order[t * size : (t + 1) * size]), t) for t in range(rounds)])
         return out_
 
-    initial = {k: warm[k] for k in ("nll", "retrieval")}
+    initial = {k: warm[k] for k in ("nll", "retrieval", "retrieval_pmi")}
     evaluator = (lambda m: evaluate(m, held))
     for name in args.configs:
         if name == "warm":
@@ -195,20 +204,21 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
             dp, st, basis, rounds, size = None, settings, None, args.rounds, args.shard
         shards = silo_shards(rounds, size, 1)
         strat = (build_strategy("fedcmp", dp=dp_on, rank=args.rank, seed=seed) if strat_name == "fedcmp"
-                 else build_strategy(strat_name))
+                 else build_strategy(PRESET.get(strat_name, strat_name)))
         uses_ref = getattr(getattr(strat, "config", None), "reliability", None) == "reference"
         prob = Federation(model, theta0, shards, evaluator, st, dp, seed, basis=basis, initial=initial,
                           reference=ref if uses_ref else None)
         say(f"\n  {name}: {len(shards)} silos x {rounds} rounds x {size} drawings, {strat.name}, SecAgg"
             + (f", DP (Poisson batch {args.dp_batch}, {args.dp_passes:g} pass(es), lr {args.dp_lr:g}, "
                f"C {args.dp_clip}, epsilon {args.dp_epsilon})" if dp_on else ", no DP"))
-        r = run_federation(prob, strat, rounds, metrics=("nll", "retrieval"))
+        r = run_federation(prob, strat, rounds, metrics=("nll", "retrieval", "retrieval_pmi"))
         params = r.pop("params")
         r["reliability"] = getattr(getattr(strat, "config", None), "reliability", None)
         out["rows"][name] = r
         out.setdefault("_params", {})[name] = params
         say(f"    NLL {warm['nll']:.3f} -> {r['nll']:.3f} (no image {base['nll']:.3f}); retrieval "
-            f"{warm['retrieval']:.3f} -> {r['retrieval']:.3f}; upload {r['upload_bytes_per_silo_per_round']:,} "
+            f"{warm['retrieval']:.3f} -> {r['retrieval']:.3f} (prior removed {warm['retrieval_pmi']:.3f} -> "
+            f"{r['retrieval_pmi']:.3f}); upload {r['upload_bytes_per_silo_per_round']:,} "
             f"B/silo/round" + (f"; epsilon {r['epsilon']:.2f}" if dp_on else "") + f" ({r['seconds']:.0f}s)")
     out["_params"] = {"warm": theta0, **out.get("_params", {})}
     return out
@@ -287,7 +297,16 @@ def main(argv: list[str] | None = None) -> int:
             for k, i in enumerate(pick):
                 say(f"    {recs[i]['caption']!r}: " + " | ".join(f"{nm}: {c[k]!r}" for nm, c in caps.items()))
         res["seconds"] = round(time.perf_counter() - started, 1)
-        (args.out / f"seed{seed}.json").write_text(json.dumps(res, indent=1))
+        path = args.out / f"seed{seed}.json"
+        if path.is_file():  # a later invocation with other --configs adds rows to the same seed's file
+            old = json.loads(path.read_text())
+            if old.get("settings", {}) | {"configs": None, "seeds": None, "show": None} != \
+                    res["settings"] | {"configs": None, "seeds": None, "show": None}:
+                print(f"run: {path} was made with other settings; use another --out", file=sys.stderr)
+                return 2
+            res["rows"] = {**old["rows"], **res["rows"]}
+            res["captions"] = res.get("captions") or old.get("captions")
+        path.write_text(json.dumps(res, indent=1))
         say(f"  wrote {args.out / f'seed{seed}.json'} ({res['seconds']}s so far)")
     return 0
 
