@@ -45,7 +45,10 @@ from common_real import (Federation, build_model, cache_dir, caption_nll, genera
 from clipart_data import SILO_GROUPS, split  # noqa: E402
 
 PROMPT = "<image>\n"
-CONFIGS = ("warm", "fedavg", "fedavgm", "fedcmp", "dp_fedcmp", "dp_fedavg")
+CONFIGS = ("warm", "fedavg", "fedavgm", "fedcmp", "dp_fedcmp", "dp_fedavg", "dp_fedcmp_sub")
+DEFAULT_CONFIGS = CONFIGS[:-1]
+# dp_fedcmp_sub: Fed-CMP under DP at rank = the public basis' rank: a silo's update U·C lies in the
+# r-dim span of the warm start's basis, so the rank-r sums carry it whole at a fraction of the upload
 PRESET = {"fedavgm": "fedavgm-b0.5"}  # FedAvgM at β 0.5: the strongest baseline on the embedded world
 TOWER_NOTE = ("EfficientNet-Lite0 is an ImageNet-1k classifier, trained on labels, not on text (no CLIP/SigLIP "
               "weights are reachable offline): the projector does all of the alignment to SmolLM2-135M.")
@@ -134,7 +137,8 @@ def figure(path: Path, recs, idx, captions: dict[str, list[str]], png_root: Path
         canvas.paste(Image.fromarray(load_png(png_root / (recs[i]["rel"] + ".png"))), (4, y))
         draw.text((w_img + 12, y), f"true: {recs[i]['caption']}"[:110], fill=(0, 0, 0))
         for k, n in enumerate(names):
-            draw.text((w_img + 12, y + line * (k + 1)), f"{n}: {captions[n][r]}"[:110], fill=(0, 0, 160))
+            text = " ".join(captions[n][r].split())  # one line: greedy captions may hold newlines
+            draw.text((w_img + 12, y + line * (k + 1)), f"{n}: {text}"[:110], fill=(0, 0, 160))
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     return path
@@ -193,7 +197,8 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
         if name == "warm":
             continue
         dp_on = name.startswith("dp_")
-        strat_name = name.removeprefix("dp_")
+        strat_name = name.removeprefix("dp_").removesuffix("_sub")
+        rank = args.dp_subspace if name.endswith("_sub") else args.rank
         if dp_on:
             dp = dict(sigma=None, clip=args.dp_clip, epsilon=args.dp_epsilon, delta=1e-5)
             st = TrainSettings(batch_size=args.dp_batch, lr=args.dp_lr, local_epochs=args.dp_passes,
@@ -203,7 +208,7 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
         else:
             dp, st, basis, rounds, size = None, settings, None, args.rounds, args.shard
         shards = silo_shards(rounds, size, 1)
-        strat = (build_strategy("fedcmp", dp=dp_on, rank=args.rank, seed=seed) if strat_name == "fedcmp"
+        strat = (build_strategy("fedcmp", dp=dp_on, rank=rank, seed=seed) if strat_name == "fedcmp"
                  else build_strategy(PRESET.get(strat_name, strat_name)))
         uses_ref = getattr(getattr(strat, "config", None), "reliability", None) == "reference"
         prob = Federation(model, theta0, shards, evaluator, st, dp, seed, basis=basis, initial=initial,
@@ -227,7 +232,7 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
+    ap.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), choices=CONFIGS)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--shard", type=int, default=48, help="drawings per silo per round without DP (one pass)")
     ap.add_argument("--batch", type=int, default=8)

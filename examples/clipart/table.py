@@ -16,7 +16,8 @@ from pathlib import Path
 
 ROWS = (("no_image", "same LM, no image"), ("warm", "public warm start only (θ_0, no DP)"),
         ("fedavg", "FedAvg, no DP"), ("fedavgm", "FedAvgM β 0.5, no DP"), ("fedcmp", "Fed-CMP, no DP"),
-        ("dp_fedavg", "FedAvg, DP ε 8"), ("dp_fedcmp", "Fed-CMP, DP ε 8"))
+        ("dp_fedavg", "FedAvg, DP ε 8"), ("dp_fedcmp", "Fed-CMP, DP ε 8"),
+        ("dp_fedcmp_sub", "Fed-CMP at the public basis' rank, DP ε 8"))
 
 
 def ms(xs: list[float], fmt: str = "{:.3f}") -> str:
