@@ -25,6 +25,7 @@ upload bytes per silo per round; writes ``seed<N>.json`` per seed and a figure o
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -165,11 +166,19 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
     settings = TrainSettings(batch_size=args.batch, lr=args.lr)
     pub = [shard(model, feats, recs, list(rng.permutation(sp.public)), t) for t in range(args.warm_passes)]
     t0 = time.perf_counter()
-    theta0 = warm_start(model, init, pub, settings, seed)
+    saved = args.out / f"theta0-seed{seed}.safetensors"
+    if saved.is_file():  # a later invocation (other --configs) starts from the same θ_0, read back
+        from safetensors.torch import load_file
+
+        theta0 = load_file(str(saved))
+        sha = hashlib.sha256(saved.read_bytes()).hexdigest()
+        say(f"  θ_0 read back from {saved}")
+    else:
+        theta0 = warm_start(model, init, pub, settings, seed)
+        sha = save_params(theta0, saved, made_by="examples/clipart warm start",
+                          public_records=str(len(sp.public)), passes=str(args.warm_passes))
     model.load_projector_state(theta0)
     model.projector.eval()
-    sha = save_params(theta0, args.out / f"theta0-seed{seed}.safetensors", made_by="examples/clipart warm start",
-                      public_records=str(len(sp.public)), passes=str(args.warm_passes))
     warm = {**evaluate(model, held), "seconds": time.perf_counter() - t0, "file_sha256": sha,
             "params_sha256": params_sha256(theta0), "upload_bytes_per_silo_per_round": 0}
     out["rows"]["warm"] = warm
@@ -309,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                     res["settings"] | {"configs": None, "seeds": None, "show": None}:
                 print(f"run: {path} was made with other settings; use another --out", file=sys.stderr)
                 return 2
-            res["rows"] = {**old["rows"], **res["rows"]}
+            res["rows"] = {**old["rows"], **{k: v for k, v in res["rows"].items() if k not in old["rows"] or k != "warm"}}
             res["captions"] = res.get("captions") or old.get("captions")
         path.write_text(json.dumps(res, indent=1))
         say(f"  wrote {args.out / f'seed{seed}.json'} ({res['seconds']}s so far)")
