@@ -158,7 +158,9 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
     out: dict = {"seed": seed, "no_image": base, "rows": {}}
     model.load_projector_state(init)
     model.projector.eval()
-    out["untrained"] = evaluate(model, held)
+    path = args.out / f"seed{seed}.json"
+    prior = json.loads(path.read_text()) if path.is_file() else {}  # an earlier invocation's rows, reused
+    out["untrained"] = prior.get("untrained") or evaluate(model, held)
     say(f"  seed {seed}: untrained projector NLL {out['untrained']['nll']:.3f}, retrieval "
         f"{out['untrained']['retrieval']:.3f} (no image: NLL {base['nll']:.3f}, retrieval {base['retrieval']:.3f})")
 
@@ -179,8 +181,10 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
                           public_records=str(len(sp.public)), passes=str(args.warm_passes))
     model.load_projector_state(theta0)
     model.projector.eval()
-    warm = {**evaluate(model, held), "seconds": time.perf_counter() - t0, "file_sha256": sha,
-            "params_sha256": params_sha256(theta0), "upload_bytes_per_silo_per_round": 0}
+    warm = prior.get("rows", {}).get("warm") if saved.is_file() else None
+    if not warm or warm.get("file_sha256") != sha:
+        warm = {**evaluate(model, held), "seconds": time.perf_counter() - t0, "file_sha256": sha,
+                "params_sha256": params_sha256(theta0), "upload_bytes_per_silo_per_round": 0}
     out["rows"]["warm"] = warm
     say(f"  public warm start ({len(sp.public)} public drawings x {args.warm_passes} passes, no DP, "
         f"{warm['seconds']:.0f}s): NLL {warm['nll']:.3f}, retrieval {warm['retrieval']:.3f} "
