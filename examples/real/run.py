@@ -307,6 +307,10 @@ def main(argv: list[str] | None = None) -> None:
             f"{untrained['mc_accuracy']:.3f} -> {warm['mc_accuracy']:.3f}; θ_0 {args.out / 'theta0.safetensors'} "
             f"sha256 {sha[:16]}")
     initial = {k: warm[k] for k in ("nll", "mc_accuracy")} if warm else untrained
+    # Fed-CMP's reliability "reference": the coordinator's update on the public digits, a shard's worth a round
+    rng_ref = np.random.default_rng(args.seed + 6)
+    reference = [shard_of(model, feats, labels, c, rng_ref, t, args.templates)
+                 for t, c in enumerate(np.array_split(cal, max(1, -(-len(cal) // args.shard))))]
 
     runs = {}
     for dp_on in {"both": (False, True), "off": (False,), "on": (True,)}[args.dp]:
@@ -317,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
             + (f"DP (Poisson batch {args.dp_batch}, {args.dp_passes:g} pass(es), AdamW lr {args.dp_lr:g}, C {args.dp_clip}, "
                f"budget epsilon {args.dp_epsilon} at delta 1e-5)" if dp_on
                else f"no DP (batch {args.batch}, AdamW lr {args.lr:g})"))
-        runs[name] = federate(model, init, shards_for(rounds, size), held, args, dp, initial, reference=public or None)
+        runs[name] = federate(model, init, shards_for(rounds, size), held, args, dp, initial, reference=reference)
         r = runs[name]
         say(f"    held-out NLL {r['initial']['nll']:.3f} -> {r['nll']:.3f} (no image {base['nll']:.3f}); "
             f"multiple choice {r['initial']['mc_accuracy']:.3f} -> {r['mc_accuracy']:.3f}"
