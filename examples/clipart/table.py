@@ -124,6 +124,13 @@ def build(seeds: list[dict]) -> str:
     check("… at ≥ 3× less upload (FedAvg bytes / Fed-CMP bytes)",
           paired(seeds, lambda s: s["rows"]["dp_fedavg"]["upload_bytes_per_silo_per_round"]
                  / s["rows"]["dp_fedcmp"]["upload_bytes_per_silo_per_round"]), lambda m: m >= 3, "{:.2f}")
+    if any("dp_fedcmp_sub" in s["rows"] for s in seeds):
+        diff = paired(seeds, lambda s: s["rows"]["dp_fedcmp_sub"]["nll"] - s["rows"]["dp_fedavg"]["nll"])
+        sd = st.stdev(diff) if len(diff) > 1 else 0.0
+        check("DP Fed-CMP at the public basis' rank ties or beats DP FedAvg: NLL difference", diff, lambda m: m <= sd)
+        check("… upload ratio (FedAvg bytes / Fed-CMP at the basis' rank)",
+              paired(seeds, lambda s: s["rows"]["dp_fedavg"]["upload_bytes_per_silo_per_round"]
+                     / s["rows"]["dp_fedcmp_sub"]["upload_bytes_per_silo_per_round"]), lambda m: m >= 3, "{:.2f}")
     diff = paired(seeds, lambda s: s["rows"]["fedcmp"]["nll"] - s["rows"]["fedavgm"]["nll"])
     sd = st.stdev(diff) if len(diff) > 1 else 0.0
     check("non-DP Fed-CMP ties or beats FedAvgM β 0.5: NLL difference", diff, lambda m: m <= sd)
