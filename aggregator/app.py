@@ -17,7 +17,7 @@ from fedalign.host.process import apply_process_defaults
 from fedalign.protocol.files import private_mkdir
 
 __all__ = ["initial_params", "fresh_projector", "init_projector", "params_source", "serve_from_config",
-           "write_aggregator_card"]
+           "theta0_record", "write_aggregator_card"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,30 @@ def initial_params(cfg) -> dict:
             raise ConfigError(f"init.params: {path}: {e}; a file in LLaVA's (model.mm_projector.*) or HF "
                               "Llava's (multi_modal_projector.*) layout must hold the whole projector") from None
     return fresh_projector(init.projector, init.d_vision, init.d_model, init.seed)
+
+
+def theta0_record(cfg, params: dict | None) -> dict:
+    """What the ledger records about θ_0: its source, the SHA-256 of ``init.params``' file (when
+    set) and of θ_0's tensors (``params_sha256``: names, dtypes, shapes, bytes in name order; None
+    on a resumed run, whose θ_0 is no longer in memory), so an auditor can check which public warm
+    start, or which fresh initialisation, a federation began from."""
+    import hashlib
+
+    out: dict = {"source": params_source(cfg), "file_sha256": None, "params_sha256": None}
+    if cfg.init.params is not None:
+        h = hashlib.sha256()
+        with open(cfg.resolve(cfg.init.params), "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        out["file_sha256"] = h.hexdigest()
+    if params is not None:
+        h = hashlib.sha256()
+        for k in sorted(params):
+            v = params[k].detach().cpu().contiguous()
+            h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+            h.update(v.numpy().tobytes())
+        out["params_sha256"] = h.hexdigest()
+    return out
 
 
 def fresh_projector(kind: str, d_vision: int, d_model: int, seed: int) -> dict:
@@ -252,7 +276,7 @@ def serve_from_config(config: Path, *, insecure_plaintext: bool = False, quiet: 
         if recovered:
             events.emit("ledger_reconciled", rounds=[e.fields.get("round") for e in recovered])
         record_run_start(ledger, cfg, site_policy, roster, curve_public=keypair.public if keypair else None,
-                         resumed_round=state.round, identity=identity)
+                         resumed_round=state.round, identity=identity, init=theta0_record(cfg, first_params))
         policy = RoundPolicy(
             rounds=cfg.run.rounds, min_silos=cfg.run.min_silos, train_deadline_s=cfg.run.train_deadline_s,
             step_deadline_s=cfg.run.step_deadline_s, heartbeat_timeout_s=cfg.run.heartbeat_timeout_s,

@@ -83,14 +83,17 @@ def load_identity_checked(cfg: Any, roster: Any, keypair: Any) -> Any:
 
 
 def record_run_start(ledger: Ledger, cfg: Any, policy: AggregatorSitePolicy | None, roster: Any,
-                     *, curve_public: str | None, resumed_round: int, identity: Any = None) -> None:
-    """The first entry of a run (policy and its hash, settings, transport) in the aggregator's ledger."""
+                     *, curve_public: str | None, resumed_round: int, identity: Any = None,
+                     init: dict | None = None) -> None:
+    """The first entry of a run (policy and its hash, settings, transport, and θ_0: where it came
+    from and its digests, ``init``) in the aggregator's ledger."""
     ledger.append("run_start", {
         "role": "aggregator",
         "policy": policy.model_dump(mode="json") if policy is not None else None,
         "policy_sha256": policy_digest(policy),
         "policy_file": str(cfg.resolve(cfg.policy)) if cfg.policy is not None else None,
         "resumed_round": resumed_round,
+        "init": init,
         "settings": {"scheme": cfg.secure_sum.scheme, "min_silos": cfg.run.min_silos, "rounds": cfg.run.rounds,
                      "clip": cfg.secure_sum.clip, "neighbours": cfg.secure_sum.neighbours,
                      "strategy": cfg.strategy.name, "roster": sorted(roster.silos)},

