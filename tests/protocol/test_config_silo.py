@@ -69,9 +69,12 @@ def test_privacy_on_and_nothing_else_gets_the_measured_dp_schedule(tmp_path):
     old = plan_dp(8.0, 1e-5, shard_sizes=[cfg.data.shard_size], batch_size=32, steps_for=lambda n: n // 32,
                   max_grad_norm=1.0, n_params=n_params)
     assert old.noise_to_clip > NOISE_TO_CLIP_WARN
-    # a key the file sets wins; privacy off leaves the plain defaults
+    # a file that sets any schedule key owns its schedule (nothing of the recipe is mixed in: a
+    # recipe's 4 passes under a file's fixed σ once broke examples/federation's budget)
     p.write_text("[privacy]\nenabled = true\n[train]\nbatch_size = 64\n")
     t = load_silo_config(p).train
-    assert t.batch_size == 64 and t.lr == DP_TRAIN_DEFAULTS["lr"]
+    assert t.batch_size == 64 and t.lr == 2e-3 and t.local_epochs == 1.0 and t.lr != DP_TRAIN_DEFAULTS["lr"]
+    p.write_text("[privacy]\nenabled = true\n[train]\nlocal_steps = 3\nrounds = 2\n")
+    assert load_silo_config(p).train.batch_size == 32
     p.write_text("[train]\nrounds = 2\n")
     assert load_silo_config(p).train.batch_size == 32

@@ -235,15 +235,16 @@ class SiloConfig(FileConfig):
     @model_validator(mode="before")
     @classmethod
     def _dp_schedule_defaults(cls, data: Any) -> Any:
-        """privacy.enabled with [train] silent on the schedule: DP_TRAIN_DEFAULTS fill what is not set
-        (a key the file sets is kept, and local_steps, when set, decides the steps)."""
+        """privacy.enabled with [train] silent on the schedule (none of batch_size, physical_batch_size,
+        lr, local_epochs, local_steps set): DP_TRAIN_DEFAULTS. A file that sets any of them owns its
+        schedule, and nothing of the recipe is mixed into it."""
         if not isinstance(data, dict):
             return data
         privacy = data.get("privacy")
         if not (isinstance(privacy, dict) and privacy.get("enabled") in (True, "true")):
             return data
         train = data.get("train", {})
-        if not isinstance(train, dict):
+        if not isinstance(train, dict) or set(train) & (set(DP_TRAIN_DEFAULTS) | {"local_steps"}):
             return data
         return {**data, "train": {**DP_TRAIN_DEFAULTS, **train}}
 
