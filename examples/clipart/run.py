@@ -267,7 +267,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/clipart"))
     ap.add_argument("--debug", action="store_true")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
     started = time.perf_counter()
     say(TOWER_NOTE)
     from prepare import PNG_ROOT, prepare
