@@ -5,7 +5,7 @@ projector to ``output.dir`` (each file atomically, only after training and evalu
 succeeded). Without ``--local`` the networked runtime (``fedalign.silo.federation.run_federated``) runs.
 The commands parse and print; runs are composed in :mod:`fedalign.silo.app`.
 Errors print one line and exit non-zero (table in ``fedalign.host.cli_errors``); ``--debug`` adds the
-traceback. Other modules add commands with ``@app.command()``.
+traceback. ``build_app()`` registers the commands, as ``aggregator`` and ``fedalign-lab`` do.
 """
 
 from __future__ import annotations
@@ -21,17 +21,9 @@ import typer
 from fedalign.host.cli_errors import run_cli
 from fedalign.protocol.config import parse_override
 
-__all__ = ["app", "main", "config_overrides", "run_command", "load_config_from_cli"]
+__all__ = ["app", "build_app", "main", "config_overrides", "run_command", "load_config_from_cli"]
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="A silo of federated multimodal alignment: train the projector on local data.")
-
-
-
-@app.callback()
-def _root() -> None:
-    """A silo of federated multimodal alignment: train the projector on local data."""
-
+HELP = "A silo of federated multimodal alignment: train the projector on local data."
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="silo.toml (defaults apply when omitted)")
 DebugOpt = typer.Option(False, "--debug", help="show tracebacks")
@@ -78,7 +70,6 @@ def load_config_from_cli(config: Optional[Path], overrides: dict[str, Any]):
     return load_silo_config(config, overrides)
 
 
-@app.command()
 def train(
     config: Optional[Path] = ConfigOpt,
     local: bool = typer.Option(False, "--local", help="train without an aggregator"),
@@ -118,7 +109,6 @@ def train(
     run_command(body, debug)
 
 
-@app.command()
 def describe(
     config: Optional[Path] = ConfigOpt,
     out: Optional[Path] = typer.Option(None, "--out", help="write the model card here (JSON); default: print it"),
@@ -145,7 +135,6 @@ def describe(
     run_command(body, debug)
 
 
-@app.command()
 def reference(
     config: Optional[Path] = ConfigOpt,
     sets: Optional[list[str]] = SetOpt,
@@ -167,7 +156,6 @@ def reference(
     run_command(body, debug)
 
 
-@app.command()
 def keygen(
     name: str = typer.Option(..., "--name", help="this silo's id (as in the roster)"),
     out: Path = typer.Option(Path("keys"), "--out", help="directory for the key files"),
@@ -193,7 +181,6 @@ def keygen(
     run_command(body, debug)
 
 
-@app.command()
 def status(
     config: Optional[Path] = ConfigOpt,
     sets: Optional[list[str]] = SetOpt,
@@ -211,20 +198,33 @@ def status(
     run_command(body, debug)
 
 
-def _mount_audit() -> None:
+def build_app() -> typer.Typer:
+    """The ``silo`` app (the three CLIs are built alike: a function that registers the commands)."""
+    app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP)
+
+    @app.callback()
+    def _root() -> None:  # a group callback keeps the subcommands subcommands
+        """A silo of federated multimodal alignment: train the projector on local data."""
+
+    for command in (train, describe, reference, keygen, status):
+        app.command()(command)
     from fedalign.silo.audit import app as audit_app
 
     app.add_typer(audit_app, name="audit")
+    return app
 
 
-_mount_audit()
+def __getattr__(name: str) -> Any:  # ``silo.cli.app`` is built on first use, as aggregator.cli.app
+    if name == "app":
+        return build_app()
+    raise AttributeError(name)
 
 
 def main() -> None:
     """Console-script entry point (``silo = fedalign.silo.cli:main``)."""
     offline_by_default()
     try:
-        app()
+        build_app()()
     except SystemExit as e:
         from fedalign.silo.distributed import exit_process
 
