@@ -89,3 +89,19 @@ def test_train_prox_mu_in_silo_toml_is_refused_naming_the_strategy(tmp_path, tin
 
     with pytest.raises(ConfigError, match=r"train.prox_mu is gone.*\[strategy\]"):
         load_silo_config(_toml(tmp_path, tiny_dir, data_files, train__prox_mu=0.1))
+
+
+def test_a_pinned_silo_refuses_a_mu_it_did_not_choose_before_training():
+    """μ now crosses the wire as a strategy option, so an aggregator could pick it: a silo's pin
+    refuses any μ but its own (or its range), before a shard is drawn."""
+    from fedalign.fedcmp.pin import StrategyPin
+
+    SpyTrainer.seen = []
+    res = run_federation(3, rounds=1, strategy="fedprox", options={"mu": 100.0},
+                         silo_policy={"strategy": StrategyPin("fedprox", {"mu": 0.01})},
+                         policy_overrides={"max_failed_rounds": 1, "roster_wait_s": 3},
+                         make_trainer=lambda fed, i: SpyTrainer(fed, i))
+    assert SpyTrainer.seen == []  # nothing trained
+    refusals = [e for e in res.events if e["event"] in ("refused", "round_refused", "silo_refused")
+                or "refus" in e["event"]]
+    assert refusals and any("mu = 100" in str(e) for e in refusals), refusals[:3]
