@@ -17,7 +17,7 @@ from fedalign.host.process import apply_process_defaults
 from fedalign.protocol.files import private_mkdir
 
 __all__ = ["initial_params", "fresh_projector", "init_projector", "params_source", "serve_from_config",
-           "theta0_record", "write_aggregator_card"]
+           "theta0_record", "params_sha256", "write_aggregator_card"]
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +64,21 @@ def theta0_record(cfg, params: dict | None) -> dict:
                 h.update(chunk)
         out["file_sha256"] = h.hexdigest()
     if params is not None:
-        h = hashlib.sha256()
-        for k in sorted(params):
-            v = params[k].detach().cpu().contiguous()
-            h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
-            h.update(v.numpy().tobytes())
-        out["params_sha256"] = h.hexdigest()
+        out["params_sha256"] = params_sha256(params)
     return out
+
+
+def params_sha256(params: dict) -> str:
+    """SHA-256 over a projector's tensors (names, dtypes, shapes, bytes, in name order): the digest
+    of θ_0 in the ledger's run_start, which a warm start's maker can compute beside it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(params):
+        v = params[k].detach().cpu().contiguous()
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(v.numpy().tobytes())
+    return h.hexdigest()
 
 
 def fresh_projector(kind: str, d_vision: int, d_model: int, seed: int) -> dict:

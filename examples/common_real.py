@@ -17,6 +17,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from fedalign.aggregator.app import params_sha256  # the θ digest the aggregator's ledger records
+
 HERE = Path(__file__).resolve().parent
 
 __all__ = ["say", "cache_dir", "smollm2_path", "tower_features", "FeatureTower", "build_model", "caption_nll",
@@ -237,16 +239,6 @@ def warm_start(model, init: dict, shards: list, settings, seed: int) -> dict:
         delta = tr.train_round(params, sh).delta
         params = {k: params[k] + delta[k] for k in params}
     return params
-
-
-def params_sha256(params: dict) -> str:
-    """SHA-256 over a projector's tensors (names, dtypes, shapes, bytes, in name order)."""
-    h = hashlib.sha256()
-    for k in sorted(params):
-        v = params[k].detach().cpu().contiguous()
-        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
-        h.update(v.numpy().tobytes())
-    return h.hexdigest()
 
 
 def save_params(params: dict, path: Path, **meta: str) -> str:

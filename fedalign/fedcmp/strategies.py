@@ -273,7 +273,6 @@ class FedCMP:
 
     def __init__(self, config: FedCMPConfig | None = None, reference_update: ReferenceUpdate | None = None) -> None:
         self.config = config or FedCMPConfig()
-        self.options = asdict(self.config)
         # reliability "reference": the coordinator's hook θ_t -> Δ_ref, called by init_public (θ_0) and after
         # each round's last phase (θ_{t+1}): the next round's reference is public before its phase 0
         self.reference_update = reference_update
@@ -284,6 +283,10 @@ class FedCMP:
             f"{k}={v}" for k, v in asdict(c).items() if k != "seed" and getattr(FedCMPConfig(), k) != v
         ) + ")"
         self.name = label
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return asdict(self.config)
 
     def _reference(self, params: Tensors) -> Tensors:
         if self.reference_update is None:

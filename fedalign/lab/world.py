@@ -18,6 +18,8 @@ from fedalign.protocol.errors import ConfigError
 from fedalign.fedcmp.strategy import Tensors
 from fedalign.lab.problem import LocalResult
 
+from fedalign.protocol.config.silo import DP_TRAIN_DEFAULTS
+
 __all__ = ["WorldFederation", "build_world_problem", "SCENARIO_NAMES", "SCENARIO_KEYS", "DEFAULTS", "DP_DEFAULTS"]
 
 SCENARIO_NAMES = {"label": "label_skew", "domain": "domain_skew", "style": "style_skew", "unreliable": "unreliable"}
@@ -59,11 +61,9 @@ DEFAULTS: dict[str, Any] = {
 # mean gradient, σ·√d/B, falls with B). The non-DP defaults above (batch 16 of 64) put σ·√d/B near
 # 40 clip norms and ended above the no-image NLL (issue 27: 1.106 against 1.026, domain, seed 11).
 DP_DEFAULTS: dict[str, Any] = {
+    **DP_TRAIN_DEFAULTS,  # batch 256 as micro-batches of 128, lr 3e-3: a silo.toml's DP schedule
     "samples_per_round": 1024,
-    "batch_size": 256,
-    "lr": 3e-3,
-    "local_epochs": 8.0,
-    "physical_batch_size": 128,
+    "local_epochs": 8.0,  # the DP table's 8 passes over a round's 1,024 (a silo's shard of 512 takes 4)
 }
 
 
