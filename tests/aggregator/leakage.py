@@ -68,9 +68,11 @@ class FreshUpdate:
 
     def __init__(self, index: int, scale: float = 0.05) -> None:
         self.index, self.scale, self.calls = index, scale, 0
+        self.prox_mu: list[float] = []  # the μ each training was given (the round's strategy option)
 
     def train(self, round_id, params, *, prox_mu=0.0):
         self.calls += 1
+        self.prox_mu.append(prox_mu)
         g = torch.Generator().manual_seed(104_729 * self.index + 1009 * round_id + self.calls)
         return TrainedUpdate({k: self.scale * torch.randn(v.shape, generator=g) for k, v in params.items()}, 64)
 
@@ -95,6 +97,8 @@ class AttackRun:
     events: list[dict]
     error: BaseException | None
     refusals: list[dict] = field(default_factory=list)
+    one_phase: bool = False  # a mean-update strategy (FedAvg, FedProx, ...): each sum is Σ w·Δ itself
+    trainers: dict[str, Any] = field(default_factory=dict)
 
 
 def _capturing(tamper, declare):
@@ -129,7 +133,7 @@ def _capturing(tamper, declare):
     return CapturingCoordinator
 
 
-def attack_run(*, n_silos: int = 4, rounds: int = 2, options: dict | None = None,
+def attack_run(*, n_silos: int = 4, rounds: int = 2, options: dict | None = None, strategy: str = "fedcmp",
                schedule: dict[str, tuple[str, int, int]] | None = None,
                declare: Callable[[int, int, list[str]], list[str]] | None = None,
                tamper: Callable[[str, Any], Any] | None = None, min_silos: int = 3,
@@ -139,12 +143,15 @@ def attack_run(*, n_silos: int = 4, rounds: int = 2, options: dict | None = None
 
     ``schedule``: silo -> (message kind, round, phase) after which it dies (kind "UpdateReady":
     after training, before phase 0)."""
-    options = {"rank": 2, "reliability": "off", "error_feedback": False, **(options or {})}
+    if strategy == "fedcmp":
+        options = {"rank": 2, "reliability": "off", "error_feedback": False, **(options or {})}
+    options = dict(options or {})
     names = [f"silo-{i}" for i in range(n_silos)]
     ids = {s: generate_identity() for s in names}
     trusted = {s: k.public_hex for s, k in ids.items()}
     net = InMemoryNetwork(wire_registry())
-    strat = make_strategy("fedcmp", **options)
+    strat = make_strategy(strategy, **options)
+    one_phase = strat.n_phases == 1
     params = projector()
     state = RunState(0, params, strat.init_public(params), strat.init_server_state(params))
     events: list[dict] = []
@@ -154,11 +161,12 @@ def attack_run(*, n_silos: int = 4, rounds: int = 2, options: dict | None = None
     pol = RoundPolicy(rounds=rounds, min_silos=min_silos, train_deadline_s=10, step_deadline_s=step_deadline_s,
                       heartbeat_timeout_s=1.0, roster_wait_s=8, roster_grace_s=0.2, clip=4.0,
                       max_failed_rounds=max_failed_rounds)
-    coord = _capturing(tamper, declare)(net.server(), strat, strategy_name="fedcmp",
+    coord = _capturing(tamper, declare)(net.server(), strat, strategy_name=strategy,
                                          strategy_options=strategy_options(strat), identities=trusted, policy=pol,
                                          state=state, events=Log(None, source="aggregator"))
     truth: dict[tuple[str, int], dict[str, np.ndarray]] = {}
     refusals: list[dict] = []
+    trainers: dict[str, FreshUpdate] = {}
     stop = threading.Event()
     threads = []
     fac = [n for n, t in params.items() if t.ndim == 2]
@@ -173,7 +181,7 @@ def attack_run(*, n_silos: int = 4, rounds: int = 2, options: dict | None = None
             p = holder["p"]
             cur = p.cur
             x = {}
-            for n in fac:
+            for n in fac:  # Fed-CMP adds its error-feedback residual; a mean update sends w·Δ as it is
                 m = cur.delta[n] + (p.silo_state or {}).get(fm.key(n, fm.E), torch.zeros_like(cur.delta[n]))
                 x[n] = (cur.weight * m).double().numpy()
             with lock:
@@ -181,7 +189,8 @@ def attack_run(*, n_silos: int = 4, rounds: int = 2, options: dict | None = None
 
         sp = dict(min_silos=min_silos, heartbeat_interval_s=0.2, aggregator_timeout_s=20, max_weight=MAX_WEIGHT)
         sp.update(silo_policy or {})
-        p = SiloParticipant(s, client, FreshUpdate(i), identity=ids[s], trusted=trusted, policy=SiloPolicy(**sp),
+        trainers[s] = FreshUpdate(i)
+        p = SiloParticipant(s, client, trainers[s], identity=ids[s], trusted=trusted, policy=SiloPolicy(**sp),
                             events=Log(None, source=s), on_contribution=record, stop=stop)
         p.on_refusal = lambda rec, s=s: refusals.append({"silo": s, **rec})
         holder["p"] = p
@@ -199,7 +208,8 @@ def attack_run(*, n_silos: int = 4, rounds: int = 2, options: dict | None = None
     stop.set()
     for th in threads:
         th.join(timeout=10)
-    return AttackRun(coord.captured, truth, final.history if final is not None else [], events, err, refusals)
+    return AttackRun(coord.captured, truth, final.history if final is not None else [], events, err, refusals,
+                     one_phase, trainers)
 
 
 def _run_quietly(p: SiloParticipant) -> None:
@@ -212,9 +222,13 @@ def _run_quietly(p: SiloParticipant) -> None:
 # ----------------------------------------------------------------------------- the analysis
 
 
-def _map(phase: int, name: str, public: dict[str, np.ndarray], shape: tuple[int, int]) -> tuple[str, np.ndarray] | None:
-    """The matrix of the linear map X -> (what silo k adds to the sum), for one matrix ``name``."""
+def _map(phase: int, name: str, public: dict[str, np.ndarray], shape: tuple[int, int],
+         one_phase: bool = False) -> tuple[str, np.ndarray] | None:
+    """The matrix of the linear map X -> (what silo k adds to the sum), for one matrix ``name``
+    (``one_phase``: a mean-update strategy, whose sum is of X itself)."""
     m, n = shape
+    if one_phase:
+        return fm.key(name, fm.WD), np.eye(m * n)
     eye = np.eye(m * n).reshape(m * n, m, n)
     if phase == 0:
         q = public.get(fm.key(name, fm.Q))
@@ -243,7 +257,7 @@ def identifiable(run: AttackRun, *, tol: float = 1e-6) -> dict[tuple[str, str], 
             ok = True
             for s in c.included:
                 x = run.truth.get((s, c.instance))
-                mp = _map(c.phase, name, c.public.get(s, {}), x[name].shape) if x is not None else None
+                mp = _map(c.phase, name, c.public.get(s, {}), x[name].shape, run.one_phase) if x is not None else None
                 if mp is None:
                     ok = False
                     break

@@ -7,6 +7,7 @@ is identifiable by exact linear algebra; 1.0 = the whole update). Each is now re
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -179,3 +180,45 @@ def test_random_dropout_schedules_reveal_only_sums():
         sched = random_schedule(rng, 5, 2, 2)
         run = attack_run(n_silos=5, rounds=2, schedule=sched, declare=random_declare(rng, 5), step_deadline_s=0.4)
         assert worst(run) < NONE, (sched, [(c.round, c.phase, c.included) for c in run.captured])
+
+
+# --- FedProx's μ: a strategy option the aggregator now sends (issue 28: μ reaches the silo from the
+# strategy). What can it combine? Each round is one sum of w·Δ; μ shapes Δ, not what is summed.
+
+def test_the_harness_sees_a_one_silo_sum_of_a_one_phase_strategy():
+    run = attack_run(n_silos=4, rounds=1, strategy="fedprox", options={"mu": 0.5})
+    c = run.captured[0]
+    one = c.included[0]
+    x = run.truth[(one, c.instance)]
+    run.truth[(one, c.instance + 10_000)] = x
+    run.captured.append(type(c)(c.round, 0, c.instance + 10_000, (one,), {fm.key(n, fm.WD): x[n] for n in x},
+                                {one: c.public.get(one, {})}))
+    assert worst(run) > 0.99
+
+
+def test_an_honest_fedprox_run_reveals_only_sums_and_every_silo_trains_with_the_rounds_mu():
+    run = attack_run(n_silos=4, rounds=2, strategy="fedprox", options={"mu": 0.5})
+    assert run.error is None and len(run.history) == 2 and len(run.captured) == 2
+    assert worst(run) < NONE
+    assert {mu for t in run.trainers.values() for mu in t.prox_mu} == {0.5}
+
+
+def test_a_mu_equivocated_to_one_silo_unmasks_nothing_and_a_pinned_mu_is_refused():
+    from fedalign.fedcmp.pin import StrategyPin
+
+    def tamper(to, msg):  # silo-1 alone is told another μ (the others' sums would hide nothing more)
+        if type(msg).__name__ != "RoundStart" or msg.round != 0 or to != "silo-1":
+            return msg
+        return dataclasses.replace(msg, strategy_options={**msg.strategy_options, "mu": 50.0})
+
+    free = {"strategy": StrategyPin("fedprox", {}, free=("mu",))}
+    run = attack_run(n_silos=4, rounds=1, strategy="fedprox", options={"mu": 0.5}, tamper=tamper,
+                     silo_policy=free, max_failed_rounds=1)
+    assert 50.0 in run.trainers["silo-1"].prox_mu  # the equivocation reached it: the view it signs differs
+    assert worst(run) < NONE and not [c for c in run.captured if c.round == 0 and "silo-1" in c.included]
+    pinned = {"strategy": StrategyPin("fedprox", {"mu": 0.01})}
+    run = attack_run(n_silos=4, rounds=1, strategy="fedprox", options={"mu": 50.0}, silo_policy=pinned,
+                     max_failed_rounds=1)
+    assert run.error is not None and not run.captured
+    assert not any(t.prox_mu for t in run.trainers.values())  # refused before any training
+    assert len({r["silo"] for r in run.refusals}) == 4 and all("mu = 50" in r["reason"] for r in run.refusals)
