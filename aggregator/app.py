@@ -30,7 +30,7 @@ def initial_params(cfg) -> dict:
     silo's export, e.g. `silo train --local` on the coordinator's public set) is read into it.
     """
     from fedalign.protocol.errors import ConfigError
-    from fedalign.protocol.layout import to_our_layout
+    from fedalign.projector.keys import to_our_layout
 
     init = cfg.init
     if init.params is not None:
@@ -82,17 +82,13 @@ def params_sha256(params: dict) -> str:
 
 
 def fresh_projector(kind: str, d_vision: int, d_model: int, seed: int) -> dict:
-    """A projector ``kind`` for ``d_vision -> d_model``, initialised like ``nn.Linear`` from ``seed``."""
+    """A projector ``kind`` for ``d_vision -> d_model`` from ``seed``: the tensors a silo's
+    ``build_projector`` holds for the same seed (one initialisation, :mod:`fedalign.projector`)."""
     import torch
 
-    g = torch.Generator().manual_seed(seed)
-    shapes = [(d_model, d_vision)] + ([(d_model, d_model)] if kind == "mlp2x_gelu" else [])
-    out = {}
-    for i, (o, n_in) in zip((0, 2), shapes):
-        bound = n_in**-0.5
-        out[f"{i}.weight"] = torch.empty(o, n_in).uniform_(-bound, bound, generator=g)
-        out[f"{i}.bias"] = torch.empty(o).uniform_(-bound, bound, generator=g)
-    return out
+    from fedalign.projector import init_projector
+
+    return init_projector(kind, d_vision, d_model, generator=torch.Generator().manual_seed(seed))
 
 
 def _reference_config(config, cfg) -> Path:
@@ -331,7 +327,7 @@ def write_aggregator_card(cfg, config: Path, out: Path, params: dict, history: l
     ledger's ``round_committed`` entries); δ is not reported to the aggregator. The frozen models are
     those θ_0's metadata names (``aggregator init``), else those the silos declared at join."""
     from fedalign.host.modelcard import ledger_facts, write_card
-    from fedalign.protocol.layout import projector_kind
+    from fedalign.projector.keys import projector_kind
 
     meta: dict = {}
     if cfg.init.params is not None:  # θ_0's metadata may name the frozen models

@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from fedalign.projector import layout_mismatch
 from fedalign.protocol.errors import FedAlignError, ProtocolError, RoundAborted
 from fedalign.compliance.eventlog import EventLog
 from fedalign.compliance.entries import LedgerHead
@@ -256,18 +257,15 @@ class Coordinator:
 
     def _on_declaration(self, silo: str, m: ModelDeclaration) -> None:
         """The model-shape handshake: refuse, before any round, a silo whose projector does not fit θ."""
-        ours = {k: tuple(v.shape) for k, v in self.state.params.items()}
-        theirs = {k: tuple(v) for k, v in m.shapes.items()}
-        if ours == theirs:
+        diff = layout_mismatch({k: v.shape for k, v in self.state.params.items()}, m.shapes)
+        if diff is None:
             self.declared_models[silo] = (str(m.vision_tower), str(m.llm))
             if self.refused.pop(silo, None) is not None:
                 self.events.emit("silo_accepted", silo=silo)
             return
-        order = sorted({*ours, *theirs}, key=lambda k: (-len(ours.get(k, theirs.get(k, ()))), k))  # matrices first
-        first = next(k for k in order if ours.get(k) != theirs.get(k))
-        size = lambda shapes: "x".join(map(str, shapes[first])) if first in shapes else "absent"  # noqa: E731
-        reason = (f"silo {silo}'s projector does not fit: {first} is {size(theirs)} at the silo ({m.projector} for "
-                  f"vision {m.vision_tower!r} d={m.d_vision}, LM {m.llm!r} d={m.d_model}) but {size(ours)} at the "
+        first, ours, theirs = diff
+        reason = (f"silo {silo}'s projector does not fit: {first} is {theirs} at the silo ({m.projector} for "
+                  f"vision {m.vision_tower!r} d={m.d_vision}, LM {m.llm!r} d={m.d_model}) but {ours} at the "
                   f"aggregator ({self.params_source}); make θ_0 from the silos' models with `silo describe` and "
                   "`aggregator init` (README, Running a real federation), or fix the silo's [model]")
         if self.refused.get(silo) != reason:

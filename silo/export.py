@@ -1,5 +1,5 @@
 """Export the trained projector as safetensors in LLaVA's and Hugging Face Llava's key layouts
-(:mod:`fedalign.protocol.layout`; HF's projector is always two linears with an activation, so
+(:mod:`fedalign.projector.keys`; HF's projector is always two linears with an activation, so
 ``linear`` has no HF layout). Files are written atomically with the projector kind in the metadata.
 """
 
@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from fedalign.host.atomic import atomic_write_bytes
-from fedalign.protocol.layout import from_llava_layout, projector_kind, to_hf_llava_layout, to_llava_layout
+from fedalign.projector.keys import from_llava_layout, projector_kind, to_hf_llava_layout, to_llava_layout
 
 __all__ = ["to_llava_layout", "to_hf_llava_layout", "from_llava_layout", "export_projector", "load_projector_file",
            "write_silo_card"]

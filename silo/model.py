@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedalign.projector import PROJECTOR_KINDS, init_projector, projector_shapes
 from fedalign.protocol.errors import ConfigError, ModelLoadError
 
 __all__ = [
@@ -39,7 +40,6 @@ __all__ = [
 ]
 
 IMAGE_TOKEN = "<image>"
-PROJECTOR_KINDS = ("linear", "mlp2x_gelu")
 
 
 def pick_device(device: str = "auto") -> tuple[torch.device, torch.dtype]:
@@ -246,23 +246,14 @@ class _quiet_transformers:
 
 def build_projector(kind: str, d_vision: int, d_model: int, *, generator: torch.Generator | None = None
                     ) -> nn.Sequential:
-    """LLaVA's projectors: ``linear`` (``0``) or ``mlp2x_gelu`` (``0``, GELU, ``2``), float32.
-
-    Initialised like ``nn.Linear`` but from ``generator``, so a run's projector is reproducible.
-    """
-    if kind == "linear":
-        layers: list[nn.Module] = [nn.Linear(d_vision, d_model)]
-    elif kind == "mlp2x_gelu":
-        layers = [nn.Linear(d_vision, d_model), nn.GELU(), nn.Linear(d_model, d_model)]
-    else:
-        raise ConfigError(f"model.projector must be one of {PROJECTOR_KINDS}, got {kind!r}")
+    """LLaVA's projectors as a module: ``linear`` (``0``) or ``mlp2x_gelu`` (``0``, GELU, ``2``), float32,
+    holding :func:`fedalign.projector.init_projector`'s tensors (the aggregator's θ_0 for the same seed)."""
+    shapes = projector_shapes(kind, d_vision, d_model)  # an unknown kind: ConfigError naming the kinds
+    layers: list[nn.Module] = [nn.Linear(d_vision, d_model)]
+    if "2.weight" in shapes:
+        layers += [nn.GELU(), nn.Linear(d_model, d_model)]
     proj = nn.Sequential(*layers)
-    with torch.no_grad():
-        for layer in proj:
-            if isinstance(layer, nn.Linear):
-                bound = layer.in_features ** -0.5
-                layer.weight.uniform_(-bound, bound, generator=generator)
-                layer.bias.uniform_(-bound, bound, generator=generator)
+    proj.load_state_dict(init_projector(kind, d_vision, d_model, generator=generator))
     return proj
 
 

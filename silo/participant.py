@@ -34,7 +34,8 @@ from fedalign.fedcmp.core import RHO
 from fedalign.fedcmp.phases import phase_allows_dropouts, sum_inputs
 from fedalign.fedcmp.strategies import make_strategy
 from fedalign.fedcmp.pin import StrategyPin, pin_violations
-from fedalign.fedcmp.strategy import Strategy, Tensors, contribution_problems
+from fedalign.fedcmp.strategy import Strategy, Tensors, contribution_problems, silo_weight
+from fedalign.projector import layout_mismatch
 from fedalign.protocol.errors import (AggregatorInputError, ConfigError, DataError, FedAlignError, InsecureModeRefused,
                                       PrivacyBudgetExceeded, ProtocolError)
 from fedalign.compliance.eventlog import EventLog
@@ -395,16 +396,13 @@ class SiloParticipant:
         d = self.declaration
         if d is None:
             return
-        theirs = {k: tuple(v.shape) for k, v in m.params.items()}
-        ours = {k: tuple(v) for k, v in d.shapes.items()}
-        if theirs != ours:
-            order = sorted({*ours, *theirs}, key=lambda k: (-len(ours.get(k, theirs.get(k, ()))), k))  # matrices first
-            first = next(k for k in order if ours.get(k) != theirs.get(k))
-            size = lambda shapes: "x".join(map(str, shapes[first])) if first in shapes else "absent"  # noqa: E731
+        diff = layout_mismatch(d.shapes, {k: v.shape for k, v in m.params.items()})
+        if diff is not None:
+            first, ours, theirs = diff
             raise ConfigError(
-                f"silo {self.name}: the aggregator at {self.address} sent a projector whose {first} is {size(theirs)}, "
+                f"silo {self.name}: the aggregator at {self.address} sent a projector whose {first} is {theirs}, "
                 f"but this silo's ({d.projector} for vision {d.vision_tower!r} d={d.d_vision}, LM {d.llm!r} "
-                f"d={d.d_model}) has {size(ours)}; nothing was trained. Make the aggregator's θ_0 with "
+                f"d={d.d_model}) has {ours}; nothing was trained. Make the aggregator's θ_0 with "
                 "`silo describe` and `aggregator init`, or fix [model]")
 
     def _on_round_start(self, m: RoundStart) -> None:
@@ -462,7 +460,7 @@ class SiloParticipant:
                 self.store.save_update(m.round, digest, upd)
                 self.events.emit("training_done", round=m.round, n_samples=upd.n_samples, epsilon=upd.epsilon,
                                  **{k: float(v) for k, v in upd.metrics.items()})
-            weight = min(float(upd.n_samples), self.policy.max_weight) / self.policy.max_weight
+            weight = silo_weight(int(upd.n_samples), self.policy.max_weight)
         self.cur = _Round(m.round, params, public, m.seed, strat, upd.delta, weight, digest=digest,
                           update_digest=params_digest(upd.delta), view=round_view(m, bytes.fromhex(digest)))
         head = self.ledger_head() if self.ledger_head is not None else {}

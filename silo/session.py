@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import torch
 
+from fedalign.projector import layout_mismatch
 from fedalign.protocol.config.silo import SiloConfig
 from fedalign.protocol.errors import ConfigError, DataError, PrivacyBudgetExceeded
 from fedalign.compliance.ledger import Ledger
@@ -169,16 +170,15 @@ class SiloSession:
 
     def check_params(self, params: Params) -> None:
         """θ must fit this silo's projector (ConfigError naming both sizes) before data or ε is used."""
-        own = {k: tuple(v.shape) for k, v in self.model.projector_state().items()}
-        got = {k: tuple(v.shape) for k, v in params.items()}
-        if own != got:
-            k = next(k for k in sorted(set(own) | set(got)) if own.get(k) != got.get(k))
+        diff = layout_mismatch({k: v.shape for k, v in self.model.projector_state().items()},
+                               {k: v.shape for k, v in params.items()})
+        if diff is not None:
+            k, own, got = diff
             c = self.cfg.model
             raise ConfigError(
-                f"the projector given has {k} {'x'.join(map(str, got.get(k, ()))) or 'absent'}; this silo's "
+                f"the projector given has {k} {got}; this silo's "
                 f"{self.model.projector_kind} for vision {c.vision_tower!r} (d={self.model.vision.hidden_size}) "
-                f"and LM {c.llm!r} (d={self.model.d_model}) has {'x'.join(map(str, own.get(k, ()))) or 'absent'}; "
-                "nothing was trained")
+                f"and LM {c.llm!r} (d={self.model.d_model}) has {own}; nothing was trained")
 
     def record_dp_plan(self) -> None:
         """Write the DP plan to the ledger once (after the run's first entry, the site policy; at the

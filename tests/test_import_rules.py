@@ -18,14 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"fedalign": "fedalign", "silo": "fedalign.silo", "aggregator": "fedalign.aggregator",
            "crypto": "fedalign.crypto"}
 
-ROOMS = ("protocol", "compliance", "fedcmp", "host", "world", "crypto", "silo", "aggregator", "lab")
+ROOMS = ("protocol", "projector", "compliance", "fedcmp", "host", "world", "crypto", "silo", "aggregator", "lab")
 
 # room -> rooms and third-party top-level modules it must never reach, transitively.
 FORBIDDEN = {
     "silo": {"aggregator", "lab"},
     "aggregator": {"silo", "lab", "world"},
     "crypto": {"protocol", "compliance", "fedcmp", "host", "world", "silo", "aggregator", "lab", "torch"},
-    "protocol": {"compliance", "fedcmp", "world", "silo", "aggregator", "lab", "torch"},
+    "protocol": {"projector", "compliance", "fedcmp", "world", "silo", "aggregator", "lab", "torch"},
+    "projector": {"compliance", "fedcmp", "host", "world", "silo", "aggregator", "lab", "crypto", "zmq", "transformers"},
     "compliance": {"fedcmp", "host", "world", "silo", "aggregator", "lab", "torch"},
     "fedcmp": {"compliance", "world", "silo", "aggregator", "lab", "crypto", "zmq", "socket", "msgpack", "tenseal"},
     "host": {"fedcmp", "world", "silo", "aggregator", "lab"},  # torch: only to set its threads, if installed

@@ -23,6 +23,8 @@ A silo commits ``state_k'`` of the last phase only once the round completes.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Mapping, Protocol, runtime_checkable
 
@@ -122,17 +124,18 @@ class Strategy(Protocol):
         turns a rank-r sketch into the whole matrix)."""
 
 
-def silo_weight(n_samples: int, cap: int) -> float:
+def silo_weight(n_samples: int, cap: float) -> float:
     """A silo's aggregation weight: its sample count clipped to ``cap`` and divided by it.
 
     The result lies in [0, 1], so weighted contributions have a declared range for fixed-point
-    secure sums and one large silo cannot dominate beyond ``cap`` samples.
+    secure sums and one large silo cannot dominate beyond ``cap`` samples. Every party computes it
+    here: the lab's simulator and a silo's runtime (``silo.participant``, cap = its max_weight).
     """
-    if not isinstance(cap, int) or cap < 1:
-        raise ValueError(f"silo_weight: cap must be a positive int, got {cap!r}")
-    if not isinstance(n_samples, int) or n_samples < 0:
+    if isinstance(cap, bool) or not isinstance(cap, numbers.Real) or not cap > 0 or not math.isfinite(cap):
+        raise ValueError(f"silo_weight: cap must be a positive number, got {cap!r}")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 0:
         raise ValueError(f"silo_weight: n_samples must be a non-negative int, got {n_samples!r}")
-    return min(n_samples, cap) / cap
+    return min(float(n_samples), float(cap)) / float(cap)
 
 
 _ORTH_TOL = 1e-3  # ‖UᵀU − I‖_F of a float32 QR basis is ~1e-6; anything near 1 is no basis
