@@ -3,7 +3,7 @@
 Runs federations in one process (real Coordinator and SiloParticipants, in-memory transport with
 the wire format, SecAgg, 5 silos, min_silos 3, one silo dropping out after its shares in round 0)
 with the aggregator's transport recording every envelope it receives, and plays the curious
-aggregator on the record (tests/aggregator/curious.py): correlation between each MaskedInput and
+aggregator on the record (fedalign/lab/curious.py): correlation between each MaskedInput and
 that silo's contribution, between the sum of every proper subset's masked inputs and the subset's
 contributions, and between the sum of all masked inputs before unmasking and the total; shares of
 each silo's two secrets received; every unmasked sum over >= min_silos silos and equal to the sum
@@ -28,11 +28,10 @@ from fedalign.host.process import apply_process_defaults
 apply_process_defaults()
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "aggregator"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fedalign.crypto.secagg as secagg  # noqa: E402
-from curious import analyse, curious_run, weak_mask  # noqa: E402
+from fedalign.lab.curious import analyse, curious_run, weak_mask  # noqa: E402
 from robustness_results import write_section  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Whole-run leakage (issue 25): random dropout schedules against what a round reveals.
 
-Runs ``--runs`` federations in process (tests/aggregator/leakage.py: the real Coordinator, real
+Runs ``--runs`` federations in process (fedalign/lab/leakage.py: the real Coordinator, real
 SiloParticipants in threads, SecAgg, the wire format), each with a random schedule: up to two of
 five silos die after training or after any secure-sum message of phase 0 or 1 of either of two
 rounds (every phase boundary), and in half of the runs the aggregator also leaves one live silo
@@ -28,10 +28,9 @@ from fedalign.host.process import apply_process_defaults
 apply_process_defaults()
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "aggregator"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from leakage import sweep  # noqa: E402
+from fedalign.lab.leakage import sweep  # noqa: E402
 from robustness_results import write_section  # noqa: E402
 
 

@@ -1,7 +1,8 @@
 """A federated round's time with secure aggregation relative to the same round with plain sums.
 
-Runs the real round engine (aggregator ``Coordinator`` + silo ``SiloParticipant`` threads over
-the in-memory transport, every message through the wire format) for Fed-CMP on a projector of
+Runs the real round engine through the one in-process harness (``fedalign.lab.inprocess``: aggregator
+``Coordinator`` + silo ``SiloParticipant`` threads over the in-memory transport, every message through
+the wire format) for Fed-CMP on a projector of
 a given size, once with SecAgg and once with plain sums, and reports the time spent in the
 phases' sums (the aggregation part) and the whole round. Local training is replaced by a fixed
 random update so that only federation costs are measured. Ends with one JSON line.
@@ -14,67 +15,31 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import threading
 import warnings
 
 from fedalign.host.process import apply_process_defaults
 
 apply_process_defaults()
 
-import torch  # noqa: E402
-
-from fedalign.aggregator.checkpoint import RunState  # noqa: E402
-from fedalign.aggregator.rounds import Coordinator, RoundPolicy  # noqa: E402
-from fedalign.protocol.messages import SumScheme, wire_registry  # noqa: E402
-from fedalign.fedcmp.strategies import make_strategy, strategy_options  # noqa: E402
-from fedalign.protocol.transport import InMemoryNetwork  # noqa: E402
-from fedalign.crypto.identity import generate_identity  # noqa: E402
-from fedalign.silo.participant import SiloParticipant, SiloPolicy, TrainedUpdate  # noqa: E402
-
-
-class FixedUpdate:
-    """A 'trainer' returning a fixed small random update per silo and round (no compute)."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-    def train(self, round_id, params, *, prox_mu=0.0):
-        g = torch.Generator().manual_seed(1000 * self.index + round_id)
-        return TrainedUpdate({k: 1e-3 * torch.randn(v.shape, generator=g) for k, v in params.items()}, 64)
-
-
-def projector(d_v: int, d_m: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return {"0.weight": torch.randn(d_m, d_v, generator=g) * d_v**-0.5, "0.bias": torch.zeros(d_m),
-            "2.weight": torch.randn(d_m, d_m, generator=g) * d_m**-0.5, "2.bias": torch.zeros(d_m)}
+from fedalign.crypto.schemes import scheme_spec  # noqa: E402
+from fedalign.fedcmp.strategies import make_strategy  # noqa: E402
+from fedalign.lab.inprocess import RandomUpdate, random_projector, run_inprocess, silo_names  # noqa: E402
+from fedalign.protocol.messages import SumScheme  # noqa: E402
 
 
 def run(scheme: SumScheme, n: int, rounds: int, params, rank: int) -> list[dict]:
-    names = [f"silo-{i}" for i in range(n)]
-    ids = {s: generate_identity() for s in names}
-    trusted = {s: k.public_hex for s, k in ids.items()}
-    net = InMemoryNetwork(wire_registry())
     strat = make_strategy("fedcmp", rank=rank, reliability="off")  # "reference" needs a public set: not measured here
-    state = RunState(0, params, strat.init_public(params), strat.init_server_state(params))
-    plain = scheme == SumScheme.PLAIN_INSECURE
-    pol = RoundPolicy(rounds=rounds, min_silos=3, step_deadline_s=60, heartbeat_timeout_s=60, roster_grace_s=0.2,
-                      scheme=scheme, clip=16.0, allow_insecure_plaintext=plain)
-    coord = Coordinator(net.server(), strat, strategy_name="fedcmp", strategy_options=strategy_options(strat),
-                        identities=trusted, policy=pol, state=state)
-    stop = threading.Event()
-    threads = []
-    for i, s in enumerate(names):
-        p = SiloParticipant(s, net.client(s), FixedUpdate(i), identity=ids[s], trusted=trusted,
-                            policy=SiloPolicy(min_silos=3, heartbeat_interval_s=1.0, max_weight=64,
-                                              allow_insecure_plaintext=plain, scheme=str(scheme)), stop=stop)
-        th = threading.Thread(target=p.run, daemon=True)
-        th.start()
-        threads.append(th)
-    final = coord.run()
-    stop.set()
-    for th in threads:
-        th.join(timeout=30)
-    return final.history
+    plain = scheme_spec(str(scheme)).insecure
+    res = run_inprocess(
+        strat, {s: RandomUpdate(i, 1e-3, fresh_on_retry=False) for i, s in enumerate(silo_names(n))}, params, strategy_name="fedcmp",
+        policy=dict(rounds=rounds, min_silos=3, step_deadline_s=60, heartbeat_timeout_s=60, roster_grace_s=0.2,
+                    scheme=scheme, clip=16.0, allow_insecure_plaintext=plain),
+        silo_policy=dict(min_silos=3, heartbeat_interval_s=1.0, max_weight=64, allow_insecure_plaintext=plain,
+                         scheme=str(scheme)),
+        record_contributions=False, capture_events=False, join_timeout_s=30)
+    if res.error is not None:
+        raise res.error
+    return res.state.history
 
 
 def main() -> None:
@@ -87,7 +52,7 @@ def main() -> None:
     a = ap.parse_args()
     apply_process_defaults()
     warnings.simplefilter("ignore")
-    params = projector(a.d_vision, a.d_model)
+    params = random_projector(a.d_vision, a.d_model)
     out = {}
     for scheme in (SumScheme.PLAIN_INSECURE, SumScheme.SECAGG):
         hist = run(scheme, a.silos, a.rounds, params, a.rank)

@@ -1,10 +1,8 @@
-"""The simulator over the networked runtime: the real Coordinator and SiloParticipants, in one process.
-
-Silos run in threads and talk to ``aggregator.rounds.Coordinator`` through
-``fedalign.protocol.transport.InMemoryNetwork`` (every message encoded to wire frames and decoded), with
-crypto's real secure sum; local training comes from a :class:`FederatedProblem`. This is the
+"""The simulator over the networked runtime: a :class:`FederatedProblem` trained through the one
+in-process harness (:mod:`fedalign.lab.inprocess`: the real Coordinator and SiloParticipants over
+the in-memory network, crypto's real secure sums). This is the
 same round code ``aggregator serve`` and ``silo train`` run over ZeroMQ; it is slower than
-:func:`simulation.runner.simulate_problem`, so the results table uses the latter (same
+:func:`fedalign.lab.runner.simulate_problem`, so the results table uses the latter (same
 Strategy calls; a test checks both engines give the same parameters).
 """
 
@@ -13,9 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Any
 
-from fedalign.fedcmp.strategies import strategy_options
 from fedalign.fedcmp.strategy import Strategy, Tensors, payload_numbers
 from fedalign.lab.problem import FederatedProblem
 from fedalign.lab.runner import SimulationResult
@@ -56,18 +52,13 @@ def simulate_networked(
     ``max_weight`` is the silos' public weight cap (w = min(n, cap)/cap); default: the largest
     round-0 shard any silo reports, computed here from the problem.
     """
-    from fedalign.aggregator.checkpoint import RunState
-    from fedalign.aggregator.rounds import Coordinator, RoundPolicy
-    from fedalign.protocol.messages import wire_registry
-    from fedalign.protocol.transport import InMemoryNetwork
-    from fedalign.crypto.identity import generate_identity
-    from fedalign.silo.participant import SiloParticipant, SiloPolicy
+    from fedalign.crypto.schemes import scheme_spec
+    from fedalign.lab.inprocess import run_inprocess, silo_names
+    from fedalign.lab.runner import attach_reference
 
     if hasattr(problem, "reset"):
         problem.reset()
     lock = threading.Lock()  # the silos and the coordinator's reference share one model in memory
-    from fedalign.lab.runner import attach_reference
-
     attach_reference(strategy, problem)  # Fed-CMP reliability "reference": the Coordinator's hook
     hook = getattr(strategy, "reference_update", None)
     if hook is not None:
@@ -76,53 +67,31 @@ def simulate_networked(
                 return _hook(params)
 
         strategy.reference_update = locked
-    names = [f"silo-{k}" for k in range(problem.n_silos)]
-    ids = {s: generate_identity() for s in names}
-    trusted = {s: k.public_hex for s, k in ids.items()}
-    net = InMemoryNetwork(wire_registry())
+    names = silo_names(problem.n_silos)
     params = problem.init_params()
-    state = RunState(0, params, strategy.init_public(params), strategy.init_server_state(params))
-    from fedalign.crypto.schemes import scheme_spec
-
     sum_scheme = scheme_spec(scheme).name
     insecure = allow_insecure_plaintext and scheme_spec(scheme).insecure
     min_silos = min(3, len(names))
-    policy = RoundPolicy(rounds=rounds, min_silos=min_silos, train_deadline_s=train_deadline_s,
-                         step_deadline_s=step_deadline_s, heartbeat_timeout_s=max(30.0, train_deadline_s),
-                         roster_wait_s=60.0, roster_grace_s=0.5, scheme=sum_scheme, clip=clip,
-                         allow_insecure_plaintext=insecure)
-    coord = Coordinator(net.server(), strategy, strategy_name=strategy_name,
-                        strategy_options=strategy_options(strategy), identities=trusted, policy=policy, state=state)
     if max_weight is None:
         max_weight = float(max(problem.local_update(params, k, 0, 0.0).n_samples for k in range(problem.n_silos))) \
             if not hasattr(problem, "shards") else float(max(len(row[0]) for row in problem.shards))
-    stop = threading.Event()
-    outcomes: dict[str, Any] = {}
-
-    def silo(k: int, name: str) -> None:
-        sp = SiloPolicy(min_silos=min_silos, heartbeat_interval_s=0.5, aggregator_timeout_s=train_deadline_s + 60,
-                        max_weight=max_weight, allow_insecure_plaintext=insecure, scheme=str(sum_scheme))
-        p = SiloParticipant(name, net.client(name), _Trainer(problem, k, lock),
-                            identity=ids[name], trusted=trusted, policy=sp, stop=stop)
-        try:
-            outcomes[name] = p.run()
-        except BaseException as exc:  # noqa: BLE001 - surfaced below
-            outcomes[name] = exc
-
-    threads = [threading.Thread(target=silo, args=(k, s), daemon=True) for k, s in enumerate(names)]
     t0 = time.perf_counter()
-    for th in threads:
-        th.start()
-    try:
-        final = coord.run()
-    finally:
-        stop.set()
-        for th in threads:
-            th.join(timeout=30)
-    failed = {s: o for s, o in outcomes.items() if isinstance(o, BaseException)}
+    run = run_inprocess(
+        strategy, {s: _Trainer(problem, k, lock) for k, s in enumerate(names)}, params, strategy_name=strategy_name,
+        policy=dict(rounds=rounds, min_silos=min_silos, train_deadline_s=train_deadline_s,
+                    step_deadline_s=step_deadline_s, heartbeat_timeout_s=max(30.0, train_deadline_s),
+                    roster_wait_s=60.0, roster_grace_s=0.5, scheme=sum_scheme, clip=clip,
+                    allow_insecure_plaintext=insecure),
+        silo_policy=dict(min_silos=min_silos, heartbeat_interval_s=0.5, aggregator_timeout_s=train_deadline_s + 60,
+                         max_weight=max_weight, allow_insecure_plaintext=insecure, scheme=str(sum_scheme)),
+        record_contributions=False, capture_events=False, join_timeout_s=30)
+    if run.error is not None:
+        raise run.error
+    failed = run.failed()
     if failed:
         name, exc = next(iter(failed.items()))
         raise RuntimeError(f"networked simulation: {name} failed: {type(exc).__name__}: {exc}") from exc
+    final = run.state
     res = SimulationResult(params=final.params)
     for rec in final.history:
         up = rec.get("wire_up_bytes", {})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import fedalign.crypto.secagg  # noqa: F401
-from curious import analyse, curious_run, weak_mask
+from fedalign.lab.curious import analyse, curious_run, weak_mask
 from fedalign import crypto
 
 

@@ -1,7 +1,7 @@
 """A round is one secure computation: what the aggregator can combine over a whole run (every sum of
 every phase, round and retry, and the public values it chose) gives back no single silo's update.
 
-Each attack below recovered a silo's update on 3c16410 (tests/aggregator/leakage.py measures what
+Each attack below recovered a silo's update on 3c16410 (fedalign/lab/leakage.py measures what
 is identifiable by exact linear algebra; 1.0 = the whole update). Each is now refused or abandoned.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fedalign.fedcmp import core as fm
-from leakage import attack_run, random_declare, random_schedule, replace_public, worst
+from fedalign.lab.leakage import attack_run, random_declare, random_schedule, replace_public, worst
 
 NONE = 1e-6  # identifiable fraction that counts as nothing (exact arithmetic gives 0; float noise ~1e-12)
 
@@ -151,7 +151,7 @@ def test_options_outside_the_silos_pin_are_refused_before_training(pinned):
     evil = {"reliability": "reference", "rho_floor": 0.99, "kappa": 1e-12, "rho_smoothing": 0.0}
     pin = StrategyPin("fedcmp", {"rank": 2, "reliability": "off", "error_feedback": False}, dp=True)
     policy = {"strategy": pin} if pinned else {"dp_enabled": True}
-    import leakage
+    from fedalign.lab import leakage
 
     real = leakage.make_strategy
 
@@ -173,7 +173,7 @@ def test_options_outside_the_silos_pin_are_refused_before_training(pinned):
 
 
 def test_random_dropout_schedules_reveal_only_sums():
-    # a sample of the harness's sweep (`python tests/aggregator/leakage.py 200` runs 200): crashes at
+    # a sample of the harness's sweep (`python fedalign/lab/leakage.py 200` runs 200): crashes at
     # every phase boundary and dropouts the aggregator declares, over two rounds of five silos
     rng = random.Random(2512)
     for _ in range(6):

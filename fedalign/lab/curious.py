@@ -1,5 +1,5 @@
 """An honest-but-curious aggregator: record everything it receives in a run, then try to recover
-single silos' updates from it (test and benchmark support).
+single silos' updates from it (the suite's tests and benchmarks/bench_curious.py run it).
 
 :func:`curious_run` runs a federation in one process (real Coordinator, real SiloParticipants in
 threads, the in-memory transport with every message through the wire format, SecAgg) with the
@@ -29,24 +29,17 @@ shows the harness can see a leak.
 from __future__ import annotations
 
 import itertools
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from federation import DiesAfter, RecordingStrategy
-
-from fedalign.aggregator.checkpoint import RunState
-from fedalign.aggregator.rounds import Coordinator, RoundPolicy
 from fedalign.crypto.hazmat.prg import apply_masks
-from fedalign.crypto.identity import generate_identity
 from fedalign.crypto.messages import MaskedInput, UnmaskResponse
 from fedalign.fedcmp.strategies import make_strategy
-from fedalign.protocol.messages import SumStart, wire_registry
-from fedalign.protocol.transport import InMemoryNetwork
-from fedalign.silo.participant import SiloParticipant, SiloPolicy, TrainedUpdate
+from fedalign.lab.inprocess import DiesAfter, RandomUpdate, RecordingStrategy, random_projector, run_inprocess, silo_names
+from fedalign.protocol.messages import SumStart
 
 
 def weak_mask(mask_bits: int = 24):
@@ -69,17 +62,6 @@ def weak_mask(mask_bits: int = 24):
                     target -= m
 
     return weak_masks
-
-
-class FixedUpdate:
-    """Local 'training': a fixed random update per silo and round (what the aggregator must not learn)."""
-
-    def __init__(self, index: int, scale: float) -> None:
-        self.index, self.scale = index, scale
-
-    def train(self, round_id, params, *, prox_mu=0.0):
-        g = torch.Generator().manual_seed(7919 * self.index + round_id)
-        return TrainedUpdate({k: self.scale * torch.randn(v.shape, generator=g) for k, v in params.items()}, 64)
 
 
 class RecordingServer:
@@ -116,57 +98,37 @@ class CuriousRun:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def projector(d_v: int, d_m: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return {"0.weight": torch.randn(d_m, d_v, generator=g) * d_v**-0.5, "0.bias": torch.zeros(d_m),
-            "2.weight": torch.randn(d_m, d_m, generator=g) * d_m**-0.5, "2.bias": torch.zeros(d_m)}
-
-
 def curious_run(*, n_silos: int = 5, rounds: int = 2, strategy: str = "fedavg", options: dict | None = None,
                 d_vision: int = 48, d_model: int = 96, scale: float = 0.02, clip: float = 1.0,
                 min_silos: int = 3, drop_after_shares: str | None = None) -> CuriousRun:
     """``drop_after_shares``: that silo's connection is cut right after its EncryptedShares of round 0
     (a dropout whose mask key the aggregator must then reconstruct, but not its self-mask seed)."""
-    names = [f"silo-{i}" for i in range(n_silos)]
-    ids = {s: generate_identity() for s in names}
-    trusted = {s: k.public_hex for s, k in ids.items()}
-    net = InMemoryNetwork(wire_registry())
-    server = RecordingServer(net.server())
     strat = RecordingStrategy(make_strategy(strategy, **(options or {})))
     # Fed-CMP's default reliability "reference": a public reference (here a fixed small step, as public
     # as the coordinator's own update on its public set would be)
     strat.inner.reference_update = lambda p: {k: 0.01 * torch.ones_like(v) for k, v in p.items()}
-    params = projector(d_vision, d_model)
-    state = RunState(0, params, strat.init_public(params), strat.init_server_state(params))
+    servers: list[RecordingServer] = []
+
+    def recording(server):
+        servers.append(RecordingServer(server))
+        return servers[0]
+
+    def drop(s: str, client, net):
+        return DiesAfter(client, net, "EncryptedShares", None, 0) if s == drop_after_shares else client
+
     # a step deadline of 3 s: the dropped silo is waited for that long (in memory a live silo answers in
     # milliseconds; the rounds tests run at 1.5 s)
-    pol = RoundPolicy(rounds=rounds, min_silos=min_silos, step_deadline_s=3, heartbeat_timeout_s=2,
-                      roster_grace_s=0.2, clip=clip)
-    coord = Coordinator(server, strat, strategy_name=strategy, strategy_options=options or {}, identities=trusted,
-                        policy=pol, state=state)
-    contributions: dict = {}
-    lock = threading.Lock()
-    stop = threading.Event()
-    threads = []
-    for i, s in enumerate(names):
-        def record(r, ph, inputs, s=s):
-            with lock:
-                contributions[(r, ph, s)] = {k: np.array(v, copy=True) for k, v in inputs.items()}
-
-        client = net.client(s)
-        if s == drop_after_shares:
-            client = DiesAfter(client, net, "EncryptedShares", None, 0)
-        p = SiloParticipant(s, client, FixedUpdate(i, scale), identity=ids[s], trusted=trusted,
-                            policy=SiloPolicy(min_silos=min_silos, heartbeat_interval_s=0.5, max_weight=64),
-                            on_contribution=record, stop=stop)
-        th = threading.Thread(target=p.run, daemon=True)
-        th.start()
-        threads.append(th)
-    final = coord.run()
-    stop.set()
-    for th in threads:
-        th.join(timeout=30)
-    return CuriousRun(server.received, server.phase_of, contributions, strat.sums, final.history, min_silos)
+    run = run_inprocess(
+        strat, {s: RandomUpdate(i, scale, fresh_on_retry=False) for i, s in enumerate(silo_names(n_silos))},
+        random_projector(d_vision, d_model), strategy_name=strategy, options=options or {},
+        policy=dict(rounds=rounds, min_silos=min_silos, step_deadline_s=3, heartbeat_timeout_s=2,
+                    roster_grace_s=0.2, clip=clip),
+        silo_policy=dict(min_silos=min_silos, heartbeat_interval_s=0.5, max_weight=64),
+        wrap_server=recording, wrap_client=drop, capture_events=False, join_timeout_s=30)
+    if run.error is not None:
+        raise run.error
+    server = servers[0]
+    return CuriousRun(server.received, server.phase_of, run.contributions, strat.sums, run.state.history, min_silos)
 
 
 def _flat(c: dict[str, np.ndarray]) -> np.ndarray:

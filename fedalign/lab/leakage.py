@@ -41,40 +41,16 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from fedalign.aggregator.checkpoint import RunState
-from fedalign.aggregator.rounds import Coordinator, RoundPolicy
-from fedalign.crypto.identity import generate_identity
+from fedalign.aggregator.rounds import Coordinator
 from fedalign.fedcmp import core as fm
-from fedalign.fedcmp.strategies import make_strategy, strategy_options
-from fedalign.protocol.messages import RoundStart, SumStart, UpdateReady, wire_registry
-from fedalign.protocol.transport import InMemoryNetwork
-from fedalign.silo.participant import SiloParticipant, SiloPolicy, TrainedUpdate
-from federation import DiesAfter, list_log
+from fedalign.fedcmp.strategies import make_strategy
+from fedalign.lab.inprocess import DiesAfter, RandomUpdate, random_projector, run_inprocess, silo_names
+from fedalign.protocol.messages import RoundStart, SumStart
 
 MAX_WEIGHT = 64.0
 # the points at which a silo can die: after its UpdateReady (trained, before phase 0), or after one of
 # its secure-sum messages in a phase
 SUM_STEPS = ("KeyAdvertisement", "EncryptedShares", "MaskedInput", "ConsistencySignature", "UnmaskResponse")
-
-
-def projector(d_v: int = 6, d_m: int = 5) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return {"0.weight": torch.randn(d_m, d_v, generator=g) * d_v**-0.5, "0.bias": torch.zeros(d_m),
-            "2.weight": torch.randn(d_m, d_m, generator=g) * d_m**-0.5, "2.bias": torch.zeros(d_m)}
-
-
-class FreshUpdate:
-    """Local 'training': a random update per silo, round and attempt (a retry trains a fresh shard)."""
-
-    def __init__(self, index: int, scale: float = 0.05) -> None:
-        self.index, self.scale, self.calls = index, scale, 0
-        self.prox_mu: list[float] = []  # the μ each training was given (the round's strategy option)
-
-    def train(self, round_id, params, *, prox_mu=0.0):
-        self.calls += 1
-        self.prox_mu.append(prox_mu)
-        g = torch.Generator().manual_seed(104_729 * self.index + 1009 * round_id + self.calls)
-        return TrainedUpdate({k: self.scale * torch.randn(v.shape, generator=g) for k, v in params.items()}, 64)
 
 
 @dataclass
@@ -146,77 +122,46 @@ def attack_run(*, n_silos: int = 4, rounds: int = 2, options: dict | None = None
     if strategy == "fedcmp":
         options = {"rank": 2, "reliability": "off", "error_feedback": False, **(options or {})}
     options = dict(options or {})
-    names = [f"silo-{i}" for i in range(n_silos)]
-    ids = {s: generate_identity() for s in names}
-    trusted = {s: k.public_hex for s, k in ids.items()}
-    net = InMemoryNetwork(wire_registry())
+    names = silo_names(n_silos)
     strat = make_strategy(strategy, **options)
     one_phase = strat.n_phases == 1
-    params = projector()
-    state = RunState(0, params, strat.init_public(params), strat.init_server_state(params))
-    events: list[dict] = []
-    lock = threading.Lock()
-    Log = list_log(events, lock)
-
-    pol = RoundPolicy(rounds=rounds, min_silos=min_silos, train_deadline_s=10, step_deadline_s=step_deadline_s,
-                      heartbeat_timeout_s=1.0, roster_wait_s=8, roster_grace_s=0.2, clip=4.0,
-                      max_failed_rounds=max_failed_rounds)
-    coord = _capturing(tamper, declare)(net.server(), strat, strategy_name=strategy,
-                                         strategy_options=strategy_options(strat), identities=trusted, policy=pol,
-                                         state=state, events=Log(None, source="aggregator"))
+    params = random_projector(6, 5)
     truth: dict[tuple[str, int], dict[str, np.ndarray]] = {}
     refusals: list[dict] = []
-    trainers: dict[str, FreshUpdate] = {}
-    stop = threading.Event()
-    threads = []
+    lock = threading.Lock()
     fac = [n for n, t in params.items() if t.ndim == 2]
-    for i, s in enumerate(names):
-        client = net.client(s)
-        if schedule and s in schedule:
-            kind, r, ph = schedule[s]
-            client = DiesAfter(client, net, kind, None if kind == "UpdateReady" else ph, r)
-        holder: dict[str, SiloParticipant] = {}
 
-        def record(r, ph, inputs, s=s, holder=holder):
-            p = holder["p"]
-            cur = p.cur
-            x = {}
-            for n in fac:  # Fed-CMP adds its error-feedback residual; a mean update sends w·Δ as it is
-                m = cur.delta[n] + (p.silo_state or {}).get(fm.key(n, fm.E), torch.zeros_like(cur.delta[n]))
-                x[n] = (cur.weight * m).double().numpy()
-            with lock:
-                truth[(s, cur.joined[ph])] = x
+    def record(s: str, p, r: int, ph: int, inputs) -> None:
+        cur = p.cur
+        x = {}
+        for n in fac:  # Fed-CMP adds its error-feedback residual; a mean update sends w·Δ as it is
+            m = cur.delta[n] + (p.silo_state or {}).get(fm.key(n, fm.E), torch.zeros_like(cur.delta[n]))
+            x[n] = (cur.weight * m).double().numpy()
+        with lock:
+            truth[(s, cur.joined[ph])] = x
 
-        sp = dict(min_silos=min_silos, heartbeat_interval_s=0.2, aggregator_timeout_s=20, max_weight=MAX_WEIGHT)
-        sp.update(silo_policy or {})
-        trainers[s] = FreshUpdate(i)
-        p = SiloParticipant(s, client, trainers[s], identity=ids[s], trusted=trusted, policy=SiloPolicy(**sp),
-                            events=Log(None, source=s), on_contribution=record, stop=stop)
+    def dies(s: str, client, net):
+        if not schedule or s not in schedule:
+            return client
+        kind, r, ph = schedule[s]
+        return DiesAfter(client, net, kind, None if kind == "UpdateReady" else ph, r)
+
+    def on_participant(s: str, p) -> None:
         p.on_refusal = lambda rec, s=s: refusals.append({"silo": s, **rec})
-        holder["p"] = p
-        th = threading.Thread(target=lambda p=p: _run_quietly(p), daemon=True)
-        th.start()
-        threads.append(th)
-    err = None
-    final = None
-    try:
-        final = coord.run()
-    except BaseException as e:  # noqa: BLE001 - reported to the caller
-        err = e
-        for s in names:
-            net.disconnect(s)
-    stop.set()
-    for th in threads:
-        th.join(timeout=10)
-    return AttackRun(coord.captured, truth, final.history if final is not None else [], events, err, refusals,
-                     one_phase, trainers)
 
-
-def _run_quietly(p: SiloParticipant) -> None:
-    try:
-        p.run()
-    except BaseException:  # noqa: BLE001 - a refusing silo may exit with an error; the harness reads the sums
-        pass
+    trainers = {s: RandomUpdate(i) for i, s in enumerate(names)}
+    run = run_inprocess(
+        strat, trainers, params, strategy_name=strategy,
+        policy=dict(rounds=rounds, min_silos=min_silos, train_deadline_s=10, step_deadline_s=step_deadline_s,
+                    heartbeat_timeout_s=1.0, roster_wait_s=8, roster_grace_s=0.2, clip=4.0,
+                    max_failed_rounds=max_failed_rounds),
+        silo_policy={"min_silos": min_silos, "heartbeat_interval_s": 0.2, "aggregator_timeout_s": 20,
+                     "max_weight": MAX_WEIGHT, **(silo_policy or {})},
+        coordinator_class=_capturing(tamper, declare), wrap_client=dies, on_participant=on_participant,
+        on_contribution=record, record_contributions=False)
+    # a refusing silo may exit with an error; the harness reads the sums
+    history = run.state.history if run.state is not None else []
+    return AttackRun(run.coordinator.captured, truth, history, run.events, run.error, refusals, one_phase, trainers)
 
 
 # ----------------------------------------------------------------------------- the analysis
