@@ -65,9 +65,8 @@ def run_worker(name: str, job: str, seed: int, options: dict, runs: Path, rows: 
             continue
         with path.open("a") as f:
             f.write(json.dumps(line) + "\n")
-        nll = line.get("nll", line.get("run", {}).get("heldout_nll_image"))
-        print(f"{tag} {label}: nll {nll if nll is None else round(nll, 4)} ({time.perf_counter() - t0:.1f}s)",
-              flush=True)
+        nll = f"nll {line['nll']:.4f} " if isinstance(line.get("nll"), float) else ""
+        print(f"{tag} {label}: {nll}({time.perf_counter() - t0:.1f}s)", flush=True)
     return failed
 
 

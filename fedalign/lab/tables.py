@@ -10,7 +10,7 @@ import math
 import statistics
 from pathlib import Path
 
-__all__ = ["RESULTS", "write_table", "read_jsonl", "load_runs", "mean_std", "fmt_ms", "paired", "write_csv"]
+__all__ = ["RESULTS", "write_table", "read_jsonl", "load_runs", "mean_std", "fmt_mean_std", "fmt_ms", "paired", "write_csv"]
 
 RESULTS = Path("results")  # relative to the working directory (the repository root)
 
@@ -35,10 +35,15 @@ def mean_std(vals) -> tuple[float, float, int]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0), len(vals)
 
 
+def fmt_mean_std(m: float, s: float, digits: int = 4, empty: str = "–") -> str:
+    """``"0.4901 ± 0.0123"``; ``empty`` for a NaN mean (nothing measured)."""
+    return empty if math.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
 def fmt_ms(vals, digits: int = 4, empty: str = "–") -> str:
-    """``"0.4901 ± 0.0123"`` over ``vals``, ``empty`` when there is none."""
-    m, s, n = mean_std(vals)
-    return empty if n == 0 else f"{m:.{digits}f} ± {s:.{digits}f}"
+    """:func:`fmt_mean_std` over ``vals``, ``empty`` when there is none."""
+    m, s, _ = mean_std(vals)
+    return fmt_mean_std(m, s, digits, empty)
 
 
 def paired(a: dict, b: dict) -> list[tuple[float, float]]:

@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 from fedalign.lab.experiments.family import Family, ints
-from fedalign.lab.tables import fmt_ms, load_runs, paired, write_csv
+from fedalign.lab.tables import fmt_ms, load_runs, mean_std, paired, write_csv
 from fedalign.protocol.errors import ConfigError
 
 __all__ = ["DATA", "RECIPE", "NO_DP", "METHODS", "describe", "label", "grid", "run_config", "residual_probe",
@@ -404,10 +404,10 @@ def render(lines: list[dict], runs_dir: Path, out: Path) -> None:
                 b = by.get((sc, f"DP FedAvg eps={eps:g}"), {})
                 d = [x - y for x, y in paired(*({s: r["nll"] for s, r in rows.items()} for rows in (a, b)))]
                 if d:
-                    sd = statistics.stdev(d) if len(d) > 1 else 0.0
-                    verdict = ("one seed: no verdict" if len(d) < 2 else "beats" if statistics.fmean(d) < -sd
-                               else "loses to" if statistics.fmean(d) > sd else "ties")
-                    checks.append(f"{sc}, ε={eps}: {label(m)} vs DP FedAvg paired ΔNLL {statistics.fmean(d):+.4f} "
+                    mean, sd, _ = mean_std(d)
+                    verdict = ("one seed: no verdict" if len(d) < 2 else "beats" if mean < -sd
+                               else "loses to" if mean > sd else "ties")
+                    checks.append(f"{sc}, ε={eps}: {label(m)} vs DP FedAvg paired ΔNLL {mean:+.4f} "
                                   f"± {sd:.4f} over {len(d)} seed(s), lower in {sum(x < 0 for x in d)}: {verdict}")
                     if m == "fedcmp" and len(d) > 1:
                         fedcmp_cells.append((sc, verdict))

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedalign.lab.experiments.family import Family, ints
-from fedalign.lab.tables import mean_std, paired, write_csv
+from fedalign.lab.tables import fmt_mean_std, mean_std, paired, write_csv
 
 __all__ = ["SCENARIOS", "Config", "BASELINES", "RUN_DEFAULT_RANK", "FEDCMP", "ABLATIONS", "CONSENSUS", "RANKS",
            "RANKS_LABEL_ONLY", "REFERENCES", "BEST_SILO", "ORACLE", "DP_CONFIGS", "CORE", "configs_for", "Setup",
-           "METRICS", "payload_table", "FAMILY"]
+           "METRICS", "payload_table", "setup_for", "FAMILY"]
 
 SCENARIOS = ("label", "domain", "style", "unreliable")
 
@@ -148,7 +148,8 @@ def _jobs(o: dict) -> list[tuple[str, int]]:
     return out
 
 
-def _setup(o: dict) -> Setup:
+def setup_for(o: dict) -> Setup:
+    """The experiment size of a run's options (the reliability family's too)."""
     return Setup(silos=o["silos"], rounds=o["rounds"], samples_per_round=o["samples_per_round"],
                  test_size=o["test_size"])
 
@@ -160,7 +161,7 @@ def _size(line: dict) -> tuple:
 def _pending(job: str, seed: int, o: dict, lines: list[dict]) -> dict[str, Config]:
     """A row is done when a line has its label (which names its configuration) at this experiment size."""
     scenario, dp = job.removesuffix("-dp"), job.endswith("-dp")
-    st = _setup(o)
+    st = setup_for(o)
     done = {ln["label"] for ln in lines if _size(ln) == (st.silos, st.rounds, st.samples_per_round, st.test_size)}
     return {c.label: c for c in configs_for(scenario, dp, o["only"]) if c.label not in done}
 
@@ -168,7 +169,7 @@ def _pending(job: str, seed: int, o: dict, lines: list[dict]) -> dict[str, Confi
 def _build(job: str, seed: int, o: dict):
     from fedalign.lab.scenarios import ProblemOptions, build_problem
 
-    st, dp = _setup(o), job.endswith("-dp")
+    st, dp = setup_for(o), job.endswith("-dp")
     dp_opts = dict(noise_multiplier=st.dp_noise, max_grad_norm=st.dp_clip, epsilon=st.dp_epsilon,
                    delta=st.dp_delta) if dp else None
     extra = {"batch_size": st.batch_size, "lr": st.lr, "test_size": st.test_size, "world": o["world"]}
@@ -182,7 +183,7 @@ def _run(problem, cfg: Config, job: str, seed: int, o: dict) -> dict:
     from fedalign.lab.runner import centralized, local_only, simulate_problem
     from fedalign.lab.sums import PLAIN_LABEL, plain_sum_insecure
 
-    problem, setup = problem(), _setup(o)
+    problem, setup = problem(), setup_for(o)
     t0 = time.perf_counter()
     if cfg.strategy == "centralized":
         final = centralized(problem, setup.rounds, lr=cfg.options.get("lr")).final
@@ -232,10 +233,6 @@ def _separates(groups: dict, sc: str) -> str:
 
 
 METRICS = [("nll", "held-out NLL ↓", 4), ("mc_accuracy", "MC acc ↑", 3), ("presence_f1", "presence F1 ↑", 3)]
-
-
-def _fmt(m: float, s: float, d: int) -> str:
-    return "–" if math.isnan(m) else f"{m:.{d}f} ± {s:.{d}f}"
 
 
 def _verdict(ours: tuple, best: tuple) -> str:
@@ -342,7 +339,7 @@ def _rank_table(csv_rows: list[dict]) -> str:
              "| Fed-CMP | upload B/silo/round | " + " | ".join(scen) + " |", "|---:|---:|" + "---:|" * len(scen)]
     for k in ranks:
         up = next((cells[(sc, k)]["upload_bytes_per_silo_per_round_mean"] for sc in scen if (sc, k) in cells), math.nan)
-        row = [_fmt(cells[(sc, k)]["nll_mean"], cells[(sc, k)]["nll_std"], 4) if (sc, k) in cells else "–" for sc in scen]
+        row = [fmt_mean_std(cells[(sc, k)]["nll_mean"], cells[(sc, k)]["nll_std"], 4) if (sc, k) in cells else "–" for sc in scen]
         lines.append(f"| {_display(f'Fed-CMP r={k}') if k != default_rank else _display(FEDCMP.label)} | {up:,.0f} | "
                      + " | ".join(row) + " |")
     fedavg_up = next((r["upload_bytes_per_silo_per_round_mean"] for r in csv_rows if r["config"] == "FedAvg"), None)
@@ -369,7 +366,7 @@ def _markdown(csv_rows: list[dict], groups: dict) -> str:
                   "| config | seeds | " + " | ".join(h for _, h, _ in METRICS) + " | upload B/silo/round |",
                   "|---|---:|" + "---:|" * (len(METRICS) + 1)]
         for r in rs:
-            cells = [_fmt(r[m + "_mean"], r[m + "_std"], d) for m, _, d in METRICS]
+            cells = [fmt_mean_std(r[m + "_mean"], r[m + "_std"], d) for m, _, d in METRICS]
             up = r["upload_bytes_per_silo_per_round_mean"]
             lines.append(f"| {_display(r['config'])} | {r['seeds']} | " + " | ".join(cells) + f" | {'–' if math.isnan(up) else f'{up:,.0f}'} |")
         lines.append("")

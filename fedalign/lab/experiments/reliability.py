@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedalign.lab.experiments.family import Family, ints
-from fedalign.lab.experiments.fedcmp import Setup
-from fedalign.lab.tables import RESULTS, fmt_ms as _ms, paired
+from fedalign.lab.experiments.fedcmp import Setup, setup_for
+from fedalign.lab.tables import RESULTS, fmt_ms, paired
 
 __all__ = ["VARIANTS", "Row", "ROWS", "MAIN_LABEL", "FAMILY"]
 
@@ -93,11 +93,6 @@ OPTIONS = {"variants": ",".join(VARIANTS), "seeds": "0,1,2", "silos": Setup.silo
            "samples_per_round": Setup.samples_per_round, "test_size": Setup.test_size, "world": "default"}
 
 
-def _setup(o: dict) -> Setup:
-    return Setup(silos=o["silos"], rounds=o["rounds"], samples_per_round=o["samples_per_round"],
-                 test_size=o["test_size"])
-
-
 def _jobs(o: dict) -> list[tuple[str, int]]:
     from fedalign.protocol.errors import ConfigError
 
@@ -122,7 +117,7 @@ def _build(variant: str, seed: int, o: dict):
     from fedalign.lab.scenarios import ProblemOptions, build_problem
 
     scenario, over = VARIANTS[variant]
-    st = _setup(o)
+    st = setup_for(o)
     extra = {"batch_size": st.batch_size, "lr": st.lr, "test_size": st.test_size, "world": o["world"]}
     opts = ProblemOptions(n_silos=st.silos, rounds=st.rounds, seed=seed, samples_per_round=st.samples_per_round,
                           extra=extra, **over)
@@ -181,7 +176,7 @@ def _run(problem, row: Row, variant: str, seed: int, o: dict) -> dict:
     if rec is not None:
         return {**rec, "label": row.label, "group": row.group, "from": "results/fedcmp_runs", "variant": variant,
                 "seed": seed}
-    problem, st = problem(), _setup(o)
+    problem, st = problem(), setup_for(o)
     t0 = time.perf_counter()
     strat = make_strategy(row.strategy, seed=seed, **row.options) if row.strategy == "fedcmp" else \
         make_strategy(row.strategy)
@@ -304,8 +299,8 @@ def render(run_lines: list[dict], _runs: Path, out: Path) -> None:
             delta = [x - y for x, y in paired(_nll(runs, lab), _nll(runs, off))]
             star = "*" if any(runs[s][lab].get("from") for s in have) else ""
             better = sum(p < 0 for p in delta)
-            lines.append(f"| {lab}{star} | {len(have)} | {_ms(nll)} | {_ms(mc)} | "
-                         f"{_ms(delta) if lab != off else '–'} | {f'{better}/{len(delta)}' if lab != off else '–'} |")
+            lines.append(f"| {lab}{star} | {len(have)} | {fmt_ms(nll)} | {fmt_ms(mc)} | "
+                         f"{fmt_ms(delta) if lab != off else '–'} | {f'{better}/{len(delta)}' if lab != off else '–'} |")
         lines.append("")
         both = [s for s in seeds if main in runs[s] and off in runs[s]]
         base_means = {b: statistics.fmean([runs[s][b]["nll"] for s in seeds if b in runs[s]])
@@ -314,7 +309,7 @@ def render(run_lines: list[dict], _runs: Path, out: Path) -> None:
         if strongest and both:
             d = [runs[s][main]["nll"] - runs[s][strongest]["nll"] for s in both if strongest in runs[s]]
             wins = sum(x < 0 for x in d)
-            lines.append(f"Against the strongest baseline ({strongest}): paired ΔNLL {_ms(d)}, better in "
+            lines.append(f"Against the strongest baseline ({strongest}): paired ΔNLL {fmt_ms(d)}, better in "
                          f"{wins}/{len(d)} seeds.")
         else:
             wins, d = 0, []
@@ -344,7 +339,7 @@ def render(run_lines: list[dict], _runs: Path, out: Path) -> None:
             spread = max(sd(off), sd(main))
             cost = statistics.fmean(p)
             worse = sum(x > 0 for x in p)
-            verdicts.append(f"- {variant}: paired ΔNLL vs off {_ms(p)}, worse in {worse}/{len(p)} seeds; the rows' "
+            verdicts.append(f"- {variant}: paired ΔNLL vs off {fmt_ms(p)}, worse in {worse}/{len(p)} seeds; the rows' "
                             f"seed std {spread:.4f}: **{'within' if cost <= spread else 'beyond'} the seed spread**"
                             f"{' (by the table tie rule; paired, it costs in every seed)' if cost <= spread and worse == len(p) else ''}.")
         lines.append("")
@@ -357,7 +352,7 @@ def render(run_lines: list[dict], _runs: Path, out: Path) -> None:
         cells = []
         for v in present:
             pairs = [x - y for x, y in paired(_nll(data[v], lab), _nll(data[v], off))]
-            cells.append(f"{_ms(pairs)} ({sum(x < 0 for x in pairs)}/{len(pairs)})" if pairs else "–")
+            cells.append(f"{fmt_ms(pairs)} ({sum(x < 0 for x in pairs)}/{len(pairs)})" if pairs else "–")
         if any(c != "–" for c in cells):
             lines.append(f"| {lab} | " + " | ".join(cells) + " |")
     lines += ["", "## Must-show verdicts", ""] + verdicts + ["", f"![ρ per silo per round]({PNG})", "",
