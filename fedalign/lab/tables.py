@@ -73,7 +73,8 @@ def write_table(name: str, runs: Path | None = None, out: Path | None = None) ->
     if not runs.is_dir():
         raise ConfigError(f"experiment table {name}: no run lines folder {runs}")
     out.mkdir(parents=True, exist_ok=True)
+    before = {f: (out / f).stat().st_mtime_ns for f in fam.outputs if (out / f).exists()}
     fam.render(load_runs(runs), runs, out)
-    written = [out / f for f in fam.outputs if (out / f).exists()]
+    written = [out / f for f in fam.outputs if (out / f).exists() and (out / f).stat().st_mtime_ns != before.get(f)]
     print(f"wrote {', '.join(map(str, written))}")
     return written
