@@ -86,7 +86,7 @@ def federation(args, dp: bool) -> dict:
     from fedalign.lab.sums import crypto_secure_sum
     from fedalign.silo.evaluate import evaluate
 
-    # DP: the quickstart's recipe (results/dp_notes.md): σ derived from ε = 8 for the schedule,
+    # DP: the quickstart's recipe (results/notes/dp_notes.md): σ derived from ε = 8 for the schedule,
     # 1024 records per silo per round, Poisson batches of 256 in micro-batches of 128, 4 passes
     dp_opts = dict(noise_multiplier=None, max_grad_norm=1.0, epsilon=8.0, delta=1e-5) if dp else None
     shard = args.dp_shard if dp else args.shard

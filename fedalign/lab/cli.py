@@ -11,6 +11,7 @@ and an option given on the command line overrides the file (examples/experiments
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import tomllib
@@ -26,7 +27,8 @@ from fedalign.protocol.errors import ConfigError, InsecureModeRefused
 from fedalign.fedcmp.strategies import make_strategy
 from fedalign.fedcmp.strategy import Strategy
 
-__all__ = ["simulate", "run_simulation", "experiment_options", "build_strategy", "make_sum", "summarise_seeds", "METRICS", "build_app", "main"]
+__all__ = ["simulate", "run_simulation", "experiment_options", "build_strategy", "make_sum", "summarise_seeds", "METRICS", "build_app", "main",
+           "parse_experiment_options", "experiment_app"]
 
 METRICS = ("nll", "mc_accuracy", "presence_f1", "upload_bytes_per_silo_per_round", "nll_no_image",
            "mc_accuracy_no_image", "nll_cut_vs_no_image")
@@ -102,23 +104,46 @@ def parse_scenario_options(items: list[str]) -> dict:
     from fedalign.lab.world import SCENARIO_KEYS
 
     keys = [k for k in SCENARIO_KEYS if k != "counts"]  # a tuple: not a KEY=VALUE option
-    out: dict = {}
+    return {key: _value(raw) for key, raw in _key_values(items, keys, "--scenario-option")}
+
+
+def _key_values(items: list[str], keys, flag: str) -> list[tuple[str, str]]:
+    out = []
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or key not in keys:
-            raise ConfigError(f"--scenario-option {item!r}: expected KEY=VALUE with KEY one of {keys}")
-        low = raw.strip().lower()
-        if low in ("none", "null"):
-            out[key] = None
-            continue
-        if low in ("true", "false"):
-            out[key] = low == "true"
-            continue
-        try:
-            out[key] = int(low) if low.lstrip("-").isdigit() else float(low)
-        except ValueError:
-            out[key] = raw.strip()
+            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE with KEY one of {list(keys)}")
+        out.append((key, raw))
+    return out
+
+
+def _value(raw: str):
+    """none/null -> None, true/false -> bool, then int, then float, else the word."""
+    low = raw.strip().lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return int(low) if low.lstrip("-").isdigit() else float(low)
+    except ValueError:
+        return raw.strip()
+
+
+def parse_experiment_options(items: list[str], defaults: dict) -> dict:
+    """``--set KEY=VALUE`` items for an experiment family: KEY one of its options, VALUE of the default's
+    type (a text option keeps the text as written)."""
+    out = {}
+    for key, raw in _key_values(items, list(defaults), "--set"):
+        want = type(defaults[key])
+        value = raw.strip() if want is str else _value(raw)
+        if want is float and type(value) is int:
+            value = float(value)
+        if type(value) is not want:
+            kind = {bool: "true or false", int: "an integer", float: "a number"}.get(want, want.__name__)
+            raise ConfigError(f"--set {key}={raw}: expected {kind}")
+        out[key] = value
     return out
 
 
@@ -308,6 +333,56 @@ def run_simulation(
     typer.echo(f"wrote {out / 'metrics.jsonl'}, {out / 'final.json'}, {out / 'curves.png'}{rho_png}")
 
 
+def experiment_app() -> typer.Typer:
+    """``fedalign-lab experiment``: every family behind results/ (fedalign.lab.experiments), one runner and
+    one table writer."""
+    exp = typer.Typer(no_args_is_help=True, help="The results tables: run an experiment family (resumable), or "
+                      "write its tables from the committed run lines.")
+    known = "fedcmp | reliability | dp | world-check"
+
+    @exp.command("run")
+    def run(family: str = typer.Argument(..., help=known),
+            option: list[str] = typer.Option([], "--set", help="KEY=VALUE: one of the family's run options, "
+                                             "repeatable (its module's docstring lists them)"),
+            row: list[str] = typer.Option([], "--row", help="run only this row (its label), repeatable"),
+            jobs: int = typer.Option(2, help="worker processes at once (≤ 2 on a 2-core machine; 0: in this "
+                                     "process)"),
+            runs: Optional[Path] = typer.Option(None, help="run lines folder (default results/<family's runs>/)"),
+            out: Optional[Path] = typer.Option(None, help="tables folder (default results/)"),
+            debug: bool = typer.Option(False, "--debug", help="show tracebacks")) -> None:
+        """Run every (job, seed) of FAMILY that its run lines lack, then write its tables."""
+        from fedalign.lab.experiments import family as get
+        from fedalign.lab.jobs import run_family
+
+        def go() -> None:
+            given = parse_experiment_options(option, dict(get(family).options))
+            if run_family(family, given, jobs=jobs, rows=row, runs=runs, out=out):
+                raise SystemExit(1)
+
+        run_cli(go, debug=debug)
+
+    @exp.command("table")
+    def table(family: str = typer.Argument(..., help=known),
+              runs: Optional[Path] = typer.Option(None, help="run lines folder (default results/<family's runs>/)"),
+              out: Optional[Path] = typer.Option(None, help="tables folder (default results/)"),
+              debug: bool = typer.Option(False, "--debug", help="show tracebacks")) -> None:
+        """Write FAMILY's tables (md, csv, png) from its run lines; nothing is trained."""
+        from fedalign.lab.tables import write_table
+
+        run_cli(lambda: write_table(family, runs, out), debug=debug)
+
+    @exp.command("worker", hidden=True)
+    def worker(family: str, job: str, seed: int, options: str = typer.Option(..., help="the run options, JSON"),
+               runs: Path = typer.Option(...), row: list[str] = typer.Option([], "--row")) -> None:
+        """One (job, seed) of FAMILY in this process (the runner starts these)."""
+        from fedalign.lab.jobs import run_worker
+
+        if run_worker(family, job, seed, json.loads(options), runs, row):
+            raise SystemExit(1)
+
+    return exp
+
+
 def build_app() -> typer.Typer:
     app = typer.Typer(add_completion=False, no_args_is_help=True,
                       help="fedalign's lab: in-process federated experiments over the product's round loop.")
@@ -317,6 +392,7 @@ def build_app() -> typer.Typer:
         """fedalign's lab: in-process federated experiments over the product's round loop."""
 
     app.command("simulate")(simulate)
+    app.add_typer(experiment_app(), name="experiment")
     return app
 
 

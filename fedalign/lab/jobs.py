@@ -1,124 +1,116 @@
-"""The experiment runner: worker processes, one (scenario, seed) each, appending one JSON line per
-finished configuration to results/fedcmp_runs/<job>.jsonl and skipping lines already there, so a
-killed run resumes where it stopped. Every process uses one torch thread."""
+"""The one experiment runner: any family of fedalign.lab.experiments, as worker processes that run one
+(job, seed) each, ``jobs`` at a time. A worker appends one JSON line per finished row to
+results/<family's runs>/<job>-s<seed>.jsonl and runs only the rows its lines do not hold yet (a row is
+identified by what it runs), so a killed run resumes where it stopped. Every process uses one torch
+thread."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-from fedalign.lab.experiments import SCENARIOS, Config, Setup, configs_for
+from fedalign.lab.experiments import Family, family
+from fedalign.lab.tables import RESULTS, read_jsonl, write_table
+from fedalign.protocol.errors import ConfigError
 
-__all__ = ["RESULTS", "RUNS", "run_config", "run_worker", "run_jobs"]
-
-RESULTS = Path("results")  # relative to the working directory; scripts/results.py passes its own
-RUNS = RESULTS / "fedcmp_runs"
-
-
-def _job_name(scenario: str, seed: int, dp: bool) -> str:
-    return f"{scenario}{'-dp' if dp else ''}-s{seed}"
+__all__ = ["run_family", "run_worker", "family_options"]
 
 
-def _done(path: Path) -> set[str]:
-    if not path.exists():
-        return set()
-    return {json.loads(line)["label"] for line in path.read_text().splitlines() if line.strip()}
+def family_options(fam: Family, given: dict) -> dict:
+    """The family's run options: its defaults, ``given`` over them; an unknown key is one ConfigError."""
+    unknown = sorted(set(given) - set(fam.options))
+    if unknown:
+        raise ConfigError(f"experiment {fam.name}: unknown option(s) {unknown}; expected some of "
+                          f"{', '.join(fam.options)}")
+    return {**fam.options, **given}
 
 
-def run_config(problem, cfg: Config, setup: Setup, seed: int) -> dict:
-    from fedalign.lab.cli import build_strategy
-    from fedalign.lab.runner import centralized, local_only, simulate_problem
-    from fedalign.lab.sums import PLAIN_LABEL, plain_sum_insecure
-
-    t0 = time.perf_counter()
-    if cfg.strategy == "centralized":
-        final = centralized(problem, setup.rounds, lr=cfg.options.get("lr")).final
-    elif cfg.strategy == "local-only":
-        final = local_only(problem, setup.rounds).final
-    else:
-        strat = build_strategy(cfg.strategy, dp=cfg.dp, seed=seed, **cfg.options)
-        keep = [k for k in range(problem.n_silos) if k not in problem.unreliable] if cfg.oracle else None
-        res = simulate_problem(problem, strat, setup.rounds, secure_sum=plain_sum_insecure,
-                               secure_sum_label=PLAIN_LABEL, silos=keep, eval_every=setup.eval_every)
-        final = {**res.final, "curve": [{k: r.get(k) for k in ("round", "nll", "mc_accuracy", "presence_f1")}
-                                       for r in res.records if "nll" in r]}
-    return {**final, "label": cfg.label, "group": cfg.group, "seconds": time.perf_counter() - t0}
-
-
-def run_worker(scenario: str, seed: int, dp: bool = False, silos: int = Setup.silos, rounds: int = Setup.rounds,
-           samples_per_round: int = Setup.samples_per_round, world: str = "default", out: Path | None = None,
-           only: str = "all") -> None:
-    """Run every missing configuration of one (scenario, seed) in this process (shared data and model)."""
+def run_worker(name: str, job: str, seed: int, options: dict, runs: Path, rows: list[str] = ()) -> int:
+    """Run every missing row of one (job, seed) in this process (they share one problem); returns how
+    many rows failed (a failed row is logged, not written, and the others still run)."""
     from fedalign.host.process import apply_process_defaults
 
     apply_process_defaults()
-    from fedalign.lab.scenarios import ProblemOptions, build_problem
-
-    setup = Setup(silos=silos, rounds=rounds, samples_per_round=samples_per_round)
-    out = out if out is not None else RUNS
-    path = out / f"{_job_name(scenario, seed, dp)}.jsonl"
-    out.mkdir(parents=True, exist_ok=True)
-    todo = [c for c in configs_for(scenario, dp, only) if c.label not in _done(path)]
+    fam = family(name)
+    tag = f"[{name} {job}-s{seed}]"
+    path = runs / f"{job}-s{seed}.jsonl"
+    todo = fam.pending(job, seed, options, read_jsonl(path))
+    if rows:
+        todo = {k: v for k, v in todo.items() if k in rows}
     if not todo:
-        return
-    dp_opts = dict(noise_multiplier=setup.dp_noise, max_grad_norm=setup.dp_clip, epsilon=setup.dp_epsilon,
-                   delta=setup.dp_delta) if dp else None
-    t0 = time.perf_counter()
-    extra = {"batch_size": setup.batch_size, "lr": setup.lr, "test_size": setup.test_size, "world": world}
-    problem = build_problem(scenario, ProblemOptions(n_silos=silos, rounds=rounds, seed=seed, dp=dp_opts,
-                                                     samples_per_round=setup.samples_per_round, extra=extra))
-    print(f"[{_job_name(scenario, seed, dp)}] problem ready in {time.perf_counter() - t0:.1f}s", flush=True)
-    for cfg in todo:
+        return 0
+    runs.mkdir(parents=True, exist_ok=True)
+    shared: list = []
+
+    def problem():
+        if not shared:
+            t0 = time.perf_counter()
+            shared.append(fam.build(job, seed, options))
+            print(f"{tag} problem ready in {time.perf_counter() - t0:.1f}s", flush=True)
+        return shared[0]
+
+    failed = 0
+    for label, row in todo.items():
+        t0 = time.perf_counter()
         try:
-            row = run_config(problem, cfg, setup, seed)
-        except Exception as exc:  # one failed row must not lose the others; it is logged, not written
-            print(f"[{_job_name(scenario, seed, dp)}] {cfg.label}: FAILED {type(exc).__name__}: {exc}", flush=True)
+            line = fam.run(problem, row, job, seed, options)
+        except ConfigError:
+            raise
+        except Exception as exc:  # one failed row must not lose the others
+            print(f"{tag} {label}: FAILED {type(exc).__name__}: {exc}", flush=True)
+            failed += 1
             continue
-        row.update(scenario=scenario, seed=seed, dp=dp, silos=silos, rounds=rounds,
-                   world=getattr(problem, "world_id", None), setup=setup.__dict__ | {"seeds": None})
         with path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(f"[{_job_name(scenario, seed, dp)}] {cfg.label}: nll={row.get('nll', float('nan')):.4f} "
-              f"({row['seconds']:.1f}s)", flush=True)
+            f.write(json.dumps(line) + "\n")
+        nll = f"nll {line['nll']:.4f} " if isinstance(line.get("nll"), float) else ""
+        print(f"{tag} {label}: {nll}({time.perf_counter() - t0:.1f}s)", flush=True)
+    return failed
 
 
-def run_jobs(worker_cmd: list[str], jobs: int = 2,
-        scenarios: str = ",".join(SCENARIOS), seeds: str = "0,1,2", dp_scenario: str = "label",
-        silos: int = Setup.silos, rounds: int = Setup.rounds, samples_per_round: int = Setup.samples_per_round,
-        world: str = "default", out: Path | None = None, only: str = "all") -> None:
-    """All jobs, seed-major (every scenario's seed 0 first), ``jobs`` worker processes at a time.
-
-    ``worker_cmd`` starts one worker (e.g. ``[python, scripts/results.py, "worker"]``); each gets
-    ``scenario seed`` and the size options.
-    """
-    out = out if out is not None else RUNS
-    seed_list = [int(s) for s in seeds.split(",") if s]
-    from fedalign.world.build import build_world  # build the world once, before the workers race to
-
-    t_build = time.time()
+def _prebuild_world(world: str) -> None:
+    """Build (or load) the embedded world once, before the workers race to."""
+    from fedalign.world.build import build_world
     from fedalign.world.spec import TINY_SPEC
 
-    art = build_world(TINY_SPEC if world == "tiny" else None)
-    print(f"world {art.vision_path.parent.name} ready ({'built' if art.built else 'cached'}, "
-          f"{time.time() - t_build:.0f}s)", flush=True)
-    queue = []
-    for s in seed_list:  # seed-major, so a run cut short still has every scenario's first seeds
-        queue += [(sc, s, False) for sc in scenarios.split(",") if sc]
-        if dp_scenario:
-            queue.append((dp_scenario, s, True))
-    running: list[subprocess.Popen] = []
     t0 = time.time()
-    while queue or running:
-        while queue and len(running) < jobs:
-            sc, s, dp = queue.pop(0)
-            cmd = [*worker_cmd, sc, str(s), "--silos", str(silos), "--rounds", str(rounds),
-                   "--samples-per-round", str(samples_per_round), "--world", world, "--out", str(out),
-                   "--only", only]
-            cmd += ["--dp"] if dp else []
-            running.append(subprocess.Popen(cmd))
-        time.sleep(2)
-        for p in [p for p in running if p.poll() is not None]:
-            running.remove(p)
-            print(f"job {' '.join(p.args[len(worker_cmd):len(worker_cmd) + 2])} exited {p.returncode} at {time.time() - t0:.0f}s", flush=True)
+    art = build_world(TINY_SPEC if world == "tiny" else None)
+    print(f"world {art.vision_path.parent.name} ready ({'built' if art.built else 'cached'}, {time.time() - t0:.0f}s)",
+          flush=True)
+
+
+def run_family(name: str, given: dict | None = None, *, jobs: int = 2, rows: list[str] = (), runs: Path | None = None,
+               out: Path | None = None) -> int:
+    """Every (job, seed) of family ``name`` in the family's order, ``jobs`` worker processes at a time (0: in
+    this process, one after the other); then its tables from every line in ``runs``. Returns the number of
+    jobs that failed (the tables are written either way)."""
+    fam = family(name)
+    options = family_options(fam, given or {})
+    queue = fam.jobs(options)  # a bad option is refused here, before any work
+    known = {label for job, seed in queue for label in fam.pending(job, seed, options, [])}
+    if unknown := [r for r in rows if r not in known]:
+        raise ConfigError(f"--row: {unknown} is no row of {name} here; its rows: {sorted(known)}")
+    runs = runs if runs is not None else RESULTS / fam.runs
+    if "world" in options:
+        _prebuild_world(options["world"])
+    failed = 0
+    if jobs <= 0:
+        failed = sum(run_worker(name, job, seed, options, runs, rows) > 0 for job, seed in queue)
+    else:
+        running: list[tuple[str, subprocess.Popen]] = []
+        t0 = time.time()
+        while queue or running:
+            while queue and len(running) < jobs:
+                job, seed = queue.pop(0)
+                cmd = [sys.executable, "-m", "fedalign.lab.cli", "experiment", "worker", name, job, str(seed),
+                       "--options", json.dumps(options), "--runs", str(runs), *[a for r in rows for a in ("--row", r)]]
+                running.append((f"{job}-s{seed}", subprocess.Popen(cmd)))
+            time.sleep(0.2)
+            for tag, p in [x for x in running if x[1].poll() is not None]:
+                running.remove((tag, p))
+                failed += p.returncode != 0
+                print(f"job {tag} exited {p.returncode} at {time.time() - t0:.0f}s", flush=True)
+    write_table(name, runs, out)
+    return failed

@@ -56,8 +56,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-# Under DP, the schedule a run takes when it names none: the recipe measured in results/dp_notes.md
-# and scripts/dp_table.py (large Poisson batches, several passes over a larger shard: the noise on the
+# Under DP, the schedule a run takes when it names none: the recipe measured in results/notes/dp_notes.md
+# and the "dp" experiment family (large Poisson batches, several passes over a larger shard: the noise on the
 # mean gradient, σ·√d/B, falls with B). The non-DP defaults above (batch 16 of 64) put σ·√d/B near
 # 40 clip norms and ended above the no-image NLL (issue 27: 1.106 against 1.026, domain, seed 11).
 DP_DEFAULTS: dict[str, Any] = {

@@ -119,7 +119,7 @@ def make_scenario(
     visual domain. Knobs a scenario does not use are ignored (and only validated where used).
 
     The unreliable defaults were chosen so that FedAvg lands between the best single silo
-    and the oracle without the unreliable silos (results/fedcmp_notes.md): with IID silos
+    and the oracle without the unreliable silos (results/notes/fedcmp_notes.md): with IID silos
     one clean silo alone came within 0.01-0.03 NLL of all clean silos together, and at
     80% corruption FedAvg was worse than a clean silo alone.
     """

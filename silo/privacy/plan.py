@@ -65,7 +65,7 @@ same way) and usually much less. Over T steps the signal adds up linearly and th
 noise as √T, so at a ratio r even perfectly aligned gradients need about r² steps before the
 summed signal is as large as the summed noise: 100 steps at r = 10, more than a round, and often
 more than a whole run, of a silo here takes. The measurements agree: the DP runs that learned sat
-at 0.5-1 (results/dp_notes.md; the real digits' public subspace, results/real_notes.md), while
+at 0.5-1 (results/notes/dp_notes.md; the real digits' public subspace, results/notes/real_notes.md), while
 the real digits' full projector at 17.9 and 52 stayed at chance. 10 rather than a lower figure
 because the warning is for plans that cannot learn, not for every hard one: the digits at 7 also
 failed with 12 steps, but a run of a few hundred steps can average that down.

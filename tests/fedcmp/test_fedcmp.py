@@ -193,7 +193,7 @@ def test_error_feedback_carried_plus_sent_equals_update(seed, r, w):
 def test_without_error_feedback_silo_state_stays_empty():
     strat = FedCMP(FedCMPConfig(rank=2, error_feedback=False, reliability="off"))
     assert strat.init_silo_state({"weight": torch.zeros(4, 3)}) == {}
-    cfg = FedCMPConfig().under_dp()  # measured (results/dp_notes.md): EF and OPM kept, the noisy ρ off
+    cfg = FedCMPConfig().under_dp()  # measured (results/notes/dp_notes.md): EF and OPM kept, the noisy ρ off
     assert cfg.error_feedback is True and cfg.beta == 0.5 and cfg.reliability == "off"
 
 

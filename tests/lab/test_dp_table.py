@@ -1,12 +1,8 @@
-"""scripts/dp_table.py's must-show check: one DP configuration must reach the bar on every seed, and a
+"""The dp family's must-show check: one DP configuration must reach the bar on every seed, and a
 seed that clears it by less than the spread between DP runs is called not robust."""
 
-import importlib.util
-from pathlib import Path
-
-spec = importlib.util.spec_from_file_location("dp_table", Path(__file__).parents[2] / "scripts" / "dp_table.py")
-dp_table = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(dp_table)
+from fedalign.lab.experiments import dp as dp_table
+from fedalign.lab.tables import load_runs
 
 REF = {s: {"nll_cut": 0.4} for s in (0, 1, 2)}
 
@@ -41,7 +37,7 @@ def test_a_bar_cleared_inside_the_run_spread_is_not_robust():
     assert "**not met**" in line and "below the bar" in line
 
 
-def test_pooled_and_shard_runs_are_separate_configurations(tmp_path, monkeypatch):
+def test_pooled_and_shard_runs_are_separate_configurations(tmp_path):
     import json
 
     base = {"method": "fedavgm", "strategy": "fedavgm-b0.5", "eps": 2.0, **dp_table.RECIPE}
@@ -50,8 +46,7 @@ def test_pooled_and_shard_runs_are_separate_configurations(tmp_path, monkeypatch
     lines = [json.dumps({"config": c, "data": dict(dp_table.DATA, scenario="label", seed=1), "nll": 0.8,
                          "nll_cut": 0.2}) for c in runs]
     (tmp_path / "label-s1.jsonl").write_text("\n".join(lines) + "\n")
-    monkeypatch.setattr(dp_table, "RUNS", tmp_path)
-    names = [r["name"] for r in dp_table._load()]
+    names = [r["name"] for r in dp_table._table_rows(load_runs(tmp_path))]
     assert names == ["DP FedAvgM β=0.5 eps=2", "DP FedAvgM β=0.5 eps=2 [16 passes]",
                      "DP FedAvgM β=0.5 eps=2 [pooled, 16 passes]", "DP FedAvgM β=0.5 eps=2 [pooled, 8 passes]"]
 
@@ -64,9 +59,10 @@ def test_grid_moves_only_the_dp_rows_off_the_schedule():
     assert dp["name"] == "DP FedAvg eps=2 [pooled, 16 passes]"
     assert dp_table.grid([2.0], ["fedavg"])[1]["name"] == "DP FedAvg eps=2"
     import pytest
-    import typer
 
-    with pytest.raises(typer.BadParameter):
+    from fedalign.protocol.errors import ConfigError
+
+    with pytest.raises(ConfigError):
         dp_table.grid([2.0], ["fedavg"], sampling="whole")
 
 

@@ -97,7 +97,7 @@ def test_oracle_local_only_and_centralized_references():
 
 
 def test_dp_defaults_for_fedcmp_and_option_errors():
-    s = build_strategy("fedcmp", dp=True)  # measured DP defaults (results/dp_notes.md)
+    s = build_strategy("fedcmp", dp=True)  # measured DP defaults (results/notes/dp_notes.md)
     assert s.config.error_feedback is True and s.config.beta == 0.5 and s.config.reliability == "off"
     assert build_strategy("fedcmp", dp=True, beta=0.3).config.beta == 0.3
     with pytest.raises(ValueError, match="fedcmp only"):
@@ -176,7 +176,7 @@ def test_cli_dp_world_run_reports_no_image_baseline_and_derived_noise(tmp_path):
 
 
 def test_result_keeps_final_silo_states_and_weights_for_the_residual_probe():
-    """scripts/dp_sweep.py's residual probe reads each silo's error-feedback residual after the last round."""
+    """The dp family's residual probe (fedalign.lab.experiments.dp.residual_probe) reads each silo's error-feedback residual after the last round."""
     prob = build_problem("toy", ProblemOptions(n_silos=3, seed=2))
     res = simulate_problem(prob, make_strategy("fedcmp", rank=2, reliability="off", error_feedback=True), 2)
     assert len(res.silo_states) == 3 and len(res.last_weights) == 3

@@ -1,17 +1,13 @@
-"""fedalign.lab.tables: tables from run lines, verdicts, payload table (no training here)."""
+"""The fedcmp family's tables through the one writer: means, stds, verdicts, payload table (no training here)."""
 
 import csv
 import json
 
-from fedalign.lab import tables
-
-
-def _load():
-    return tables
+from fedalign.lab.experiments import fedcmp
+from fedalign.lab.tables import write_table
 
 
 def test_table_means_stds_and_verdicts(tmp_path):
-    mod = _load()
     runs = tmp_path / "runs"
     runs.mkdir()
     lines = []
@@ -22,7 +18,7 @@ def test_table_means_stds_and_verdicts(tmp_path):
                           "nll": nll, "mc_accuracy": 0.5, "presence_f1": 0.6, "upload_bytes_per_silo_per_round": 100.0,
                           "seconds": 1.0})
     (runs / "label-s0.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    mod.write_tables(runs, tmp_path)
+    write_table("fedcmp", runs, tmp_path)
     rows = list(csv.DictReader((tmp_path / "fedcmp_results.csv").open()))
     fa = next(r for r in rows if r["config"] == "FedAvg")
     assert float(fa["nll_mean"]) == 3.1 and abs(float(fa["nll_std"]) - 0.1) < 1e-12 and fa["seeds"] == "3"
@@ -34,15 +30,13 @@ def test_table_means_stds_and_verdicts(tmp_path):
 
 
 def test_verdict_ties_within_spread():
-    mod = _load()
-    assert mod._verdict((1.0, 0.1, 3), (1.05, 0.02, 3)) == "ties"
-    assert mod._verdict((1.0, 0.01, 3), (1.05, 0.02, 3)) == "wins"
+    assert fedcmp._verdict((1.0, 0.1, 3), (1.05, 0.02, 3)) == "ties"
+    assert fedcmp._verdict((1.0, 0.01, 3), (1.05, 0.02, 3)) == "wins"
 
 
 def test_best_single_silo_row_and_scenario_check(tmp_path):
     """The best single silo is read off the local-only runs; the scenario check compares FedAvg
     with centralized and with it, against the seed spread."""
-    mod = _load()
     runs = tmp_path / "runs"
     runs.mkdir()
     lines = []
@@ -56,7 +50,7 @@ def test_best_single_silo_row_and_scenario_check(tmp_path):
                    "per_silo": [{"nll": other}, {"nll": best}], "best_silo": 1, "best_silo_nll": best,
                    "best_silo_mc_accuracy": 0.4, "best_silo_presence_f1": 0.6}]
     (runs / "domain-s0.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    mod.write_tables(runs, tmp_path)
+    write_table("fedcmp", runs, tmp_path)
     rows = {r["config"]: r for r in csv.DictReader((tmp_path / "fedcmp_results.csv").open())}
     assert abs(float(rows["best single silo"]["nll_mean"]) - 1.35) < 1e-12
     assert abs(float(rows["best single silo"]["mc_accuracy_mean"]) - 0.4) < 1e-12
@@ -68,7 +62,7 @@ def test_best_single_silo_row_and_scenario_check(tmp_path):
     rows_close = [dict(x, best_silo_nll=x["best_silo_nll"] - 0.28) if x["label"] == "local-only" else x
                   for x in lines]
     (runs / "domain-s0.jsonl").write_text("\n".join(json.dumps(x) for x in rows_close) + "\n")
-    mod.write_tables(runs, tmp_path)
+    write_table("fedcmp", runs, tmp_path)
     md = (tmp_path / "fedcmp_results.md").read_text()
     assert "better than best single silo by +0.0200 ± 0.0500 NLL (per-seed gap, 3 seeds, not all better" in md
     assert "**NO**" in md

@@ -34,7 +34,7 @@ def test_the_plan_warns_and_names_the_knobs_when_the_noise_drowns_the_signal():
     override = plan_dp(50.0, 1e-5, shard_sizes=[55], batch_size=16, steps_for=lambda n: 4, max_grad_norm=1.0,
                        noise_multiplier=2.0, n_params=1_070_000)
     assert "privacy.noise_multiplier" in override.warning()
-    # a plan that can learn (results/dp_notes.md: 0.5-1 of the clip) prints one line, no warning
+    # a plan that can learn (results/notes/dp_notes.md: 0.5-1 of the clip) prints one line, no warning
     fine = plan_dp(8.0, 1e-5, shard_sizes=[4096], batch_size=1024, steps_for=lambda n: 8, max_grad_norm=1.0,
                    n_params=29_000)
     assert fine.noise_to_clip < 1 and fine.warning() is None and len(fine.describe().splitlines()) == 1

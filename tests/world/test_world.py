@@ -1,7 +1,7 @@
 """The embedded world: scenes, captions, probes, scenarios, writers, and the tiny model build.
 
 Model tests use TINY_SPEC (toy sizes, a few training steps) so they build in seconds; the
-real world's quality is measured by scripts/world_check.py, not here.
+real world's quality is measured by `fedalign-lab experiment run world-check`, not here.
 """
 
 from __future__ import annotations

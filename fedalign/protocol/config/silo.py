@@ -213,7 +213,7 @@ class AuditSection(StrictModel):
     peer_ledger: Path | None = Field(None, description="a copy of the aggregator's ledger.jsonl")
 
 
-# [train] under DP when the file names none of these: the measured recipe (results/dp_notes.md; the
+# [train] under DP when the file names none of these: the measured recipe (results/notes/dp_notes.md; the
 # quickstart's silos): large Poisson batches run as micro-batches, several passes over each shard. The
 # plain defaults (batch 32, one pass) put the noise on the mean gradient (σ·√d/B) at tens of clip
 # norms, where nothing is learned; the printed DP plan warns when a schedule is there.

@@ -1,44 +1,54 @@
-"""Privacy-utility table (issue #11): scenarios × ε ∈ {1, 2, 4, 8, no DP} × seeds, DP FedAvg,
-DP FedAvgM and DP Fed-CMP on the same data, each beside the frozen LM's no-image baseline.
+"""The "dp" family (issue #11): the privacy-utility table, scenarios × ε ∈ {1, 2, 4, 8, no DP} × seeds,
+DP FedAvg, DP FedAvgM and DP Fed-CMP on the same data, each beside the frozen LM's no-image baseline; and
+the free-form DP sweeps (recipe searches, probes) as the same family's configurations.
 
-    python scripts/dp_table.py run [--scenarios label,domain,style,unreliable] [--seeds 0,1,2] [--eps 1,2,4,8]
-                                   [--passes 16] [--sampling pooled]
-    python scripts/dp_table.py table     # results/dp_utility.{md,csv,png} from results/dp_runs/*.jsonl
+    fedalign-lab experiment run dp [--set scenarios=label,domain,style,unreliable] [--set seeds=0,1,2]
+        [--set eps=1,2,4,8] [--set passes=16] [--set sampling=pooled] [--set no_dp_rows=false]
+    fedalign-lab experiment run dp --set scenarios=label --set seeds=0 --set rounds=5 \
+        --set config='{"name": "fedavg eps8", "strategy": "fedavg", "eps": 8, "batch_size": 512, "lr": 3e-3}'
+    fedalign-lab experiment table dp     # results/dp_utility.{md,csv,png} from results/dp_runs/*.jsonl
 
-``run`` goes through scripts/dp_sweep.py (one process per (scenario, seed): the world problem is
-built once and every configuration trains on the same prepared shards); its JSON lines land in
-results/dp_runs/<scenario>-s<seed>.jsonl and finished configurations are skipped, so a killed run
-resumes (a configuration is identified by what it runs, not by its name). The full grid is
-4 scenarios × 3 seeds × (3 methods × 4 ε + the no-DP reference) = 156 trainings, about 17
-CPU-hours at the recipe below on one core (6-8 min per DP run; about 1 min on an H100);
-``--eps``, ``--seeds``, ``--scenarios`` and ``--methods`` cut it.
+A job is one (scenario, seed): the world problem (shards, tower features, held-out set, the no-image
+baseline) is built once and every configuration trains from θ_0 on the same prepared shards; DP FedAvg /
+FedAvgM / Fed-CMP and the non-DP reference differ only in what the configuration says. Its JSON lines land
+in results/dp_runs/<scenario>-s<seed>.jsonl and a configuration already there (same data, same
+configuration: it is identified by what it runs, not by its name) is skipped, so a killed run resumes.
+The full grid is 4 scenarios × 3 seeds × (3 methods × 4 ε + the no-DP reference) = 156 trainings, about
+17 CPU-hours at the recipe below on one core (6-8 min per DP run; about 1 min on an H100); ``eps``,
+``seeds``, ``scenarios`` and ``methods`` cut it. ``config`` (one JSON object) or ``configs`` (a file of
+one per line) runs those instead of the grid.
 
-The DP recipe (measured in results/dp_notes.md): 1024 samples per silo per round, Poisson batches
+The DP recipe (measured in results/notes/dp_notes.md): 1024 samples per silo per round, Poisson batches
 of 256 (q = 0.25) run as micro-batches of 128, 8 passes over each round's shard (32 steps), AdamW
 lr 3e-3, clip 1, σ derived from (ε, δ = 1e-5) for that schedule. The no-DP reference is the
 project's default recipe (batch 16, AdamW lr 2e-3, one pass) on the same data. Rows run at
 another pass count (the 4-pass recipe of earlier sessions) are kept and marked "[4 passes]"; rows with
 pooled sampling (every round Poisson-samples the silo's whole data, q = 256/5120, and ε composes the 5
-rounds: results/dp_notes.md, sixth session) are marked "[pooled, N passes]", N passes of a round's
+rounds: results/notes/dp_notes.md, sixth session) are marked "[pooled, N passes]", N passes of a round's
 worth (1024) of steps.
+
+Configuration keys: name, strategy (simulator preset or fedcmp), eps (None = no DP), delta (1e-5),
+clip, noise (expert σ; default derived from eps), batch_size, lr, optimizer, local_epochs,
+physical_batch_size, subspace_rank (train W_t + U·C in a public basis, silo.subspace), subspace_basis
+(cumulative | public: where that basis comes from), sampling (shards | pooled: a round trains on its own
+shard, or Poisson-samples the silo's whole data), public_warm_start (E passes over the coordinator's public
+set give θ_0), and for fedcmp: rank, server_lr, beta, error_feedback. A Fed-CMP row with error feedback
+also carries the residual probe (:func:`residual_probe`).
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import os
-import sys
 import statistics
+import time
 from pathlib import Path
 
-import typer
+from fedalign.lab.experiments.family import Family, ints
+from fedalign.lab.tables import fmt_ms, load_runs, mean_std, paired, write_csv
+from fedalign.protocol.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "results"
-RUNS = RESULTS / "dp_runs"
-
-app = typer.Typer(add_completion=False, help=__doc__)
+__all__ = ["DATA", "RECIPE", "NO_DP", "METHODS", "describe", "label", "grid", "run_config", "residual_probe",
+           "FAMILY"]
 
 DATA = dict(silos=5, rounds=5, samples_per_round=1024, test_size=300)
 RECIPE = dict(batch_size=256, lr=3e-3, local_epochs=8, physical_batch_size=128, clip=1.0)
@@ -83,14 +93,14 @@ def label(method: str) -> str:
 
 
 REFERENCE = "no DP FedAvg"
-SPREAD = 0.03  # held-out NLL between two DP runs of one configuration and seed (results/dp_notes.md)
+SPREAD = 0.03  # held-out NLL between two DP runs of one configuration and seed (results/notes/dp_notes.md)
 
 
 def grid(eps_list: list[float], methods: list[str], no_dp: bool = True, *, passes: int | None = None,
          sampling: str = "shards") -> list[dict]:
     """The run configurations; ``passes``/``sampling`` move the DP rows off the table's schedule."""
     if sampling not in ("shards", "pooled"):
-        raise typer.BadParameter(f"--sampling: expected shards or pooled, got {sampling!r}")
+        raise ConfigError(f"sampling: expected shards or pooled, got {sampling!r}")
     sched = {**RECIPE, **({"local_epochs": passes} if passes else {}),
              **({"sampling": sampling} if sampling != "shards" else {})}
     cfgs = []
@@ -105,57 +115,154 @@ def grid(eps_list: list[float], methods: list[str], no_dp: bool = True, *, passe
     return cfgs
 
 
-@app.command()
-def run(scenarios: str = "label,domain,style,unreliable", seeds: str = ",".join(map(str, GRID_SEEDS)),
-        eps: str = ",".join(map(str, GRID_EPS)), methods: str = ",".join(GRID_METHODS), no_dp: bool = typer.Option(True, "--no-dp-rows/--dp-only"),
-        device: str = typer.Option("cpu", help="cpu | cuda (36 s per DP run measured on an H100 at 4 passes)"),
-        passes: int = typer.Option(None, help="local passes per round for the DP rows (default: the recipe's 8)"),
-        sampling: str = typer.Option("shards", help="shards | pooled (every round samples the silo's whole data)"),
-        ) -> None:
-    """Run the grid (resumable), one (scenario, seed) problem at a time."""
-    if str(ROOT) not in sys.path:  # run as `python scripts/dp_table.py`
-        sys.path.insert(0, str(ROOT))
-    from scripts.dp_sweep import main as sweep
+OPTIONS = {"scenarios": "label,domain,style,unreliable", "seeds": ",".join(map(str, GRID_SEEDS)),
+           "eps": ",".join(map(str, GRID_EPS)), "methods": ",".join(GRID_METHODS), "no_dp_rows": True,
+           "passes": 0, "sampling": "shards", "config": "", "configs": "", **DATA, "device": "cpu",
+           "world": "default"}
 
-    eps_list = [float(e) for e in eps.split(",") if e]
-    cfgs = grid(eps_list, [m for m in methods.split(",") if m], no_dp, passes=passes, sampling=sampling)
-    tmp = RUNS / f"_grid-{os.getpid()}.jsonl"  # one per process: two grids may run side by side
-    RUNS.mkdir(parents=True, exist_ok=True)
-    tmp.write_text("".join(json.dumps(c) + "\n" for c in cfgs))
+
+def _jobs(o: dict) -> list[tuple[str, int]]:
+    _configs(o)  # a bad grid or configuration is refused before anything runs
+    return [(sc, s) for sc in o["scenarios"].split(",") if sc for s in ints(o["seeds"])]
+
+
+def _configs(o: dict) -> list[dict]:
+    """The free-form configurations if ``config``/``configs`` name any, else the grid."""
     try:
-        for sc in scenarios.split(","):
-            for seed in seeds.split(","):
-                sweep(["--scenario", sc, "--seed", seed, "--silos", str(DATA["silos"]),
-                       "--rounds", str(DATA["rounds"]), "--samples-per-round", str(DATA["samples_per_round"]),
-                       "--test-size", str(DATA["test_size"]), "--configs", str(tmp), "--device", device])
-    finally:
-        tmp.unlink(missing_ok=True)
+        cfgs = [json.loads(o["config"])] if o["config"] else []
+        if o["configs"]:
+            text = Path(o["configs"]).read_text()
+            cfgs += [json.loads(x) for x in text.splitlines() if x.strip() and not x.startswith("#")]
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"config/configs: {e}") from None
+    if any(not isinstance(c, dict) or "name" not in c or "strategy" not in c for c in cfgs):
+        raise ConfigError("config: each configuration is a JSON object with at least name and strategy")
+    if cfgs:
+        return cfgs
+    methods = [m for m in o["methods"].split(",") if m]
+    if unknown := [m for m in methods if m not in METHODS]:
+        raise ConfigError(f"methods: unknown {unknown}; expected some of {list(METHODS)}")
+    return grid([float(e) for e in str(o["eps"]).split(",") if e], methods, o["no_dp_rows"],
+                passes=o["passes"] or None, sampling=o["sampling"])
 
 
-def _load() -> list[dict]:
+def _data(scenario: str, seed: int, o: dict) -> dict:
+    return dict(scenario=scenario, seed=seed, silos=o["silos"], rounds=o["rounds"],
+                samples_per_round=o["samples_per_round"], test_size=o["test_size"])
+
+
+def _what(cfg: dict) -> dict:
+    """What a configuration runs (its labels aside)."""
+    return {k: v for k, v in cfg.items() if k not in ("name", "method")}
+
+
+def _pending(scenario: str, seed: int, o: dict, lines: list[dict]) -> dict[str, dict]:
+    """A configuration is done when a line has the same data and the same configuration."""
+    data = _data(scenario, seed, o)
+    done = [_what(ln["config"]) for ln in lines if ln.get("data") == data]
+    return {c["name"]: c for c in _configs(o) if _what(c) not in done}
+
+
+def _build(scenario: str, seed: int, o: dict):
+    """The (scenario, seed) problem and its no-image baseline, shared by every configuration."""
+    from fedalign.lab.scenarios import ProblemOptions, build_problem
+
+    opts = ProblemOptions(n_silos=o["silos"], rounds=o["rounds"], seed=seed, samples_per_round=o["samples_per_round"],
+                          extra={"test_size": o["test_size"], "device": o["device"], "world": o["world"]})
+    fed = build_problem(scenario, opts)
+    return fed, fed.no_image()
+
+
+def _run(problem, cfg: dict, scenario: str, seed: int, o: dict) -> dict:
+    fed, base = problem()
+    r = run_config(fed, cfg, o["rounds"], seed)
+    r.update(data=_data(scenario, seed, o), **base)
+    r["nll_cut"] = base["nll_no_image"] - r["nll"]
+    return r
+
+
+TRAIN_KEYS = ("batch_size", "lr", "optimizer", "local_epochs", "physical_batch_size", "subspace_rank",
+              "subspace_basis", "sampling", "public_warm_start")
+FEDCMP_KEYS = ("rank", "server_lr", "beta", "error_feedback", "reliability", "kappa", "rho_smoothing")
+
+
+def run_config(fed, cfg: dict, rounds: int, seed: int) -> dict:
+    from fedalign.lab.cli import build_strategy
+    from fedalign.lab.runner import simulate_problem
+
+    eps = cfg.get("eps")
+    dp = None if eps is None else dict(noise_multiplier=cfg.get("noise"), max_grad_norm=cfg.get("clip", 1.0),
+                                       epsilon=float(eps), delta=cfg.get("delta", 1e-5))
+    train = {k: cfg[k] for k in TRAIN_KEYS if k in cfg}
+    from fedalign.lab.world import DEFAULTS
+
+    base = {k: DEFAULTS[k] for k in TRAIN_KEYS if k in DEFAULTS}  # every run starts from the defaults
+    fed.configure(dp=dp, **{**base, **train})
+    fc = {k: cfg[k] for k in FEDCMP_KEYS if k in cfg} if cfg["strategy"] == "fedcmp" else {}
+    strat = build_strategy(cfg["strategy"], dp=dp is not None, seed=seed, **fc)
+    t0 = time.perf_counter()
+    res = simulate_problem(fed, strat, rounds, eval_every=rounds)
+    secs = time.perf_counter() - t0
+    out = {"name": cfg["name"], "config": cfg, "nll": res.final["nll"], "mc_accuracy": res.final.get("mc_accuracy"),
+           "seconds": secs, "train_seconds": sum(r.get("seconds_train_aggregate", 0.0) for r in res.records),
+           "round_seconds": [r.get("seconds_train_aggregate") for r in res.records[1:]],
+           "train_loss_last": res.records[-1].get("train_loss"),
+           **{k: res.final[k] for k in ("nll_rare", "nll_common") if k in res.final},
+           "nll_start": res.records[0].get("nll")}  # θ_0's (the public warm start's, if any)
+    out.update(residual_probe(fed, res))
+    if getattr(fed, "rare", ()):
+        out["rare"] = list(fed.rare)
+    if fed.dp_plan is not None:
+        p = fed.dp_plan
+        out.update(sigma=p.noise_multiplier, q=p.sample_rate, steps=p.steps, epsilon=p.epsilon)
+    return out
+
+
+def residual_probe(fed, res) -> dict:
+    """Fed-CMP with error feedback: what its silos' residuals still hold after the last round, and the
+    held-out scores had each silo's residual been applied then (θ_T + Σ w_k e_k / Σ w_k; a diagnostic of
+    the lab's view, not something the protocol sends). ``residual_share`` = ‖that step‖ / ‖θ_T − θ_0‖."""
+    from fedalign.fedcmp.core import E, key
+
+    states, w = res.silo_states, res.last_weights
+    names = [n for n in res.params if states and key(n, E) in states[0]]
+    if not names:
+        return {}
+    theta0 = fed.init_params()
+    flush = {n: sum(wk * s[key(n, E)] for wk, s in zip(w, states)) / sum(w) for n in names}
+    moved = sum(float((res.params[n] - theta0[n]).norm() ** 2) for n in names) ** 0.5
+    ev = fed.evaluate({**res.params, **{n: res.params[n] + flush[n] for n in names}})
+    return {"nll_flushed": ev["nll"], "mc_accuracy_flushed": ev.get("mc_accuracy"),
+            "residual_share": sum(float(f.norm() ** 2) for f in flush.values()) ** 0.5 / moved,
+            "residual_norms": [sum(float(s[key(n, E)].norm() ** 2) for n in names) ** 0.5 for s in states]}
+
+
+def _what(cfg: dict) -> dict:
+    """What a configuration runs (its labels aside)."""
+    return {k: v for k, v in cfg.items() if k not in ("name", "method")}
+
+
+def _table_rows(lines: list[dict]) -> list[dict]:
+    """The grid's runs (the table's data, the no-DP reference and the DP recipe), named by what they ran."""
     rows = []
-    for f in sorted(RUNS.glob("*.jsonl")):
-        if f.name.startswith("_"):
+    for r in lines:
+        d = r.get("data", {})
+        cfg = r["config"]
+        if not all(d.get(k) == v for k, v in DATA.items()):
             continue
-        for line in f.read_text().splitlines():
-            r = json.loads(line)
-            d = r.get("data", {})
-            cfg = r["config"]
-            if not all(d.get(k) == v for k, v in DATA.items()):
+        if cfg.get("public_warm_start"):
+            continue  # another start (results/notes/dp_notes.md), not the table's
+        if cfg.get("eps") is None:  # the no-DP reference: FedAvg at the project's default recipe
+            if cfg["strategy"] != "fedavg" or any(cfg.get(k, v) != v for k, v in NO_DP.items()) \
+                    or cfg.get("local_epochs", 1) != 1:
                 continue
-            if cfg.get("public_warm_start"):
-                continue  # another start (results/dp_notes.md), not the table's
-            if cfg.get("eps") is None:  # the no-DP reference: FedAvg at the project's default recipe
-                if cfg["strategy"] != "fedavg" or any(cfg.get(k, v) != v for k, v in NO_DP.items()) \
-                        or cfg.get("local_epochs", 1) != 1:
-                    continue
-                r["name"] = REFERENCE
-            else:  # DP rows at the table's recipe (other pass counts marked); recipe-search runs stay out
-                if any(cfg.get(k) != v for k, v in RECIPE.items() if k != "local_epochs") \
-                        or cfg.get("delta", 1e-5) != 1e-5 or cfg.get("noise") or cfg.get("subspace_rank"):
-                    continue
-                r["name"] = f"{describe(cfg['strategy'], cfg)} eps={cfg['eps']:g}" + _schedule_tag(cfg)
-            rows.append(r)
+            r["name"] = REFERENCE
+        else:  # DP rows at the table's recipe (other pass counts marked); recipe-search runs stay out
+            if any(cfg.get(k) != v for k, v in RECIPE.items() if k != "local_epochs") \
+                    or cfg.get("delta", 1e-5) != 1e-5 or cfg.get("noise") or cfg.get("subspace_rank"):
+                continue
+            r["name"] = f"{describe(cfg['strategy'], cfg)} eps={cfg['eps']:g}" + _schedule_tag(cfg)
+        rows.append(r)
     return rows
 
 
@@ -211,7 +318,8 @@ def _coverage(by: dict) -> list[str]:
         lines.append(f"{sc}: " + ("complete" if not missing else "missing " + "; ".join(missing)))
     total = 4 * len(GRID_SEEDS) * len(cells)
     head = (f"{done} of {total} cells have run at the table's schedule (8 passes over each round's shard). "
-            "`python scripts/dp_table.py run --dp-only` runs only the missing ones (it skips what is logged).")
+            "`fedalign-lab experiment run dp --set no_dp_rows=false` runs only the missing ones (it skips what "
+            "is logged).")
     return [head, ""] + [f"- {x}" for x in lines]
 
 
@@ -225,15 +333,13 @@ def _fedcmp_verdict(cells: list[tuple[str, str]]) -> str | None:
     met = lost == 0 and len(won) >= 2
     return (f"DP Fed-CMP at least ties DP FedAvg in every (scenario, ε) and beats it in two scenarios: "
             f"{'**met**' if met else '**not met**'} (loses in {lost} of {len(cells)} cells, beats in "
-            f"{len(won)} scenario(s)); what was tried: results/dp_notes.md")
+            f"{len(won)} scenario(s)); what was tried: results/notes/dp_notes.md")
 
 
-def _residual_section(by: dict) -> list[str]:
-    """Fed-CMP reruns with the residual probe (results/dp_runs/residual/, scripts/dp_sweep.py's
-    ``residual_probe``) beside the grid's DP FedAvg and Fed-CMP rows of the same scenario, seed and ε."""
-    probes = []
-    for f in sorted((RUNS / "residual").glob("*.jsonl")):
-        probes += [r for r in map(json.loads, f.read_text().splitlines()) if "nll_flushed" in r]
+def _residual_section(by: dict, runs: Path) -> list[str]:
+    """Fed-CMP reruns with the residual probe (results/dp_runs/residual/, :func:`residual_probe`) beside the
+    grid's DP FedAvg and Fed-CMP rows of the same scenario, seed and ε."""
+    probes = [r for r in load_runs(runs / "residual") if "nll_flushed" in r]
     if not probes:
         return []
     out = ["## Fed-CMP's error-feedback residual after the last round", "",
@@ -251,26 +357,18 @@ def _residual_section(by: dict) -> list[str]:
     return out + [""]
 
 
-def _ms(xs: list[float]) -> str:
-    if not xs:
-        return "-"
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{statistics.fmean(xs):.4f} ± {sd:.4f}"
-
-
-@app.command()
-def table() -> None:
+def render(lines: list[dict], runs_dir: Path, out: Path) -> None:
     """results/dp_utility.{md,csv,png} and the must-show checks."""
-    rows = _load()
+    rows = _table_rows(lines)
     by: dict[tuple[str, str], dict[int, dict]] = {}
     for r in rows:
         by.setdefault((r["data"]["scenario"], r["name"]), {})[r["data"]["seed"]] = r
     scenarios = [s for s in ("label", "domain", "style", "unreliable") if any(k[0] == s for k in by)]
-    md = ["# Privacy-utility table (generated by `python scripts/dp_table.py table`)", "",
+    md = ["# Privacy-utility table (generated by `fedalign-lab experiment table dp`)", "",
           f"Data: {json.dumps(DATA)} per scenario and seed. DP recipe: {json.dumps(RECIPE)}, δ = 1e-5 per silo, "
           "σ derived from ε for the schedule (Opacus RDP; checked against dp_accounting in tests). "
           f"No-DP rows: {json.dumps(NO_DP)}. cut = no-image NLL − NLL; cut ratio = cut / cut of "
-          f"'{REFERENCE}' on the same seed (paired). Runs: results/dp_runs/; notes: results/dp_notes.md.", ""]
+          f"'{REFERENCE}' on the same seed (paired). Runs: results/dp_runs/; notes: results/notes/dp_notes.md.", ""]
     out_csv = []
     checks = []
     fedcmp_cells: list[tuple[str, str]] = []  # (scenario, paired verdict) of Fed-CMP against DP FedAvg
@@ -284,10 +382,10 @@ def table() -> None:
             seeds = sorted(runs)
             ratio = [runs[s]["nll_cut"] / ref[s]["nll_cut"] for s in seeds if s in ref and ref[s]["nll_cut"] > 0]
             sig = [runs[s]["sigma"] for s in seeds if runs[s].get("sigma")]
-            md.append(f"| {name} | {len(seeds)} | {_ms([runs[s]['nll'] for s in seeds])} | "
-                      f"{_ms([runs[s]['nll_cut'] for s in seeds])} | "
+            md.append(f"| {name} | {len(seeds)} | {fmt_ms([runs[s]['nll'] for s in seeds], empty='-')} | "
+                      f"{fmt_ms([runs[s]['nll_cut'] for s in seeds], empty='-')} | "
                       + (f"{100 * statistics.fmean(ratio):.0f}% (min {100 * min(ratio):.0f}%)" if ratio else "-")
-                      + f" | {_ms([runs[s]['mc_accuracy'] for s in seeds])} | "
+                      + f" | {fmt_ms([runs[s]['mc_accuracy'] for s in seeds], empty='-')} | "
                       f"{statistics.fmean(runs[s]['nll_no_image'] for s in seeds):.4f} | "
                       f"{statistics.fmean(runs[s]['mc_accuracy_no_image'] for s in seeds):.3f} | "
                       + (f"{statistics.fmean(sig):.3g}" if sig else "-") + " |")
@@ -304,13 +402,12 @@ def table() -> None:
             for m in ("fedcmp", "fedavgm"):  # the must-show (Fed-CMP), and the momentum baseline beside it
                 a = by.get((sc, f"{label(m)} eps={eps:g}"), {})
                 b = by.get((sc, f"DP FedAvg eps={eps:g}"), {})
-                common = sorted(set(a) & set(b))
-                if common:
-                    d = [a[s]["nll"] - b[s]["nll"] for s in common]
-                    sd = statistics.stdev(d) if len(d) > 1 else 0.0
-                    verdict = ("one seed: no verdict" if len(d) < 2 else "beats" if statistics.fmean(d) < -sd
-                               else "loses to" if statistics.fmean(d) > sd else "ties")
-                    checks.append(f"{sc}, ε={eps}: {label(m)} vs DP FedAvg paired ΔNLL {statistics.fmean(d):+.4f} "
+                d = [x - y for x, y in paired(*({s: r["nll"] for s, r in rows.items()} for rows in (a, b)))]
+                if d:
+                    mean, sd, _ = mean_std(d)
+                    verdict = ("one seed: no verdict" if len(d) < 2 else "beats" if mean < -sd
+                               else "loses to" if mean > sd else "ties")
+                    checks.append(f"{sc}, ε={eps}: {label(m)} vs DP FedAvg paired ΔNLL {mean:+.4f} "
                                   f"± {sd:.4f} over {len(d)} seed(s), lower in {sum(x < 0 for x in d)}: {verdict}")
                     if m == "fedcmp" and len(d) > 1:
                         fedcmp_cells.append((sc, verdict))
@@ -319,15 +416,10 @@ def table() -> None:
         checks.insert(0, verdict)
     md += ["## Must-show checks", ""] + [f"- {c}" for c in checks] + [""]
     md += ["## Grid coverage", ""] + _coverage(by) + [""]
-    md += _residual_section(by)
-    (RESULTS / "dp_utility.md").write_text("\n".join(md))
-    if out_csv:
-        with (RESULTS / "dp_utility.csv").open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(out_csv[0]))
-            w.writeheader()
-            w.writerows(out_csv)
-    _plot(by, scenarios)
-    print("\n".join(md))
+    md += _residual_section(by, runs_dir)
+    (out / "dp_utility.md").write_text("\n".join(md))
+    write_csv(out / "dp_utility.csv", out_csv)
+    _plot(by, scenarios, out / "dp_utility.png")
 
 
 def _order(name: str) -> tuple:
@@ -340,7 +432,7 @@ def _order(name: str) -> tuple:
         return (2, name, 0.0)
 
 
-def _plot(by, scenarios) -> None:
+def _plot(by, scenarios, png: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -372,8 +464,9 @@ def _plot(by, scenarios) -> None:
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center right", fontsize=7,
                title="hollow: fewer than 3 seeds", title_fontsize=7)
     fig.tight_layout(rect=(0, 0, 0.86, 1))
-    fig.savefig(RESULTS / "dp_utility.png", dpi=110)
+    fig.savefig(png, dpi=110)
 
 
-if __name__ == "__main__":
-    app()
+
+FAMILY = Family("dp", "privacy-utility grid (issue #11) and free-form DP sweeps", "dp_runs",
+                ("dp_utility.md", "dp_utility.csv", "dp_utility.png"), OPTIONS, _jobs, _pending, _build, _run, render)

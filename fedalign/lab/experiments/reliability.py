@@ -1,31 +1,33 @@
-"""Fed-CMP reliability against the coordinator's public reference (issue #15): runs, table and ρ plot.
+"""The "reliability" family (issue #15): Fed-CMP reliability against the coordinator's public reference,
+results/reliability.md and the ρ plot results/reliability_rho.png.
 
-    python scripts/reliability.py run [--variants unreliable,unreliable-hard,...] [--seeds 0,1,2] [--rows "LABEL|..."]
-    python scripts/reliability.py table      # results/reliability.md and results/reliability_rho.png
+    fedalign-lab experiment run reliability [--set variants=unreliable,unreliable-hard] [--set seeds=0,1,2] [--row LABEL]
+    fedalign-lab experiment table reliability
 
-``run`` builds each (variant, seed) problem once (results Setup: 5 silos, 10 rounds, 96 samples per silo
-per round) and runs the rows not yet in results/reliability_runs/<variant>-s<seed>.jsonl (resumable; one
-process, one core). Rows the committed results table already ran on the same world weights (FedAvg,
-FedAvgM β=0.5, FedProx; results/fedcmp_runs/) are read from there instead of rerun, for the four original
-scenarios; the "unreliable-hard" variant runs its own.
+A job is one (variant, seed) problem (results Setup: 5 silos, 10 rounds, 96 samples per silo per round);
+its rows not yet in results/reliability_runs/<variant>-s<seed>.jsonl run. Rows the committed results
+table already ran on the same world weights (FedAvg, FedAvgM β=0.5, FedProx; results/fedcmp_runs/) are
+read from there instead of rerun, for the four original scenarios at the default size and world; the
+"unreliable-hard" variant runs its own.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RUNS = ROOT / "results" / "reliability_runs"
-COMMITTED = ROOT / "results" / "fedcmp_runs"
-OUT_MD = ROOT / "results" / "reliability.md"
-OUT_PNG = ROOT / "results" / "reliability_rho.png"
+from fedalign.lab.experiments.family import Family, ints
+from fedalign.lab.experiments.fedcmp import Setup, setup_for
+from fedalign.lab.tables import RESULTS, fmt_ms, paired
+
+__all__ = ["VARIANTS", "Row", "ROWS", "MAIN_LABEL", "FAMILY"]
+
+COMMITTED = RESULTS / "fedcmp_runs"
+PNG = "reliability_rho.png"
 
 # variant -> (scenario, ProblemOptions overrides)
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -87,33 +89,45 @@ ROWS = [
 ]
 
 
-def _setup():
-    from fedalign.lab.experiments import Setup
-
-    return Setup()
+OPTIONS = {"variants": ",".join(VARIANTS), "seeds": "0,1,2", "silos": Setup.silos, "rounds": Setup.rounds,
+           "samples_per_round": Setup.samples_per_round, "test_size": Setup.test_size, "world": "default"}
 
 
-def _problem(variant: str, seed: int):
+def _jobs(o: dict) -> list[tuple[str, int]]:
+    from fedalign.protocol.errors import ConfigError
+
+    variants = [v for v in o["variants"].split(",") if v]
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        raise ConfigError(f"variants: unknown {bad}; expected {list(VARIANTS)}")
+    return [(v, s) for s in ints(o["seeds"]) for v in variants]
+
+
+def _size(o: dict) -> dict:
+    return {k: o[k] for k in ("silos", "rounds", "samples_per_round", "test_size", "world")}
+
+
+def _pending(variant: str, seed: int, o: dict, lines: list[dict]) -> dict[str, Row]:
+    """A row is done when a line has its label at this size (lines without a size ran at the default)."""
+    done = {ALIASES.get(ln["label"], ln["label"]) for ln in lines if ln.get("size", _size(OPTIONS)) == _size(o)}
+    return {r.label: r for r in ROWS if variant in r.variants and r.label not in done}
+
+
+def _build(variant: str, seed: int, o: dict):
     from fedalign.lab.scenarios import ProblemOptions, build_problem
 
     scenario, over = VARIANTS[variant]
-    st = _setup()
-    extra = {"batch_size": st.batch_size, "lr": st.lr, "test_size": st.test_size}
+    st = setup_for(o)
+    extra = {"batch_size": st.batch_size, "lr": st.lr, "test_size": st.test_size, "world": o["world"]}
     opts = ProblemOptions(n_silos=st.silos, rounds=st.rounds, seed=seed, samples_per_round=st.samples_per_round,
                           extra=extra, **over)
     return build_problem(scenario, opts)
 
 
-def _done(path: Path) -> set[str]:
-    if not path.exists():
-        return set()
-    return {ALIASES.get(lab, lab) for lab in (json.loads(x)["label"] for x in path.read_text().splitlines()
-                                              if x.strip())}
-
-
-def _committed(variant: str, seed: int, label: str) -> dict | None:
+def _committed(variant: str, seed: int, label: str, o: dict) -> dict | None:
+    """The same run in the committed results table, if this job is at its size and world."""
     path = COMMITTED / f"{variant}-s{seed}.jsonl"
-    if variant not in ("unreliable", "label", "domain", "style") or not path.exists():
+    if variant not in ("unreliable", "label", "domain", "style") or _size(o) != _size(OPTIONS) or not path.exists():
         return None
     for line in path.read_text().splitlines():
         rec = json.loads(line)
@@ -154,11 +168,15 @@ def _true_rho_strategy(strat, problem):
     return out
 
 
-def run_row(problem, row: Row, seed: int) -> dict:
+def _run(problem, row: Row, variant: str, seed: int, o: dict) -> dict:
     from fedalign.fedcmp.strategies import make_strategy
     from fedalign.lab.runner import simulate_problem
 
-    st = _setup()
+    rec = _committed(variant, seed, row.committed, o) if row.committed else None
+    if rec is not None:
+        return {**rec, "label": row.label, "group": row.group, "from": "results/fedcmp_runs", "variant": variant,
+                "seed": seed}
+    problem, st = problem(), setup_for(o)
     t0 = time.perf_counter()
     strat = make_strategy(row.strategy, seed=seed, **row.options) if row.strategy == "fedcmp" else \
         make_strategy(row.strategy)
@@ -171,54 +189,19 @@ def run_row(problem, row: Row, seed: int) -> dict:
     rho = [{"round": r["round"], "rho": r["rho"]} for r in res.records if "rho" in r]
     return {**{k: v for k, v in res.final.items() if k != "silos"}, "label": row.label, "group": row.group,
             "reference_kind": row.reference_kind if row.options.get("reliability") == "reference" else None,
-            "unreliable": list(problem.unreliable), "rho_curve": rho, "seconds": time.perf_counter() - t0}
-
-
-def cmd_run(variants: list[str], seeds: list[int], only: list[str] | None) -> None:
-    from fedalign.host.process import apply_process_defaults
-
-    apply_process_defaults()
-    RUNS.mkdir(parents=True, exist_ok=True)
-    for seed in seeds:
-        for variant in variants:
-            path = RUNS / f"{variant}-s{seed}.jsonl"
-            todo = [r for r in ROWS if variant in r.variants and r.label not in _done(path)
-                    and (only is None or r.label in only)]
-            problem = None
-            for row in todo:
-                rec = _committed(variant, seed, row.committed) if row.committed else None
-                if rec is not None:
-                    rec = {**rec, "label": row.label, "group": row.group, "from": "results/fedcmp_runs"}
-                else:
-                    if problem is None:
-                        problem = _problem(variant, seed)
-                    rec = run_row(problem, row, seed)
-                rec.update(variant=variant, seed=seed, world=getattr(problem, "world_id", rec.get("world")))
-                with path.open("a") as f:
-                    f.write(json.dumps(rec) + "\n")
-                print(f"{variant} s{seed} {row.label}: nll {rec['nll']:.4f}"
-                      f" ({rec.get('seconds', 0):.0f}s{', committed' if 'from' in rec else ''})", flush=True)
+            "unreliable": list(problem.unreliable), "rho_curve": rho, "seconds": time.perf_counter() - t0,
+            "variant": variant, "seed": seed, "world": getattr(problem, "world_id", None), "size": _size(o)}
 
 
 # --------------------------------------------------------------------------- table
 
 
-def _load() -> dict[str, dict[int, dict[str, dict]]]:
+def _by_variant(lines: list[dict]) -> dict[str, dict[int, dict[str, dict]]]:
     out: dict = {}
-    for path in sorted(RUNS.glob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                rec["label"] = ALIASES.get(rec["label"], rec["label"])
-                out.setdefault(rec["variant"], {}).setdefault(rec["seed"], {})[rec["label"]] = rec
+    for rec in lines:
+        rec["label"] = ALIASES.get(rec["label"], rec["label"])
+        out.setdefault(rec["variant"], {}).setdefault(rec["seed"], {})[rec["label"]] = rec
     return out
-
-
-def _ms(xs: list[float]) -> str:
-    if not xs:
-        return "–"
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{statistics.fmean(xs):.4f} ± {sd:.4f}"
 
 
 def _rho_split(rec: dict) -> tuple[int, int, int, list[float], list[float]]:
@@ -275,15 +258,21 @@ the uplink payload is that of `blend` (r·n + 1 more numbers per matrix).
 """
 
 
-def cmd_table() -> None:
-    data = _load()
+def _nll(runs: dict[int, dict[str, dict]], label: str) -> dict[int, float]:
+    """seed -> the row's held-out NLL, for the seeds it ran."""
+    return {s: rows[label]["nll"] for s, rows in runs.items() if label in rows}
+
+
+def render(run_lines: list[dict], _runs: Path, out: Path) -> None:
+    """results/reliability.md and results/reliability_rho.png from the run lines."""
+    data = _by_variant(run_lines)
     main = next(r for r in ROWS if r.group == "main").label
     off = "Fed-CMP reliability off"
     oracle = "Fed-CMP oracle (unreliable silos dropped)"
     baselines = [r.label for r in ROWS if r.group == "baseline"]
     lines = ["# Fed-CMP reliability against the coordinator's public reference (issue #15)", "",
-             "Generated by `python scripts/reliability.py table` from `results/reliability_runs/` "
-             "(made by `python scripts/reliability.py run`). Setup: results Setup (5 silos, 10 rounds, 96 samples "
+             "Generated by `fedalign-lab experiment table reliability` from `results/reliability_runs/` "
+             "(made by `fedalign-lab experiment run reliability`). Setup: results Setup (5 silos, 10 rounds, 96 samples "
              "per silo per round, AdamW lr 3e-3, batch 16, 200 held-out samples), Fed-CMP r = 16 with error "
              "feedback and OPM β = 0.5, plain sums (simulation). The coordinator's public set: 300 clean "
              "samples from the pooled distribution (its own random stream), 96 per reference update. "
@@ -307,11 +296,11 @@ def cmd_table() -> None:
                 continue
             nll = [runs[s][lab]["nll"] for s in have]
             mc = [runs[s][lab].get("mc_accuracy", math.nan) for s in have]
-            paired = [runs[s][lab]["nll"] - runs[s][off]["nll"] for s in have if off in runs[s]]
+            delta = [x - y for x, y in paired(_nll(runs, lab), _nll(runs, off))]
             star = "*" if any(runs[s][lab].get("from") for s in have) else ""
-            better = sum(p < 0 for p in paired)
-            lines.append(f"| {lab}{star} | {len(have)} | {_ms(nll)} | {_ms(mc)} | "
-                         f"{_ms(paired) if lab != off else '–'} | {f'{better}/{len(paired)}' if lab != off else '–'} |")
+            better = sum(p < 0 for p in delta)
+            lines.append(f"| {lab}{star} | {len(have)} | {fmt_ms(nll)} | {fmt_ms(mc)} | "
+                         f"{fmt_ms(delta) if lab != off else '–'} | {f'{better}/{len(delta)}' if lab != off else '–'} |")
         lines.append("")
         both = [s for s in seeds if main in runs[s] and off in runs[s]]
         base_means = {b: statistics.fmean([runs[s][b]["nll"] for s in seeds if b in runs[s]])
@@ -320,7 +309,7 @@ def cmd_table() -> None:
         if strongest and both:
             d = [runs[s][main]["nll"] - runs[s][strongest]["nll"] for s in both if strongest in runs[s]]
             wins = sum(x < 0 for x in d)
-            lines.append(f"Against the strongest baseline ({strongest}): paired ΔNLL {_ms(d)}, better in "
+            lines.append(f"Against the strongest baseline ({strongest}): paired ΔNLL {fmt_ms(d)}, better in "
                          f"{wins}/{len(d)} seeds.")
         else:
             wins, d = 0, []
@@ -350,7 +339,7 @@ def cmd_table() -> None:
             spread = max(sd(off), sd(main))
             cost = statistics.fmean(p)
             worse = sum(x > 0 for x in p)
-            verdicts.append(f"- {variant}: paired ΔNLL vs off {_ms(p)}, worse in {worse}/{len(p)} seeds; the rows' "
+            verdicts.append(f"- {variant}: paired ΔNLL vs off {fmt_ms(p)}, worse in {worse}/{len(p)} seeds; the rows' "
                             f"seed std {spread:.4f}: **{'within' if cost <= spread else 'beyond'} the seed spread**"
                             f"{' (by the table tie rule; paired, it costs in every seed)' if cost <= spread and worse == len(p) else ''}.")
         lines.append("")
@@ -362,19 +351,17 @@ def cmd_table() -> None:
     for lab in rel_rows:
         cells = []
         for v in present:
-            pairs = [data[v][s][lab]["nll"] - data[v][s][off]["nll"] for s in sorted(data[v])
-                     if lab in data[v][s] and off in data[v][s]]
-            cells.append(f"{_ms(pairs)} ({sum(x < 0 for x in pairs)}/{len(pairs)})" if pairs else "–")
+            pairs = [x - y for x, y in paired(_nll(data[v], lab), _nll(data[v], off))]
+            cells.append(f"{fmt_ms(pairs)} ({sum(x < 0 for x in pairs)}/{len(pairs)})" if pairs else "–")
         if any(c != "–" for c in cells):
             lines.append(f"| {lab} | " + " | ".join(cells) + " |")
-    lines += ["", "## Must-show verdicts", ""] + verdicts + ["", f"![ρ per silo per round]({OUT_PNG.name})", "",
+    lines += ["", "## Must-show verdicts", ""] + verdicts + ["", f"![ρ per silo per round]({PNG})", "",
                                                             NOTES]
-    OUT_MD.write_text("\n".join(lines))
-    _plot(data, main)
-    print(f"wrote {OUT_MD} and {OUT_PNG}")
+    (out / "reliability.md").write_text("\n".join(lines))
+    _plot(data, main, out / PNG)
 
 
-def _plot(data, main: str) -> None:
+def _plot(data, main: str, png: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -407,28 +394,8 @@ def _plot(data, main: str) -> None:
             ax.legend(fontsize=6)
     fig.suptitle(f"{main}: ρ per silo per round (red: corrupted silos)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(OUT_PNG, dpi=110)
+    fig.savefig(png, dpi=110)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    run = sub.add_parser("run")
-    run.add_argument("--variants", default=",".join(VARIANTS))
-    run.add_argument("--seeds", default="0,1,2")
-    run.add_argument("--rows", default=None, help="row labels separated by | (default: all)")
-    sub.add_parser("table")
-    a = ap.parse_args(argv)
-    if a.cmd == "run":
-        variants = [v for v in a.variants.split(",") if v]
-        bad = [v for v in variants if v not in VARIANTS]
-        if bad:
-            sys.exit(f"error: --variants: unknown {bad}; expected {list(VARIANTS)}")
-        cmd_run(variants, [int(s) for s in a.seeds.split(",")],
-                [x.strip() for x in a.rows.split("|")] if a.rows else None)
-    else:
-        cmd_table()
-
-
-if __name__ == "__main__":
-    main()
+FAMILY = Family("reliability", "Fed-CMP reliability against the coordinator's public reference (issue #15)",
+                "reliability_runs", ("reliability.md", PNG), OPTIONS, _jobs, _pending, _build, _run, render)

@@ -1,51 +1,84 @@
-"""Does alignment mean something on the embedded world, and do its scenarios separate methods?
+"""The "world-check" family: does alignment mean something on the embedded world, and do its scenarios
+separate methods? results/world_check.{json,md} (and world_scenarios.{json,md}).
 
-Builds (or loads) the default world, trains the projector centrally with the project's own
-trainer for a fixed step budget over several seeds, and measures by the frozen LM's
-likelihood: held-out caption NLL with the image against the SAME LM without it (prefix
-replaced by placeholders, and prefix left out; the lower of the two is the baseline),
-4-way multiple-choice accuracy, presence accuracy/F1/yes-rate and attribute probes. Then,
-per federated scenario, centralized training against every silo alone (same step budget,
-same clean test split), and for the unreliable scenario centralized training without the
-unreliable silos (only the scenarios named with --scenarios). Writes
-results/world_check.{json,md} (and world_scenarios.{json,md}); ends with one JSON line.
+Job "central" (one per seed) trains the projector centrally with the project's own trainer for a fixed
+step budget and measures by the frozen LM's likelihood: held-out caption NLL with the image against the
+SAME LM without it (prefix replaced by placeholders, and prefix left out; the lower of the two is the
+baseline), 4-way multiple-choice accuracy, presence accuracy/F1/yes-rate and attribute probes. A job
+named after a world scenario (``--set scenarios=iid,unreliable``) trains centrally against every silo
+alone (same step budget, same clean test split), and for the unreliable scenario centrally without the
+unreliable silos.
 
-    .venv/bin/python scripts/world_check.py                      # 3 seeds, 2 at a time
-    .venv/bin/python scripts/world_check.py --seeds --scenarios iid unreliable
+    fedalign-lab experiment run world-check                      # 3 seeds, 2 at a time
+    fedalign-lab experiment run world-check --set seeds= --set scenarios=iid,unreliable
+    fedalign-lab experiment table world-check
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
-ROOT = Path(__file__).resolve().parents[1]
+from fedalign.lab.experiments.family import Family, ints
 
-from fedalign.host.process import apply_process_defaults  # noqa: E402
+__all__ = ["train_projector", "central_run", "scenario_run", "FAMILY"]
 
-apply_process_defaults()
+OPTIONS = {"seeds": "0,1,2", "world": "default", "world_seed": 0, "projector": "mlp2x_gelu", "steps": 3000,
+           "lr": 3e-3, "batch_size": 32, "train_size": 16000, "test_size": 400, "scenarios": "", "scenario_seeds": "0",
+           "scenario_steps": 200, "scenario_test_size": 300, "n_silos": 5, "samples_per_silo": 400}
+# what a job runs, by kind: a line whose args agree on these (the world "default" where unnamed) is done
+WHAT = {"central": ("world", "world_seed", "projector", "steps", "lr", "batch_size", "train_size", "test_size"),
+        "scenario": ("world", "world_seed", "projector", "scenario_steps", "lr", "batch_size", "n_silos",
+                     "samples_per_silo", "scenario_test_size")}
+KEYS = ["nll_cut_vs_no_image", "heldout_nll_image", "heldout_nll_no_image_placeholders",
+        "heldout_nll_no_image_no_prefix", "mc_accuracy", "presence_accuracy", "presence_f1",
+        "presence_yes_rate", "colour_accuracy", "shape_accuracy", "count_accuracy", "train_seconds"]
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
-from fedalign.silo.evaluate import evaluate, prepare_eval, remove_image  # noqa: E402
-from fedalign.silo.model import load_alignment_model  # noqa: E402
-from fedalign.silo.sources import world_records  # noqa: E402
-from fedalign.silo.trainer import LocalTrainer, TrainSettings, prepare_shard, train_rounds  # noqa: E402
-from fedalign.world import (  # noqa: E402
-    SCENARIOS,
-    WorldSpec,
-    build_world,
-    make_eval_items,
-    make_samples,
-    make_scenario,
-    skew_report,
-    text_only_prompt,
-)
+def _kind(job: str) -> str:
+    return "central" if job == "central" else "scenario"
+
+
+def _what(kind: str, args: dict) -> dict:
+    return {k: args.get(k, "default" if k == "world" else None) for k in WHAT[kind]}
+
+
+def _jobs(o: dict) -> list[tuple[str, int]]:
+    from fedalign.protocol.errors import ConfigError
+    from fedalign.world import SCENARIOS
+
+    names = [x for x in o["scenarios"].split(",") if x]
+    if bad := [x for x in names if x not in SCENARIOS]:
+        raise ConfigError(f"scenarios: unknown {bad}; expected some of {list(SCENARIOS)}")
+    return [("central", s) for s in ints(o["seeds"])] + [(x, s) for x in names for s in ints(o["scenario_seeds"])]
+
+
+def _pending(job: str, seed: int, o: dict, lines: list[dict]) -> dict[str, str]:
+    kind = _kind(job)
+    done = any(_what(kind, ln["args"]) == _what(kind, o) for ln in lines)
+    return {} if done else {job: job}
+
+
+def _build(job: str, seed: int, o: dict):
+    from dataclasses import replace
+
+    from fedalign.world import TINY_SPEC, WorldSpec, build_world
+
+    t0 = time.perf_counter()
+    art = build_world(replace(TINY_SPEC if o["world"] == "tiny" else WorldSpec(), seed=o["world_seed"]))
+    return art, time.perf_counter() - t0
+
+
+def _run(problem, job: str, _job: str, seed: int, o: dict) -> dict:
+    art, seconds = problem()
+    args = SimpleNamespace(**o)
+    run = central_run(art, seed, args) if job == "central" else scenario_run(art, job, seed, args)
+    return {"kind": _kind(job), "seed": seed, "world_dir": str(art.vision_path.parent),
+            "spec": json.loads(art.spec.to_json()),
+            "build": json.loads((art.vision_path.parent / "build.json").read_text()),
+            "build_or_load_seconds": seconds, "args": dict(o), "run": run}
 
 
 def train_projector(model, samples, *, steps: int, seed: int, lr: float, batch_size: int,
@@ -53,6 +86,11 @@ def train_projector(model, samples, *, steps: int, seed: int, lr: float, batch_s
     """Train the projector on ``samples`` for ``steps`` steps in ``phases`` rounds of the
     project's trainer, the learning rate multiplied by ``decay`` after each; returns the
     parameters (the model is left holding them)."""
+    import torch
+
+    from fedalign.silo.sources import world_records
+    from fedalign.silo.trainer import LocalTrainer, TrainSettings, prepare_shard, train_rounds
+
     params = {k: v.clone() for k, v in model.projector_state().items()}
     shard = prepare_shard(model, world_records(samples, "world_check"))
     gen = torch.Generator().manual_seed(seed)
@@ -65,11 +103,21 @@ def train_projector(model, samples, *, steps: int, seed: int, lr: float, batch_s
 
 
 def fresh_model(art, seed: int, projector: str):
+    import torch
+
+    from fedalign.silo.model import load_alignment_model
+
     return load_alignment_model(str(art.vision_path), str(art.lm_path), projector=projector, device="cpu",
                                 generator=torch.Generator().manual_seed(seed))
 
 
 def central_run(art, seed: int, args) -> dict:
+    import numpy as np
+
+    from fedalign.silo.evaluate import evaluate, prepare_eval, remove_image
+    from fedalign.silo.sources import world_records
+    from fedalign.world import make_eval_items, make_samples, text_only_prompt
+
     model = fresh_model(art, seed, args.projector)
     rng = np.random.default_rng([seed, 11])
     train = make_samples(args.train_size, rng)
@@ -103,6 +151,10 @@ def central_run(art, seed: int, args) -> dict:
 
 
 def scenario_run(art, name: str, seed: int, args) -> dict:
+    from fedalign.silo.evaluate import evaluate, prepare_eval
+    from fedalign.silo.sources import world_records
+    from fedalign.world import make_eval_items, make_scenario, skew_report, text_only_prompt
+
     sc = make_scenario(name, n_silos=args.n_silos, seed=seed, samples_per_silo=args.samples_per_silo,
                        test_size=args.scenario_test_size)
     model = fresh_model(art, seed, args.projector)
@@ -131,22 +183,39 @@ def scenario_run(art, name: str, seed: int, args) -> dict:
     return out
 
 
-def _mean_std(values) -> tuple[float, float]:
+def _np_mean_std(values) -> tuple[float, float]:
+    """Mean and sample std as numpy computes them: the committed world_check.json's summary was, and
+    fedalign.lab.tables.mean_std (statistics) differs from it in the last digit."""
+    import numpy as np
+
     a = np.asarray([v for v in values if v is not None], float)
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
-def write_reports(result: dict, out_dir: Path) -> None:
-    """world_check.{json,md} for the centralized runs, world_scenarios.{json,md} for the scenarios."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    head = {k: v for k, v in result.items() if k not in ("runs", "summary", "scenarios")}
-    if result["runs"]:
-        central = {**head, "runs": result["runs"], "summary": result["summary"]}
-        (out_dir / "world_check.json").write_text(json.dumps(central, indent=1))
-        (out_dir / "world_check.md").write_text(_central_md(result))
-    if result["scenarios"]:
-        (out_dir / "world_scenarios.json").write_text(json.dumps({**head, "scenarios": result["scenarios"]}, indent=1))
-        (out_dir / "world_scenarios.md").write_text(_scenarios_md(result))
+def _head(lines: list[dict]) -> dict:
+    """The report's head (world, build, arguments) from its first run line, with the seeds run."""
+    first = lines[0]
+    args = {**first["args"], "seeds": [ln["seed"] for ln in lines]}
+    return {"world_dir": first["world_dir"], "spec": first["spec"], "build": first["build"],
+            "build_or_load_seconds": first["build_or_load_seconds"], "args": args}
+
+
+def render(lines: list[dict], _runs: Path, out: Path) -> None:
+    """world_check.{json,md} from the central runs, world_scenarios.{json,md} from the scenario runs."""
+    from fedalign.world import SCENARIOS
+
+    central = sorted((ln for ln in lines if ln["kind"] == "central"), key=lambda ln: ln["seed"])
+    if central:
+        runs = [ln["run"] for ln in central]
+        result = {**_head(central), "runs": runs, "summary": {k: _np_mean_std([r[k] for r in runs]) for k in KEYS}}
+        (out / "world_check.json").write_text(json.dumps(result, indent=1))
+        (out / "world_check.md").write_text(_central_md(result))
+    scen = sorted((ln for ln in lines if ln["kind"] == "scenario"),
+                  key=lambda ln: (list(SCENARIOS).index(ln["run"]["scenario"]), ln["seed"]))
+    if scen:
+        result = {**_head(scen), "scenarios": [ln["run"] for ln in scen]}
+        (out / "world_scenarios.json").write_text(json.dumps(result, indent=1))
+        (out / "world_scenarios.md").write_text(_scenarios_md(result))
 
 
 def _central_md(result: dict) -> str:
@@ -196,68 +265,6 @@ def _scenarios_md(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="centralized seeds (none: skip)")
-    ap.add_argument("--world-seed", type=int, default=0)
-    ap.add_argument("--projector", default="mlp2x_gelu", choices=["linear", "mlp2x_gelu"])
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--train-size", type=int, default=16000)
-    ap.add_argument("--test-size", type=int, default=400)
-    ap.add_argument("--jobs", type=int, default=2, help="centralized seeds run side by side (<= 2 here)")
-    ap.add_argument("--no-scenarios", action="store_true")
-    ap.add_argument("--scenarios", nargs="*", default=[], choices=list(SCENARIOS),
-                    help="also run these scenarios (centralized vs each silo alone at a fixed step budget); "
-                         "the simulator's results table is where FedAvg is compared")
-    ap.add_argument("--scenario-seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--scenario-steps", type=int, default=200)
-    ap.add_argument("--scenario-test-size", type=int, default=300)
-    ap.add_argument("--n-silos", type=int, default=5)
-    ap.add_argument("--samples-per-silo", type=int, default=400)
-    ap.add_argument("--out", type=Path, default=ROOT / "results")
-    args = ap.parse_args(argv)
-    apply_process_defaults()
-
-    t0 = time.perf_counter()
-    art = build_world(WorldSpec(seed=args.world_seed))
-    build_seconds = time.perf_counter() - t0
-    build = json.loads((art.vision_path.parent / "build.json").read_text())
-    runs = []
-    if args.jobs > 1 and len(args.seeds) > 1:  # one process per seed, each on one torch thread
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
-            for run in pool.map(central_run, [art] * len(args.seeds), args.seeds, [args] * len(args.seeds)):
-                runs.append(run)
-                print(json.dumps(run), flush=True)
-    else:
-        for seed in args.seeds:
-            runs.append(central_run(art, seed, args))
-            print(json.dumps(runs[-1]), flush=True)
-    keys = ["nll_cut_vs_no_image", "heldout_nll_image", "heldout_nll_no_image_placeholders",
-            "heldout_nll_no_image_no_prefix", "mc_accuracy", "presence_accuracy", "presence_f1",
-            "presence_yes_rate", "colour_accuracy", "shape_accuracy", "count_accuracy", "train_seconds"]
-    summary = {k: _mean_std([r[k] for r in runs]) for k in keys} if runs else {}
-    scenarios = []
-    if not args.no_scenarios:
-        for name in args.scenarios:
-            for seed in args.scenario_seeds:
-                scenarios.append(scenario_run(art, name, seed, args))
-                print(json.dumps({k: scenarios[-1][k] for k in ("scenario", "seed", "centralized", "best_silo_alone")}),
-                      flush=True)
-    result = {"world_dir": str(art.vision_path.parent), "spec": json.loads(art.spec.to_json()), "build": build,
-              "build_or_load_seconds": build_seconds, "args": {k: (str(v) if isinstance(v, Path) else v)
-                                                               for k, v in vars(args).items()},
-              "runs": runs, "summary": summary, "scenarios": scenarios}
-    write_reports(result, args.out)
-    figures = {k: summary[k][0] for k in ("nll_cut_vs_no_image", "mc_accuracy", "presence_f1") if k in summary}
-    for r in scenarios:
-        figures[f"{r['scenario']}_s{r['seed']}_central_nll"] = r["centralized"]["nll"]
-        figures[f"{r['scenario']}_s{r['seed']}_best_alone_nll"] = r["best_silo_alone"]["nll"]
-    print(json.dumps(figures))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+FAMILY = Family("world-check", "the embedded world's central and per-silo checks", "world_check_runs",
+                ("world_check.json", "world_check.md", "world_scenarios.json", "world_scenarios.md"), OPTIONS, _jobs,
+                _pending, _build, _run, render)
