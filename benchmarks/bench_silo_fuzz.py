@@ -1,4 +1,4 @@
-"""Fuzzes a real silo (tests/silo/silo_fuzz.py) with mutated aggregator-to-silo messages, through the
+"""Fuzzes a real silo (fedalign/lab/silo_fuzz.py) with mutated aggregator-to-silo messages, through the
 real wire encoder and decoder, and counts how it ends: issue 26 asks for 0 untyped exits over
 >= 100k messages. Writes its section of results/robustness.md; ends with one JSON line.
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -26,9 +25,7 @@ def main() -> None:
     from fedalign.host.process import apply_process_defaults
 
     apply_process_defaults()  # one thread, offline hubs
-    sys.path.insert(0, str(ROOT / "tests" / "silo"))
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import silo_fuzz
+    from fedalign.lab import silo_fuzz
 
     t0 = time.time()
     r = silo_fuzz.run(a.n, a.seed)

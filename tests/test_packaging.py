@@ -61,3 +61,5 @@ def test_the_wheel_holds_only_the_fedalign_namespace(tmp_path):
     for pkg in _package_dirs():
         assert pkg.replace(".", "/") + "/__init__.py" in names, pkg
     assert "fedalign/crypto/hazmat/prg.py" in names and "fedalign/silo/participant.py" in names
+    shipped = [n for n in names if n.startswith("fedalign/world/shipped/")]  # the default world travels along
+    assert any(n.endswith("/SHA256SUMS") for n in shipped) and any(n.endswith("lm/model.safetensors") for n in shipped)

@@ -67,7 +67,8 @@ def prepare(out: Path, rounds: int, shard: int, world: str) -> dict:
     t0 = time.time()
     say("building (or loading) the embedded world's frozen models ...")
     art = build_world(TINY_SPEC if world == "tiny" else WorldSpec())
-    say(f"  world ready in {time.time() - t0:.0f}s ({'built now' if art.built else 'from cache'}): {art.vision_path.parent}")
+    how = "built now" if art.built else "shipped with the package" if art.shipped else "from cache"
+    say(f"  world ready in {time.time() - t0:.0f}s ({how}): {art.vision_path.parent}")
 
     keys = out / "keys"
     *_, aggregator_entry = keygen_aggregator(keys, "aggregator")  # CURVE pair + Ed25519 identity

@@ -45,9 +45,9 @@ from fedalign.aggregator.rounds import Coordinator
 from fedalign.fedcmp import core as fm
 from fedalign.fedcmp.strategies import make_strategy
 from fedalign.lab.inprocess import DiesAfter, RandomUpdate, random_projector, run_inprocess, silo_names
+from fedalign.lab.toy import MAX_WEIGHT
 from fedalign.protocol.messages import RoundStart, SumStart
 
-MAX_WEIGHT = 64.0
 # the points at which a silo can die: after its UpdateReady (trained, before phase 0), or after one of
 # its secure-sum messages in a phase
 SUM_STEPS = ("KeyAdvertisement", "EncryptedShares", "MaskedInput", "ConsistencySignature", "UnmaskResponse")

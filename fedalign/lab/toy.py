@@ -13,7 +13,9 @@ import torch
 from fedalign.fedcmp.strategy import Tensors
 from fedalign.lab.problem import LocalResult
 
-__all__ = ["ToyProblem", "ToyFederation", "make_toy"]
+__all__ = ["ToyProblem", "ToyFederation", "make_toy", "small_toy", "ToyTrainer", "MAX_WEIGHT"]
+
+MAX_WEIGHT = 64.0  # the silos' weight cap (records) in the in-process toy federations
 
 
 @dataclass(frozen=True)
@@ -106,3 +108,27 @@ class ToyFederation:
 
     def evaluate(self, params: Tensors) -> dict[str, float]:
         return {"nll": self.problem.loss(params)}
+
+
+def small_toy(n_silos: int, seed: int = 0) -> ToyFederation:
+    """The toy the suite and the in-process analyses federate: a 6×5 map, 32 records per silo, 3 SGD
+    steps of batch 8 per round."""
+    prob = make_toy(m=6, n=5, n_silos=n_silos, per_silo=32, generator=torch.Generator().manual_seed(seed))
+    return ToyFederation(prob, seed=seed, steps=3, lr=0.05, batch=8)
+
+
+class ToyTrainer:
+    """A silo's RoundTrainer over the toy: deterministic per silo and round, like the simulator; a round
+    trained again draws a fresh batch, as a real silo draws a fresh shard (a silo never puts one update
+    into two sums)."""
+
+    def __init__(self, fed: ToyFederation, index: int, *, fresh_on_retrain: bool = True) -> None:
+        self.fed, self.index, self.fresh = fed, index, fresh_on_retrain
+        self.attempts: dict[int, int] = {}
+
+    def train(self, round_id: int, params: Tensors, *, prox_mu: float = 0.0):
+        from fedalign.silo.store import TrainedUpdate
+
+        k = self.attempts[round_id] = self.attempts.get(round_id, -1) + 1
+        res = self.fed.local_update(params, self.index, round_id + (100_003 * k if self.fresh else 0), prox_mu)
+        return TrainedUpdate(res.delta, res.n_samples, None)

@@ -42,7 +42,8 @@ class WorldArtifacts:
     vision_path: Path
     lm_path: Path
     spec: WorldSpec
-    built: bool  # True when this call trained the models, False when it found them cached
+    built: bool  # True when this call trained the models, False when it found them cached or shipped
+    shipped: bool = False  # True when they are the copy shipped in the package (fedalign.world.shipped)
 
 
 def world_cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -146,9 +147,11 @@ def _train(spec: WorldSpec, out: Path, jobs: int) -> None:
 
 
 def build_world(
-    spec: WorldSpec | None = None, cache_dir: str | os.PathLike | None = None, *, jobs: int | None = None
+    spec: WorldSpec | None = None, cache_dir: str | os.PathLike | None = None, *, jobs: int | None = None,
+    use_shipped: bool = True,
 ) -> WorldArtifacts:
-    """The world's frozen models for ``spec``: loaded from the cache, or trained and cached.
+    """The world's frozen models for ``spec``: from the cache, else the copy shipped in the package
+    for this spec and code (the default spec; ``use_shipped=False`` ignores it), else trained and cached.
 
     Deterministic: the same spec and code give the same weights, built in one process or
     in two (``jobs``, default :func:`default_build_jobs`). Concurrent builders are safe;
@@ -156,8 +159,15 @@ def build_world(
     """
     spec = spec if spec is not None else WorldSpec()
     root = world_cache_root(cache_dir)
-    final = root / f"world-{_key(spec)}"
+    key = _key(spec)
+    final = root / f"world-{key}"
     built = False
+    if not (final / "spec.json").is_file() and use_shipped:
+        from .shipped import shipped_world
+
+        ours = shipped_world(key)
+        if ours is not None:
+            return WorldArtifacts(ours / "vision", ours / "lm", spec, False, shipped=True)
     if not (final / "spec.json").is_file():
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root))

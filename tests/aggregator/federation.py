@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from fedalign.aggregator.checkpoint import CheckpointStore, RunState
 from fedalign.compliance.ledger import Ledger
@@ -20,39 +19,17 @@ from fedalign.fedcmp.strategies import make_strategy
 from fedalign.lab.inprocess import (DiesAfter, RecordingStrategy, list_log, run_inprocess,  # noqa: F401 - tests
                                     silo_names)
 from fedalign.lab.runner import attach_reference
-from fedalign.lab.toy import ToyFederation, make_toy
+from fedalign.lab.toy import MAX_WEIGHT, ToyFederation, ToyTrainer, small_toy as toy  # noqa: F401 - tests import them here
 from fedalign.protocol.messages import SumScheme
 from fedalign.protocol.transport import InMemoryNetwork
 from fedalign.silo.federation import witness_heads
-from fedalign.silo.participant import SiloOutcome, SiloParticipant, TrainedUpdate
-
-MAX_WEIGHT = 64.0
-
-
-def toy(n_silos: int, seed: int = 0) -> ToyFederation:
-    prob = make_toy(m=6, n=5, n_silos=n_silos, per_silo=32, generator=torch.Generator().manual_seed(seed))
-    return ToyFederation(prob, seed=seed, steps=3, lr=0.05, batch=8)
-
+from fedalign.silo.participant import SiloOutcome, SiloParticipant
 
 def attach_toy_reference(strategy, fed: ToyFederation, state: RunState | None = None) -> None:
     """Fed-CMP's default reliability "reference" gets the toy's public reference (the lab's hook); a
     resumed run asks for round state.round + 1 next, as `aggregator serve`'s reference process does."""
     attach_reference(strategy, fed)
     fed._reference_calls = 0 if state is None else state.round + 1
-
-
-class ToyTrainer:
-    """Deterministic per silo and round, like the simulator; a round trained again draws a fresh
-    batch, as a real silo draws a fresh shard (a silo never puts one update into two sums)."""
-
-    def __init__(self, fed: ToyFederation, index: int, *, fresh_on_retrain: bool = True) -> None:
-        self.fed, self.index, self.fresh = fed, index, fresh_on_retrain
-        self.attempts: dict[int, int] = {}
-
-    def train(self, round_id: int, params, *, prox_mu: float = 0.0):
-        k = self.attempts[round_id] = self.attempts.get(round_id, -1) + 1
-        res = self.fed.local_update(params, self.index, round_id + (100_003 * k if self.fresh else 0), prox_mu)
-        return TrainedUpdate(res.delta, res.n_samples, None)
 
 
 @dataclass

@@ -13,8 +13,8 @@ import threading
 import numpy as np
 import pytest
 
-import silo_fuzz
-from silo_fuzz import AGGREGATOR, Envelope, SiloFuzz, _Feed, _Trainer
+from fedalign.lab import silo_fuzz
+from fedalign.lab.silo_fuzz import AGGREGATOR, Envelope, SiloFuzz, _Feed, _Trainer
 
 from fedalign.protocol.errors import AggregatorInputError
 from fedalign.protocol.messages import LeaveNotice, RoundStart, RunEnd

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import random
-import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -26,24 +25,22 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "aggregator"))
+from fedalign.lab.toy import MAX_WEIGHT, ToyTrainer, small_toy as toy
 
-from federation import MAX_WEIGHT, ToyTrainer, toy  # noqa: E402
-
-from fedalign.crypto.errors import CryptoError, SecureSumError  # noqa: E402
-from fedalign.crypto.identity import generate_identity  # noqa: E402
-from fedalign.crypto import messages as cm  # noqa: E402
-from fedalign.fedcmp.strategies import make_strategy  # noqa: E402
-from fedalign.protocol.errors import FedAlignError  # noqa: E402
-from fedalign.protocol.messages import (JoinReply, LedgerReceipt, ModelDeclaration, RoundEnd, RoundStart,  # noqa: E402
+from fedalign.crypto.errors import CryptoError, SecureSumError
+from fedalign.crypto.identity import generate_identity
+from fedalign.crypto import messages as cm
+from fedalign.fedcmp.strategies import make_strategy
+from fedalign.protocol.errors import FedAlignError
+from fedalign.protocol.messages import (JoinReply, LedgerReceipt, ModelDeclaration, RoundEnd, RoundStart,
                                         RunEnd, SumScheme, SumStart)
-from fedalign.protocol.transport import AGGREGATOR  # noqa: E402
-from fedalign.protocol.errors import WireFormatError  # noqa: E402
-from fedalign.protocol.messages import wire_registry  # noqa: E402
-from fedalign.protocol.wire import Envelope, decode, encode  # noqa: E402
+from fedalign.protocol.transport import AGGREGATOR
+from fedalign.protocol.errors import WireFormatError
+from fedalign.protocol.messages import wire_registry
+from fedalign.protocol.wire import Envelope, decode, encode
 
 REGISTRY = wire_registry()
-from fedalign.silo.participant import SiloParticipant, SiloPolicy  # noqa: E402
+from fedalign.silo.participant import SiloParticipant, SiloPolicy
 
 NAMES = ("silo-0", "silo-1", "silo-2")
 CRYPTO_FROM_AGGREGATOR = ("KeyRoster", "SharesRelay", "ConsistencyRequest", "UnmaskRequest", "CkksContextRelay",
