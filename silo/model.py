@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedalign.projector import PROJECTOR_KINDS, init_projector, projector_shapes
+from fedalign.silo.towers import FrozenTower
 from fedalign.protocol.errors import ConfigError, ModelLoadError
 
 __all__ = [
@@ -104,7 +105,7 @@ def _freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-class VisionTower(nn.Module):
+class VisionTower(FrozenTower):
     """A frozen HF vision encoder returning LLaVA's selected features (B, N, d_v).
 
     ``select_layer`` indexes ``hidden_states`` (-2: the penultimate layer, LLaVA's default);
@@ -137,14 +138,6 @@ class VisionTower(nn.Module):
     def _hidden(self, pixel_values: torch.Tensor) -> torch.Tensor:
         out = self.model(pixel_values=pixel_values, output_hidden_states=True)
         return out.hidden_states[self.select_layer]
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
         """PIL images (or arrays) -> pixel_values on the tower's device and dtype."""

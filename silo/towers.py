@@ -57,7 +57,19 @@ def register_tower(name: str, spec: TowerSpec) -> None:
     TORCH_TOWERS[name] = spec
 
 
-class TorchVisionTower(nn.Module):
+class FrozenTower(nn.Module):
+    """What every vision tower shares: it wraps a frozen ``self.model`` and lives where its weights are."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+
+class TorchVisionTower(FrozenTower):
     """A frozen torch image encoder returning (B, N, d_v) tokens from one stage's feature map.
 
     ``features(module, pixels, layer)`` returns that stage's (B, C, H, W) map; ``hidden_sizes``
@@ -94,14 +106,6 @@ class TorchVisionTower(nn.Module):
         self.has_cls = select_feature == "cls_patch"
         self.num_tokens = self.grid[0] * self.grid[1] + (1 if self.has_cls else 0)
         self.processor = None
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
         """PIL images or HxW(x3) uint8 arrays -> normalised (B, 3, S, S) on the tower's device and dtype."""

@@ -69,12 +69,7 @@ def plot_curves(curves: Mapping[str, Sequence[Mapping]], path: str | os.PathLike
         ax.set_title(metric)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, title)
 
 
 def plot_reliability(curves: Mapping[str, Sequence[Mapping]], path: str | os.PathLike,
@@ -102,10 +97,17 @@ def plot_reliability(curves: Mapping[str, Sequence[Mapping]], path: str | os.Pat
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
+    _save(fig, path, title)
+    return True
+
+
+def _save(fig, path: str | os.PathLike, title: str) -> None:
+    """Title, lay out, write (folders made) and close a figure."""
+    import matplotlib.pyplot as plt
+
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True
