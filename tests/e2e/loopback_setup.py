@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from safetensors.torch import save_file
-from toy_problem import toy
+from fedalign.lab.toy import small_toy as toy
 
 from fedalign.protocol.keys import write_keypair
 from fedalign.silo.keys import keygen_silo

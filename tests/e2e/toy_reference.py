@@ -3,7 +3,7 @@
     python toy_reference.py [--toy N] [--exit-at R] [--hang-at R] [--bad-shape-at R] [--symlink-at R]
                             [--stderr-bytes N]
 
-``--toy N``: Δ_ref is the toy federation's own public reference (tests/e2e/toy_problem.toy(N), the
+``--toy N``: Δ_ref is the toy federation's own public reference (fedalign.lab.toy.small_toy(N), the
 lab's hook) for the requested round; otherwise a fixed small step seeded by the round. The other
 flags break it on purpose at round R: exit (a crash), never answer (a hang), a wrong tensor shape,
 Δ_ref written elsewhere with a symlink at the requested path. ``--stderr-bytes N``: N bytes of noise
@@ -41,7 +41,7 @@ def main() -> None:
             f.write("started\n")
     fed = None
     if a.toy:
-        from toy_problem import toy
+        from fedalign.lab.toy import small_toy as toy
 
         fed = toy(a.toy)
     for i in range(0, a.stderr_bytes, 100):

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from toy_problem import toy  # noqa: E402
+from fedalign.lab.toy import small_toy as toy  # noqa: E402
 
 
 class ToyTrainer:
