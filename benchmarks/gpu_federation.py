@@ -80,7 +80,7 @@ def environment(device: str) -> dict:
 # -- 1. the quickstart-sized federation ----------------------------------------------------------
 
 def federation(args, dp: bool) -> dict:
-    from fedalign.lab.cli import build_strategy
+    from fedalign.lab.choices import build_strategy
     from fedalign.lab.runner import simulate_problem
     from fedalign.lab.scenarios import ProblemOptions, build_problem
     from fedalign.lab.sums import crypto_secure_sum

@@ -194,7 +194,7 @@ def public_basis(model, word_ids: torch.Tensor, rank: int, seed: int) -> dict[st
 def federate(model, init, shards, held, args, dp: dict | None, initial: dict | None = None,
              reference=None) -> dict:
     """Fed-CMP over SecAgg from ``init``; ``reference``: the public digits' shards (reliability "reference")."""
-    from fedalign.lab.cli import build_strategy
+    from fedalign.lab.choices import build_strategy
     from fedalign.silo.trainer import TrainSettings
 
     if dp is None:

@@ -84,6 +84,19 @@ def _single_thread(fn):
         torch.set_num_threads(threads)
 
 
+def _save_quietly(model, path: Path) -> None:
+    """``save_pretrained`` without transformers' progress bar (a build's output is ours to print)."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(path)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _vision_part(spec_json: str, out: str) -> dict[str, float]:
     """Pretrain and save the ViT (and its processor) under ``out/vision``; its figures."""
     spec = WorldSpec.from_json(spec_json)
@@ -97,7 +110,7 @@ def _vision_part(spec_json: str, out: str) -> dict[str, float]:
         return vision, {"vision_seconds": time.perf_counter() - t0, **stats}
 
     vision, stats = _single_thread(train)
-    vision.save_pretrained(Path(out) / "vision")
+    _save_quietly(vision, Path(out) / "vision")
     image_processor().save_pretrained(Path(out) / "vision")
     return stats
 
@@ -116,7 +129,7 @@ def _lm_part(spec_json: str, out: str) -> dict[str, float]:
         return lm, {"lm_seconds": time.perf_counter() - t0, **stats}
 
     lm, stats = _single_thread(train)
-    lm.save_pretrained(Path(out) / "lm")
+    _save_quietly(lm, Path(out) / "lm")
     tokenizer.save_pretrained(Path(out) / "lm")
     return stats
 

@@ -4,23 +4,17 @@ fresh clone's first run loads them instead of pretraining for two minutes.
 Reproducible, not trusted: the files are what :func:`fedalign.world.build.build_world` writes for
 the default spec and this code version (the directory is named by that cache key, so any edit to a
 model-shaping source makes it stale and the world is built as before), their SHA-256s are listed
-in ``SHA256SUMS`` and checked before use, and ``--check`` rebuilds the world from the code and
-compares every tensor with the shipped one.
-
-    python -m fedalign.world.shipped --check    # rebuild (about 2 min on 2 cores) and compare
-    python -m fedalign.world.shipped --write    # after a change to the world: ship the new build
+in ``SHA256SUMS`` and checked before use, and ``python -m fedalign.world.ship --check`` rebuilds
+the world from the code and compares every tensor with the shipped one (``--write`` ships a new build).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import shutil
-import sys
-import tempfile
 from pathlib import Path
 
-__all__ = ["SHIPPED", "shipped_world", "write_shipped", "compare_worlds", "main"]
+__all__ = ["SHIPPED", "shipped_world", "write_shipped", "compare_worlds", "shipped_files"]
 
 SHIPPED = Path(__file__).parent / "shipped"
 _SUMS = "SHA256SUMS"
@@ -30,7 +24,8 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _files(root: Path) -> list[Path]:
+def shipped_files(root: Path) -> list[Path]:
+    """Every file of a world directory but its SHA256SUMS, in order."""
     return sorted(p for p in root.rglob("*") if p.is_file() and p.name != _SUMS)
 
 
@@ -45,7 +40,7 @@ def shipped_world(key: str) -> Path | None:
     for line in sums.read_text().splitlines():
         digest, _, rel = line.partition("  ")
         listed[rel] = digest
-    present = {p.relative_to(root).as_posix(): p for p in _files(root)}
+    present = {p.relative_to(root).as_posix(): p for p in shipped_files(root)}
     if set(listed) != set(present) or any(_digest(present[r]) != d for r, d in listed.items()):
         return None
     return root
@@ -58,7 +53,7 @@ def write_shipped(world_dir: Path, key: str) -> Path:
         shutil.rmtree(SHIPPED)
     dest = SHIPPED / f"world-{key}"
     shutil.copytree(world_dir, dest)
-    lines = [f"{_digest(p)}  {p.relative_to(dest).as_posix()}" for p in _files(dest)]
+    lines = [f"{_digest(p)}  {p.relative_to(dest).as_posix()}" for p in shipped_files(dest)]
     (dest / _SUMS).write_text("\n".join(lines) + "\n")
     return dest
 
@@ -74,40 +69,3 @@ def compare_worlds(a: Path, b: Path) -> dict[str, float]:
             raise ValueError(f"{part}: the two worlds hold different tensors")
         out[part] = max(float((x[k].double() - y[k].double()).abs().max()) if x[k].numel() else 0.0 for k in x)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    from fedalign.host.process import apply_process_defaults
-
-    apply_process_defaults()
-    from fedalign.world.build import _key, build_world
-    from fedalign.world.spec import WorldSpec
-
-    ap = argparse.ArgumentParser(prog="python -m fedalign.world.shipped", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    mode = ap.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--check", action="store_true", help="rebuild the default world and compare it with the shipped one")
-    mode.add_argument("--write", action="store_true", help="ship the default world built by this code")
-    args = ap.parse_args(argv)
-    spec = WorldSpec()
-    key = _key(spec)
-    with tempfile.TemporaryDirectory() as tmp:
-        art = build_world(spec, cache_dir=tmp, use_shipped=False)  # always from the code
-        built = art.vision_path.parent
-        if args.write:
-            dest = write_shipped(built, key)
-            print(f"shipped {dest} ({sum(p.stat().st_size for p in _files(dest)):,} bytes)")
-            return 0
-        ours = shipped_world(key)
-        if ours is None:
-            print(f"no valid shipped world for this code (key {key}); run --write", file=sys.stderr)
-            return 1
-        diff = compare_worlds(ours, built)
-    same = all(v == 0.0 for v in diff.values())
-    print(f"rebuilt world-{key}: largest |Δ| vision {diff['vision']:.3g}, lm {diff['lm']:.3g} "
-          f"({'bit-identical to the shipped copy' if same else 'NOT identical to the shipped copy'})")
-    return 0 if same else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -49,7 +49,7 @@ def test_out_of_range_inputs_are_clipped_alike_in_both_engines():
 def test_aggregator_config_and_simulator_build_the_same_strategy_under_dp(tmp_path):
     # Before: under DP the simulator used OPM β = 0 while `aggregator serve` kept β = 0.5.
     from fedalign.fedcmp.strategies import strategy_options
-    from fedalign.lab.cli import build_strategy
+    from fedalign.lab.choices import build_strategy
     from fedalign.protocol.config.aggregator import StrategySection
 
     sec = StrategySection(name="fedcmp", dp=True, options={"rank": 4})

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from fedalign.protocol.errors import ConfigError, InsecureModeRefused
 from fedalign.fedcmp.strategies import FedAvg, make_strategy
-from fedalign.lab.cli import build_strategy, make_sum, simulate
+from fedalign.lab.choices import build_strategy, make_sum
+from fedalign.lab.cli import simulate
 from fedalign.lab.runner import centralized, local_only, simulate_problem
 from fedalign.lab.scenarios import ProblemOptions, build_problem
 from fedalign.lab.sums import PLAIN_LABEL, crypto_secure_sum, plain_sum_insecure

@@ -16,7 +16,7 @@ def test_the_shipped_world_is_the_default_spec_built_by_this_code():
     key = _key(WorldSpec())
     assert ship.shipped_world(key) is not None, (
         f"fedalign/world/shipped holds no valid world-{key}: the world's code or spec changed; run "
-        "`python -m fedalign.world.shipped --write` (rebuilds it, about 2 min) and commit the result")
+        "`python -m fedalign.world.ship --write` (rebuilds it, about 2 min) and commit the result")
     assert [p.name for p in ship.SHIPPED.iterdir()] == [f"world-{key}"]  # no stale copies travel along
 
 

@@ -187,7 +187,7 @@ FEDCMP_KEYS = ("rank", "server_lr", "beta", "error_feedback", "reliability", "ka
 
 
 def run_config(fed, cfg: dict, rounds: int, seed: int) -> dict:
-    from fedalign.lab.cli import build_strategy
+    from fedalign.lab.choices import build_strategy
     from fedalign.lab.runner import simulate_problem
 
     eps = cfg.get("eps")

@@ -179,7 +179,7 @@ def _build(job: str, seed: int, o: dict):
 
 
 def _run(problem, cfg: Config, job: str, seed: int, o: dict) -> dict:
-    from fedalign.lab.cli import build_strategy
+    from fedalign.lab.choices import build_strategy
     from fedalign.lab.runner import centralized, local_only, simulate_problem
     from fedalign.lab.sums import PLAIN_LABEL, plain_sum_insecure
 
