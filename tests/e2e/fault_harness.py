@@ -18,7 +18,6 @@ benchmarks/bench_faults.py.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -45,36 +44,24 @@ from fedalign.compliance.eventlog import read_events  # noqa: E402
 from fedalign.compliance.entries import LedgerError, read_ledger  # noqa: E402
 from fedalign.compliance.verifier import verify  # noqa: E402
 
-from loopback_setup import SHARD, write_federation  # noqa: E402
+from loopback_setup import SHARD, LoopbackProcesses  # noqa: E402
 
 __all__ = ["KILL_POINTS", "SUM_TYPES", "LoopbackFederation", "aggregator_kills", "silo_kills", "simulator_params"]
 
 
 
-class LoopbackFederation:
+class LoopbackFederation(LoopbackProcesses):
     """Keys, roster and configs in ``root``; starts the fault processes and always cleans them up."""
 
     def __init__(self, root: Path, n_silos: int, rounds: int, strategy: str, options: dict, *,
                  step_deadline_s: float = 2.0, heartbeat_timeout_s: float = 5.0, max_failed_rounds: int = 3) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        self.root, self.n, self.rounds = root, n_silos, rounds
-        self.strategy, self.options = strategy, dict(options)
-        self.names = [f"silo-{i}" for i in range(n_silos)]
-        self.procs: list[subprocess.Popen] = []
-        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        self.fed = write_federation(root, self.names, rounds, strategy, options, train_deadline_s=30,
-                                    step_deadline_s=step_deadline_s, heartbeat_timeout_s=heartbeat_timeout_s,
-                                    aggregator_timeout_s=90, max_failed_rounds=max_failed_rounds)
+        super().__init__(root, n_silos, rounds, strategy, options, train_deadline_s=30, step_deadline_s=step_deadline_s,
+                         heartbeat_timeout_s=heartbeat_timeout_s, aggregator_timeout_s=90,
+                         max_failed_rounds=max_failed_rounds)
 
     @property
     def agg_dir(self) -> Path:
         return self.root / "agg"
-
-    def start(self, cmd: list[str], log: str) -> subprocess.Popen:
-        with open(self.root / log, "ab") as f:
-            p = subprocess.Popen(cmd, cwd=self.root, env=self.env, stdout=f, stderr=subprocess.STDOUT)
-        self.procs.append(p)
-        return p
 
     def aggregator(self, kill_at: str | None = None) -> subprocess.Popen:
         return self.start([sys.executable, str(HERE / "fault_aggregator.py"), "--kill-at", kill_at or "none",
@@ -91,24 +78,6 @@ class LoopbackFederation:
     def events(self) -> list[dict]:
         p = self.agg_dir / "aggregator.jsonl"
         return read_events(p) if p.exists() else []
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n" + p.read_text(errors="replace")[-1500:]
-                         for p in sorted(self.root.glob("*.log")))
-
-    def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-        for p in self.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-
-    def contributions(self, silo: str, rnd: int, phase: int) -> dict[str, np.ndarray]:
-        with np.load(self.root / silo / f"contrib-{rnd}-{phase}.npz", allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
 
     def final_params(self) -> dict[str, torch.Tensor]:
         return load_file(str(self.agg_dir / "final_projector.safetensors"))

@@ -4,10 +4,13 @@ fault harness (one aggregator.toml and one silo.toml per silo in ``root``)."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from safetensors.torch import save_file
 from fedalign.lab.toy import small_toy as toy
 
@@ -82,3 +85,41 @@ name = "{strategy}"
 options = {{ {opts} }}
 """)
     return fed
+
+
+class LoopbackProcesses:
+    """A written federation in ``root`` (:func:`write_federation`) and the processes started on it:
+    each one's output in ``<log>`` under ``root``, every one killed and reaped by :meth:`close`."""
+
+    def __init__(self, root: Path, n_silos: int, rounds: int, strategy: str, options: dict, **timings) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root, self.n, self.rounds = root, n_silos, rounds
+        self.strategy, self.options = strategy, dict(options)
+        self.names = [f"silo-{i}" for i in range(n_silos)]
+        self.procs: list[subprocess.Popen] = []
+        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        self.fed = write_federation(root, self.names, rounds, strategy, options, **timings)
+
+    def start(self, cmd: list[str], log: str) -> subprocess.Popen:
+        with open(self.root / log, "ab") as f:
+            p = subprocess.Popen(cmd, cwd=self.root, env=self.env, stdout=f, stderr=subprocess.STDOUT)
+        self.procs.append(p)
+        return p
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n" + p.read_text(errors="replace")[-1500:]
+                         for p in sorted(self.root.glob("*.log")))
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def contributions(self, silo: str, rnd: int, phase: int) -> dict[str, np.ndarray]:
+        with np.load(self.root / silo / f"contrib-{rnd}-{phase}.npz", allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}

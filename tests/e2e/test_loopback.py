@@ -10,14 +10,12 @@ processes running the real runtime over ZeroMQ + CURVE with secure aggregation.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -34,28 +32,16 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
 pytestmark = pytest.mark.slow
-from loopback_setup import SHARD, write_federation  # noqa: E402
+from loopback_setup import SHARD, LoopbackProcesses  # noqa: E402
 
 
 
-class Federation:
+class Federation(LoopbackProcesses):
     """Keys, roster and configs in ``root``; starts processes and always cleans them up."""
 
     def __init__(self, root: Path, n_silos: int, rounds: int, strategy: str, options: dict) -> None:
-        self.root, self.n, self.rounds = root, n_silos, rounds
-        self.names = [f"silo-{i}" for i in range(n_silos)]
-        self.procs: list[subprocess.Popen] = []
-        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                    }
-        self.fed = write_federation(root, self.names, rounds, strategy, options, train_deadline_s=20,
-                                    step_deadline_s=3, heartbeat_timeout_s=5, aggregator_timeout_s=60)
-
-    def start(self, cmd: list[str], log: str) -> subprocess.Popen:
-        f = open(self.root / log, "ab")
-        p = subprocess.Popen(cmd, cwd=self.root, env=self.env, stdout=f, stderr=subprocess.STDOUT)
-        f.close()
-        self.procs.append(p)
-        return p
+        super().__init__(root, n_silos, rounds, strategy, options, train_deadline_s=20, step_deadline_s=3,
+                         heartbeat_timeout_s=5, aggregator_timeout_s=60)
 
     def aggregator(self) -> subprocess.Popen:
         return self.start([sys.executable, "-m", "fedalign.aggregator.cli", "serve", "--config", "aggregator.toml", "--quiet"],
@@ -85,23 +71,6 @@ class Federation:
                 p.wait(timeout=max(0.1, end - time.time()))
             except subprocess.TimeoutExpired:
                 raise AssertionError(f"a process did not finish in {timeout}s\n{self.logs()}") from None
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n" + p.read_text(errors="replace")[-1500:] for p in sorted(self.root.glob("*.log")))
-
-    def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-        for p in self.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-
-    def contributions(self, silo: str, rnd: int, phase: int) -> dict[str, np.ndarray]:
-        with np.load(self.root / silo / f"contrib-{rnd}-{phase}.npz", allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
 
 
 @pytest.fixture
