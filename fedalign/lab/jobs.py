@@ -77,8 +77,8 @@ def _prebuild_world(world: str) -> None:
 
     t0 = time.time()
     art = build_world(TINY_SPEC if world == "tiny" else None)
-    print(f"world {art.vision_path.parent.name} ready ({'built' if art.built else 'cached'}, {time.time() - t0:.0f}s)",
-          flush=True)
+    how = "built" if art.built else "shipped" if art.shipped else "cached"
+    print(f"world {art.vision_path.parent.name} ready ({how}, {time.time() - t0:.0f}s)", flush=True)
 
 
 def run_family(name: str, given: dict | None = None, *, jobs: int = 2, rows: list[str] = (), runs: Path | None = None,
