@@ -58,6 +58,7 @@ def train_local(cfg, *, say: Say, echo: Say) -> dict[str, Any]:
     progress to ``say``, results to ``echo``; StoppedEarly when data or budget ran out first."""
     from fedalign.protocol.errors import StoppedEarly
     from fedalign.silo.audit import SiloAuditTrail, check_config
+    from fedalign.silo.privacy import clip_hint
     from fedalign.silo.session import SiloSession, run_local
 
     policy = check_config(cfg, networked=False)  # before any data is loaded: names every broken clause
@@ -80,6 +81,9 @@ def train_local(cfg, *, say: Say, echo: Say) -> dict[str, Any]:
         eps = f"  eps {res.epsilon:.3f}" if res.epsilon is not None else ""
         echo(f"round {r + 1}/{cfg.train.rounds}: {res.n_samples} samples, "
                    f"loss {res.metrics['train_loss']:.4f}, {res.metrics['examples_per_second']:.0f} ex/s{eps}")
+        hint = clip_hint(res.metrics, cfg.privacy.max_grad_norm) if cfg.privacy.enabled else None
+        if hint:
+            say(f"round {r + 1}: note: {hint}")
 
     params, summary = run_local(session, on_round=show)
     export = policy is None or policy.release.export

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedalign.compliance.eventlog import EventLog
+from fedalign.silo.privacy import clip_hint
 
 __all__ = ["ConsoleEvents"]
 
@@ -19,6 +20,7 @@ class ConsoleEvents(EventLog):
 
         self.console = Console(stderr=True, soft_wrap=True, markup=False)  # whole lines in logs; "[model]" is text
         self._status: Any = None
+        self.max_grad_norm: float | None = None  # set under DP: the clip hint after a round
 
     def emit(self, event: str, **f: Any) -> dict[str, Any]:
         rec = super().emit(event, **f)
@@ -33,6 +35,9 @@ class ConsoleEvents(EventLog):
             eps = f" ε {f['epsilon']:.3f}" if f.get("epsilon") is not None else ""
             loss = f" loss {f['train_loss']:.4f}" if "train_loss" in f else ""
             self.console.print(f"round {f['round']}: trained on {f['n_samples']} records{loss}{eps}")
+            hint = clip_hint(f, self.max_grad_norm) if self.max_grad_norm is not None else None
+            if hint:
+                self.console.print(f"round {f['round']}: note: {hint}")
         elif event == "round_end":
             self.console.print(f"round {f['round']}: " + ("committed" if f["committed"] else "abandoned")
                                + ("" if f["included"] else " (without this silo)"))

@@ -367,6 +367,7 @@ class LocalTrainer:
                    "trained_params": float(sum(p.numel() for p in params))}
         if dp is not None:
             metrics["noise_multiplier"] = charge.noise_multiplier  # type: ignore[union-attr]
+            metrics.update(dp.gradient_norms())  # local: the operator's clip hint (privacy.clip_hint)
         eps = None
         if admitted is not None:
             assert self.accountant is not None

@@ -122,3 +122,31 @@ def test_round_trains_a_projector_left_in_eval_mode(tiny_model, shards, clipping
         assert not tiny_model.projector.training
     finally:
         tiny_model.projector.train()
+
+
+def _dp_round(model, shard, clip, clipping, steps=4):
+    with pytest.warns(RuntimeWarning, match="INSECURE"):  # seeded batches: the two clippings see the same ones
+        tr = LocalTrainer(model, TrainSettings(batch_size=4, local_steps=steps),
+                          dp=DPSettings(noise_multiplier=1.0, max_grad_norm=clip, clipping=clipping, insecure_seed=4),
+                          accountant=PrivacyAccountant(50.0, 1e-5), generator=torch.Generator().manual_seed(3))
+        return tr.train_round(_init(model), shard)
+
+
+@pytest.mark.parametrize("clipping", ["ghost", "per_sample"])
+def test_a_clip_far_above_the_gradients_is_named_to_the_operator(tiny_model, shards, clipping):
+    from fedalign.silo.privacy import clip_hint
+
+    loose = _dp_round(tiny_model, shards["small"], 1e4, clipping).metrics
+    assert 0 < loose["grad_norm_median"] < 1e3 and loose["clipped_fraction"] == 0.0
+    hint = clip_hint(loose, 1e4)
+    assert hint and "privacy.max_grad_norm = 10000" in hint and "public data" in hint
+    tight = _dp_round(tiny_model, shards["small"], 1e-6, clipping).metrics
+    assert tight["clipped_fraction"] == 1.0 and clip_hint(tight, 1e-6) is None
+
+
+def test_ghost_and_materialised_clipping_see_the_same_gradient_norms(tiny_model, shards):
+    # one step from the same θ on the same Poisson batch (seeded): Opacus' ghost norms are the norms of
+    # the per-sample gradients it would otherwise materialise
+    a = _dp_round(tiny_model, shards["small"], 1e4, "ghost", steps=1).metrics["grad_norm_median"]
+    b = _dp_round(tiny_model, shards["small"], 1e4, "per_sample", steps=1).metrics["grad_norm_median"]
+    assert a == pytest.approx(b, rel=1e-4)
