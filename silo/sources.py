@@ -52,8 +52,11 @@ def model_paths(cfg: SiloConfig, *, notify: Callable[[str], None] | None = None)
     w = cfg.data.world
     say = notify or (lambda line: None)
     root = world_cache_root(cfg.resolve(w.cache_dir))
-    say(f"embedded world ({w.spec} spec): loading its frozen models from {root} (built there on first use, "
-        "about 2-3 minutes on 2 cores; FEDALIGN_CACHE or data.world.cache_dir moves it)")
+    built = (f"built once in {root}, about 2-3 minutes on 2 cores; FEDALIGN_CACHE or data.world.cache_dir moves "
+             "it")
+    say(f"embedded world ({w.spec} spec): " + ("its frozen models ship with the package (a copy that does not match "
+                                               f"this code is {built})" if w.spec == "default"
+                                               else f"loading its frozen models, {built}"))
     done = threading.Event()
     t0 = time.monotonic()
 
