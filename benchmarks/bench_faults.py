@@ -1,7 +1,7 @@
 """Fault injection over real processes on loopback (issue #10): aggregator kills, silo kills, chaos.
 
 1. Aggregator kills: `aggregator serve` (real CLI, ZeroMQ + CURVE, SecAgg, Fed-CMP rank 2, 3 toy
-   silo processes) SIGKILLs itself at a step of a round (tests/e2e/fault_aggregator.py: RoundStart
+   silo processes) SIGKILLs itself at a step of a round (fedalign/lab/loopback/fault_aggregator.py: RoundStart
    sent, training wait, each of the 5 protocol steps of each of the 2 secure sums, between the
    checkpoint's tensors and state.json, between the checkpoint and the ledger entry, between the
    ledger and RoundEnd, after RoundEnd) and is restarted, once per kill. After every kill: does
@@ -14,7 +14,7 @@
    silos are restarted. Every committed round is replayed from the silos' own contributions over
    the sets the aggregator reported and must give its parameters.
 3. Chaos: every silo behind a transport that delays, duplicates and reorders messages both ways
-   (tests/aggregator/chaos.py, in-memory transport, real wire format); same parameters as a calm run?
+   (fedalign/lab/chaos.py, in-memory transport, real wire format); same parameters as a calm run?
 
 Writes its section of results/robustness.md and ends with one JSON line. Not a test: nothing
 here asserts a time. Default run: about 8 minutes on 2 shared cores.
@@ -37,11 +37,9 @@ from fedalign.host.process import apply_process_defaults
 apply_process_defaults()
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-sys.path.insert(0, str(ROOT / "tests" / "aggregator"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fault_harness import KILL_POINTS, SUM_TYPES, aggregator_kills, max_abs_diff, silo_kills  # noqa: E402
+from fedalign.lab.loopback.faults import KILL_POINTS, SUM_TYPES, aggregator_kills, max_abs_diff, silo_kills  # noqa: E402
 from robustness_results import write_section  # noqa: E402
 
 # interleaved so that kills land in several rounds (the three post-commit points advance a round)
@@ -92,7 +90,7 @@ def main() -> None:
               f"{s['max_abs_diff_replay_with_dropped']:.2e}); {s['seconds']:.0f}s")
 
         print("3. chaos: 4 silos, 3 rounds, in-memory transport")
-        from chaos import chaos_run
+        from fedalign.lab.chaos import chaos_run
 
         calm = chaos_run(chaos=False, rounds=3)
         rough = chaos_run(chaos=True, rounds=3, seed=1)
@@ -120,7 +118,7 @@ def main() -> None:
         and k["corrupt_checkpoints"] == 0 else "NOT met"
     body = f"""
 **Aggregator kills** ({len(agg_points)} scheduled, {k['kills']} done; 3 silo processes, Fed-CMP rank 2,
-SecAgg, {agg_rounds} rounds; the aggregator SIGKILLs itself at the named step, `tests/e2e/fault_aggregator.py`):
+SecAgg, {agg_rounds} rounds; the aggregator SIGKILLs itself at the named step, `fedalign/lab/loopback/fault_aggregator.py`):
 **{k['rounds_lost']} rounds lost, {k['ledger_gaps']} ledger gaps, {k['corrupt_checkpoints']} corrupt checkpoints**
 (goal: >= 20 kills with 0 / 0 / 0: {goal}). Ledger `round_committed` rounds {k['ledger_rounds']} ==
 checkpoint history {k['history_rounds']}: {k['ledger_equals_history']}; the ledger verifies

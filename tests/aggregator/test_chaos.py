@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from chaos import chaos_run
+from fedalign.lab.chaos import chaos_run
 
 
 def test_delays_duplicates_and_reordering_commit_the_same_parameters():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from federation import run_federation
+from fedalign.lab.toy_federation import run_federation
 
 from fedalign.crypto.identity import generate_identity
 from fedalign.compliance.entries import LedgerHead, read_ledger

@@ -19,7 +19,8 @@ from fedalign.protocol.transport import InMemoryNetwork
 from fedalign.crypto.identity import generate_identity
 from fedalign.silo.participant import SiloParticipant, SiloPolicy
 
-from federation import ToyTrainer, run_federation, toy
+from fedalign.lab.toy import ToyTrainer, small_toy as toy
+from fedalign.lab.toy_federation import run_federation
 
 
 class _Events(EventLog):

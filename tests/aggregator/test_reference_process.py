@@ -1,13 +1,12 @@
 """aggregator/reference.py: the coordinator's reference update from a child process, and how it fails.
 
-The child here is tests/e2e/toy_reference.py (``silo reference``'s line protocol over the toy); the
+The child here is fedalign/lab/loopback/reference.py (``silo reference``'s line protocol over the toy); the
 real ``silo reference`` runs in tests/silo/test_reference.py and in the federation example."""
 
 from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,12 +14,12 @@ import torch
 from fedalign.aggregator.reference import ReferenceProcess
 from fedalign.protocol.errors import ReferenceFailed
 
-TOY = Path(__file__).resolve().parents[1] / "e2e" / "toy_reference.py"
+TOY = ["-m", "fedalign.lab.loopback.reference"]
 PARAMS = {"weight": torch.randn(6, 5, generator=torch.Generator().manual_seed(0)), "bias": torch.zeros(6)}
 
 
 def _proc(tmp_path, *args, deadline_s=30.0, first_round=0, events=None):
-    cmd = [sys.executable, str(TOY), "--marker", str(tmp_path / "starts"), *args]
+    cmd = [sys.executable, *TOY, "--marker", str(tmp_path / "starts"), *args]
     notify = (lambda e, f: events.append((e, f))) if events is not None else None
     return ReferenceProcess(tmp_path / "aggregator.toml", tmp_path / "ref", first_round=first_round,
                             deadline_s=deadline_s, command=cmd, notify=notify)

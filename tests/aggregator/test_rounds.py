@@ -12,7 +12,9 @@ from fedalign.protocol.errors import InsecureModeRefused, RoundAborted
 from fedalign.protocol.messages import SumScheme
 from fedalign.fedcmp.strategies import make_strategy
 from fedalign.crypto.messages import ConsistencySignature, EncryptedShares, MaskedInput
-from federation import MAX_WEIGHT, DiesAfter, attach_toy_reference, run_federation, toy
+from fedalign.lab.inprocess import DiesAfter
+from fedalign.lab.toy import MAX_WEIGHT, small_toy as toy
+from fedalign.lab.toy_federation import attach_toy_reference, run_federation
 from fedalign.lab.engine import init_state, run_round
 from fedalign.lab.sums import plain_sum_insecure
 

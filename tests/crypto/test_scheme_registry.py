@@ -5,8 +5,6 @@ files (two if/else chains, an enum, three config Literals, the audit's dict, the
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +13,6 @@ from fedalign.crypto import SecureSumConfig, SecureSumUsageError
 from fedalign.crypto.plain import PlainAggregator, PlainSilo
 from fedalign.crypto.schemes import SCHEMES, SchemeSpec, register_scheme, scheme_spec
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "aggregator"))
 
 TOY = "toy-clear"
 
@@ -50,7 +47,7 @@ def test_an_unregistered_scheme_is_refused_everywhere():
 
 
 def test_a_registered_toy_scheme_runs_a_federation_and_reaches_every_reader(toy, tmp_path):
-    from federation import run_federation
+    from fedalign.lab.toy_federation import run_federation
 
     from fedalign.compliance.audit import threat_model
     from fedalign.protocol.config.aggregator import SecureSumSection

@@ -4,13 +4,10 @@ steps of a secure sum and restarted."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fault_harness import aggregator_kills, silo_kills  # noqa: E402
+from fedalign.lab.loopback.faults import aggregator_kills, silo_kills
 
 pytestmark = pytest.mark.slow
 

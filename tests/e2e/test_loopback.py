@@ -27,12 +27,9 @@ from fedalign.lab.engine import init_state, run_round
 from fedalign.lab.runner import attach_reference
 from fedalign.lab.sums import plain_sum_insecure
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE))
+from fedalign.lab.loopback.federation import SHARD, LoopbackProcesses
 
 pytestmark = pytest.mark.slow
-from loopback_setup import SHARD, LoopbackProcesses  # noqa: E402
 
 
 
@@ -48,7 +45,7 @@ class Federation(LoopbackProcesses):
                           "aggregator.log")
 
     def silo(self, i: int, *extra: str) -> subprocess.Popen:
-        return self.start([sys.executable, str(HERE / "toy_silo.py"), "--config", f"{self.names[i]}.toml",
+        return self.start([sys.executable, "-m", "fedalign.lab.loopback.silo", "--config", f"{self.names[i]}.toml",
                            "--index", str(i), "--n-silos", str(self.n), *extra], f"{self.names[i]}.log")
 
     def events(self) -> list[dict]:

@@ -9,7 +9,6 @@ transport): the attacks of issue #10 are refused, logged, and change nothing.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "aggregator"))
 
-from federation import MAX_WEIGHT, ToyTrainer, list_log, toy  # noqa: E402
+from fedalign.lab.inprocess import list_log  # noqa: E402
+from fedalign.lab.toy import MAX_WEIGHT, ToyTrainer, small_toy as toy  # noqa: E402
 
 from fedalign.crypto.config import SecureSumConfig  # noqa: E402
 from fedalign.crypto.errors import CryptoError, SecAggAborted  # noqa: E402

@@ -7,15 +7,13 @@ no options, so its μ never crossed the wire. The lab's FedProx row did not meas
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "aggregator"))
 
-from federation import ToyTrainer, run_federation  # noqa: E402
+from fedalign.lab.toy import ToyTrainer  # noqa: E402
+from fedalign.lab.toy_federation import run_federation  # noqa: E402
 
 from fedalign.protocol.errors import ConfigError  # noqa: E402
 

@@ -5,7 +5,6 @@ example's silo.toml against its aggregator.toml, and what ``pin_violations`` ref
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -296,11 +295,8 @@ def test_the_quickstart_policy_allows_its_silos_strategy(tmp_path):
 @pytest.mark.parametrize("strategy, options", [("fedcmp", {"rank": 2}), ("fedavg", {}),
                                                ("fedcmp", {"rank": 2, "reliability": "consensus", "kappa": 1.0})])
 def test_the_e2e_loopback_configs_pin_what_their_aggregator_sends(tmp_path, strategy, options):
-    sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-    try:
-        from loopback_setup import write_federation
-    finally:
-        sys.path.remove(str(ROOT / "tests" / "e2e"))
+    from fedalign.lab.loopback.federation import write_federation
+
     names = ["a", "b", "c"]
     write_federation(tmp_path, names, 1, strategy, options, train_deadline_s=1, step_deadline_s=1,
                      heartbeat_timeout_s=1, aggregator_timeout_s=1)

@@ -1,9 +1,9 @@
 """A silo process for the end-to-end tests: the real runtime, ZeroMQ and crypto, a toy trainer.
 
-    python tests/e2e/toy_silo.py --config silo.toml --index 0 --n-silos 4 [--die-after EncryptedShares:1]
+    python -m fedalign.lab.loopback.silo --config silo.toml --index 0 --n-silos 4 [--die-after EncryptedShares:1]
                                  [--stall-sum 1:3]
 
-It trains ``simulation.toy`` (deterministic per silo and round), writes each contribution it
+It trains ``fedalign.lab.toy.small_toy`` (deterministic per silo and round), writes each contribution it
 feeds into a secure sum to ``<out>/contrib-<round>-<phase>.npz`` (its own data, for the test to
 check the aggregator's sums), and with ``--die-after TYPE:PHASE`` SIGKILLs itself right after
 sending that message in round 0, so it dies in the middle of a secure sum; ``--stall-sum R:S``
@@ -15,16 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from fedalign.lab.toy import small_toy as toy  # noqa: E402
+from fedalign.lab.toy import small_toy as toy
 
 
 class ToyTrainer:

@@ -1,4 +1,5 @@
-"""Test support: the toy problem over the one in-process harness (:mod:`fedalign.lab.inprocess`).
+"""The toy problem federated in one process (:mod:`fedalign.lab.inprocess`), with checkpoints, ledgers
+and fault hooks: what the suite's round tests and the chaos harness run.
 
 Silos train the synthetic toy problem of ``fedalign.lab.toy`` (real local SGD, deterministic per
 silo and round), so a networked run can be compared with the in-process simulator.
@@ -16,14 +17,16 @@ from fedalign.aggregator.checkpoint import CheckpointStore, RunState
 from fedalign.compliance.ledger import Ledger
 from fedalign.crypto.schemes import scheme_spec
 from fedalign.fedcmp.strategies import make_strategy
-from fedalign.lab.inprocess import (DiesAfter, RecordingStrategy, list_log, run_inprocess,  # noqa: F401 - tests
-                                    silo_names)
+from fedalign.lab.inprocess import RecordingStrategy, run_inprocess, silo_names
 from fedalign.lab.runner import attach_reference
-from fedalign.lab.toy import MAX_WEIGHT, ToyFederation, ToyTrainer, small_toy as toy  # noqa: F401 - tests import them here
+from fedalign.lab.toy import MAX_WEIGHT, ToyFederation, ToyTrainer, small_toy as toy
 from fedalign.protocol.messages import SumScheme
 from fedalign.protocol.transport import InMemoryNetwork
 from fedalign.silo.federation import witness_heads
 from fedalign.silo.participant import SiloOutcome, SiloParticipant
+
+__all__ = ["run_federation", "Result", "attach_toy_reference"]
+
 
 def attach_toy_reference(strategy, fed: ToyFederation, state: RunState | None = None) -> None:
     """Fed-CMP's default reliability "reference" gets the toy's public reference (the lab's hook); a

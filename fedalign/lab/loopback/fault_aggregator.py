@@ -1,6 +1,6 @@
 """`aggregator serve` (the real CLI, ZeroMQ, checkpoints, ledger) that SIGKILLs itself at one step.
 
-    python tests/e2e/fault_aggregator.py --kill-at POINT serve --config aggregator.toml --quiet
+    python -m fedalign.lab.loopback.fault_aggregator --kill-at POINT serve --config aggregator.toml --quiet
 
 Everything after ``--kill-at POINT`` is the aggregator's own command line. The process runs
 unchanged until the first time it reaches POINT after its round loop started (so the ledger

@@ -1,14 +1,14 @@
 """Fault injection over real processes on loopback: the harness behind tests/e2e/test_faults.py and
 benchmarks/bench_faults.py.
 
-- :func:`aggregator_kills`: `aggregator serve` (tests/e2e/fault_aggregator.py) SIGKILLs itself at
+- :func:`aggregator_kills`: `aggregator serve` (:mod:`.fault_aggregator`) SIGKILLs itself at
   a given step of a round, is restarted, next step, ...; toy silos (real runtime, ZeroMQ + CURVE,
   SecAgg) run throughout. After every kill the checkpoint must load (tensors bound to
   ``state.json``), the round ledger must verify, and no committed round may be lost; at the end the
   ledger's ``round_committed`` rounds must equal the checkpoint history (0..R-1, once each) and the
   final parameters must equal an uninterrupted run's (the in-process simulator over the same shards,
   or a process run without kills).
-- :func:`silo_kills`: silos (tests/e2e/fault_silo.py) SIGKILL themselves at one step of one secure
+- :func:`silo_kills`: silos (:mod:`.fault_silo`) SIGKILL themselves at one step of one secure
   sum (one silo: a dropout, the sum completes over the survivors; two at once out of four with
   threshold 3: the round is abandoned and retried) and are restarted; every round is then
   replayed from the contributions the silos fed in and the sets the aggregator reported, and must
@@ -28,23 +28,20 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from fedalign.lab.loopback.fault_aggregator import KILL_POINTS, SUM_TYPES
 
-from fault_aggregator import KILL_POINTS, SUM_TYPES  # noqa: E402
+from fedalign.aggregator.checkpoint import CheckpointStore
+from fedalign.fedcmp.phases import PhaseSum, run_phases, sums_from_arrays
+from fedalign.fedcmp.strategies import make_strategy
+from fedalign.lab.engine import init_state, run_round
+from fedalign.lab.runner import attach_reference
+from fedalign.lab.sums import plain_sum_insecure
+from fedalign.protocol.errors import CheckpointError
+from fedalign.compliance.eventlog import read_events
+from fedalign.compliance.entries import LedgerError, read_ledger
+from fedalign.compliance.verifier import verify
 
-from fedalign.aggregator.checkpoint import CheckpointStore  # noqa: E402
-from fedalign.fedcmp.phases import PhaseSum, run_phases, sums_from_arrays  # noqa: E402
-from fedalign.fedcmp.strategies import make_strategy  # noqa: E402
-from fedalign.lab.engine import init_state, run_round  # noqa: E402
-from fedalign.lab.runner import attach_reference  # noqa: E402
-from fedalign.lab.sums import plain_sum_insecure  # noqa: E402
-from fedalign.protocol.errors import CheckpointError  # noqa: E402
-from fedalign.compliance.eventlog import read_events  # noqa: E402
-from fedalign.compliance.entries import LedgerError, read_ledger  # noqa: E402
-from fedalign.compliance.verifier import verify  # noqa: E402
-
-from loopback_setup import SHARD, LoopbackProcesses  # noqa: E402
+from fedalign.lab.loopback.federation import SHARD, LoopbackProcesses
 
 __all__ = ["KILL_POINTS", "SUM_TYPES", "LoopbackFederation", "aggregator_kills", "silo_kills", "simulator_params"]
 
@@ -64,14 +61,14 @@ class LoopbackFederation(LoopbackProcesses):
         return self.root / "agg"
 
     def aggregator(self, kill_at: str | None = None) -> subprocess.Popen:
-        return self.start([sys.executable, str(HERE / "fault_aggregator.py"), "--kill-at", kill_at or "none",
+        return self.start([sys.executable, "-m", "fedalign.lab.loopback.fault_aggregator", "--kill-at", kill_at or "none",
                            "serve", "--config", "aggregator.toml", "--quiet"], "aggregator.log")
 
     def trigger(self, i: int) -> Path:
         return self.root / f"{self.names[i]}.trigger"
 
     def silo(self, i: int) -> subprocess.Popen:
-        return self.start([sys.executable, str(HERE / "fault_silo.py"), "--config", f"{self.names[i]}.toml",
+        return self.start([sys.executable, "-m", "fedalign.lab.loopback.fault_silo", "--config", f"{self.names[i]}.toml",
                            "--index", str(i), "--n-silos", str(self.n), "--trigger", str(self.trigger(i))],
                           f"{self.names[i]}.log")
 

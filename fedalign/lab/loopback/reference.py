@@ -1,6 +1,6 @@
 """A stand-in for ``silo reference`` in tests: the same line protocol (silo/reference.py) over a toy.
 
-    python toy_reference.py [--toy N] [--exit-at R] [--hang-at R] [--bad-shape-at R] [--symlink-at R]
+    python -m fedalign.lab.loopback.reference [--toy N] [--exit-at R] [--hang-at R] [--bad-shape-at R] [--symlink-at R]
                             [--stderr-bytes N]
 
 ``--toy N``: Δ_ref is the toy federation's own public reference (fedalign.lab.toy.small_toy(N), the
@@ -17,12 +17,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from safetensors.torch import load_file, save_file
 
-import torch  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
-
-from fedalign.protocol.reference import REPLY_PREFIX as PREFIX  # noqa: E402
+from fedalign.protocol.reference import REPLY_PREFIX as PREFIX
 
 
 def main() -> None:

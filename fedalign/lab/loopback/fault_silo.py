@@ -1,8 +1,8 @@
 """A toy silo process (the real runtime over ZeroMQ) that SIGKILLs itself at one step of a sum.
 
-    python tests/e2e/fault_silo.py --config silo.toml --index 0 --n-silos 4 [--trigger FILE]
+    python -m fedalign.lab.loopback.fault_silo --config silo.toml --index 0 --n-silos 4 [--trigger FILE]
 
-Like ``toy_silo.py`` (same trainer, contributions dumped to ``<out>/contrib-<round>-<phase>.npz``).
+Like :mod:`fedalign.lab.loopback.silo` (same trainer, contributions dumped to ``<out>/contrib-<round>-<phase>.npz``).
 The harness arms a kill by writing ``ROUND:PHASE:TYPE`` to the trigger file: the process then
 SIGKILLs itself right after it sends its first TYPE message (KeyAdvertisement, EncryptedShares,
 MaskedInput, ConsistencySignature, UnmaskResponse) of strategy phase PHASE in a round >= ROUND
@@ -19,12 +19,10 @@ import signal
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from toy_silo import ToyTrainer  # noqa: E402
+from fedalign.lab.loopback.silo import ToyTrainer
 
 
 def _die(what: str) -> None:

@@ -1,5 +1,6 @@
 """Keys, roster, θ_0 and configs of a toy federation on loopback, shared by the e2e tests and the
-fault harness (one aggregator.toml and one silo.toml per silo in ``root``)."""
+fault harness (one aggregator.toml and one silo.toml per silo in ``root``), and the bookkeeping of
+the processes started on it."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def write_federation(root: Path, names: list[str], rounds: int, strategy: str, o
     # speaking `silo reference`'s protocol over the toy (the lab's hook, round by round)
     reference = ""
     if strategy == "fedcmp" and options.get("reliability", "reference") == "reference":
-        cmd = [sys.executable, str(Path(__file__).with_name("toy_reference.py")), "--toy", str(len(names))]
+        cmd = [sys.executable, "-m", "fedalign.lab.loopback.reference", "--toy", str(len(names))]
         reference = f"[reference]\ncommand = {json.dumps(cmd)}\ndeadline_s = 60\n"
     (root / "aggregator.toml").write_text(f"""
 [server]

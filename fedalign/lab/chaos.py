@@ -1,4 +1,4 @@
-"""A silo transport that delays, duplicates and reorders messages both ways (test and benchmark support).
+"""A silo transport that delays, duplicates and reorders messages both ways (tests/aggregator/test_chaos.py and benchmarks/bench_faults.py).
 
 :class:`ChaosClient` wraps a silo's :class:`ClientTransport` (here the in-memory one, every
 message through the real wire format): each message the silo sends is, at random, delayed
@@ -7,7 +7,7 @@ at random, delayed, held back behind the next one (reordering) or delivered twic
 directions duplicate is configurable, so a run can say which kind of duplicate a component
 tolerates; a duplicated SumStart (a second "open this sum" for the same round and phase) is
 left out unless ``dup_sum_start``: refusing a second sum per (round, phase) is the silo's
-SumStart check, not the transport's business. :func:`chaos_run` runs a federation (:func:`federation.run_federation`, real
+SumStart check, not the transport's business. :func:`chaos_run` runs a federation (:func:`fedalign.lab.toy_federation.run_federation`, real
 Coordinator and SiloParticipants, SecAgg) with every silo behind a ChaosClient and returns what
 it committed, for comparison with a run without chaos.
 """
@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from federation import run_federation
+from fedalign.lab.toy_federation import run_federation
 
 
 @dataclass
