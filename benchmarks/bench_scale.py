@@ -28,7 +28,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -61,12 +60,6 @@ def rss_kib(pid: int | str = "self", field: str = "VmRSS") -> int:
 # ------------------------------------------------------------------- 1. 50 silos over loopback
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class SharedToyTrainer:
     """The e2e toy trainer, one toy problem shared by all silo threads (deterministic per silo and round)."""
 
@@ -81,65 +74,16 @@ class SharedToyTrainer:
 
 
 def many_silos(root: Path, n: int, rounds: int, log=print) -> dict:
-    from safetensors.torch import save_file
-
-    from fedalign.lab.toy import ToyFederation, make_toy
-    from fedalign.protocol.config.silo import load_silo_config
     from fedalign.compliance.eventlog import read_events
-    from fedalign.protocol.keys import write_keypair
+    from fedalign.lab.loopback.federation import write_federation
+    from fedalign.protocol.config.silo import load_silo_config
     from fedalign.silo.federation import run_federated
-    from fedalign.silo.keys import keygen_silo
 
     names = [f"silo-{i:02d}" for i in range(n)]
-    keys = root / "keys"
-    write_keypair(keys, "aggregator", role="aggregator")
-    (root / "roster.toml").write_text("\n".join(keygen_silo(keys, s).roster_entry for s in names))
-    fed = ToyFederation(make_toy(m=6, n=5, n_silos=n, per_silo=32, generator=torch.Generator().manual_seed(0)),
-                        seed=0, steps=3, lr=0.05, batch=8)
-    save_file(fed.init_params(), str(root / "init.safetensors"))
-    port = _port()
-    (root / "aggregator.toml").write_text(f"""
-[server]
-bind = "tcp://127.0.0.1:{port}"
-secret_key = "keys/aggregator.key_secret"
-roster = "roster.toml"
-[run]
-rounds = {rounds}
-min_silos = 3
-train_deadline_s = 120
-step_deadline_s = 60
-heartbeat_timeout_s = 60
-roster_wait_s = 300
-[secure_sum]
-neighbours = {K}
-[strategy]
-name = "fedcmp"
-options = {{ rank = 2, reliability = "off" }}  # as measured (before "reference", with its public set, was the default)
-[init]
-params = "init.safetensors"
-[output]
-dir = "agg"
-""")
-    for s in names:
-        (root / f"{s}.toml").write_text(f"""
-[data]
-shard_size = 64
-[output]
-dir = "silos/{s}"
-[federation]
-aggregator = "tcp://127.0.0.1:{port}"
-silo_id = "{s}"
-aggregator_public_key = "keys/aggregator.key"
-secret_key = "keys/{s}.key_secret"
-identity_key = "keys/{s}.identity"
-roster = "roster.toml"
-min_silos = 3
-heartbeat_interval_s = 2
-aggregator_timeout_s = 300
-[strategy]
-name = "fedcmp"
-options = {{ rank = 2, reliability = "off" }}
-""")
+    fed = write_federation(root, names, rounds, "fedcmp", {"rank": 2, "reliability": "off"},  # as measured (before
+                           train_deadline_s=120, step_deadline_s=60, heartbeat_timeout_s=60,  # "reference" was the
+                           aggregator_timeout_s=300, roster_wait_s=300, heartbeat_interval_s=2,  # default)
+                           neighbours=K)
     env = dict(os.environ)  # with the process defaults applied above (one thread, hubs offline)
     with open(root / "aggregator.log", "wb") as f:
         agg = subprocess.Popen([sys.executable, "-m", "fedalign.aggregator.cli", "serve", "--config", "aggregator.toml",

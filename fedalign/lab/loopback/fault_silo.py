@@ -19,10 +19,7 @@ import signal
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from fedalign.lab.loopback.silo import ToyTrainer
+from fedalign.lab.loopback.silo import run_toy_silo
 
 
 def _die(what: str) -> None:
@@ -31,59 +28,42 @@ def _die(what: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--index", type=int, required=True)
-    ap.add_argument("--n-silos", type=int, required=True)
+def _args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--trigger", default=None, help="file holding ROUND:PHASE:TYPE to arm a kill")
-    a = ap.parse_args()
-    torch.set_num_threads(1)
 
-    import fedalign.silo.client
-    from fedalign import silo
-    from fedalign.host.cli_errors import run_cli
-    from fedalign.protocol.config.silo import load_silo_config
-    from fedalign.silo.federation import run_federated
 
-    cfg = load_silo_config(a.config)
-    out = cfg.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-
+def _faults(a: argparse.Namespace, silo) -> None:
     trigger = Path(a.trigger) if a.trigger else None
+    if trigger is None:
+        return
     full: dict[tuple[int, int], bool] = {}  # (round, phase) -> that sum has all n silos
+    real_recv = silo.client.ZmqClient.recv
+    real_send = silo.client.ZmqClient.send
 
-    if trigger is not None:
-        real_recv = silo.client.ZmqClient.recv
-        real_send = silo.client.ZmqClient.send
+    def recv(self, timeout_s):
+        env = real_recv(self, timeout_s)
+        m = env.message if env is not None else None
+        if type(m).__name__ == "SumStart":
+            full[(m.round, m.phase)] = len(m.participants) == a.n_silos
+        return env
 
-        def recv(self, timeout_s):
-            env = real_recv(self, timeout_s)
-            m = env.message if env is not None else None
-            if type(m).__name__ == "SumStart":
-                full[(m.round, m.phase)] = len(m.participants) == a.n_silos
-            return env
-
-        def send(self, env):
-            n = real_send(self, env)
-            try:
-                rnd, phase, kind = trigger.read_text().strip().split(":")
-            except (OSError, ValueError):
-                return n
-            if type(env.message).__name__ == kind and env.phase == int(phase) and env.round >= int(rnd) \
-                    and full.get((env.round, env.phase), False):
-                _die(f"{kind} of phase {phase} in round {env.round}")
+    def send(self, env):
+        n = real_send(self, env)
+        try:
+            rnd, phase, kind = trigger.read_text().strip().split(":")
+        except (OSError, ValueError):
             return n
+        if type(env.message).__name__ == kind and env.phase == int(phase) and env.round >= int(rnd) \
+                and full.get((env.round, env.phase), False):
+            _die(f"{kind} of phase {phase} in round {env.round}")
+        return n
 
-        silo.client.ZmqClient.recv = recv
-        silo.client.ZmqClient.send = send
+    silo.client.ZmqClient.recv = recv
+    silo.client.ZmqClient.send = send
 
-    def dump(round_id, phase, inputs):
-        np.savez(out / f"contrib-{round_id}-{phase}.npz", **inputs)
 
-    res = run_cli(lambda: run_federated(cfg, trainer=ToyTrainer(a.index, a.n_silos, out / "trained.json"),
-                                        on_contribution=dump))
-    print(f"{cfg.federation.silo_id}: {res.reason}, rounds_done {res.rounds_done}, committed {res.committed}")
+def main() -> None:
+    run_toy_silo(_args, _faults)
 
 
 if __name__ == "__main__":

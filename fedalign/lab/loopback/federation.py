@@ -29,8 +29,10 @@ def free_port() -> int:
 
 def write_federation(root: Path, names: list[str], rounds: int, strategy: str, options: dict, *,
                      train_deadline_s: float, step_deadline_s: float, heartbeat_timeout_s: float,
-                     aggregator_timeout_s: float, max_failed_rounds: int | None = None):
-    """Write everything the processes read; return the toy problem the silos train."""
+                     aggregator_timeout_s: float, max_failed_rounds: int | None = None, roster_wait_s: float = 60,
+                     heartbeat_interval_s: float = 0.5, neighbours: int | None = None):
+    """Write everything the processes read; return the toy problem the silos train. ``neighbours``:
+    SecAgg+'s neighbour graph of that degree instead of every pair."""
     keys = root / "keys"
     write_keypair(keys, "aggregator", role="aggregator")
     (root / "roster.toml").write_text("\n".join(keygen_silo(keys, s).roster_entry for s in names))
@@ -39,6 +41,7 @@ def write_federation(root: Path, names: list[str], rounds: int, strategy: str, o
     save_file(fed.init_params(), str(root / "init.safetensors"))
     opts = ", ".join(f"{k} = {json.dumps(v)}" for k, v in options.items())
     retries = f"max_failed_rounds = {max_failed_rounds}\n" if max_failed_rounds is not None else ""
+    graph = f"[secure_sum]\nneighbours = {neighbours}\n" if neighbours is not None else ""
     # Fed-CMP's default reliability "reference": the coordinator's public reference from a child process
     # speaking `silo reference`'s protocol over the toy (the lab's hook, round by round)
     reference = ""
@@ -56,8 +59,8 @@ min_silos = 3
 train_deadline_s = {train_deadline_s}
 step_deadline_s = {step_deadline_s}
 heartbeat_timeout_s = {heartbeat_timeout_s}
-roster_wait_s = 60
-{retries}[strategy]
+roster_wait_s = {roster_wait_s}
+{retries}{graph}[strategy]
 name = "{strategy}"
 options = {{ {opts} }}
 [init]
@@ -79,7 +82,7 @@ secret_key = "keys/{s}.key_secret"
 identity_key = "keys/{s}.identity"
 roster = "roster.toml"
 min_silos = 3
-heartbeat_interval_s = 0.5
+heartbeat_interval_s = {heartbeat_interval_s}
 aggregator_timeout_s = {aggregator_timeout_s}
 [strategy]
 name = "{strategy}"

@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -42,26 +44,45 @@ class ToyTrainer:
         return TrainedUpdate(res.delta, res.n_samples, None, {"train_loss": float(res.train_loss)})
 
 
-def main() -> None:
+def run_toy_silo(add_args: Callable[[argparse.ArgumentParser], None],
+                 install_faults: Callable[[argparse.Namespace, Any], None]) -> None:
+    """A silo process over the toy: ``--config``, ``--index``, ``--n-silos`` and the caller's own
+    arguments (``add_args``); ``install_faults(args, silo_package)`` patches the runtime before it
+    starts; each contribution is dumped to ``<out>/contrib-<round>-<phase>.npz``."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", required=True)
     ap.add_argument("--index", type=int, required=True)
     ap.add_argument("--n-silos", type=int, required=True)
-    ap.add_argument("--die-after", default=None)
-    ap.add_argument("--stall-sum", default=None, help="ROUND:SECONDS: wait this long before joining that round's sums")
+    add_args(ap)
     a = ap.parse_args()
     torch.set_num_threads(1)
 
-    import fedalign.silo.client
+    import fedalign.silo.client  # noqa: F401 - the fault hooks patch its ZmqClient
+    import fedalign.silo.participant  # noqa: F401 - ... and the participant
     from fedalign import silo
-    from fedalign.protocol.config.silo import load_silo_config
     from fedalign.host.cli_errors import run_cli
+    from fedalign.protocol.config.silo import load_silo_config
     from fedalign.silo.federation import run_federated
 
     cfg = load_silo_config(a.config)
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
+    install_faults(a, silo)
 
+    def dump(round_id, phase, inputs):
+        np.savez(out / f"contrib-{round_id}-{phase}.npz", **inputs)
+
+    res = run_cli(lambda: run_federated(cfg, trainer=ToyTrainer(a.index, a.n_silos, out / "trained.json"),
+                                        on_contribution=dump))
+    print(f"{cfg.federation.silo_id}: {res.reason}, rounds_done {res.rounds_done}, committed {res.committed}")
+
+
+def _args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--die-after", default=None)
+    ap.add_argument("--stall-sum", default=None, help="ROUND:SECONDS: wait this long before joining that round's sums")
+
+
+def _faults(a: argparse.Namespace, silo: Any) -> None:
     if a.die_after:
         kind, phase = a.die_after.split(":")
         real_send = silo.client.ZmqClient.send
@@ -75,11 +96,6 @@ def main() -> None:
         silo.client.ZmqClient.send = send
 
     if a.stall_sum:
-        import time
-
-        import fedalign.silo.participant
-        from fedalign import silo
-
         rnd, secs = a.stall_sum.split(":")
         real_join = silo.participant.SiloParticipant._on_sum_start
         stalled = []
@@ -92,11 +108,9 @@ def main() -> None:
 
         silo.participant.SiloParticipant._on_sum_start = join
 
-    def dump(round_id, phase, inputs):
-        np.savez(out / f"contrib-{round_id}-{phase}.npz", **inputs)
 
-    res = run_cli(lambda: run_federated(cfg, trainer=ToyTrainer(a.index, a.n_silos, out / "trained.json"), on_contribution=dump))
-    print(f"{cfg.federation.silo_id}: {res.reason}, rounds_done {res.rounds_done}, committed {res.committed}")
+def main() -> None:
+    run_toy_silo(_args, _faults)
 
 
 if __name__ == "__main__":
