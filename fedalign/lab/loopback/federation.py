@@ -15,6 +15,7 @@ import numpy as np
 from safetensors.torch import save_file
 from fedalign.lab.toy import small_toy as toy
 
+from fedalign.host.process import apply_process_defaults
 from fedalign.protocol.keys import write_keypair
 from fedalign.silo.keys import keygen_silo
 
@@ -101,7 +102,8 @@ class LoopbackProcesses:
         self.strategy, self.options = strategy, dict(options)
         self.names = [f"silo-{i}" for i in range(n_silos)]
         self.procs: list[subprocess.Popen] = []
-        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        apply_process_defaults()  # one thread, offline hubs: the children inherit them
+        self.env = dict(os.environ)
         self.fed = write_federation(root, self.names, rounds, strategy, options, **timings)
 
     def start(self, cmd: list[str], log: str) -> subprocess.Popen:

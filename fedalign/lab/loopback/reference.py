@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from fedalign.host.process import apply_process_defaults
 from fedalign.protocol.reference import REPLY_PREFIX as PREFIX
 
 
@@ -33,7 +34,7 @@ def main() -> None:
     ap.add_argument("--stderr-bytes", type=int, default=0)
     ap.add_argument("--marker", type=Path, help="a file touched once the process started (restarts append)")
     a = ap.parse_args()
-    torch.set_num_threads(1)
+    apply_process_defaults()
     if a.marker:
         with open(a.marker, "a") as f:
             f.write("started\n")

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
+from fedalign.host.process import apply_process_defaults
 from fedalign.lab.toy import small_toy as toy
 
 
@@ -55,7 +55,7 @@ def run_toy_silo(add_args: Callable[[argparse.ArgumentParser], None],
     ap.add_argument("--n-silos", type=int, required=True)
     add_args(ap)
     a = ap.parse_args()
-    torch.set_num_threads(1)
+    apply_process_defaults()
 
     import fedalign.silo.client  # noqa: F401 - the fault hooks patch its ZmqClient
     import fedalign.silo.participant  # noqa: F401 - ... and the participant
