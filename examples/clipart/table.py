@@ -153,7 +153,9 @@ def build(seeds: list[dict]) -> str:
               "same caption for all ten, so exactly 0.100. \"Prior removed\": the same with each caption's "
               "no-image log-likelihood subtracted (its pointwise mutual information with the image). The standard "
               "error of either at "
-              f"{d['eval_retrieval']} drawings is about ±{(0.25 / d['eval_retrieval']) ** 0.5:.2f}.", ""]
+              f"{d['eval_retrieval']} drawings is about ±{(0.25 / d['eval_retrieval']) ** 0.5:.2f}. Noise/clip: σ·√d/B, "
+              "the norm of one DP step's noise on the mean clipped gradient in units of the clip norm "
+              "(fedalign.silo.privacy's plan; it warns above 10).", ""]
 
     # issue 27's "Must show", per seed, paired
     lines += ["## Issue 27's targets, paired per seed", "", "| target | measured | met? |", "|---|---|---|"]
