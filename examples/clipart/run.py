@@ -29,6 +29,7 @@ import hashlib
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -42,14 +43,20 @@ apply_process_defaults()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from common_real import (Federation, build_model, cache_dir, caption_nll, generate, params_sha256,  # noqa: E402
-                         run_federation, save_params, say, warm_basis, warm_start)
+                         run_federation, save_params, say, trained_params, warm_basis, warm_start)
 from clipart_data import SILO_GROUPS, split  # noqa: E402
 
 PROMPT = "<image>\n"
-CONFIGS = ("warm", "fedavg", "fedavgm", "fedcmp", "dp_fedcmp", "dp_fedavg", "dp_fedcmp_sub")
-DEFAULT_CONFIGS = CONFIGS[:-1]
+CONFIGS = ("warm", "fedavg", "fedavgm", "fedcmp", "central", "local", "dp_fedavg", "dp_fedcmp_sub", "dp_fedavgm",
+           "dp_local", "dp_fedcmp")
+DEFAULT_CONFIGS = ("warm", "fedavg", "fedavgm", "fedcmp", "central", "dp_fedavg", "dp_fedcmp_sub")
+# central: all silos' drawings of each round pooled, one trainer, no DP (the same drawings, the same passes);
+# local / dp_local: each silo alone from θ_0 on its own shards with the federation's recipe (no upload);
+# dp_fedcmp: Fed-CMP under DP at its own rank (64), optional;
 # dp_fedcmp_sub: Fed-CMP under DP at rank = the public basis' rank: a silo's update U·C lies in the
 # r-dim span of the warm start's basis, so the rank-r sums carry it whole at a fraction of the upload
+FREE = {"configs": None, "seeds": None, "show": None, "dp_epsilons": None, "redo": None}  # settings a later
+# invocation of the same --out may change: which rows, seeds and ε it adds
 PRESET = {"fedavgm": "fedavgm-b0.5"}  # FedAvgM at β 0.5: the strongest baseline on the embedded world
 TOWER_NOTE = ("EfficientNet-Lite0 is an ImageNet-1k classifier, trained on labels, not on text (no CLIP/SigLIP "
               "weights are reachable offline): the projector does all of the alignment to SmolLM2-135M.")
@@ -60,6 +67,21 @@ def shard(model, feats, recs, idx, t: int):
 
     tokens = model.collate([model.encode_text(PROMPT, recs[i]["caption"]) for i in idx])
     return ShardData(feats[torch.as_tensor(idx)], tokens, tokens.attention_mask.sum(1), 0, t)
+
+
+def row_key(name: str, eps: float | None, default_eps: float) -> str:
+    """A row's key in seed<N>.json: the config's name, with ``@eps<ε>`` under DP at another ε than the default."""
+    return name if eps is None or eps == default_eps else f"{name}@eps{eps:g}"
+
+
+def train_alone(prob, silo: int, rounds: int) -> dict:
+    """Silo ``silo`` of ``prob`` (a :class:`Federation`) trained alone from its θ_0 for ``rounds`` rounds,
+    θ ← θ + Δ, through the same trainer (and DP plan and accountant) a federated silo uses; no upload."""
+    params = prob.init_params()
+    for t in range(rounds):
+        res = prob.local_update(params, silo, t, 0.0)
+        params = {k: params[k] + res.delta[k].to(params[k].device) for k in params}
+    return params
 
 
 def retrieval_groups(recs, test: list[int], n_groups: int, size: int = 10) -> list[list[int]]:
@@ -194,50 +216,99 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
     ref = [shard(model, feats, recs, list(c), t) for t, c in
            enumerate(np.array_split(rng.permutation(sp.public), max(1, len(sp.public) // args.shard)))]
 
+    shard_idx: list[list[list[int]]] = []
+
     def silo_shards(rounds, size, salt):
         r = np.random.default_rng([seed, salt])
         out_ = []
+        shard_idx.clear()
         for k, ix in enumerate(sp.silos):
             order = r.permutation(ix)
             if len(order) < rounds * size:
                 raise SystemExit(f"silo {k} holds {len(ix)} drawings < rounds x shard = {rounds * size}")
-            out_.append([shard(model, feats, recs, list(order[t * size : (t + 1) * size]), t) for t in range(rounds)])
+            shard_idx.append([list(order[t * size : (t + 1) * size]) for t in range(rounds)])
+            out_.append([shard(model, feats, recs, ix_, t) for t, ix_ in enumerate(shard_idx[-1])])
         return out_
 
     initial = {k: warm[k] for k in ("nll", "retrieval", "retrieval_pmi")}
     evaluator = (lambda m: evaluate(m, held))
-    for name in args.configs:
-        if name == "warm":
+
+    def score(params) -> dict:
+        model.load_projector_state(params)
+        model.projector.eval()
+        return evaluate(model, held)
+
+    jobs = [(name, eps) for name in args.configs if name != "warm"
+            for eps in (args.dp_epsilons if name.startswith("dp_") else [None])]
+    for name, eps in jobs:
+        key = row_key(name, eps, args.dp_epsilon)
+        if key in prior.get("rows", {}) and not args.redo and prior["rows"].get("warm", {}).get("file_sha256") == sha:
+            out["rows"][key] = prior["rows"][key]  # an earlier invocation's row from the same θ_0: kept
+            say(f"  {key}: kept from {path}")
             continue
         dp_on = name.startswith("dp_")
         strat_name = name.removeprefix("dp_").removesuffix("_sub")
         rank = args.dp_subspace if name.endswith("_sub") else args.rank
         if dp_on:
-            dp = dict(sigma=None, clip=args.dp_clip, epsilon=args.dp_epsilon, delta=1e-5)
+            dp = dict(sigma=None, clip=args.dp_clip, epsilon=eps, delta=1e-5)
             st = TrainSettings(batch_size=args.dp_batch, lr=args.dp_lr, local_epochs=args.dp_passes,
-                               physical_batch_size=64)
+                               physical_batch_size=args.dp_micro)
             basis = warm_basis(theta0, init, args.dp_subspace) if args.dp_subspace else None
             rounds, size = args.dp_rounds, args.dp_shard
         else:
             dp, st, basis, rounds, size = None, settings, None, args.rounds, args.shard
         shards = silo_shards(rounds, size, 1)
-        strat = (build_strategy("fedcmp", dp=dp_on, rank=rank, seed=seed) if strat_name == "fedcmp"
-                 else build_strategy(PRESET.get(strat_name, strat_name)))
-        uses_ref = getattr(getattr(strat, "config", None), "reliability", None) == "reference"
-        prob = Federation(model, theta0, shards, evaluator, st, dp, seed, basis=basis, initial=initial,
-                          reference=ref if uses_ref else None)
-        say(f"\n  {name}: {len(shards)} silos x {rounds} rounds x {size} drawings, {strat.name}, SecAgg"
-            + (f", DP (Poisson batch {args.dp_batch}, {args.dp_passes:g} pass(es), lr {args.dp_lr:g}, "
-               f"C {args.dp_clip}, epsilon {args.dp_epsilon})" if dp_on else ", no DP"))
-        r = run_federation(prob, strat, rounds, metrics=("nll", "retrieval", "retrieval_pmi"))
-        params = r.pop("params")
-        r["reliability"] = getattr(getattr(strat, "config", None), "reliability", None)
-        out["rows"][name] = r
-        out.setdefault("_params", {})[name] = params
+        if strat_name in ("local", "central"):
+            t0 = time.perf_counter()
+            if strat_name == "central":  # every silo's round-t shard pooled: one trainer, the same drawings
+                pooled = [shard(model, feats, recs, [i for k in range(len(sp.silos)) for i in shard_idx[k][t]], t)
+                          for t in range(rounds)]
+                prob = Federation(model, theta0, [pooled], None, st, dp, seed, basis=basis)
+                say(f"\n  {key}: {len(sp.silos)} silos' {rounds} x {size} drawings pooled, one trainer, no DP")
+                params = train_alone(prob, 0, rounds)
+                r = {"strategy": "centralized", **score(params), "upload_bytes_per_silo_per_round": 0}
+            else:  # each silo alone from θ_0 on its own shards, the federation's recipe (and DP plan)
+                prob = Federation(model, theta0, shards, None, st, dp, seed, basis=basis)
+                say(f"\n  {key}: each of {len(shards)} silos alone, {rounds} x {size} drawings"
+                    + (f", DP epsilon {eps:g}" if dp_on else ", no DP"))
+                per = []
+                for k in range(len(shards)):
+                    per.append(score(train_alone(prob, k, rounds)))
+                    say(f"    silo {k} alone: NLL {per[-1]['nll']:.3f}")
+                best = min(range(len(per)), key=lambda k: per[k]["nll"])
+                r = {"strategy": "local-only", **{m: float(np.mean([p[m] for p in per]))
+                                                  for m in ("nll", "retrieval", "retrieval_pmi")},
+                     "per_silo": per, "best_silo": best, "best": per[best], "upload_bytes_per_silo_per_round": 0}
+                params = None
+            r["seconds"] = time.perf_counter() - t0
+            if dp_on:
+                r.update(epsilon=prob.epsilon(), delta=1e-5, noise_multiplier=prob.plan.noise_multiplier,
+                         noise_to_clip=replace(prob.plan, n_params=sum(
+                             p.numel() for p in trained_params(model.projector, basis))).noise_to_clip, steps_per_round=prob.plan.steps, sample_rate=prob.plan.sample_rate)
+        else:
+            strat = (build_strategy("fedcmp", dp=dp_on, rank=rank, seed=seed) if strat_name == "fedcmp"
+                     else build_strategy(PRESET.get(strat_name, strat_name)))
+            uses_ref = getattr(getattr(strat, "config", None), "reliability", None) == "reference"
+            prob = Federation(model, theta0, shards, evaluator, st, dp, seed, basis=basis, initial=initial,
+                              reference=ref if uses_ref else None)
+            say(f"\n  {key}: {len(shards)} silos x {rounds} rounds x {size} drawings, {strat.name}, SecAgg"
+                + (f", DP (Poisson batch {args.dp_batch}, {args.dp_passes:g} pass(es), lr {args.dp_lr:g}, "
+                   f"C {args.dp_clip}, epsilon {eps:g})" if dp_on else ", no DP"))
+            r = run_federation(prob, strat, rounds, metrics=("nll", "retrieval", "retrieval_pmi"))
+            params = r.pop("params")
+            r["reliability"] = getattr(getattr(strat, "config", None), "reliability", None)
+            if dp_on:
+                r["noise_to_clip"] = replace(prob.plan, n_params=r["trained_params"]).noise_to_clip
+        if dp_on:
+            r["epsilon_budget"] = eps
+        out["rows"][key] = r
+        if params is not None:
+            out.setdefault("_params", {})[key] = params
         say(f"    NLL {warm['nll']:.3f} -> {r['nll']:.3f} (no image {base['nll']:.3f}); retrieval "
             f"{warm['retrieval']:.3f} -> {r['retrieval']:.3f} (prior removed {warm['retrieval_pmi']:.3f} -> "
             f"{r['retrieval_pmi']:.3f}); upload {r['upload_bytes_per_silo_per_round']:,} "
-            f"B/silo/round" + (f"; epsilon {r['epsilon']:.2f}" if dp_on else "") + f" ({r['seconds']:.0f}s)")
+            f"B/silo/round" + (f"; epsilon {r['epsilon']:.2f}, noise/clip on the mean gradient "
+                               f"{r['noise_to_clip']:.3g}" if dp_on else "") + f" ({r['seconds']:.0f}s)")
     out["_params"] = {"warm": theta0, **out.get("_params", {})}
     return out
 
@@ -258,7 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dp-passes", type=float, default=1.0)
     ap.add_argument("--dp-lr", type=float, default=2e-2)
     ap.add_argument("--dp-clip", type=float, default=1.0)
-    ap.add_argument("--dp-epsilon", type=float, default=8.0)
+    ap.add_argument("--dp-epsilon", type=float, default=8.0, help="the ε of the rows named without @eps")
+    ap.add_argument("--dp-epsilons", type=float, nargs="+", default=None,
+                    help="every DP config at each of these ε (default: --dp-epsilon alone)")
+    ap.add_argument("--dp-micro", type=int, default=128, help="micro-batch (physical batch) under DP")
+    ap.add_argument("--redo", action="store_true", help="train rows an earlier invocation of --out already holds")
     ap.add_argument("--dp-subspace", type=int, default=16, help="rank of the warm start's public basis (0: all weights)")
     ap.add_argument("--eval-nll", type=int, default=150, help="held-out drawings for caption NLL")
     ap.add_argument("--eval-groups", type=int, default=5, help="retrieval groups of 10 held-out drawings")
@@ -267,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/clipart"))
     ap.add_argument("--debug", action="store_true")
     args = ap.parse_args(argv)
+    args.dp_epsilons = args.dp_epsilons or [args.dp_epsilon]
     started = time.perf_counter()
     say(TOWER_NOTE)
     from prepare import PNG_ROOT, prepare
@@ -292,6 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     say(f"  same LM, no image: NLL {base['nll']:.3f} on {len(held.nll_idx)} held-out captions; retrieval "
         f"{base['retrieval']:.3f} (chance; {len(held.groups)} groups of 10)")
     args.out.mkdir(parents=True, exist_ok=True)
+    mine = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    for seed in args.seeds:  # a later invocation adds rows to a seed's file only under the same settings
+        path = args.out / f"seed{seed}.json"
+        if path.is_file() and {**json.loads(path.read_text()).get("settings", {}), **FREE} != {**mine, **FREE}:
+            print(f"run: {path} was made with other settings; use another --out", file=sys.stderr)
+            return 2
     for n, seed in enumerate(args.seeds):
         res = run_seed(args, recs, feats, sp, model, base, held, seed)
         params = res.pop("_params")
@@ -317,10 +399,6 @@ def main(argv: list[str] | None = None) -> int:
         path = args.out / f"seed{seed}.json"
         if path.is_file():  # a later invocation with other --configs adds rows to the same seed's file
             old = json.loads(path.read_text())
-            if old.get("settings", {}) | {"configs": None, "seeds": None, "show": None} != \
-                    res["settings"] | {"configs": None, "seeds": None, "show": None}:
-                print(f"run: {path} was made with other settings; use another --out", file=sys.stderr)
-                return 2
             res["rows"] = {**old["rows"], **{k: v for k, v in res["rows"].items() if k not in old["rows"] or k != "warm"}}
             res["captions"] = res.get("captions") or old.get("captions")
         path.write_text(json.dumps(res, indent=1))

@@ -14,10 +14,32 @@ import statistics as st
 import sys
 from pathlib import Path
 
-ROWS = (("no_image", "same LM, no image"), ("warm", "public warm start only (θ_0, no DP)"),
-        ("fedavg", "FedAvg, no DP"), ("fedavgm", "FedAvgM β 0.5, no DP"), ("fedcmp", "Fed-CMP, no DP"),
-        ("dp_fedavg", "FedAvg, DP ε 8"), ("dp_fedcmp", "Fed-CMP, DP ε 8"),
-        ("dp_fedcmp_sub", "Fed-CMP at the public basis' rank, DP ε 8"))
+EPS = (8.0, 4.0, 2.0, 1.0)  # issue 27's ε rows, DP
+# (key, label, kind): kind "nodp" rows see rounds × shard drawings per silo, "dp" rows dp_rounds × dp_shard ×
+# dp_passes (expected), "central" all silos' drawings pooled, "local"/"best" each silo alone (mean / best silo)
+BASE_ROWS = (("no_image", "same LM, no image", "none"), ("warm", "public warm start only (θ_0, no DP)", "public"),
+             ("local", "local-only, no DP: mean over silos", "local"),
+             ("local:best", "local-only, no DP: best single silo", "local"),
+             ("fedavg", "FedAvg, no DP", "nodp"), ("fedavgm", "FedAvgM β 0.5, no DP", "nodp"),
+             ("fedcmp", "Fed-CMP, no DP", "nodp"), ("central", "centralized, no DP (all silos pooled)", "central"))
+DP_ROWS = (("dp_fedavg", "FedAvg, DP ε {e}"), ("dp_fedavgm", "FedAvgM β 0.5, DP ε {e}"),
+           ("dp_fedcmp_sub", "Fed-CMP at the public basis' rank, DP ε {e}"),
+           ("dp_local", "local-only, DP ε {e}: mean over silos"), ("dp_local:best", "local-only, DP ε {e}: best single silo"))
+OPTIONAL = {"dp_fedcmp"}  # Fed-CMP under DP at its own rank: shown when run, not one of issue 27's rows
+
+
+def key_for(name: str, eps: float, default: float) -> str:
+    """run.py's row key (``row_key``): the name at the default ε, ``name@eps<ε>`` at another."""
+    return name if eps == default else f"{name}@eps{eps:g}"
+
+
+def rows_for(a: dict) -> list[tuple[str, str, str]]:
+    out = list(BASE_ROWS)
+    for eps in EPS:
+        out += [(key_for(k, eps, a["dp_epsilon"]), label.format(e=f"{eps:g}"), "dp") for k, label in DP_ROWS]
+    out.append((key_for("dp_fedcmp", a["dp_epsilon"], a["dp_epsilon"]), f"Fed-CMP rank {a['rank']}, DP ε "
+                f"{a['dp_epsilon']:g}", "dp"))
+    return out
 
 
 def ms(xs: list[float], fmt: str = "{:.3f}") -> str:
@@ -34,7 +56,25 @@ def load(runs: Path) -> list[dict]:
 
 
 def row(s: dict, name: str) -> dict | None:
-    return s["no_image"] if name == "no_image" else s["rows"].get(name)
+    """A row of one seed; ``local:best`` is the local-only row's best single silo (with its upload and ε)."""
+    if name == "no_image":
+        return s["no_image"]
+    base, _, part = name.partition(":")
+    r = s["rows"].get(base)
+    if r is None or not part:
+        return r
+    return {**r, **r[part]}
+
+
+def seen(a: dict, kind: str, n_silos: int) -> str:
+    """Drawings one row's training saw (per silo, or pooled)."""
+    if kind == "nodp" or kind == "local":
+        return f"{a['rounds'] * a['shard']}/silo"
+    if kind == "dp":
+        return f"{a['dp_rounds'] * a['dp_shard'] * a['dp_passes']:g}/silo"
+    if kind == "central":
+        return f"{n_silos * a['rounds'] * a['shard']} pooled"
+    return {"public": "260 public × 2", "none": "-"}.get(kind, "-")
 
 
 def paired(seeds, f) -> list[float]:
@@ -45,6 +85,13 @@ def paired(seeds, f) -> list[float]:
         except (KeyError, TypeError, ZeroDivisionError):
             pass
     return out
+
+
+def dims(a: dict) -> str:
+    """Trained numbers under DP in the warm start's basis (r·n per weight matrix of the 1,280→576→576 MLP, and the
+    biases), for the header."""
+    r = a["dp_subspace"]
+    return f"{r * (1280 + 576) + 2 * 576:,}" if r else "1,070,208"
 
 
 def build(seeds: list[dict]) -> str:
@@ -67,18 +114,24 @@ def build(seeds: list[dict]) -> str:
         "frozen; only the `mlp2x_gelu` projector (1.07 M weights) trains.",
         "",
         f"Settings: warm start {a['warm_passes']} passes over the public set (batch {a['batch']}, AdamW lr {a['lr']}); "
-        f"without DP {a['rounds']} rounds × {a['shard']} drawings per silo (batch {a['batch']}, lr {a['lr']}); "
-        f"with DP {a['dp_rounds']} rounds × {a['dp_shard']} drawings per silo, Poisson batch {a['dp_batch']}, "
-        f"{a['dp_passes']:g} pass(es), clip {a['dp_clip']}, lr {a['dp_lr']}, σ derived from ε {a['dp_epsilon']} "
-        f"(δ 1e-5) per silo, training in the warm start's public basis (rank {a['dp_subspace']}). Fed-CMP rank "
-        f"{a['rank']} (reliability \"reference\" without DP, off under DP). All sums over real SecAgg.",
+        f"without DP {a['rounds']} rounds × {a['shard']} fresh drawings per silo, one pass (batch {a['batch']}, "
+        f"lr {a['lr']}); with DP {a['dp_rounds']} rounds × {a['dp_shard']} fresh drawings per silo (each round's shard "
+        f"disjoint: the rounds compose in parallel), expected Poisson batch {a['dp_batch']} (micro-batches "
+        f"{a.get('dp_micro', 64)}), {a['dp_passes']:g} pass(es) over a round's shard, clip {a['dp_clip']}, AdamW lr "
+        f"{a['dp_lr']}, σ derived from ε (δ 1e-5) per silo by the silo's accountant (RDP), training in the warm "
+        f"start's public basis (rank {a['dp_subspace']}: {dims(a)} trained and noised numbers). Fed-CMP rank {a['rank']} "
+        f"(reliability \"reference\" without DP, off under DP). All federated sums over real SecAgg. Local-only: "
+        "each silo trained alone from θ_0 on its own shards with the same recipe (no upload). Centralized: every "
+        "silo's round-t shard pooled and trained by one trainer, the same rounds and passes.",
         "",
-        "| run | held-out NLL | NLL, no image | cut vs no image | 10-way retrieval | retrieval, prior removed | "
-        "upload B/silo/round | ε |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | drawings seen | held-out NLL | cut vs no image | 10-way retrieval | retrieval, prior removed | "
+        "upload B/silo/round | ε | noise/clip on the mean gradient |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, label in ROWS:
+    for name, label, kind in rows_for(a):
         if not any(row(s, name) for s in seeds):
+            if name.split("@")[0] not in OPTIONAL:
+                lines.append(f"| {label} | not run (time) | | | | | | | |")
             continue
         nll = paired(seeds, lambda s: row(s, name)["nll"])
         cut = paired(seeds, lambda s: 1 - row(s, name)["nll"] / s["no_image"]["nll"])
@@ -86,16 +139,23 @@ def build(seeds: list[dict]) -> str:
         pmi = paired(seeds, lambda s: row(s, name)["retrieval_pmi"])
         up = paired(seeds, lambda s: row(s, name)["upload_bytes_per_silo_per_round"])
         eps = paired(seeds, lambda s: row(s, name)["epsilon"])
-        lines.append(f"| {label} | {ms(nll)} | {ms([s['no_image']['nll'] for s in seeds])} | "
+        ntc = paired(seeds, lambda s: row(s, name)["noise_to_clip"])
+        best = paired(seeds, lambda s: row(s, name)["best_silo"]) if name.endswith(":best") else []
+        note = f" (silo {'/'.join(str(b) for b in best)} by seed)" if best else ""
+        n_run = len(nll)
+        lines.append(f"| {label}{note} | {seen(a, kind, len(d['silos']))} | {ms(nll)}"
+                     f"{'' if n_run == len(seeds) else f' (n={n_run})'} | "
                      f"{ms([100 * c for c in cut], '{:.1f}')}% | {ms(ret)} | {ms(pmi)} | "
                      f"{'-' if name == 'no_image' else (f'{st.mean(up):,.0f}' if up else '-')} | "
-                     f"{ms(eps, '{:.2f}') if eps else '-'} |")
+                     f"{ms(eps, '{:.2f}') if eps else '-'} | {ms(ntc, '{:.2f}') if ntc else '-'} |")
     lines += ["", "Retrieval: for each held-out drawing, the LM's summed log-likelihood of each of 10 held-out "
               "captions given the image; the right one must score highest. Without an image the LM picks the "
               "same caption for all ten, so exactly 0.100. \"Prior removed\": the same with each caption's "
               "no-image log-likelihood subtracted (its pointwise mutual information with the image). The standard "
               "error of either at "
-              f"{d['eval_retrieval']} drawings is about ±{(0.25 / d['eval_retrieval']) ** 0.5:.2f}.", ""]
+              f"{d['eval_retrieval']} drawings is about ±{(0.25 / d['eval_retrieval']) ** 0.5:.2f}. Noise/clip: σ·√d/B, "
+              "the norm of one DP step's noise on the mean clipped gradient in units of the clip norm "
+              "(fedalign.silo.privacy's plan; it warns above 10).", ""]
 
     # issue 27's "Must show", per seed, paired
     lines += ["## Issue 27's targets, paired per seed", "", "| target | measured | met? |", "|---|---|---|"]
@@ -107,35 +167,45 @@ def build(seeds: list[dict]) -> str:
         verdict = "context" if ok is None else ("yes" if ok(st.mean(vals)) else "**no: missed**")
         lines.append(f"| {label} | {ms(vals, fmt)} (n={len(vals)}) | {verdict} |")
 
-    for dp, nodp, nm in (("dp_fedcmp", "fedcmp", "Fed-CMP"), ("dp_fedavg", "fedavg", "FedAvg")):
-        check(f"DP {nm} closes ≥ 50% of the gap warm start → non-DP {nm} (NLL)",
-              paired(seeds, lambda s: (s["rows"]["warm"]["nll"] - s["rows"][dp]["nll"])
-                     / (s["rows"]["warm"]["nll"] - s["rows"][nodp]["nll"])), lambda m: m >= 0.5, "{:.2f}")
-        check(f"DP {nm} keeps ≥ 75% of non-DP {nm}'s cut vs no image (NLL)",
-              paired(seeds, lambda s: (s["no_image"]["nll"] - s["rows"][dp]["nll"])
-                     / (s["no_image"]["nll"] - s["rows"][nodp]["nll"])), lambda m: m >= 0.75, "{:.2f}")
-    check("(for reading the line above: the public warm start alone keeps this share of non-DP Fed-CMP's cut)",
-          paired(seeds, lambda s: (s["no_image"]["nll"] - s["rows"]["warm"]["nll"])
-                 / (s["no_image"]["nll"] - s["rows"]["fedcmp"]["nll"])), None, "{:.2f}")
-    diff = paired(seeds, lambda s: s["rows"]["dp_fedcmp"]["nll"] - s["rows"]["dp_fedavg"]["nll"])
+    def nll(s, k):
+        return row(s, k)["nll"]
+
+    for dp, nodp, nm in (("dp_fedavg", "fedavg", "FedAvg"), ("dp_fedcmp_sub", "fedcmp", "Fed-CMP (public basis)"),
+                         ("dp_fedavgm", "fedavgm", "FedAvgM")):
+        if nm == "FedAvgM" and not any(row(s, dp) for s in seeds):
+            continue
+        check(f"DP {nm} ε {a['dp_epsilon']:g} closes ≥ 50% of the gap warm start → non-DP {nm.split(' (')[0]} (NLL)",
+              paired(seeds, lambda s: (nll(s, "warm") - nll(s, dp)) / (nll(s, "warm") - nll(s, nodp))),
+              lambda m: m >= 0.5, "{:.2f}")
+        check(f"DP {nm} ε {a['dp_epsilon']:g} keeps ≥ 75% of non-DP {nm.split(' (')[0]}'s cut vs no image (NLL)",
+              paired(seeds, lambda s: (s["no_image"]["nll"] - nll(s, dp)) / (s["no_image"]["nll"] - nll(s, nodp))),
+              lambda m: m >= 0.75, "{:.2f}")
+    check("(for reading the line above: the public warm start alone keeps this share of non-DP FedAvg's cut)",
+          paired(seeds, lambda s: (s["no_image"]["nll"] - nll(s, "warm")) / (s["no_image"]["nll"] - nll(s, "fedavg"))),
+          None, "{:.2f}")
+    diff = paired(seeds, lambda s: nll(s, "dp_fedcmp_sub") - nll(s, "dp_fedavg"))
     sd = st.stdev(diff) if len(diff) > 1 else 0.0
-    check("DP Fed-CMP ties or beats DP FedAvg: NLL(Fed-CMP) − NLL(FedAvg), tie = within one paired std",
-          diff, lambda m: m <= sd)
+    check(f"DP Fed-CMP (public basis) ties or beats DP FedAvg at ε {a['dp_epsilon']:g}: NLL(Fed-CMP) − NLL(FedAvg), "
+          "tie = within one paired std", diff, lambda m: m <= sd)
     check("… at ≥ 3× less upload (FedAvg bytes / Fed-CMP bytes)",
-          paired(seeds, lambda s: s["rows"]["dp_fedavg"]["upload_bytes_per_silo_per_round"]
-                 / s["rows"]["dp_fedcmp"]["upload_bytes_per_silo_per_round"]), lambda m: m >= 3, "{:.2f}")
-    if any("dp_fedcmp_sub" in s["rows"] for s in seeds):
-        diff = paired(seeds, lambda s: s["rows"]["dp_fedcmp_sub"]["nll"] - s["rows"]["dp_fedavg"]["nll"])
-        sd = st.stdev(diff) if len(diff) > 1 else 0.0
-        check("DP Fed-CMP at the public basis' rank ties or beats DP FedAvg: NLL difference", diff, lambda m: m <= sd)
-        check("… upload ratio (FedAvg bytes / Fed-CMP at the basis' rank)",
-              paired(seeds, lambda s: s["rows"]["dp_fedavg"]["upload_bytes_per_silo_per_round"]
-                     / s["rows"]["dp_fedcmp_sub"]["upload_bytes_per_silo_per_round"]), lambda m: m >= 3, "{:.2f}")
-    diff = paired(seeds, lambda s: s["rows"]["fedcmp"]["nll"] - s["rows"]["fedavgm"]["nll"])
+          paired(seeds, lambda s: row(s, "dp_fedavg")["upload_bytes_per_silo_per_round"]
+                 / row(s, "dp_fedcmp_sub")["upload_bytes_per_silo_per_round"]), lambda m: m >= 3, "{:.2f}")
+    diff = paired(seeds, lambda s: nll(s, "fedcmp") - nll(s, "fedavgm"))
     sd = st.stdev(diff) if len(diff) > 1 else 0.0
-    check("non-DP Fed-CMP ties or beats FedAvgM β 0.5: NLL difference", diff, lambda m: m <= sd)
-    lines += ["", "Not measured here (issue 27 item 5 asks for them): local-only per silo, centralized, ε 1/2/4, "
-              "3+ seeds at larger shards; examples/real's DP target is in examples/real/README.md.", ""]
+    check("non-DP Fed-CMP ties or beats FedAvgM β 0.5: NLL(Fed-CMP) − NLL(FedAvgM), tie = within one paired std",
+          diff, lambda m: m <= sd)
+    for eps in EPS[1:]:  # the same two checks at the lower budgets, when run
+        k_avg, k_cmp = key_for("dp_fedavg", eps, a["dp_epsilon"]), key_for("dp_fedcmp_sub", eps, a["dp_epsilon"])
+        if any(row(s, k_avg) for s in seeds):
+            check(f"(context) DP FedAvg ε {eps:g}: share of the gap warm start → non-DP FedAvg closed",
+                  paired(seeds, lambda s: (nll(s, "warm") - nll(s, k_avg)) / (nll(s, "warm") - nll(s, "fedavg"))),
+                  None, "{:.2f}")
+        if any(row(s, k_cmp) for s in seeds):
+            check(f"(context) DP Fed-CMP (public basis) ε {eps:g}: share of the gap warm start → non-DP Fed-CMP closed",
+                  paired(seeds, lambda s: (nll(s, "warm") - nll(s, k_cmp)) / (nll(s, "warm") - nll(s, "fedcmp"))),
+                  None, "{:.2f}")
+    lines += ["", "A row marked \"not run (time)\" was not measured in this run for lack of CPU time; the targets "
+              "that need it say \"not measured\". examples/real's DP target is in examples/real/README.md.", ""]
     return "\n".join(lines)
 
 
