@@ -168,7 +168,7 @@ def figure(path: Path, recs, idx, captions: dict[str, list[str]], png_root: Path
 
 
 def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
-    from fedalign.lab.cli import build_strategy
+    from fedalign.lab.choices import build_strategy
     from fedalign.silo.model import build_projector
     from fedalign.silo.trainer import TrainSettings
 

@@ -25,7 +25,7 @@ from fedalign.host.cli_errors import run_cli
 from fedalign.protocol.errors import ConfigError
 from fedalign.lab.choices import build_strategy, make_sum
 
-__all__ = ["simulate", "run_simulation", "experiment_options", "build_strategy", "make_sum", "summarise_seeds", "METRICS", "build_app", "main",
+__all__ = ["simulate", "run_simulation", "experiment_options", "summarise_seeds", "METRICS", "build_app", "main",
            "parse_experiment_options", "experiment_app"]
 
 METRICS = ("nll", "mc_accuracy", "presence_f1", "upload_bytes_per_silo_per_round", "nll_no_image",
