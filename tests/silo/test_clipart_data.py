@@ -5,29 +5,21 @@ package when a prepared cache holds it and skips otherwise."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from example_modules import load_example
+
 ROOT = Path(__file__).resolve().parents[2]
-CLIPART = ROOT / "examples" / "clipart"
 
 
 def _load(name: str):
-    for p in (str(CLIPART), str(CLIPART.parent)):
-        if p not in sys.path:
-            sys.path.insert(0, p)
-    spec = importlib.util.spec_from_file_location(f"examples_clipart_{name}", CLIPART / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return load_example("clipart", name)
 
 
 @pytest.fixture(scope="module")

@@ -5,27 +5,16 @@ the ones a run did not make "not run (time)", and reads the local-only row's bes
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-CLIPART = ROOT / "examples" / "clipart"
+from example_modules import load_example
 
 
 def _load(name: str):
-    for p in (str(CLIPART), str(CLIPART.parent)):
-        if p not in sys.path:
-            sys.path.insert(0, p)
-    spec = importlib.util.spec_from_file_location(f"examples_clipart_{name}", CLIPART / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_example("clipart", name)
 
 
 class _Silo:

@@ -1,22 +1,15 @@
 """examples/real: its data split and its multiple-choice scorer (against whole-caption likelihoods)."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from example_modules import load_example
 
 
 @pytest.fixture(scope="module")
 def real():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("examples_real_run", ROOT / "examples" / "real" / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # under its own name: other examples have a run.py too
-    return mod
+    return load_example("real", "run")
 
 
 def test_split_is_disjoint_skewed_and_seeded(real):
