@@ -14,13 +14,13 @@ __all__ = ["ConsoleEvents"]
 class ConsoleEvents(EventLog):
     """The event log, plus one rich line per milestone and a spinner while a round trains (stderr)."""
 
-    def __init__(self, *a: Any, **kw: Any) -> None:
+    def __init__(self, *a: Any, max_grad_norm: float | None = None, **kw: Any) -> None:
         super().__init__(*a, **kw)
         from rich.console import Console
 
         self.console = Console(stderr=True, soft_wrap=True, markup=False)  # whole lines in logs; "[model]" is text
         self._status: Any = None
-        self.max_grad_norm: float | None = None  # set under DP: the clip hint after a round
+        self.max_grad_norm = max_grad_norm  # under DP: the clip hint after a round
 
     def emit(self, event: str, **f: Any) -> dict[str, Any]:
         rec = super().emit(event, **f)

@@ -130,9 +130,9 @@ def run_federated(
     if trainer is None:
         trainer = build_trainer(config)
     state_dir = config.state_dir / "federation"
-    events = (ConsoleEvents if progress else EventLog)(config.out_dir / f"{name}.jsonl", source=name)
-    if progress and config.privacy.enabled:
-        events.max_grad_norm = config.privacy.max_grad_norm  # the console's clip hint after each round
+    events = (ConsoleEvents(config.out_dir / f"{name}.jsonl", source=name,  # the clip hint under DP
+                            max_grad_norm=config.privacy.max_grad_norm if config.privacy.enabled else None)
+              if progress else EventLog(config.out_dir / f"{name}.jsonl", source=name))
     policy = SiloPolicy(
         min_silos=fed.min_silos, heartbeat_interval_s=fed.heartbeat_interval_s,
         aggregator_timeout_s=fed.aggregator_timeout_s, wait_report_s=fed.wait_report_s,
