@@ -418,8 +418,9 @@ class Coordinator:
         rec = _RoundRecord(round=t)
         before = self.t.traffic.snapshot()
         prev_survivors = tuple(state.history[-1]["survivors"]) if state.history else ()
+        public = strat.round_public(state.public, final=t == p.rounds - 1)  # Fed-CMP: flush in the last round
         start = RoundStart(
-            t, to_numpy(state.params), to_numpy(state.public), tuple(roster), seed, self.strategy_name,
+            t, to_numpy(state.params), to_numpy(public), tuple(roster), seed, self.strategy_name,
             self.strategy_options, strat.n_phases, p.train_deadline_s, prev_survivors,
             self.ledger.head().to_wire() if self.ledger is not None else {},
         )
@@ -489,7 +490,7 @@ class Coordinator:
             return PhaseSum(sums_from_arrays(sums, len(included), dtype=self._dtype), tuple(included))
 
         ts = self.clock()
-        outcome = run_phases(strat, state.params, state.public, state.server_state, sum_phase)
+        outcome = run_phases(strat, state.params, public, state.server_state, sum_phase)
         rec.metrics.update(outcome.metrics)
         rec.sum_seconds = self.clock() - ts
         rec.survivors = tuple(participants)

@@ -568,7 +568,7 @@ class SiloParticipant:
         if not problems:
             contrib, new_state = cur.strategy.silo_contribution(m.phase, cur.delta, cur.weight, public,
                                                                 self.silo_state or {})
-            problems = contribution_problems(cur.strategy.contribution_spec(m.phase, cur.params), contrib)
+            problems = contribution_problems(cur.strategy.contribution_spec(m.phase, cur.params, public), contrib)
         if problems:
             reason = (f"silo {self.name}: refused SumStart round {m.round} phase {m.phase} instance {m.instance}: "
                       + "; ".join(problems))

@@ -286,7 +286,10 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
                          noise_to_clip=replace(prob.plan, n_params=sum(
                              p.numel() for p in trained_params(model.projector, basis))).noise_to_clip, steps_per_round=prob.plan.steps, sample_rate=prob.plan.sample_rate)
         else:
-            strat = (build_strategy("fedcmp", dp=dp_on, rank=rank, seed=seed) if strat_name == "fedcmp"
+            # the flush (Fed-CMP's residuals summed in the final round) is on, except where the residual is
+            # zero by construction: DP updates lie in the public basis' span, which the rank-r sums carry whole
+            strat = (build_strategy("fedcmp", dp=dp_on, rank=rank, seed=seed, flush=basis is None)
+                     if strat_name == "fedcmp"
                      else build_strategy(PRESET.get(strat_name, strat_name)))
             uses_ref = getattr(getattr(strat, "config", None), "reliability", None) == "reference"
             prob = Federation(model, theta0, shards, evaluator, st, dp, seed, basis=basis, initial=initial,

@@ -174,6 +174,8 @@ def report(out: Path, rounds: int, started: float) -> None:
     fc = make_strategy(sec.name, dp=sec.dp, **sec.options).config  # this run's (DP defaults included)
     formula = 4 * payload_formula_numbers(init, rank=fc.rank, reliability=fc.reliability != "off")  # uint32
     full = 4 * sum(v.numel() for v in init.values())
+    # Fed-CMP's final round also sums each silo's error-feedback residual (m·n per matrix, once: the flush)
+    flush = 4 * sum(v.numel() for v in init.values() if v.ndim == 2) if fc.flush and fc.error_feedback else 0
 
     train_loss: dict[int, list[float]] = {}
     for s in SILOS:
@@ -188,7 +190,8 @@ def report(out: Path, rounds: int, started: float) -> None:
     ok = True
     for rec in history:
         pay = sorted(set(rec["payload_bytes"].values()))
-        ok &= pay == [formula]
+        want = formula + (flush if rec["round"] == rounds - 1 else 0)
+        ok &= pay == [want]
         up = list(rec["wire_up_bytes"].values())
         losses = train_loss.get(rec["round"], [])
         eps = max(rec["epsilon"].values()) if rec["epsilon"] else 0.0
@@ -196,7 +199,7 @@ def report(out: Path, rounds: int, started: float) -> None:
                   f"{sum(losses) / len(losses):.3f}" if losses else "-",
                   f"{rec['metrics']['mean_reliability']:.2f}" if "mean_reliability" in rec.get("metrics", {}) else "-",
                   f"{eps:.2f}",
-                  ",".join(f"{p:,}" for p in pay), f"{formula:,}", f"{min(up):,}-{max(up):,}",
+                  ",".join(f"{p:,}" for p in pay), f"{want:,}", f"{min(up):,}-{max(up):,}",
                   f"{rec['sum_seconds']:.2f}", f"{rec['seconds']:.1f}")
     con.print(t)
 
@@ -239,7 +242,8 @@ def report(out: Path, rounds: int, started: float) -> None:
     drift = max(float((final[k] - init[k]).abs().max()) for k in final)
     say(f"\nwire bytes per silo per round: payload {formula:,} B = 4 B x Fed-CMP formula "
         f"(r(m+n) per matrix" + (", + r·n + 1 for reliability" if fc.reliability != "off" else "")
-        + f" + biases + weight; full update would be {full:,} B, {full / formula:.1f}x more): "
+        + f" + biases + weight; full update would be {full:,} B, {full / formula:.1f}x more)"
+        + (f"; the final round adds the flushed residuals, {flush:,} B" if flush else "") + ": "
         + ("MATCH" if ok else "MISMATCH"))
     say(f"the projector moved by up to {drift:.4f} per entry over {len(history)} rounds")
     say("\noutputs:")

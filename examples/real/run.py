@@ -207,8 +207,11 @@ def federate(model, init, shards, held, args, dp: dict | None, initial: dict | N
         rounds = args.dp_rounds
     prob = DigitFederation(model, init, shards, held, settings, dp, args.seed, basis=basis, initial=initial,
                            reference=reference if dp is None else None)
+    # no flush when DP trains in the public basis: the update lies in its span, which Fed-CMP's sums
+    # (rank ≥ the basis' rank) carry whole, so the residual the flush would send is zero
     strat = build_strategy("fedcmp", dp=dp is not None, rank=args.rank, seed=args.seed,
-                           reliability=None if reference is not None or dp is not None else "off")
+                           reliability=None if reference is not None or dp is not None else "off",
+                           flush=basis is None or args.rank < args.dp_subspace)
     out = run_federation(prob, strat, rounds, metrics=("nll", "mc_accuracy"))
     model.load_projector_state(out["params"])
     if dp is not None:

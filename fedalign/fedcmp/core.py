@@ -55,7 +55,9 @@ Q, U, U_PREV, C_PREV = "Q", "U", "U_prev", "C_prev"  # public state
 D, D_BAR = "D", "D_bar"  # consensus reliability: unit-norm fresh coefficients; their mean (public)
 R = "R"  # reference reliability: the coordinator's own update from θ_t on its public set (public, m×n)
 RHO = "rho"  # a silo's own last ρ per matrix, kept in its private state (diagnostics, never sent)
-E = "e"  # a silo's error-feedback residual per matrix, kept in its private state (never sent)
+E = "e"  # a silo's error-feedback residual per matrix, kept in its private state (sent once: FE)
+FE = "wE"  # contribution in the run's final round only: w·e_k, the residual flushed beside the coefficients
+FLUSH = "flush"  # public flag, shape (1,): 1.0 in the run's final round (silos flush their residuals), else 0.0
 WD, WEIGHT = "wd", "weight"  # weighted small tensors; Σ w
 
 
@@ -256,10 +258,11 @@ def consensus_direction(sums: Sums, name: str) -> torch.Tensor:
     return s[key(name, D)] / s.n_silos
 
 
-def weighted_mean(sums: Sums, name: str) -> torch.Tensor:
-    """Σ w_k Δ_k / Σ w_k for a tensor that rides along as a plain weighted sum."""
+def weighted_mean(sums: Sums, name: str, part: str = WD) -> torch.Tensor:
+    """Σ w_k Δ_k / Σ w_k for a tensor that rides along as a plain weighted sum (``part`` FE: the
+    flushed residuals Σ w_k e_k / Σ w_k of the run's final round)."""
     s = _sums(sums, "weighted_mean")
-    return s[key(name, WD)] / _total_weight(s, "weighted_mean")
+    return s[key(name, part)] / _total_weight(s, "weighted_mean")
 
 
 def fuse_coefficients(sums: Sums, name: str, reliability_blend: bool, kappa: float = 1.0) -> torch.Tensor:

@@ -12,6 +12,7 @@ The round engine (networked or simulated) owns the order of calls; strategies ow
 Round protocol the engine follows (docs/fedcmp.md has the full contract)::
 
     public = strategy.init_public(params)            # round 0; later: last phase's outcome.public
+    public = strategy.round_public(public, final)    # what RoundStart carries (final: the run's last round)
     for phase in range(strategy.n_phases):
         c_k, state_k' = strategy.silo_contribution(phase, delta_k, w_k, public, state_k)
         out = strategy.aggregate(phase, secure_sum(c_k over silos), params, public, server_state)
@@ -96,8 +97,13 @@ class Strategy(Protocol):
     def init_silo_state(self, params: Tensors) -> Tensors:
         """A silo's private carried state at round 0 (e.g. error-feedback residuals)."""
 
-    def contribution_spec(self, phase: int, params: Tensors) -> dict[str, tuple[int, ...]]:
-        """Names and shapes of what each silo sends in ``phase`` (for payload sizes and masking)."""
+    def round_public(self, public: Tensors, final: bool) -> Tensors:
+        """The round's public values as RoundStart carries them: the carried ``public`` plus what
+        depends only on whether this is the run's ``final`` round (Fed-CMP: its flush flag)."""
+
+    def contribution_spec(self, phase: int, params: Tensors, public: Tensors | None = None) -> dict[str, tuple[int, ...]]:
+        """Names and shapes of what each silo sends in ``phase`` (for payload sizes and masking);
+        ``public``: the round's public values, when the spec depends on them (Fed-CMP's final round)."""
 
     def silo_contribution(
         self,
@@ -185,11 +191,12 @@ def contribution_problems(spec: Mapping[str, tuple[int, ...]], contribution: Map
     return [f"contribution {k!r} would be {got.get(k, 'absent')}, its spec is {want.get(k, 'absent')}" for k in diff]
 
 
-def payload_numbers(strategy: Strategy, params: Tensors) -> int:
-    """Numbers one silo uploads per round under ``strategy`` (sum over phases of its spec)."""
+def payload_numbers(strategy: Strategy, params: Tensors, public: Tensors | None = None) -> int:
+    """Numbers one silo uploads per round under ``strategy`` (sum over phases of its spec); ``public``:
+    the round's public values (``round_public(…, final=True)``: the final round, with Fed-CMP's flush)."""
     total = 0
     for phase in range(strategy.n_phases):
-        for shape in strategy.contribution_spec(phase, params).values():
+        for shape in strategy.contribution_spec(phase, params, public).values():
             n = 1
             for d in shape:
                 n *= int(d)

@@ -21,7 +21,7 @@ def build_strategy(
     """A strategy from CLI-style options; Fed-CMP switches left as None take their defaults (DP ones under DP).
 
     ``reliability_options``: further FedCMPConfig fields (rho_floor, rho_power, rho_smoothing, normalize,
-    reliable_basis)."""
+    reliable_basis, flush)."""
     extra = {k: v for k, v in reliability_options.items() if v is not None}
     if name != "fedcmp":
         given = {k: v for k, v in dict(rank=rank, error_feedback=error_feedback, reliability=reliability,

@@ -155,7 +155,9 @@ def simulate(
     silos: int = typer.Option(5, help="number of silos K"),
     rounds: int = typer.Option(10, help="rounds R (one pass: each round a fresh shard)"),
     strategy: str = typer.Option("fedcmp", help="fedcmp | fedavg | fedavg-lr0.5 | fedprox | fedavgm-b0.5 | fedavgm-b0.9 | fedadam | fedyogi"),
-    error_feedback: Optional[bool] = typer.Option(None, "--error-feedback/--no-error-feedback", help="Fed-CMP error feedback (default on; off under DP)"),
+    error_feedback: Optional[bool] = typer.Option(None, "--error-feedback/--no-error-feedback", help="Fed-CMP error feedback (default on, under DP too)"),
+    flush: Optional[bool] = typer.Option(None, "--flush/--no-flush", help="Fed-CMP: the final round also sums each "
+                                         "silo's error-feedback residual (default on)"),
     reliability: Optional[str] = typer.Option(None, help="Fed-CMP reliability fusion: off | blend | consensus | "
                                               "reference (the coordinator's update on its public set; the default)"),
     rho_floor: Optional[float] = typer.Option(None, help="Fed-CMP reliability: ρ below this counts as 0 (default 0)"),
@@ -212,7 +214,7 @@ def simulate(
 
 
 def run_simulation(
-    *, scenario, silos, rounds, strategy, error_feedback, reliability, rho_floor, rho_power, rho_smoothing,
+    *, scenario, silos, rounds, strategy, error_feedback, flush, reliability, rho_floor, rho_power, rho_smoothing,
     normalize, reliable_basis, public_size, reference_kind, kappa, beta, rank, server_lr, alpha, corruption,
     n_unreliable, samples_per_round, drop_unreliable, scenario_option, world, test_size, batch_size, lr,
     optimizer, local_epochs, physical_batch_size, seeds, dp, dp_noise, dp_clip, dp_epsilon, dp_delta, sum_kind,
@@ -233,7 +235,7 @@ def run_simulation(
         strat = build_strategy(strategy, dp=dp, rank=rank, error_feedback=error_feedback, reliability=reliability,
                                kappa=kappa, beta=beta, server_lr=server_lr, seed=seed, rho_floor=rho_floor,
                                rho_power=rho_power, normalize=normalize, reliable_basis=reliable_basis,
-                               rho_smoothing=rho_smoothing)
+                               rho_smoothing=rho_smoothing, flush=flush)
         opts = ProblemOptions(n_silos=silos, rounds=rounds, seed=seed, alpha=alpha, corruption=corruption,
                               n_unreliable=n_unreliable, samples_per_round=samples_per_round, dp=dp_opts,
                               extra={"world": world, **({"test_size": test_size} if test_size else {}),

@@ -59,8 +59,10 @@ def run_round(
     deltas: Sequence[Tensors],
     weights: Sequence[float],
     secure_sum: SumFn,
+    final: bool = False,
 ) -> tuple[FederatedState, RoundReport]:
-    """Run every phase of one round over all silos and return the next state (inputs untouched)."""
+    """Run every phase of one round over all silos and return the next state (inputs untouched);
+    ``final``: the run's last round (Fed-CMP's silos flush their residuals, :meth:`round_public`)."""
     if len(deltas) != len(state.silo_states) or len(weights) != len(deltas):
         raise ValueError(
             f"run_round: {len(deltas)} deltas, {len(weights)} weights, {len(state.silo_states)} silo states"
@@ -80,7 +82,8 @@ def run_round(
             inputs.append(arrays)
         return PhaseSum(sums_from_arrays(secure_sum(inputs), len(inputs), dtype=dtype), names)
 
-    out = run_phases(strategy, state.params, state.public, state.server_state, sum_phase)
+    public = strategy.round_public(state.public, final)
+    out = run_phases(strategy, state.params, public, state.server_state, sum_phase)
     report.metrics = out.metrics
     nxt = FederatedState(params=out.params, public=out.public, server_state=out.server_state,
                          silo_states=pending, round=state.round + 1)

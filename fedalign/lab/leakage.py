@@ -168,22 +168,27 @@ def attack_run(*, n_silos: int = 4, rounds: int = 2, options: dict | None = None
 
 
 def _map(phase: int, name: str, public: dict[str, np.ndarray], shape: tuple[int, int],
-         one_phase: bool = False) -> tuple[str, np.ndarray] | None:
-    """The matrix of the linear map X -> (what silo k adds to the sum), for one matrix ``name``
-    (``one_phase``: a mean-update strategy, whose sum is of X itself)."""
+         one_phase: bool = False) -> list[tuple[str, np.ndarray]] | None:
+    """The matrices of the linear maps X -> (what silo k adds to the sum), one per summed key of matrix
+    ``name`` (``one_phase``: a mean-update strategy, whose sum is of X itself; Fed-CMP's last phase with
+    the flush flag set also sums the residual (I − UUᵀ)X)."""
     m, n = shape
     if one_phase:
-        return fm.key(name, fm.WD), np.eye(m * n)
+        return [(fm.key(name, fm.WD), np.eye(m * n))]
     eye = np.eye(m * n).reshape(m * n, m, n)
     if phase == 0:
         q = public.get(fm.key(name, fm.Q))
         if q is None or q.ndim != 2 or q.shape[0] != n:
             return None
-        return fm.key(name, fm.P), np.stack([(b @ q).ravel() for b in eye], axis=1)
+        return [(fm.key(name, fm.P), np.stack([(b @ q).ravel() for b in eye], axis=1))]
     u = public.get(fm.key(name, fm.U))
     if u is None or u.ndim != 2 or u.shape[0] != m:
         return None
-    return fm.key(name, fm.A), np.stack([(u.T @ b).ravel() for b in eye], axis=1)
+    out = [(fm.key(name, fm.A), np.stack([(u.T @ b).ravel() for b in eye], axis=1))]
+    flag = public.get(fm.FLUSH)
+    if flag is not None and float(np.asarray(flag).reshape(-1)[0]) == 1.0:
+        out.append((fm.key(name, fm.FE), np.stack([(b - u @ (u.T @ b)).ravel() for b in eye], axis=1)))
+    return out
 
 
 def identifiable(run: AttackRun, *, tol: float = 1e-6) -> dict[tuple[str, str], float]:
@@ -212,18 +217,21 @@ def identifiable(run: AttackRun, *, tol: float = 1e-6) -> dict[tuple[str, str], 
                 blocks.append((lab, mp))
             if not ok or not blocks:
                 continue
-            key = blocks[0][1][0]
-            if key not in c.sums:
-                continue
-            rows_a.append(blocks)
-            rows_b.append(c.sums[key].ravel())
+            for key in sorted({k for _, mp in blocks for k, _ in mp}):
+                # every summed key of this matrix is one block of equations; a silo shown other public
+                # values (another flush flag) may not have added to this key: its map for it is zero
+                if key not in c.sums:
+                    continue
+                row = [(lab, dict(mp)[key]) for lab, mp in blocks if key in dict(mp)]
+                rows_a.append(row)
+                rows_b.append(c.sums[key].ravel())
         if not labels:
             continue
         d = next(iter(values.values())).size
         big = []
         for blocks in rows_a:
-            mat = np.zeros((blocks[0][1][1].shape[0], d * len(labels)))
-            for lab, (_, m) in blocks:
+            mat = np.zeros((blocks[0][1].shape[0], d * len(labels)))
+            for lab, m in blocks:
                 j = labels[lab]
                 mat[:, j * d:(j + 1) * d] += m
             big.append(mat)

@@ -80,7 +80,8 @@ def simulate_problem(
         local = [problem.local_update(state.params, k, t, strategy.prox_mu) for k in silos]
         cap = weight_cap or max(1, max(r.n_samples for r in local))
         weights = [silo_weight(r.n_samples, cap) for r in local]
-        state, report = run_round(strategy, state, [r.delta for r in local], weights, secure_sum)
+        state, report = run_round(strategy, state, [r.delta for r in local], weights, secure_sum,
+                                  final=t == rounds - 1)
         bytes_per_round.append(_mean(report.upload_bytes))
         rec = {
             "round": t + 1,
@@ -107,7 +108,10 @@ def simulate_problem(
         "silos": silos,
         **evaluated,
         "upload_bytes_per_silo_per_round": _mean(bytes_per_round),
-        "upload_bytes_per_silo_per_round_formula": 4 * payload_numbers(strategy, state.params),
+        # the mean over the run's rounds, the final one with what it adds (Fed-CMP's flushed residuals)
+        "upload_bytes_per_silo_per_round_formula": 4 * ((rounds - 1) * payload_numbers(strategy, state.params) +
+                                                        payload_numbers(strategy, state.params, strategy.round_public(
+                                                            state.public, True))) / max(rounds, 1),
     }
     return res
 

@@ -12,6 +12,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 
 from fedalign.fedcmp import core as fm
 from fedalign.lab.leakage import attack_run, random_declare, random_schedule, replace_public, worst
@@ -222,3 +223,107 @@ def test_a_mu_equivocated_to_one_silo_unmasks_nothing_and_a_pinned_mu_is_refused
     assert run.error is not None and not run.captured
     assert not any(t.prox_mu for t in run.trainers.values())  # refused before any training
     assert len({r["silo"] for r in run.refusals}) == 4 and all("mu = 50" in r["reason"] for r in run.refusals)
+
+
+# --- Fed-CMP's residual flush (issue 27 item 3): the run's final round also sums w·e_k, the part of each
+# silo's carried update its coefficients leave out, beside those coefficients. Same phase, same set: with
+# the coefficients it reveals Σ w·M_k over the round's one set, what a FedAvg round reveals. The harness
+# treats each round's input X = w·(Δ + e_prev) as its own unknown; it does not model that e_prev is a
+# function of the previous round's X (the aggregator's own view holds only sums over one set per round).
+
+FLUSH = {"error_feedback": True, "flush": True}
+
+
+def _flushed(run, t):
+    return [c for c in run.captured if c.round == t and any(k.endswith("/" + fm.FE) for k in c.sums)]
+
+
+def test_a_flushing_run_reveals_only_sums():
+    run = attack_run(n_silos=4, rounds=2, options=FLUSH)
+    assert run.error is None and len(run.history) == 2
+    assert _flushed(run, 1) and not _flushed(run, 0)  # the final round's last sum carried the residuals
+    assert worst(run) < NONE
+
+
+def test_the_harness_sees_one_silos_flushed_residual():
+    # the harness can fail: the final phase's two keys from one silo alone are its whole input
+    run = attack_run(n_silos=4, rounds=1, options=FLUSH)
+    c = _flushed(run, 0)[0]
+    one = c.included[0]
+    x = run.truth[(one, c.instance)]
+    u = {n: c.public[one][fm.key(n, fm.U)] for n in x}
+    forged = {**{fm.key(n, fm.A): u[n].T @ x[n] for n in x},
+              **{fm.key(n, fm.FE): x[n] - u[n] @ (u[n].T @ x[n]) for n in x}}
+    run.truth[(one, c.instance + 10_000)] = x
+    run.captured.append(type(c)(c.round, c.phase, c.instance + 10_000, (one,), forged, {one: c.public[one]}))
+    assert worst(run) > 0.99
+
+
+def _set_flush(value, rounds=(0,), silos=None):
+    def tamper(to, msg):
+        if type(msg).__name__ != "RoundStart" or msg.round not in rounds or (silos and to not in silos):
+            return msg
+        return replace_public(msg, {fm.FLUSH: np.array([value], dtype=np.float32)})
+    return tamper
+
+
+def _flag_every_round(monkeypatch, value):
+    """The aggregator's own strategy sets the flag to ``value`` in every round (what it signs and sends)."""
+    from fedalign.lab import leakage
+
+    real = leakage.make_strategy
+
+    def make(name, **opts):
+        s = real(name, **opts)
+        s.round_public = lambda public, final: {**real(name, **opts).round_public(public, True),
+                                                fm.FLUSH: torch.tensor([value])}
+        return s
+
+    monkeypatch.setattr(leakage, "make_strategy", make)
+
+
+def test_an_aggregator_that_flushes_every_round_learns_only_sums(monkeypatch):
+    # the flag is the aggregator's to set; set in every round, each round's last sum is Σ w·M_k over
+    # the round's set (a FedAvg round's worth), never one silo's
+    _flag_every_round(monkeypatch, 1.0)
+    run = attack_run(n_silos=4, rounds=2, options=FLUSH)
+    assert run.error is None and _flushed(run, 0) and _flushed(run, 1)
+    assert worst(run) < NONE
+
+
+def test_a_flush_flag_shown_to_one_silo_only_unmasks_nothing():
+    # round 0 of 2 is not the final round: silo-1 alone is told to flush; the signed view differs, so
+    # the sum aborts before anything is unmasked
+    run = attack_run(n_silos=4, rounds=2, options=FLUSH, tamper=_set_flush(1.0, silos=("silo-1",)),
+                     max_failed_rounds=1)
+    assert not [c for c in run.captured if c.round == 0 and c.phase == 1]
+    assert _abandoned(run) and "aborted" in _abandoned(run)[0]["reason"]
+    assert worst(run) < NONE
+
+
+def test_a_flush_flag_other_than_0_or_1_is_refused(monkeypatch):
+    _flag_every_round(monkeypatch, 0.5)
+    run = attack_run(n_silos=4, rounds=1, options=FLUSH, max_failed_rounds=1)
+    assert not run.captured
+    assert run.refusals and all("expected 0 or 1" in r["reason"] for r in run.refusals)
+
+
+def test_a_flush_flag_sent_to_silos_that_pinned_no_flush_is_refused(monkeypatch):
+    from fedalign.fedcmp.pin import StrategyPin
+
+    _flag_every_round(monkeypatch, 1.0)
+    # the silos run flush off whatever the options say: their own pinned strategy, told to flush
+    pin = StrategyPin("fedcmp", {"rank": 2, "reliability": "off", "error_feedback": True, "flush": False})
+    run = attack_run(n_silos=4, rounds=1, options={**FLUSH, "flush": False}, silo_policy={"strategy": pin},
+                     max_failed_rounds=1)
+    assert not _flushed(run, 0)
+    assert run.refusals and all("'flush' is not one this phase uses" in r["reason"] for r in run.refusals)
+
+
+def test_random_dropout_schedules_with_the_flush_reveal_only_sums():
+    rng = random.Random(2712)
+    for _ in range(3):
+        sched = random_schedule(rng, 5, 2, 2)
+        run = attack_run(n_silos=5, rounds=2, options=FLUSH, schedule=sched, declare=random_declare(rng, 5),
+                         step_deadline_s=0.4)
+        assert worst(run) < NONE, (sched, [(c.round, c.phase, c.included) for c in run.captured])

@@ -147,3 +147,40 @@ def test_silo_weight_clips_and_normalises():
     assert silo_weight(0, 100) == 0.0
     with pytest.raises(ValueError, match="cap"):
         silo_weight(3, 0)
+
+
+# --- Fed-CMP's residual flush (issue 27 item 3)
+
+def _run_final(strategy, ups, weights):
+    st = init_state(strategy, {"w": torch.zeros(4, 3, dtype=torch.float64), "b": torch.zeros(4, dtype=torch.float64)},
+                    len(weights))
+    for t, deltas in enumerate(ups):
+        st, _ = run_round(strategy, st, deltas, weights, plain_sum_insecure, final=t == len(ups) - 1)
+    return st
+
+
+@pytest.mark.parametrize("rounds", [1, 4])
+def test_a_flushed_rank1_fedcmp_run_leaves_no_movement_behind(rounds):
+    # β 0: the rank-1 coefficients carry part of each silo's carried update, the residual the rest; with
+    # the flush, the run's total step telescopes to Σ_t (weighted mean of Δ_t), what FedAvg applies
+    ups, w = _updates(rounds, 3, seed=rounds), WEIGHTS
+    flushed = _run_final(FedCMP(FedCMPConfig(rank=1, beta=0.0, reliability="off")), ups, w)
+    want = sum(_mean(d, w, "w") for d in ups)
+    torch.testing.assert_close(flushed.params["w"], want, atol=1e-10, rtol=1e-9)
+    assert all(float(s["w/e"].abs().max()) == 0.0 for s in flushed.silo_states)  # nothing carried on
+    kept = _run_final(FedCMP(FedCMPConfig(rank=1, beta=0.0, reliability="off", flush=False)), ups, w)
+    assert float((kept.params["w"] - want).norm()) > 0.1 * float(want.norm())  # without it, some is left
+    assert float(kept.silo_states[0]["w/e"].abs().max()) > 0
+
+
+def test_only_the_final_round_flushes_and_only_when_error_feedback_is_on():
+    s = FedCMP(FedCMPConfig(rank=1, reliability="off"))
+    params = {"w": torch.zeros(4, 3), "b": torch.zeros(4)}
+    pub = s.init_public(params)
+    assert float(s.round_public(pub, True)["flush"]) == 1.0 and float(s.round_public(pub, False)["flush"]) == 0.0
+    assert "w/wE" in s.contribution_spec(1, params, s.round_public(pub, True))
+    assert "w/wE" not in s.contribution_spec(1, params, s.round_public(pub, False))
+    assert "w/wE" not in s.contribution_spec(1, params)
+    assert "flush" not in FedCMP(FedCMPConfig(rank=1, error_feedback=False)).round_public(pub, True)
+    assert "flush" not in FedCMP(FedCMPConfig(rank=1, flush=False)).round_public(pub, True)
+    assert FedAvg().round_public(pub, True) == pub

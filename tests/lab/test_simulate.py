@@ -33,8 +33,9 @@ def test_cli_tiny_run_writes_metrics_final_and_png(tmp_path):
     final = json.loads((out / "final.json").read_text())
     assert final["secure_sum"] == PLAIN_LABEL and final["strategy"] == "fedcmp(rank=4)"
     assert [r["seed"] for r in final["runs"]] == [0, 1]
-    # bytes: phase 0 P (24×4) + phase 1 A (4×16), the default reliability's ρA (4×16) and ρ, bias 24, Σw; float32
-    assert final["upload_bytes_per_silo_per_round"] == 4 * (24 * 4 + 4 * 16 + 4 * 16 + 1 + 24 + 1)
+    # bytes: phase 0 P (24×4) + phase 1 A (4×16), the default reliability's ρA (4×16) and ρ, bias 24, Σw; float32;
+    # the last of the 3 rounds also carries the flushed residual (24×16), so the mean per round adds a third of it
+    assert final["upload_bytes_per_silo_per_round"] == 4 * (24 * 4 + 4 * 16 + 4 * 16 + 1 + 24 + 1) + 4 * 24 * 16 / 3
     for run in final["runs"]:
         assert run["upload_bytes_per_silo_per_round"] == run["upload_bytes_per_silo_per_round_formula"]
     assert final["nll"] == pytest.approx(sum(r["nll"] for r in final["runs"]) / 2)
@@ -179,7 +180,9 @@ def test_cli_dp_world_run_reports_no_image_baseline_and_derived_noise(tmp_path):
 def test_result_keeps_final_silo_states_and_weights_for_the_residual_probe():
     """The dp family's residual probe (fedalign.lab.experiments.dp.residual_probe) reads each silo's error-feedback residual after the last round."""
     prob = build_problem("toy", ProblemOptions(n_silos=3, seed=2))
-    res = simulate_problem(prob, make_strategy("fedcmp", rank=2, reliability="off", error_feedback=True), 2)
+    # without the flush: with it, the final round sends the residuals and resets them to 0
+    res = simulate_problem(prob, make_strategy("fedcmp", rank=2, reliability="off", error_feedback=True,
+                                               flush=False), 2)
     assert len(res.silo_states) == 3 and len(res.last_weights) == 3
     assert all(0 < w <= 1 for w in res.last_weights)
     matrices = [n for n, t in res.params.items() if t.ndim == 2]

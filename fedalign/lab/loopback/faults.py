@@ -112,7 +112,7 @@ def simulator_params(fed: LoopbackFederation, rounds: int) -> dict[str, torch.Te
     for r in range(rounds):
         res = [fed.fed.local_update(st.params, k, r, 0.0) for k in range(fed.n)]
         st, _ = run_round(strat, st, [x.delta for x in res], [min(x.n_samples, SHARD) / SHARD for x in res],
-                          plain_sum_insecure)
+                          plain_sum_insecure, final=r == rounds - 1)
     return st.params
 
 
@@ -249,7 +249,7 @@ def replay(fed: LoopbackFederation, attempts: dict[int, list[dict]], rounds: int
             arrays = {k: sum(p[k].astype(np.float64) for p in parts) for k in parts[0]}
             return PhaseSum(sums_from_arrays(arrays, len(inc), dtype=torch.float32), tuple(inc))
 
-        o = run_phases(strat, params, public, server, sum_phase)
+        o = run_phases(strat, params, strat.round_public(public, r == rounds - 1), server, sum_phase)
         params, public, server = o.params, o.public, o.server_state
     return params
 
