@@ -114,10 +114,12 @@ def launch(out: Path, timeout: float) -> None:
             procs[name] = subprocess.Popen(cmd, cwd=out, env=env, stdout=f, stderr=subprocess.STDOUT)
         say(f"started aggregator + {len(SILOS)} silos (logs in {logs})")
         deadline = time.time() + timeout
+        started, shown, last_note = time.time(), set(), time.time()
         while any(p.poll() is None for p in procs.values()):
             failed = {n: p.returncode for n, p in procs.items() if p.returncode not in (None, 0)}
             if failed or time.time() > deadline:
                 raise RuntimeError(f"failed: {failed}" if failed else f"timed out after {timeout:.0f}s")
+            last_note = progress(out / "aggregator-out" / "aggregator.jsonl", shown, started, last_note)
             time.sleep(0.5)
         failed = {n: p.returncode for n, p in procs.items() if p.returncode != 0}
         if failed:
@@ -138,6 +140,31 @@ def launch(out: Path, timeout: float) -> None:
     finally:
         for f in files:
             f.close()
+
+
+def progress(events: Path, shown: set, started: float, last_note: float) -> float:
+    """Print each round the aggregator starts and commits as its event log records it, and a line every
+    15 s while nothing new happens (no silent wait); returns when the last line was printed."""
+    from fedalign.compliance.eventlog import read_events
+
+    now = time.time()
+    for e in read_events(events):
+        key = (e.get("event"), e.get("round"))
+        if key in shown or key[0] not in ("round_started", "round_committed", "round_abandoned"):
+            continue
+        shown.add(key)
+        if key[0] == "round_committed":
+            say(f"  round {key[1]} committed: {len(e.get('survivors', []))} silos summed ({now - started:.0f}s)")
+        elif key[0] == "round_abandoned":
+            say(f"  round {key[1]} abandoned: {e.get('reason', '')} ({now - started:.0f}s)")
+        else:
+            say(f"  round {key[1]} started: the silos train under DP ({now - started:.0f}s)")
+        last_note = now
+    if now - last_note >= 15:
+        doing = "still running" if shown else "the silos load the frozen models and join"
+        say(f"  ... {doing} ({now - started:.0f}s)")
+        last_note = now
+    return last_note
 
 
 def payload_formula_numbers(params: dict, rank: int, reliability: bool) -> int:

@@ -234,15 +234,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--test-per-class", type=int, default=20, help="held-out digits per class")
     ap.add_argument("--dp", default="both", choices=("both", "off", "on"))
     ap.add_argument("--dp-rounds", type=int, default=2)
-    ap.add_argument("--dp-shard", type=int, default=200, help="digits per silo per round with DP (one round's data)")
-    ap.add_argument("--dp-batch", type=int, default=50, help="expected Poisson batch with DP (q = batch / shard)")
+    ap.add_argument("--dp-shard", type=int, default=600, help="digits per silo per round with DP (one round's data; "
+                    "2 x 600 = the 1,200 digits per silo the run without DP sees)")
+    ap.add_argument("--dp-batch", type=int, default=150, help="expected Poisson batch with DP (q = batch / shard)")
     ap.add_argument("--dp-passes", type=float, default=2.0, help="passes over each round's shard with DP")
     ap.add_argument("--dp-lr", type=float, default=0.1, help="AdamW lr with DP")
     ap.add_argument("--dp-subspace", type=int, default=10,
                     help="DP trains in a public subspace of this rank (0: all 1.07 M projector weights)")
     ap.add_argument("--dp-sigma", type=float, default=None,
                     help="noise multiplier (default: derived from --dp-epsilon and delta 1e-5 for the schedule)")
-    ap.add_argument("--dp-clip", type=float, default=1.0)
+    ap.add_argument("--dp-clip", type=float, default=0.02, help="per-sample clip norm C under DP (per-sample "
+                    "gradients sit ~100x below 1 here: results/notes/real_notes.md)")
     ap.add_argument("--dp-epsilon", type=float, default=8.0)
     ap.add_argument("--tokens", default="pooled", choices=("pooled", "grid"),
                     help="image tokens: the 2x2 grid's mean (1 token) or the grid (4 tokens)")
