@@ -47,12 +47,13 @@ from common_real import (Federation, build_model, cache_dir, caption_nll, genera
 from clipart_data import SILO_GROUPS, split  # noqa: E402
 
 PROMPT = "<image>\n"
-CONFIGS = ("warm", "fedavg", "fedavgm", "fedcmp", "central", "local", "dp_fedavg", "dp_fedcmp_sub", "dp_fedavgm",
-           "dp_local", "dp_fedcmp")
+CONFIGS = ("warm", "fedavg", "fedavgm", "fedcmp", "fedcmp_noflush", "central", "local", "dp_fedavg", "dp_fedcmp_sub",
+           "dp_fedavgm", "dp_local", "dp_fedcmp")
 DEFAULT_CONFIGS = ("warm", "fedavg", "fedavgm", "fedcmp", "central", "dp_fedavg", "dp_fedcmp_sub")
 # central: all silos' drawings of each round pooled, one trainer, no DP (the same drawings, the same passes);
 # local / dp_local: each silo alone from θ_0 on its own shards with the federation's recipe (no upload);
-# dp_fedcmp: Fed-CMP under DP at its own rank (64), optional;
+# dp_fedcmp: Fed-CMP under DP at its own rank (64), optional; fedcmp_noflush: Fed-CMP without the final-round
+# flush of its error-feedback residuals (docs/fedcmp.md), optional: what the flush is worth;
 # dp_fedcmp_sub: Fed-CMP under DP at rank = the public basis' rank: a silo's update U·C lies in the
 # r-dim span of the warm start's basis, so the rank-r sums carry it whole at a fraction of the upload
 FREE = {"configs": None, "seeds": None, "show": None, "dp_epsilons": None, "redo": None}  # settings a later
@@ -217,6 +218,7 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
            enumerate(np.array_split(rng.permutation(sp.public), max(1, len(sp.public) // args.shard)))]
 
     shard_idx: list[list[list[int]]] = []
+    cache: dict = {}  # θ_0 after one more public pass, for --dp-basis finetune (computed once a seed)
 
     def silo_shards(rounds, size, salt):
         r = np.random.default_rng([seed, salt])
@@ -247,13 +249,19 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
             say(f"  {key}: kept from {path}")
             continue
         dp_on = name.startswith("dp_")
-        strat_name = name.removeprefix("dp_").removesuffix("_sub")
+        strat_name = name.removeprefix("dp_").removesuffix("_sub").removesuffix("_noflush")
         rank = args.dp_subspace if name.endswith("_sub") else args.rank
         if dp_on:
             dp = dict(sigma=None, clip=args.dp_clip, epsilon=eps, delta=1e-5)
             st = TrainSettings(batch_size=args.dp_batch, lr=args.dp_lr, local_epochs=args.dp_passes,
                                physical_batch_size=args.dp_micro)
-            basis = warm_basis(theta0, init, args.dp_subspace) if args.dp_subspace else None
+            basis = None
+            if args.dp_subspace and args.dp_basis == "warm":
+                basis = warm_basis(theta0, init, args.dp_subspace)
+            elif args.dp_subspace:  # "finetune": where one more public pass moves θ_0 (public data only)
+                if "ft" not in cache:
+                    cache["ft"] = warm_start(model, theta0, pub[:1], settings, seed + 1)
+                basis = warm_basis(cache["ft"], theta0, args.dp_subspace)
             rounds, size = args.dp_rounds, args.dp_shard
         else:
             dp, st, basis, rounds, size = None, settings, None, args.rounds, args.shard
@@ -288,7 +296,8 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
         else:
             # the flush (Fed-CMP's residuals summed in the final round) is on, except where the residual is
             # zero by construction: DP updates lie in the public basis' span, which the rank-r sums carry whole
-            strat = (build_strategy("fedcmp", dp=dp_on, rank=rank, seed=seed, flush=basis is None)
+            strat = (build_strategy("fedcmp", dp=dp_on, rank=rank, seed=seed,
+                                    flush=basis is None and not name.endswith("_noflush"))
                      if strat_name == "fedcmp"
                      else build_strategy(PRESET.get(strat_name, strat_name)))
             uses_ref = getattr(getattr(strat, "config", None), "reliability", None) == "reference"
@@ -338,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dp-micro", type=int, default=128, help="micro-batch (physical batch) under DP")
     ap.add_argument("--redo", action="store_true", help="train rows an earlier invocation of --out already holds")
     ap.add_argument("--dp-subspace", type=int, default=16, help="rank of the warm start's public basis (0: all weights)")
+    ap.add_argument("--dp-basis", default="warm", choices=("warm", "finetune"),
+                    help="the public basis: top singular directions of θ_0 − θ_init (warm) or of one more public "
+                    "pass from θ_0 (finetune)")
     ap.add_argument("--eval-nll", type=int, default=150, help="held-out drawings for caption NLL")
     ap.add_argument("--eval-groups", type=int, default=5, help="retrieval groups of 10 held-out drawings")
     ap.add_argument("--tokens", default="pooled", choices=("pooled", "grid"), help="1 image token or the 2x2 grid")

@@ -21,11 +21,13 @@ BASE_ROWS = (("no_image", "same LM, no image", "none"), ("warm", "public warm st
              ("local", "local-only, no DP: mean over silos", "local"),
              ("local:best", "local-only, no DP: best single silo", "local"),
              ("fedavg", "FedAvg, no DP", "nodp"), ("fedavgm", "FedAvgM β 0.5, no DP", "nodp"),
-             ("fedcmp", "Fed-CMP, no DP", "nodp"), ("central", "centralized, no DP (all silos pooled)", "central"))
+             ("fedcmp", "Fed-CMP, no DP", "nodp"),
+             ("fedcmp_noflush", "Fed-CMP without the final flush of its residuals, no DP", "nodp"),
+             ("central", "centralized, no DP (all silos pooled)", "central"))
 DP_ROWS = (("dp_fedavg", "FedAvg, DP ε {e}"), ("dp_fedavgm", "FedAvgM β 0.5, DP ε {e}"),
            ("dp_fedcmp_sub", "Fed-CMP at the public basis' rank, DP ε {e}"),
            ("dp_local", "local-only, DP ε {e}: mean over silos"), ("dp_local:best", "local-only, DP ε {e}: best single silo"))
-OPTIONAL = {"dp_fedcmp"}  # Fed-CMP under DP at its own rank: shown when run, not one of issue 27's rows
+OPTIONAL = {"dp_fedcmp", "fedcmp_noflush"}  # shown when run, not one of issue 27's rows
 
 
 def key_for(name: str, eps: float, default: float) -> str:
@@ -118,8 +120,10 @@ def build(seeds: list[dict]) -> str:
         f"lr {a['lr']}); with DP {a['dp_rounds']} rounds × {a['dp_shard']} fresh drawings per silo (each round's shard "
         f"disjoint: the rounds compose in parallel), expected Poisson batch {a['dp_batch']} (micro-batches "
         f"{a.get('dp_micro', 64)}), {a['dp_passes']:g} pass(es) over a round's shard, clip {a['dp_clip']}, AdamW lr "
-        f"{a['dp_lr']}, σ derived from ε (δ 1e-5) per silo by the silo's accountant (RDP), training in the warm "
-        f"start's public basis (rank {a['dp_subspace']}: {dims(a)} trained and noised numbers). Fed-CMP rank {a['rank']} "
+        f"{a['dp_lr']}, σ derived from ε (δ 1e-5) per silo by the silo's accountant (RDP), training in a public "
+        f"basis (rank {a['dp_subspace']}: {dims(a)} trained and noised numbers; the top left singular directions of "
+        + ("one more pass over the public set from θ_0" if a.get("dp_basis") == "finetune" else "θ_0 − θ_init")
+        + ", public data only). Fed-CMP rank {a['rank']} "
         f"(reliability \"reference\" without DP, off under DP). All federated sums over real SecAgg. Local-only: "
         "each silo trained alone from θ_0 on its own shards with the same recipe (no upload). Centralized: every "
         "silo's round-t shard pooled and trained by one trainer, the same rounds and passes.",
@@ -194,6 +198,9 @@ def build(seeds: list[dict]) -> str:
     sd = st.stdev(diff) if len(diff) > 1 else 0.0
     check("non-DP Fed-CMP ties or beats FedAvgM β 0.5: NLL(Fed-CMP) − NLL(FedAvgM), tie = within one paired std",
           diff, lambda m: m <= sd)
+    if any(row(s, "fedcmp_noflush") for s in seeds):
+        check("(context) what the final flush is worth without DP: NLL(Fed-CMP) − NLL(Fed-CMP without the flush)",
+              paired(seeds, lambda s: nll(s, "fedcmp") - nll(s, "fedcmp_noflush")), None)
     for eps in EPS[1:]:  # the same two checks at the lower budgets, when run
         k_avg, k_cmp = key_for("dp_fedavg", eps, a["dp_epsilon"]), key_for("dp_fedcmp_sub", eps, a["dp_epsilon"])
         if any(row(s, k_avg) for s in seeds):

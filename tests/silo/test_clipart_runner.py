@@ -72,6 +72,12 @@ def test_table_rows_not_run_and_best_silo():
     line = next(x for x in text.splitlines() if x.startswith("| … at ≥ 3× less upload"))
     assert "4.00" in line and line.endswith("| yes |")
     assert "Fed-CMP rank 64, DP ε 8" not in text  # an optional row, absent when not run
+    assert "without the final flush" not in text
+    seeds[0]["rows"]["fedcmp_noflush"] = _r(3.95)
+    text = table.build(seeds)
+    assert "| Fed-CMP without the final flush of its residuals, no DP | 128/silo | 3.950 (n=1) |" in text
+    assert "| (context) what the final flush is worth without DP: NLL(Fed-CMP) − NLL(Fed-CMP without the flush) " \
+           "| -0.050 (n=1) | context |" in text
 
 
 if __name__ == "__main__":
