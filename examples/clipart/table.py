@@ -123,7 +123,7 @@ def build(seeds: list[dict]) -> str:
         f"{a['dp_lr']}, σ derived from ε (δ 1e-5) per silo by the silo's accountant (RDP), training in a public "
         f"basis (rank {a['dp_subspace']}: {dims(a)} trained and noised numbers; the top left singular directions of "
         + ("one more pass over the public set from θ_0" if a.get("dp_basis") == "finetune" else "θ_0 − θ_init")
-        + ", public data only). Fed-CMP rank {a['rank']} "
+        + f", public data only). Fed-CMP rank {a['rank']} "
         f"(reliability \"reference\" without DP, off under DP). All federated sums over real SecAgg. Local-only: "
         "each silo trained alone from θ_0 on its own shards with the same recipe (no upload). Centralized: every "
         "silo's round-t shard pooled and trained by one trainer, the same rounds and passes.",
