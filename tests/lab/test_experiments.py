@@ -35,7 +35,7 @@ def test_results_holds_generated_tables_and_run_lines_only():
     by_others = {"clipart.md", "clipart_captions.png", "robustness.md", "gpu", "notes"}  # examples', benchmarks'
     assert {p.name for p in RESULTS.iterdir()} <= generated | by_others
     assert {p.name for p in (RESULTS / "notes").iterdir()} == {"dp_notes.md", "fedcmp_notes.md", "real_notes.md",
-                                                            "clipart_tuning.md"}
+                                                            "clipart_tuning.md", "clipart_sweep.md"}
 
 
 def _invoke(*args):
