@@ -218,7 +218,7 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
            enumerate(np.array_split(rng.permutation(sp.public), max(1, len(sp.public) // args.shard)))]
 
     shard_idx: list[list[list[int]]] = []
-    cache: dict = {}  # θ_0 after one more public pass, for --dp-basis finetune (computed once a seed)
+    theta_ft = None  # θ_0 after one more public pass, for --dp-basis finetune (computed once a seed)
 
     def silo_shards(rounds, size, salt):
         r = np.random.default_rng([seed, salt])
@@ -259,9 +259,9 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
             if args.dp_subspace and args.dp_basis == "warm":
                 basis = warm_basis(theta0, init, args.dp_subspace)
             elif args.dp_subspace:  # "finetune": where one more public pass moves θ_0 (public data only)
-                if "ft" not in cache:
-                    cache["ft"] = warm_start(model, theta0, pub[:1], settings, seed + 1)
-                basis = warm_basis(cache["ft"], theta0, args.dp_subspace)
+                if theta_ft is None:
+                    theta_ft = warm_start(model, theta0, pub[:1], settings, seed + 1)
+                basis = warm_basis(theta_ft, theta0, args.dp_subspace)
             rounds, size = args.dp_rounds, args.dp_shard
         else:
             dp, st, basis, rounds, size = None, settings, None, args.rounds, args.shard

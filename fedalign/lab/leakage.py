@@ -200,8 +200,7 @@ def identifiable(run: AttackRun, *, tol: float = 1e-6) -> dict[tuple[str, str], 
     for name in names:
         labels: dict[str, int] = {}
         values: dict[str, np.ndarray] = {}
-        owner: dict[str, str] = {}
-        rows_a, rows_b = [], []
+        rows = []  # one block of equations per summed key: (silo input label, its map) per included silo
         for c in run.captured:
             blocks = []
             ok = True
@@ -213,23 +212,20 @@ def identifiable(run: AttackRun, *, tol: float = 1e-6) -> dict[tuple[str, str], 
                     break
                 lab = f"{s}:{hashlib.sha256(x[name].tobytes()).hexdigest()[:12]}"
                 labels.setdefault(lab, len(labels))
-                values[lab], owner[lab] = x[name].ravel(), s
-                blocks.append((lab, mp))
+                values[lab] = x[name].ravel()
+                blocks.append((lab, dict(mp)))
             if not ok or not blocks:
                 continue
-            for key in sorted({k for _, mp in blocks for k, _ in mp}):
+            for key in sorted({k for _, mp in blocks for k in mp}):
                 # every summed key of this matrix is one block of equations; a silo shown other public
                 # values (another flush flag) may not have added to this key: its map for it is zero
-                if key not in c.sums:
-                    continue
-                row = [(lab, dict(mp)[key]) for lab, mp in blocks if key in dict(mp)]
-                rows_a.append(row)
-                rows_b.append(c.sums[key].ravel())
+                if key in c.sums:  # which equations, not their values: identifiability is the row space's
+                    rows.append([(lab, mp[key]) for lab, mp in blocks if key in mp])
         if not labels:
             continue
         d = next(iter(values.values())).size
         big = []
-        for blocks in rows_a:
+        for blocks in rows:
             mat = np.zeros((blocks[0][1].shape[0], d * len(labels)))
             for lab, m in blocks:
                 j = labels[lab]

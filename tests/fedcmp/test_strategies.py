@@ -21,11 +21,17 @@ def _updates(rounds, n_silos, seed=0):
     ]
 
 
+def _state(strategy, ups, weights):
+    """The state after one round per entry of ``ups``, the last marked as the run's final round."""
+    st = init_state(strategy, {"w": torch.zeros(4, 3, dtype=torch.float64), "b": torch.zeros(4, dtype=torch.float64)},
+                    len(weights))
+    for t, deltas in enumerate(ups):
+        st, _ = run_round(strategy, st, deltas, weights, plain_sum_insecure, final=t == len(ups) - 1)
+    return st
+
+
 def _run(strategy, ups, weights):
-    st = init_state(strategy, {"w": torch.zeros(4, 3, dtype=torch.float64), "b": torch.zeros(4, dtype=torch.float64)}, len(weights))
-    for deltas in ups:
-        st, _ = run_round(strategy, st, deltas, weights, plain_sum_insecure)
-    return st.params
+    return _state(strategy, ups, weights).params
 
 
 def _mean(deltas, weights, n):
@@ -151,24 +157,16 @@ def test_silo_weight_clips_and_normalises():
 
 # --- Fed-CMP's residual flush (issue 27 item 3)
 
-def _run_final(strategy, ups, weights):
-    st = init_state(strategy, {"w": torch.zeros(4, 3, dtype=torch.float64), "b": torch.zeros(4, dtype=torch.float64)},
-                    len(weights))
-    for t, deltas in enumerate(ups):
-        st, _ = run_round(strategy, st, deltas, weights, plain_sum_insecure, final=t == len(ups) - 1)
-    return st
-
-
 @pytest.mark.parametrize("rounds", [1, 4])
 def test_a_flushed_rank1_fedcmp_run_leaves_no_movement_behind(rounds):
     # β 0: the rank-1 coefficients carry part of each silo's carried update, the residual the rest; with
     # the flush, the run's total step telescopes to Σ_t (weighted mean of Δ_t), what FedAvg applies
     ups, w = _updates(rounds, 3, seed=rounds), WEIGHTS
-    flushed = _run_final(FedCMP(FedCMPConfig(rank=1, beta=0.0, reliability="off")), ups, w)
+    flushed = _state(FedCMP(FedCMPConfig(rank=1, beta=0.0, reliability="off")), ups, w)
     want = sum(_mean(d, w, "w") for d in ups)
     torch.testing.assert_close(flushed.params["w"], want, atol=1e-10, rtol=1e-9)
     assert all(float(s["w/e"].abs().max()) == 0.0 for s in flushed.silo_states)  # nothing carried on
-    kept = _run_final(FedCMP(FedCMPConfig(rank=1, beta=0.0, reliability="off", flush=False)), ups, w)
+    kept = _state(FedCMP(FedCMPConfig(rank=1, beta=0.0, reliability="off", flush=False)), ups, w)
     assert float((kept.params["w"] - want).norm()) > 0.1 * float(want.norm())  # without it, some is left
     assert float(kept.silo_states[0]["w/e"].abs().max()) > 0
 
