@@ -156,6 +156,35 @@ def reference(
     run_command(body, debug)
 
 
+def public_basis(
+    config: Optional[Path] = ConfigOpt,
+    init: Path = typer.Option(..., "--init", help="θ_0: the run's initial projector (aggregator.toml init.params)"),
+    rank: int = typer.Option(16, "--rank", min=1, help="directions per weight matrix"),
+    out: Path = typer.Option(Path("public_basis.safetensors"), "--out", help="the basis file to write"),
+    passes: int = typer.Option(1, "--passes", min=1, help="passes over the public set from θ_0"),
+    sets: Optional[list[str]] = SetOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """A public basis for DP training (silo.toml train.public_basis), from the coordinator's public set.
+
+    The config is the reference's: the silos' models, the public set as data, privacy off.
+    Trains --passes passes from θ_0 and writes, per weight matrix, the top --rank left singular
+    directions of that movement (docs/silo.md). Give the file to every silo."""
+
+    def body():
+        cfg = load_config_from_cli(config, config_overrides(sets))
+        from fedalign.silo.reference import make_public_basis, read_params
+        from fedalign.silo.subspace import save_basis
+
+        theta0, sha0 = read_params(init, "--init")
+        bases = make_public_basis(cfg, theta0, rank, passes=passes, notify=say)
+        sha = save_basis(bases, out, init_sha256=sha0, rank=str(rank), passes=str(passes))
+        typer.echo(f"wrote {out} (sha256 {sha[:16]}…): rank {rank} for {', '.join(sorted(bases))}, from θ_0 "
+                   f"{init} after {passes} public pass(es); set train.public_basis in every silo's silo.toml")
+
+    run_command(body, debug)
+
+
 def keygen(
     name: str = typer.Option(..., "--name", help="this silo's id (as in the roster)"),
     out: Path = typer.Option(Path("keys"), "--out", help="directory for the key files"),
@@ -208,6 +237,7 @@ def build_app() -> typer.Typer:
 
     for command in (train, describe, reference, keygen, status):
         app.command()(command)
+    app.command("public-basis")(public_basis)
     from fedalign.silo.audit import app as audit_app
 
     app.add_typer(audit_app, name="audit")

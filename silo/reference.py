@@ -9,6 +9,9 @@ nothing private is in it. Requests and answers follow the line protocol of
 trainer settings) on public shard t mod n, with the generator seeded by ``reference_seed(train.seed,
 t)`` — the same round gives the same Δ_ref after either side restarts — and writes Δ_ref
 atomically. Progress and everything else go to stderr. Files cross this boundary as safetensors only.
+
+The same public set also gives the silos a public basis to train in under DP (``silo public-basis``,
+:func:`make_public_basis`): where ``passes`` more passes over it move θ_0, per weight matrix.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from fedalign.protocol.errors import ConfigError, DataError, FedAlignError
 from fedalign.protocol.reference import answer_line, parse_request, reference_seed
 from fedalign.silo.trainer import LocalTrainer, Params, ShardData, TrainSettings, prepare_shard
 
-__all__ = ["ReferenceTrainer", "serve_requests"]
+__all__ = ["ReferenceTrainer", "serve_requests", "make_public_basis", "read_params"]
 
 
 class ReferenceTrainer:
@@ -55,19 +58,64 @@ class ReferenceTrainer:
     def n_records(self) -> int:
         return sum(len(s) for s in self.shards)
 
-    def update(self, round_id: int, params: Params) -> tuple[Params, int]:
-        """Δ_ref for round ``round_id`` from θ_t = ``params``, and the samples it saw."""
+    def check_params(self, params: Params, what: str) -> None:
         own = {k: tuple(v.shape) for k, v in self.model.projector_state().items()}
         got = {k: tuple(v.shape) for k, v in params.items()}
         if own != got:
-            raise ConfigError(f"θ_{round_id} has tensors {got}; the reference's projector for these models has {own} "
+            raise ConfigError(f"{what} has tensors {got}; the reference's projector for these models has {own} "
                               "(the reference's [model] must be the silos' models)")
-        i = round_id % len(self.shards)
+
+    def shard(self, i: int) -> ShardData:
         if i not in self._prepared:
             self._prepared[i] = prepare_shard(self.model, self.shards[i], shard_index=i)
+        return self._prepared[i]
+
+    def update(self, round_id: int, params: Params) -> tuple[Params, int]:
+        """Δ_ref for round ``round_id`` from θ_t = ``params``, and the samples it saw."""
+        self.check_params(params, f"θ_{round_id}")
         self.trainer.generator.manual_seed(reference_seed(self.cfg.train.seed, round_id))
-        res = self.trainer.train_round(params, self._prepared[i])
+        res = self.trainer.train_round(params, self.shard(round_id % len(self.shards)))
         return {k: v.detach().cpu().contiguous() for k, v in res.delta.items()}, res.n_samples
+
+
+def read_params(path: Path, what: str) -> tuple[Params, str]:
+    """A projector file in our, LLaVA's or HF Llava's layout (safetensors: no code runs): ``(θ, sha256)``."""
+    import hashlib
+
+    from safetensors.torch import load
+
+    from fedalign.projector.keys import to_our_layout
+
+    try:
+        data = Path(path).read_bytes()
+        state = load(data)
+    except Exception as e:  # noqa: BLE001 - any failure is a bad argument
+        raise ConfigError(f"{what}: cannot read {path} as safetensors ({e}); give the run's θ_0 file") from None
+    return to_our_layout(state), hashlib.sha256(data).hexdigest()
+
+
+def make_public_basis(cfg: SiloConfig, theta0: Params, rank: int, *, passes: int = 1,
+                      notify: Callable[[str], None] | None = None) -> dict[str, torch.Tensor]:
+    """A public basis for DP training (``[train] public_basis``): per weight matrix, the top-``rank`` left
+    singular directions of where ``passes`` passes over the public set in ``cfg`` move θ_0 (privacy off;
+    the silos' trainer settings). Measured on OpenClipart against the warm start's own directions:
+    results/notes/clipart_sweep.md."""
+    from fedalign.silo.subspace import public_basis
+
+    say = notify or (lambda line: None)
+    ref = ReferenceTrainer(cfg, notify=notify)
+    ref.check_params(theta0, "θ_0")
+    ref.trainer.generator.manual_seed(cfg.train.seed)
+    params = {k: v.to(ref.model.device) for k, v in theta0.items()}
+    for p in range(passes):
+        for i in range(len(ref.shards)):
+            params = {k: params[k] + d for k, d in ref.trainer.train_round(params, ref.shard(i)).delta.items()}
+        say(f"public pass {p + 1}/{passes} over {ref.n_records} records done")
+    bases = public_basis({k: v.cpu() for k, v in params.items()}, {k: v.cpu() for k, v in theta0.items()}, rank)
+    if not bases:
+        raise DataError(f"{cfg.base_dir}: {passes} pass(es) over the public set did not move θ_0, or rank {rank} "
+                        "is not below every weight's smaller side; nothing was written")
+    return bases
 
 
 def _reply(out: TextIO, **fields: Any) -> None:

@@ -10,7 +10,11 @@ aggregate of U·C_k lies in span(U), so Fed-CMP's rank-r sums carry it without t
 The basis here (:func:`public_basis`) is the top-r left singular subspace of the global
 projector's cumulative update θ_t − θ_0: θ_0 and θ_t are known to every silo (θ_t is a
 post-processed DP release), so U costs no privacy. At round 0 there is no cumulative update and
-training is full-rank.
+training is full-rank. A fixed basis made from public data by the coordinator (``silo
+public-basis``: one pass over its public set from θ_0) travels as a safetensors file
+(:func:`save_basis`, :func:`load_basis`; ``[train] public_basis`` in silo.toml). Whatever U a
+silo is given, DP holds: the clipping and the noise act on the coefficients, and U·C is
+post-processing; U only decides where the update can go.
 
 :class:`SubspaceProjector` realises W = W_t + U·C for ``nn.Linear`` layers as
 ``frozen(x) + u(c(x))`` with ``c`` = Linear(n→r) (trainable, starts at 0) and ``u`` =
@@ -23,7 +27,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["public_basis", "SubspaceProjector", "subspace_numel"]
+__all__ = ["public_basis", "SubspaceProjector", "subspace_numel", "save_basis", "load_basis"]
+
+ORTHONORMAL_TOL = 1e-3  # max |UᵀU − I| a basis file may show (float32 round-off is ~1e-6)
 
 
 @torch.no_grad()
@@ -128,3 +134,66 @@ def subspace_numel(projector: nn.Sequential, rank: int) -> int:
     bases = {f"{i}.weight": torch.zeros(layer.out_features, rank) for i, layer in enumerate(projector)
              if isinstance(layer, nn.Linear) and rank < min(layer.weight.shape)}
     return SubspaceProjector(projector, bases).trainable_numel()
+
+
+def save_basis(bases: dict[str, torch.Tensor], path, **meta: str) -> str:
+    """Write U per weight (m×r) as safetensors, ``meta`` as its string metadata, atomically and readable
+    by all (it is public); returns the file's SHA-256."""
+    import hashlib
+
+    from safetensors.torch import save
+
+    from fedalign.host.atomic import atomic_write_bytes
+
+    data = save({k: v.detach().float().contiguous().cpu() for k, v in bases.items()},
+                metadata={"made_by": "fedalign public basis", **{k: str(v) for k, v in meta.items()}})
+    atomic_write_bytes(path, data, 0o644)
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_basis(path, projector_state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+    """A basis file checked against this silo's projector: ``(bases, sha256)``.
+
+    Every tensor must name a 2-D weight of the projector (``"<index>.weight"``), have that weight's
+    row count m and 1 ≤ r < min(m, n) columns, be finite and orthonormal (|UᵀU − I| ≤ 1e-3).
+    ConfigError naming the file, the tensor and what to do otherwise; nothing is trained before.
+    """
+    import hashlib
+    from pathlib import Path
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    from fedalign.protocol.errors import ConfigError
+
+    path = Path(path)
+    fix = "make it with `silo public-basis` from the run's θ_0 and these models"
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"train.public_basis: cannot read {path} ({e.strerror}); {fix}") from None
+    try:
+        bases = load(data)
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"train.public_basis: {path} is not a safetensors file ({e}); {fix}") from None
+    if not bases:
+        raise ConfigError(f"train.public_basis: {path} holds no tensors; {fix}")
+    for k, U in bases.items():
+        w = projector_state.get(k)
+        if w is None or w.ndim != 2:
+            names = sorted(n for n, v in projector_state.items() if v.ndim == 2)
+            raise ConfigError(f"train.public_basis: {path}: tensor {k!r} names no weight matrix of this projector "
+                              f"(it has {names}); {fix}")
+        m, n = w.shape
+        if U.ndim != 2 or U.shape[0] != m or not 1 <= U.shape[1] < min(m, n):
+            raise ConfigError(f"train.public_basis: {path}: {k!r} has shape {tuple(U.shape)}; the weight is {m}×{n}, "
+                              f"so the basis must be {m}×r with 1 ≤ r < {min(m, n)}; {fix}")
+        U64 = U.double()
+        if not torch.isfinite(U64).all():
+            raise ConfigError(f"train.public_basis: {path}: {k!r} holds NaN or infinite values; {fix}")
+        err = float((U64.T @ U64 - torch.eye(U.shape[1], dtype=torch.float64)).abs().max())
+        if err > ORTHONORMAL_TOL:
+            raise ConfigError(f"train.public_basis: {path}: {k!r}'s columns are not orthonormal (|UᵀU − I| = "
+                              f"{err:.3g} > {ORTHONORMAL_TOL:g}); {fix}")
+        bases[k] = U.to(w.dtype)
+    return bases, hashlib.sha256(data).hexdigest()

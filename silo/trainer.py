@@ -176,7 +176,7 @@ class LocalTrainer:
 
     def __init__(self, model: AlignmentModel, settings: TrainSettings, *, dp: DPSettings | None = None,
                  accountant: PrivacyAccountant | None = None, generator: torch.Generator | None = None,
-                 group: Any = None, plan: DPPlan | None = None):
+                 group: Any = None, plan: DPPlan | None = None, basis: Params | None = None):
         if dp is not None and accountant is None:
             raise PrivacyError("DP training needs a PrivacyAccountant (the budget must be checked)")
         self.model = model
@@ -187,6 +187,7 @@ class LocalTrainer:
         self._dp_gen = dp_generator(dp.insecure_seed, model.device) if dp else None
         self._sample_gen = dp_generator(None if dp.insecure_seed is None else dp.insecure_seed + 1) if dp else None
         self.group = group
+        self.basis = basis or None  # the run's fixed public basis (silo.subspace): every round trains in it
         self.dp_plan: DPPlan | None = None
         if plan is not None and dp is not None:  # the run's plan, completed with how many values this model noises
             self.dp_plan = plan if plan.n_params else replace(plan, n_params=self._noised_values())
@@ -197,6 +198,10 @@ class LocalTrainer:
 
     # -- planning -------------------------------------------------------------------------
     def _noised_values(self) -> int:
+        if self.basis:
+            from fedalign.silo.subspace import SubspaceProjector
+
+            return SubspaceProjector(self.model.projector, self.basis).trainable_numel()
         return sum(p.numel() for p in self.model.projector.parameters())
 
     def plan_dp(self, shard_sizes: Sequence[int]) -> DPPlan | None:
@@ -261,12 +266,14 @@ class LocalTrainer:
         """Train from ``global_params`` on ``shard``; return Δ, count, metrics, ε (charged).
 
         ``basis`` (weight name -> U, m×r, public and shared): train those weights only as
-        W_t + U·C (:mod:`silo.subspace`); under DP the noise then lives in r·n dimensions.
+        W_t + U·C (:mod:`silo.subspace`); under DP the noise then lives in r·n dimensions. Without
+        it, the trainer's own fixed ``basis`` (given at construction), if any.
         ``admitted``: this round's charge as :meth:`admit` returned it before the shard was drawn;
         without it the round is admitted here, before any compute.
         ``prox_mu``: the round strategy's FedProx weight (``Strategy.prox_mu``; 0 for the others),
         so a federated silo trains with the μ the aggregator's strategy names, as the lab does."""
         model, s = self.model, self.settings
+        basis = basis or self.basis
         if basis and prox_mu > 0:
             raise PrivacyError("FedProx with subspace training is not supported")
         n = shard.size

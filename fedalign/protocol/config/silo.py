@@ -105,6 +105,8 @@ class TrainSection(StrictModel):
     physical_batch_size: int | None = Field(None, ge=1, description="memory bound: run each logical batch as "
                                             "micro-batches of at most this many records (one optimizer step)")
     seed: int = 0
+    public_basis: Path | None = Field(None, description="a public basis file (`silo public-basis`): train each "
+                                      "weight only as W_t + U·C, so DP's noise lives in r·n values per matrix")
 
     @model_validator(mode="before")
     @classmethod
