@@ -307,6 +307,7 @@ class LocalTrainer:
         for p in params:
             p.requires_grad_(True)
         opt = self._optimizer(params)
+        opt.zero_grad(set_to_none=True)  # a gradient left on the projector by other code must not enter step 1
         named = list(model.projector.named_parameters())
         prox = self._prox(named, anchor, prox_mu) if prox_mu > 0 else None
         dp = None

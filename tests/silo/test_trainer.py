@@ -52,6 +52,20 @@ def test_same_seed_same_delta_without_dp(tiny_model, shards):
     torch.testing.assert_close(d[0], d[1])
 
 
+def test_a_gradient_left_on_the_projector_does_not_enter_the_first_step(tiny_model, shards):
+    # another user of the model (a public-gradient probe, an evaluation with grad on) left .grad behind
+    theta = _init(tiny_model)
+
+    def delta():
+        return LocalTrainer(tiny_model, TrainSettings(batch_size=8, local_steps=3, optimizer="sgd", lr=0.1),
+                            generator=torch.Generator().manual_seed(1)).train_round(theta, shards["small"]).delta
+
+    clean = delta()
+    for p in tiny_model.projector.parameters():
+        p.grad = torch.full_like(p, 100.0)
+    torch.testing.assert_close(delta(), clean)
+
+
 def test_fedprox_pulls_towards_global(tiny_model, shards):
     theta = _init(tiny_model)
     norms = []
