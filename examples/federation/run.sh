@@ -40,6 +40,7 @@ for s in $silos; do
 done
 waitall "${ds[@]}"
 aggregator init --model-card hospital-a.card.json --model-card hospital-b.card.json --model-card hospital-c.card.json --out init_projector.safetensors
+silo public-basis --config public.toml --init init_projector.safetensors --rank 8 --out public_basis.safetensors
 
 # the run: the aggregator and the three silos
 aggregator serve --config aggregator.toml > aggregator.log 2>&1 & pids+=($!)

@@ -3,6 +3,7 @@ keys, roster, model cards, init, serve and three silos over loopback (embedded t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -44,6 +45,7 @@ def test_the_federation_example_runs(tmp_path):
     logs = "\n".join(f"--- {f.name}\n{f.read_text()[-2000:]}" for f in sorted(work.glob("*.log")))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:] + logs
     agg = (work / "aggregator.log").read_text()
+    basis_sha = hashlib.sha256((work / "public_basis.safetensors").read_bytes()).hexdigest()
     assert "done: 2 rounds committed" in agg and "silo hospital-a connected" in agg
     for s in ("hospital-a", "hospital-b", "hospital-c"):
         out = work / f"{s}-out"
@@ -52,6 +54,10 @@ def test_the_federation_example_runs(tmp_path):
         assert summary["data"]["kept"] == 64 and summary["data"]["skipped"] == 0
         assert (out / "mm_projector.safetensors").is_file()  # where `silo train --local` puts it too
         assert "joined the aggregator" in (work / f"{s}.log").read_text()
+        # DP trained in the coordinator's public basis: the ledger's plan names that file and its rank-8 span
+        plan = [json.loads(x) for x in (out / "state" / "ledger.jsonl").read_text().splitlines() if '"dp_plan"' in x]
+        assert plan[0]["public_basis_sha256"] == basis_sha and set(plan[0]["public_basis_rank"].values()) == {8}
+        assert plan[0]["n_params"] == 2 * 8 * 32 + 2 * 32  # r·n per 32×32 weight and the biases, not 2,112
         # Fed-CMP's default reliability: each silo logs its own ρ per round (private: the sums carry w·ρ)
         rel = [json.loads(x) for x in (out / f"{s}.jsonl").read_text().splitlines() if '"reliability"' in x]
         assert [e["round"] for e in rel] == [0, 1] and all(0 <= r <= 1 for e in rel for r in e["rho"].values())
