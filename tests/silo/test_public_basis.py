@@ -138,3 +138,11 @@ def test_save_basis_round_trips(tmp_path):
     back, sha2 = load_basis(tmp_path / "b.safetensors", {"0.weight": torch.zeros(6, 5)})
     assert sha == sha2 and torch.equal(back["0.weight"], U.float())
     assert load_file(str(tmp_path / "b.safetensors"))["0.weight"].shape == (6, 2)
+
+
+def test_a_basis_with_fedprox_is_refused_at_load(made):
+    tmp, _, out = made
+    path = _silo_toml(tmp, out)
+    path.write_text(path.read_text() + '\n[strategy]\nname = "fedprox"\n')
+    with pytest.raises(ConfigError, match="train.public_basis with \\[strategy\\] name = \"fedprox\""):
+        load_silo_config(path, {})

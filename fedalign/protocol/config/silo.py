@@ -250,6 +250,13 @@ class SiloConfig(FileConfig):
             return data
         return {**data, "train": {**DP_TRAIN_DEFAULTS, **train}}
 
+    @model_validator(mode="after")
+    def _no_fedprox_in_a_basis(self) -> "SiloConfig":
+        if self.train.public_basis is not None and self.strategy.name == "fedprox":
+            raise ValueError("train.public_basis with [strategy] name = \"fedprox\": FedProx's pull towards θ_t acts on "
+                             "every weight, not on the basis' coefficients; remove one of them")
+        return self
+
     @property
     def state_dir(self) -> Path:
         return self.resolve(self.output.state_dir) or self.out_dir / "state"  # type: ignore[return-value]
