@@ -47,15 +47,16 @@ from common_real import (Federation, build_model, cache_dir, caption_nll, genera
 from clipart_data import SILO_GROUPS, split  # noqa: E402
 
 PROMPT = "<image>\n"
-CONFIGS = ("warm", "fedavg", "fedavgm", "fedcmp", "fedcmp_noflush", "central", "local", "dp_fedavg", "dp_fedcmp_sub",
-           "dp_fedavgm", "dp_local", "dp_fedcmp")
+CONFIGS = ("warm", "fedavg", "fedavgm", "fedcmp", "fedcmp_noflush", "fedcmp_off", "central", "local", "dp_fedavg",
+           "dp_fedcmp_sub", "dp_fedavgm", "dp_local", "dp_fedcmp")
 DEFAULT_CONFIGS = ("warm", "fedavg", "fedavgm", "fedcmp", "central", "dp_fedavg", "dp_fedcmp_sub")
 # central: all silos' drawings of each round pooled, one trainer, no DP (the same drawings, the same passes);
 # local / dp_local: each silo alone from θ_0 on its own shards with the federation's recipe (no upload);
 # dp_fedcmp: Fed-CMP under DP at its own rank (64), optional; fedcmp_noflush: Fed-CMP without the final-round
-# flush of its error-feedback residuals (docs/fedcmp.md), optional: what the flush is worth;
+# flush of its error-feedback residuals (docs/fedcmp.md), optional: what the flush is worth; fedcmp_off: Fed-CMP
+# with reliability "off" (no public reference: every silo weighted by its sample count alone), optional;
 # dp_fedcmp_sub: Fed-CMP under DP at rank = the public basis' rank: a silo's update U·C lies in the
-# r-dim span of the warm start's basis, so the rank-r sums carry it whole at a fraction of the upload
+# r-dim span of the public basis (--dp-basis), so the rank-r sums carry it whole at a fraction of the upload
 FREE = {"configs": None, "seeds": None, "show": None, "dp_epsilons": None, "redo": None}  # settings a later
 # invocation of the same --out may change: which rows, seeds and ε it adds
 PRESET = {"fedavgm": "fedavgm-b0.5"}  # FedAvgM at β 0.5: the strongest baseline on the embedded world
@@ -68,6 +69,34 @@ def shard(model, feats, recs, idx, t: int):
 
     tokens = model.collate([model.encode_text(PROMPT, recs[i]["caption"]) for i in idx])
     return ShardData(feats[torch.as_tensor(idx)], tokens, tokens.attention_mask.sum(1), 0, t)
+
+
+def silo_draws(sp, seed: int, rounds: int, size: int) -> list[list[list[int]]]:
+    """Silo k's drawings for round t, ``[k][t]``: ``size`` fresh ones a round from one permutation of the
+    silo's set per seed (the same for every row of a seed, so rows are paired)."""
+    r = np.random.default_rng([seed, 1])
+    out = []
+    for k, ix in enumerate(sp.silos):
+        order = r.permutation(ix)
+        if len(order) < rounds * size:
+            raise SystemExit(f"silo {k} holds {len(ix)} drawings < rounds x shard = {rounds * size}")
+        out.append([list(order[t * size : (t + 1) * size]) for t in range(rounds)])
+    return out
+
+
+def projector_init(model, feats, seed: int) -> dict:
+    """The seed's projector initialisation θ_init, the start of the public warm start."""
+    from fedalign.silo.model import build_projector
+
+    proj = build_projector("mlp2x_gelu", feats.shape[2], model.d_model, generator=torch.Generator().manual_seed(seed))
+    return {k: v.detach().clone() for k, v in proj.state_dict().items()}
+
+
+def public_passes(model, feats, recs, sp, seed: int, passes: int):
+    """The seed's generator and its public shards: the whole public set once per warm-start pass, each in a
+    fresh order; the generator goes on to draw the coordinator's reference shards."""
+    rng = np.random.default_rng(seed)
+    return rng, [shard(model, feats, recs, list(rng.permutation(sp.public)), t) for t in range(passes)]
 
 
 def row_key(name: str, eps: float | None, default_eps: float) -> str:
@@ -170,13 +199,10 @@ def figure(path: Path, recs, idx, captions: dict[str, list[str]], png_root: Path
 
 def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
     from fedalign.lab.choices import build_strategy
-    from fedalign.silo.model import build_projector
     from fedalign.silo.trainer import TrainSettings
 
     torch.manual_seed(seed)
-    proj = build_projector("mlp2x_gelu", feats_all.shape[2], model.d_model, generator=torch.Generator().manual_seed(seed))
-    init = {k: v.detach().clone() for k, v in proj.state_dict().items()}
-    rng = np.random.default_rng(seed)
+    init = projector_init(model, feats_all, seed)
     feats = feats_all
     out: dict = {"seed": seed, "no_image": base, "rows": {}}
     model.load_projector_state(init)
@@ -189,7 +215,7 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
 
     # the coordinator's public warm start (no DP: public data), one shard per pass in a fresh order
     settings = TrainSettings(batch_size=args.batch, lr=args.lr)
-    pub = [shard(model, feats, recs, list(rng.permutation(sp.public)), t) for t in range(args.warm_passes)]
+    rng, pub = public_passes(model, feats, recs, sp, seed, args.warm_passes)
     t0 = time.perf_counter()
     saved = args.out / f"theta0-seed{seed}.safetensors"
     if saved.is_file():  # a later invocation (other --configs) starts from the same θ_0, read back
@@ -217,20 +243,7 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
     ref = [shard(model, feats, recs, list(c), t) for t, c in
            enumerate(np.array_split(rng.permutation(sp.public), max(1, len(sp.public) // args.shard)))]
 
-    shard_idx: list[list[list[int]]] = []
     theta_ft = None  # θ_0 after one more public pass, for --dp-basis finetune (computed once a seed)
-
-    def silo_shards(rounds, size, salt):
-        r = np.random.default_rng([seed, salt])
-        out_ = []
-        shard_idx.clear()
-        for k, ix in enumerate(sp.silos):
-            order = r.permutation(ix)
-            if len(order) < rounds * size:
-                raise SystemExit(f"silo {k} holds {len(ix)} drawings < rounds x shard = {rounds * size}")
-            shard_idx.append([list(order[t * size : (t + 1) * size]) for t in range(rounds)])
-            out_.append([shard(model, feats, recs, ix_, t) for t, ix_ in enumerate(shard_idx[-1])])
-        return out_
 
     initial = {k: warm[k] for k in ("nll", "retrieval", "retrieval_pmi")}
     evaluator = (lambda m: evaluate(m, held))
@@ -249,7 +262,7 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
             say(f"  {key}: kept from {path}")
             continue
         dp_on = name.startswith("dp_")
-        strat_name = name.removeprefix("dp_").removesuffix("_sub").removesuffix("_noflush")
+        strat_name = name.removeprefix("dp_").removesuffix("_sub").removesuffix("_noflush").removesuffix("_off")
         rank = args.dp_subspace if name.endswith("_sub") else args.rank
         if dp_on:
             dp = dict(sigma=None, clip=args.dp_clip, epsilon=eps, delta=1e-5)
@@ -265,7 +278,8 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
             rounds, size = args.dp_rounds, args.dp_shard
         else:
             dp, st, basis, rounds, size = None, settings, None, args.rounds, args.shard
-        shards = silo_shards(rounds, size, 1)
+        shard_idx = silo_draws(sp, seed, rounds, size)
+        shards = [[shard(model, feats, recs, ix, t) for t, ix in enumerate(per)] for per in shard_idx]
         if strat_name in ("local", "central"):
             t0 = time.perf_counter()
             if strat_name == "central":  # every silo's round-t shard pooled: one trainer, the same drawings
@@ -297,7 +311,8 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
             # the flush (Fed-CMP's residuals summed in the final round) is on, except where the residual is
             # zero by construction: DP updates lie in the public basis' span, which the rank-r sums carry whole
             strat = (build_strategy("fedcmp", dp=dp_on, rank=rank, seed=seed,
-                                    flush=basis is None and not name.endswith("_noflush"))
+                                    flush=basis is None and not name.endswith("_noflush"),
+                                    reliability="off" if name.endswith("_off") else None)
                      if strat_name == "fedcmp"
                      else build_strategy(PRESET.get(strat_name, strat_name)))
             uses_ref = getattr(getattr(strat, "config", None), "reliability", None) == "reference"
@@ -323,6 +338,27 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
                                f"{r['noise_to_clip']:.3g}" if dp_on else "") + f" ({r['seconds']:.0f}s)")
     out["_params"] = {"warm": theta0, **out.get("_params", {})}
     return out
+
+
+def load_world(tokens: str, eval_nll: int, eval_groups: int):
+    """The prepared drawings (``prepare.py`` must have run), the split, normalised tower features, the
+    model, the held-out set and the no-image baseline: ``(info, recs, feats, split, model, held, base)``."""
+    from prepare import prepare
+
+    info, recs, raw = prepare(cache_dir())
+    sp = split(recs)
+    say(f"  {info['drawings']} drawings, {len(recs)} captioned; test {len(sp.test)}, public {len(sp.public)}, "
+        f"silos {[len(s) for s in sp.silos]} ({['+'.join(g) for g in SILO_GROUPS]})")
+    # the public set fixes the features' per-channel mean and scale (as CLIP fixes pixel statistics)
+    pub = raw[torch.as_tensor(sp.public)]
+    mean, std = pub.mean((0, 1)), pub.std((0, 1)) + 1e-3
+    feats = (raw - mean) / std
+    if tokens == "pooled":
+        feats = feats.mean(1, keepdim=True)
+    model = build_model(feats, 0, max_caption_tokens=24)
+    order = np.random.default_rng(12345).permutation(sp.test).tolist()  # a fixed held-out order for every run
+    held = Held(model, feats, recs, order, eval_nll, eval_groups)
+    return info, recs, feats, sp, model, held, text_only(model, held)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,26 +396,13 @@ def main(argv: list[str] | None = None) -> int:
     args.dp_epsilons = args.dp_epsilons or [args.dp_epsilon]
     started = time.perf_counter()
     say(TOWER_NOTE)
-    from prepare import PNG_ROOT, prepare
+    from prepare import PNG_ROOT
 
     base_dir = cache_dir() / "openclipart"
     if not (base_dir / "index.json").is_file():
         print(f"run: {base_dir / 'index.json'} is missing; run `python examples/clipart/prepare.py` first", file=sys.stderr)
         return 2
-    info, recs, raw = prepare(cache_dir())
-    sp = split(recs)
-    say(f"  {info['drawings']} drawings, {len(recs)} captioned; test {len(sp.test)}, public {len(sp.public)}, "
-        f"silos {[len(s) for s in sp.silos]} ({['+'.join(g) for g in SILO_GROUPS]})")
-    # the public set fixes the features' per-channel mean and scale (as CLIP fixes pixel statistics)
-    pub = raw[torch.as_tensor(sp.public)]
-    mean, std = pub.mean((0, 1)), pub.std((0, 1)) + 1e-3
-    feats = (raw - mean) / std
-    if args.tokens == "pooled":
-        feats = feats.mean(1, keepdim=True)
-    model = build_model(feats, 0, max_caption_tokens=24)
-    order = np.random.default_rng(12345).permutation(sp.test).tolist()  # a fixed held-out order for every run
-    held = Held(model, feats, recs, order, args.eval_nll, args.eval_groups)
-    base = text_only(model, held)
+    info, recs, feats, sp, model, held, base = load_world(args.tokens, args.eval_nll, args.eval_groups)
     say(f"  same LM, no image: NLL {base['nll']:.3f} on {len(held.nll_idx)} held-out captions; retrieval "
         f"{base['retrieval']:.3f} (chance; {len(held.groups)} groups of 10)")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -23,16 +23,19 @@ BASE_ROWS = (("no_image", "same LM, no image", "none"), ("warm", "public warm st
              ("fedavg", "FedAvg, no DP", "nodp"), ("fedavgm", "FedAvgM β 0.5, no DP", "nodp"),
              ("fedcmp", "Fed-CMP, no DP", "nodp"),
              ("fedcmp_noflush", "Fed-CMP without the final flush of its residuals, no DP", "nodp"),
+             ("fedcmp_off", "Fed-CMP with reliability off (no public reference), no DP", "nodp"),
              ("central", "centralized, no DP (all silos pooled)", "central"))
 DP_ROWS = (("dp_fedavg", "FedAvg, DP ε {e}"), ("dp_fedavgm", "FedAvgM β 0.5, DP ε {e}"),
            ("dp_fedcmp_sub", "Fed-CMP at the public basis' rank, DP ε {e}"),
            ("dp_local", "local-only, DP ε {e}: mean over silos"), ("dp_local:best", "local-only, DP ε {e}: best single silo"))
-OPTIONAL = {"dp_fedcmp", "fedcmp_noflush"}  # shown when run, not one of issue 27's rows
+OPTIONAL = {"dp_fedcmp", "fedcmp_noflush", "fedcmp_off"}  # shown when run, not one of issue 27's rows
 
 
 def key_for(name: str, eps: float, default: float) -> str:
-    """run.py's row key (``row_key``): the name at the default ε, ``name@eps<ε>`` at another."""
-    return name if eps == default else f"{name}@eps{eps:g}"
+    """run.py's row key (``row_key``): the name at the default ε, ``name@eps<ε>`` at another; a part of a
+    row (``dp_local:best``) keeps its part after the key (``dp_local@eps4:best``)."""
+    base, colon, part = name.partition(":")
+    return name if eps == default else f"{base}@eps{eps:g}{colon}{part}"
 
 
 def rows_for(a: dict) -> list[tuple[str, str, str]]:
@@ -184,6 +187,12 @@ def build(seeds: list[dict]) -> str:
         check(f"DP {nm} ε {a['dp_epsilon']:g} keeps ≥ 75% of non-DP {nm.split(' (')[0]}'s cut vs no image (NLL)",
               paired(seeds, lambda s: (s["no_image"]["nll"] - nll(s, dp)) / (s["no_image"]["nll"] - nll(s, nodp))),
               lambda m: m >= 0.75, "{:.2f}")
+    for local, what in (("local:best", "the best silo alone without DP"), ("dp_local:best", "the best silo alone under DP")):
+        if any(row(s, local) for s in seeds):  # the issue's title: DP federated beats not federating at all
+            diff = paired(seeds, lambda s: nll(s, "dp_fedavg") - nll(s, local))
+            sd = st.stdev(diff) if len(diff) > 1 else 0.0
+            check(f"DP FedAvg ε {a['dp_epsilon']:g} beats {what}: NLL(DP FedAvg) − NLL({local.split(':')[0]}, best "
+                  "silo), beats = more than one paired std below 0", diff, lambda m: m < -sd)
     check("(for reading the line above: the public warm start alone keeps this share of non-DP FedAvg's cut)",
           paired(seeds, lambda s: (s["no_image"]["nll"] - nll(s, "warm")) / (s["no_image"]["nll"] - nll(s, "fedavg"))),
           None, "{:.2f}")
@@ -198,6 +207,11 @@ def build(seeds: list[dict]) -> str:
     sd = st.stdev(diff) if len(diff) > 1 else 0.0
     check("non-DP Fed-CMP ties or beats FedAvgM β 0.5: NLL(Fed-CMP) − NLL(FedAvgM), tie = within one paired std",
           diff, lambda m: m <= sd)
+    if any(row(s, "fedcmp_off") for s in seeds):  # the same check for Fed-CMP without its public reference
+        diff = paired(seeds, lambda s: nll(s, "fedcmp_off") - nll(s, "fedavgm"))
+        sd = st.stdev(diff) if len(diff) > 1 else 0.0
+        check("Fed-CMP with reliability off ties or beats FedAvgM β 0.5: NLL(Fed-CMP off) − NLL(FedAvgM), "
+              "tie = within one paired std", diff, lambda m: m <= sd)
     if any(row(s, "fedcmp_noflush") for s in seeds):
         check("(context) what the final flush is worth without DP: NLL(Fed-CMP) − NLL(Fed-CMP without the flush)",
               paired(seeds, lambda s: nll(s, "fedcmp") - nll(s, "fedcmp_noflush")), None)

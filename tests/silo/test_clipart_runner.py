@@ -63,10 +63,27 @@ def test_table_rows_not_run_and_best_silo():
                        "local": {**_r(4.8, 0), "best_silo": 1, "best": _r(4.5, 0)}}) for s in (0, 1)]
     text = table.build(seeds)
     assert "| local-only, no DP: best single silo (silo 1/1 by seed) | 128/silo | 4.500 ± 0.000 |" in text
+    line = next(x for x in text.splitlines() if x.startswith("| DP FedAvg ε 8 beats the best silo alone without DP"))
+    assert "| -0.100 ± 0.000 (n=2) |" in line and line.endswith("| yes |")  # 4.4 − 4.5, the same on both seeds
+    assert "beats the best silo alone under DP" not in text  # dp_local not run
     assert "| centralized, no DP (all silos pooled) | not run (time) |" in text
     assert "| FedAvg, DP ε 2 | not run (time) |" in text
     assert "| FedAvg, DP ε 8 | 128/silo | 4.400 ± 0.000 |" in text
     assert "| local-only, DP ε 1: mean over silos | not run (time) |" in text
+    assert "| local-only, DP ε 4: best single silo | not run (time) |" in text  # not the ε-8 row's best silo
+    seeds[0]["rows"]["dp_local"] = {**_r(4.6, 0, epsilon=7.99, noise_to_clip=1.0), "best_silo": 2, "best": _r(4.3, 0)}
+    seeds[0]["rows"]["dp_local@eps4"] = {**_r(4.7, 0, epsilon=4.0, noise_to_clip=2.0), "best_silo": 3,
+                                         "best": _r(4.45, 0)}
+    text = table.build(seeds)
+    assert "| local-only, DP ε 8: best single silo (silo 2 by seed) | 128/silo | 4.300 (n=1) |" in text
+    assert "| local-only, DP ε 4: best single silo (silo 3 by seed) | 128/silo | 4.450 (n=1) |" in text
+    seeds[1]["rows"]["dp_local"] = {**seeds[0]["rows"]["dp_local"], "best": _r(4.41, 0)}
+    seeds[0]["rows"]["dp_local"]["best"] = _r(4.39, 0)  # DP FedAvg 4.4 − (4.39, 4.41): a tie, not a win
+    line = next(x for x in table.build(seeds).splitlines() if x.startswith("| DP FedAvg ε 8 beats the best silo "
+                                                                          "alone under DP"))
+    assert "| 0.000 ± 0.014 (n=2) |" in line and line.endswith("| **no: missed** |")
+    del seeds[0]["rows"]["dp_local"], seeds[0]["rows"]["dp_local@eps4"], seeds[1]["rows"]["dp_local"]
+    text = table.build(seeds)
     # DP FedAvg closes (5.005 - 4.4) / (5.005 - 4.0) ≈ 0.60 of the gap: met; Fed-CMP ties at 4× less upload
     assert "| DP FedAvg ε 8 closes ≥ 50% of the gap warm start → non-DP FedAvg (NLL) | 0.60" in text
     line = next(x for x in text.splitlines() if x.startswith("| … at ≥ 3× less upload"))
@@ -82,3 +99,32 @@ def test_table_rows_not_run_and_best_silo():
 
 if __name__ == "__main__":
     pytest.main([__file__, "-q"])
+
+
+def test_table_shows_fedcmp_without_reliability_only_when_run():
+    table = _load("table")
+    seeds = [_seed(s, {"warm": _r(5.0, 0), "fedavg": _r(4.0), "fedavgm": _r(4.0 + s / 100), "fedcmp": _r(4.1)})
+             for s in (0, 1)]
+    assert "reliability off" not in table.build(seeds)
+    assert "fedcmp_off" in _load("run").CONFIGS
+    seeds[0]["rows"]["fedcmp_off"] = _r(3.98)
+    seeds[1]["rows"]["fedcmp_off"] = _r(4.0)
+    text = table.build(seeds)
+    assert "| Fed-CMP with reliability off (no public reference), no DP | 128/silo | 3.990 ± 0.014 |" in text
+    # paired differences −0.02 and −0.01: beats FedAvgM; the default Fed-CMP (+0.1, +0.09) does not
+    line = next(x for x in text.splitlines() if x.startswith("| Fed-CMP with reliability off ties or beats"))
+    assert "-0.015 ± 0.007 (n=2)" in line and line.endswith("| yes |")
+    line = next(x for x in text.splitlines() if x.startswith("| non-DP Fed-CMP ties or beats FedAvgM"))
+    assert line.endswith("| **no: missed** |")
+
+
+def test_ceilings_projects_onto_the_top_left_singular_directions(tmp_path, capsys):
+    ceilings = _load("ceilings")
+    u = torch.linalg.qr(torch.randn(8, 2, dtype=torch.float64))[0]
+    m = u @ torch.diag(torch.tensor([5.0, 3.0], dtype=torch.float64)) @ torch.randn(2, 6, dtype=torch.float64)
+    m = m + 1e-3 * torch.randn(8, 6, dtype=torch.float64)
+    U = ceilings.left(m.float(), 2)
+    assert U.shape == (8, 2) and U.dtype == torch.float32
+    assert torch.allclose(U.double() @ U.double().T, u @ u.T, atol=1e-2)  # the same span as m's top 2
+    assert ceilings.main(["--runs", str(tmp_path)]) == 2  # no run.py output there: one line, exit 2
+    assert "run examples/clipart/run.py --out" in capsys.readouterr().err
