@@ -88,7 +88,7 @@ def test_a_bad_basis_file_is_refused_with_one_line_naming_the_tensor(made, tmp_p
     k = sorted(good)[0]
     m = state[k].shape[0]
     cases = {
-        "scaled.safetensors": ({**good, k: good[k] * 1000}, "not orthonormal"),  # a coordinator's shrunk-noise trick
+        "scaled.safetensors": ({**good, k: good[k] * 1000}, "not orthonormal"),  # DP holds, every step ×1000 does not
         "nan.safetensors": ({**good, k: torch.full_like(good[k], float("nan"))}, "NaN"),
         "rows.safetensors": ({**good, k: torch.linalg.qr(torch.randn(m + 1, 3))[0]}, "the basis must be"),
         "full.safetensors": ({**good, k: torch.eye(m)[:, : min(state[k].shape)]}, "the basis must be"),
