@@ -105,12 +105,17 @@ class SiloSession:
         self.model = model = model if model is not None else load_model(cfg, notify=self.notify)
         self._check_vocabulary()
         self.basis, self.basis_sha256 = None, None
+        self._basis_record: dict[str, Any] = {}  # what the noise's dimension d rests on, for the ledger's dp_plan
         if t.public_basis is not None:  # checked against the projector before any data or ε is used
             from fedalign.silo.subspace import load_basis
 
-            self.basis, self.basis_sha256 = load_basis(cfg.resolve(t.public_basis), model.projector_state())
-            self.notify(f"training in the public basis {cfg.resolve(t.public_basis)} (sha256 "
-                        f"{self.basis_sha256[:16]}…; rank {', '.join(f'{k} {v.shape[1]}' for k, v in self.basis.items())})")
+            path = cfg.resolve(t.public_basis)
+            self.basis, self.basis_sha256 = load_basis(path, model.projector_state())
+            ranks = {k: int(v.shape[1]) for k, v in self.basis.items()}
+            self._basis_record = {"public_basis": str(path), "public_basis_sha256": self.basis_sha256,
+                                  "public_basis_rank": ranks}
+            self.notify(f"training in the public basis {path} (sha256 {self.basis_sha256[:16]}…; rank "
+                        f"{', '.join(f'{k} {r}' for k, r in ranks.items())})")
         self.trainer = LocalTrainer(model, self.settings, dp=self.dp, accountant=self.accountant,
                                     generator=torch.Generator().manual_seed(t.seed), group=self.group, plan=plan,
                                     basis=self.basis)
@@ -192,11 +197,7 @@ class SiloSession:
         """Write the DP plan to the ledger once (after the run's first entry, the site policy; at the
         latest before the first charge)."""
         if self.dp_plan is not None and not self._plan_recorded:
-            basis = {} if self.basis is None else {  # what the noise's dimension d rests on, for the auditor
-                "public_basis": str(self.cfg.resolve(self.cfg.train.public_basis)),
-                "public_basis_sha256": self.basis_sha256,
-                "public_basis_rank": {k: int(v.shape[1]) for k, v in self.basis.items()}}
-            self.ledger.append("dp_plan", {**asdict(self.dp_plan), **basis}, now=self.clock())
+            self.ledger.append("dp_plan", {**asdict(self.dp_plan), **self._basis_record}, now=self.clock())
             self._plan_recorded = True
 
     def train_round(self, global_params: Params, *, prox_mu: float = 0.0) -> RoundResult:

@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE.parent))
 import run as R  # noqa: E402 - examples/clipart/run.py: the table's data, draws and recipe
 
 import torch  # noqa: E402
-from common_real import caption_nll, say, warm_start  # noqa: E402
+from common_real import caption_nll, say  # noqa: E402
 
 
 def left(m: torch.Tensor, rank: int) -> torch.Tensor:
@@ -86,18 +86,19 @@ def main(argv: list[str] | None = None) -> int:
     draws = R.silo_draws(sp, args.seed, a["rounds"], a["shard"])
     trainers = [LocalTrainer(model, settings, generator=torch.Generator().manual_seed(args.seed * 101 + k))
                 for k in range(len(draws))]
-    theta, first = dict(theta0), None
+    theta, first, wf = dict(theta0), None, float("nan")
     for t in range(a["rounds"]):
         deltas = [tr.train_round(theta, R.shard(model, feats, recs, draws[k][t], t)).delta
                   for k, tr in enumerate(trainers)]
         mean = {k: sum(d[k] for d in deltas) / len(deltas) for k in theta}
         first = first or mean
         theta = {k: theta[k] + mean[k] for k in theta}
-        say(f"  FedAvg round {t + 1}: held-out NLL {nll(theta):.4f}")
-    w0, wf = nll(theta0), nll(theta)
+        wf = nll(theta)
+        say(f"  FedAvg round {t + 1}: held-out NLL {wf:.4f}")
+    w0 = nll(theta0)
     delta = {k: theta[k] - theta0[k] for k in theta}
     mats = [k for k in theta0 if theta0[k].ndim == 2]
-    ft = warm_start(model, theta0, pub[:1], settings, args.seed + 1)  # run.py's --dp-basis finetune
+    ft = R.finetune_theta(model, theta0, pub, settings, args.seed)  # run.py's --dp-basis finetune
     grad = public_gradient(model, theta0, pub[0])
     sources = {"oracle (private)": delta, "warm": {k: theta0[k] - init[k] for k in mats},
                "finetune": {k: ft[k] - theta0[k] for k in mats}, "public gradient": grad,
@@ -108,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     out: dict = {"seed": args.seed, "warm": w0, "fedavg": wf, "no_image": base["nll"], "share": {}}
     for name, src in sources.items():
         shares = []
+        full = {k: left(src[k], max(args.ranks)) for k in mats}  # one SVD per matrix; each rank is a prefix
         for r in args.ranks:
-            bases = {k: left(src[k], r) for k in mats}
+            bases = {k: U[:, :r] for k, U in full.items()}
             proj = {k: theta0[k] + (bases[k] @ (bases[k].T @ delta[k]) if k in bases else delta[k]) for k in theta0}
             shares.append((w0 - nll(proj)) / (w0 - wf))
         out["share"][name] = dict(zip(map(str, args.ranks), shares))

@@ -99,6 +99,11 @@ def public_passes(model, feats, recs, sp, seed: int, passes: int):
     return rng, [shard(model, feats, recs, list(rng.permutation(sp.public)), t) for t in range(passes)]
 
 
+def finetune_theta(model, theta0: dict, pub: list, settings, seed: int) -> dict:
+    """θ_0 after one more pass over the public set (``--dp-basis finetune``'s source; public data only)."""
+    return warm_start(model, theta0, pub[:1], settings, seed + 1)
+
+
 def row_key(name: str, eps: float | None, default_eps: float) -> str:
     """A row's key in seed<N>.json: the config's name, with ``@eps<ε>`` under DP at another ε than the default."""
     return name if eps is None or eps == default_eps else f"{name}@eps{eps:g}"
@@ -273,7 +278,7 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
                 basis = warm_basis(theta0, init, args.dp_subspace)
             elif args.dp_subspace:  # "finetune": where one more public pass moves θ_0 (public data only)
                 if theta_ft is None:
-                    theta_ft = warm_start(model, theta0, pub[:1], settings, seed + 1)
+                    theta_ft = finetune_theta(model, theta0, pub, settings, seed)
                 basis = warm_basis(theta_ft, theta0, args.dp_subspace)
             rounds, size = args.dp_rounds, args.dp_shard
         else:

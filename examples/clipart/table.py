@@ -82,6 +82,11 @@ def seen(a: dict, kind: str, n_silos: int) -> str:
     return {"public": "260 public × 2", "none": "-"}.get(kind, "-")
 
 
+def spread(xs: list[float]) -> float:
+    """The sample std of paired differences (0 for one seed): the tie margin of the checks."""
+    return st.stdev(xs) if len(xs) > 1 else 0.0
+
+
 def paired(seeds, f) -> list[float]:
     out = []
     for s in seeds:
@@ -190,26 +195,26 @@ def build(seeds: list[dict]) -> str:
     for local, what in (("local:best", "the best silo alone without DP"), ("dp_local:best", "the best silo alone under DP")):
         if any(row(s, local) for s in seeds):  # the issue's title: DP federated beats not federating at all
             diff = paired(seeds, lambda s: nll(s, "dp_fedavg") - nll(s, local))
-            sd = st.stdev(diff) if len(diff) > 1 else 0.0
+            sd = spread(diff)
             check(f"DP FedAvg ε {a['dp_epsilon']:g} beats {what}: NLL(DP FedAvg) − NLL({local.split(':')[0]}, best "
                   "silo), beats = more than one paired std below 0", diff, lambda m: m < -sd)
     check("(for reading the line above: the public warm start alone keeps this share of non-DP FedAvg's cut)",
           paired(seeds, lambda s: (s["no_image"]["nll"] - nll(s, "warm")) / (s["no_image"]["nll"] - nll(s, "fedavg"))),
           None, "{:.2f}")
     diff = paired(seeds, lambda s: nll(s, "dp_fedcmp_sub") - nll(s, "dp_fedavg"))
-    sd = st.stdev(diff) if len(diff) > 1 else 0.0
+    sd = spread(diff)
     check(f"DP Fed-CMP (public basis) ties or beats DP FedAvg at ε {a['dp_epsilon']:g}: NLL(Fed-CMP) − NLL(FedAvg), "
           "tie = within one paired std", diff, lambda m: m <= sd)
     check("… at ≥ 3× less upload (FedAvg bytes / Fed-CMP bytes)",
           paired(seeds, lambda s: row(s, "dp_fedavg")["upload_bytes_per_silo_per_round"]
                  / row(s, "dp_fedcmp_sub")["upload_bytes_per_silo_per_round"]), lambda m: m >= 3, "{:.2f}")
     diff = paired(seeds, lambda s: nll(s, "fedcmp") - nll(s, "fedavgm"))
-    sd = st.stdev(diff) if len(diff) > 1 else 0.0
+    sd = spread(diff)
     check("non-DP Fed-CMP ties or beats FedAvgM β 0.5: NLL(Fed-CMP) − NLL(FedAvgM), tie = within one paired std",
           diff, lambda m: m <= sd)
     if any(row(s, "fedcmp_off") for s in seeds):  # the same check for Fed-CMP without its public reference
         diff = paired(seeds, lambda s: nll(s, "fedcmp_off") - nll(s, "fedavgm"))
-        sd = st.stdev(diff) if len(diff) > 1 else 0.0
+        sd = spread(diff)
         check("Fed-CMP with reliability off ties or beats FedAvgM β 0.5: NLL(Fed-CMP off) − NLL(FedAvgM), "
               "tie = within one paired std", diff, lambda m: m <= sd)
     if any(row(s, "fedcmp_noflush") for s in seeds):
