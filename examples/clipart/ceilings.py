@@ -1,6 +1,6 @@
 """How much of non-DP FedAvg's gain lies in each candidate basis: the ceiling of training in it.
 
-    python examples/clipart/ceilings.py --runs runs/clipart --seed 0
+    python examples/clipart/ceilings.py --runs results/clipart_runs --seed 0
 
 DP training in a basis U (``silo.subspace``: W = W_t + U·C per weight matrix) can only move each
 matrix inside span(U). This script trains the table's non-DP FedAvg row for one seed (the same
@@ -57,7 +57,7 @@ def public_gradient(model, params: dict, shard_) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=Path, default=Path("runs/clipart"), help="run.py's --out (θ_0 and its settings)")
+    ap.add_argument("--runs", type=Path, default=Path("results/clipart_runs"), help="run.py's --out (θ_0 and its settings)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ranks", type=int, nargs="+", default=[4, 16, 64, 128])
     args = ap.parse_args(argv)

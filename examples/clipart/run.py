@@ -1,7 +1,7 @@
 """Real drawings, real human-written captions, federated: OpenClipart over 5 silos split by category.
 
     python examples/clipart/prepare.py                     # once: fetch, captions, tower features
-    python examples/clipart/run.py --seeds 0 1 --out runs/clipart
+    python examples/clipart/run.py --seeds 0 1 --out results/clipart_runs
 
 EfficientNet-Lite0 (an ImageNet-1k *classifier*, trained on labels, not on text; no CLIP or SigLIP
 weights are reachable offline) is aligned to SmolLM2-135M-Instruct (frozen) through an
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-groups", type=int, default=5, help="retrieval groups of 10 held-out drawings")
     ap.add_argument("--tokens", default="pooled", choices=("pooled", "grid"), help="1 image token or the 2x2 grid")
     ap.add_argument("--show", type=int, default=6, help="held-out drawings in the caption figure (first seed)")
-    ap.add_argument("--out", type=Path, default=Path("runs/clipart"))
+    ap.add_argument("--out", type=Path, default=Path("results/clipart_runs"))
     ap.add_argument("--debug", action="store_true")
     args = ap.parse_args(argv)
     args.dp_epsilons = args.dp_epsilons or [args.dp_epsilon]

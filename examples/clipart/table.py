@@ -1,6 +1,6 @@
 """results/clipart.md from examples/clipart/run.py's seed<N>.json files (paired seeds).
 
-    python examples/clipart/table.py --runs runs/clipart --out results/clipart.md
+    python examples/clipart/table.py --runs results/clipart_runs --out results/clipart.md
 
 Every figure is a mean ± sample std over the seeds found; the checks of issue 27's "Must show"
 are computed per seed (paired) and the table says beside each whether it is met.
@@ -215,6 +215,12 @@ def build(seeds: list[dict]) -> str:
     check("(for reading the line above: the public warm start alone keeps this share of non-DP FedAvg's cut)",
           paired(seeds, lambda s: (s["no_image"]["nll"] - nll(s, "warm")) / (s["no_image"]["nll"] - nll(s, "fedavg"))),
           None, "{:.2f}")
+    for local, what in (("local", "without DP"), ("dp_local", "under DP")):  # each silo's own choice, not the best one's
+        per = [(nll(s, "dp_fedavg"), p["nll"]) for s in seeds if row(s, local) and row(s, "dp_fedavg")
+               for p in row(s, local).get("per_silo", [])]
+        if per:
+            lines.append(f"| (context) silos that end lower in DP FedAvg ε {a['dp_epsilon']:g} than alone {what}, "
+                         f"over silos and seeds | {sum(f < own for f, own in per)} of {len(per)} | context |")
     diff = paired(seeds, lambda s: nll(s, "dp_fedcmp_sub") - nll(s, "dp_fedavg"))
     sd = spread(diff)
     check(f"DP Fed-CMP (public basis) ties or beats DP FedAvg at ε {a['dp_epsilon']:g}: NLL(Fed-CMP) − NLL(FedAvg), "
@@ -256,7 +262,7 @@ def build(seeds: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=Path, default=Path("runs/clipart"))
+    ap.add_argument("--runs", type=Path, default=Path("results/clipart_runs"))
     ap.add_argument("--out", type=Path, default=Path("results/clipart.md"))
     args = ap.parse_args(argv)
     text = build(load(args.runs))

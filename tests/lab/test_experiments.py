@@ -32,7 +32,7 @@ def test_the_committed_tables_are_made_from_the_committed_run_lines(name, tmp_pa
 
 def test_results_holds_generated_tables_and_run_lines_only():
     generated = {f for fam in FAMILIES.values() for f in fam.outputs} | {fam.runs for fam in FAMILIES.values()}
-    by_others = {"clipart.md", "clipart_captions.png", "robustness.md", "gpu", "notes"}  # examples', benchmarks'
+    by_others = {"clipart.md", "clipart_runs", "robustness.md", "gpu", "notes"}  # examples', benchmarks'
     assert {p.name for p in RESULTS.iterdir()} <= generated | by_others
     assert {p.name for p in (RESULTS / "notes").iterdir()} == {"dp_notes.md", "fedcmp_notes.md", "real_notes.md",
                                                             "clipart_tuning.md", "clipart_sweep.md"}

@@ -69,6 +69,12 @@ def test_table_rows_not_run_and_best_silo():
     line = next(x for x in text.splitlines() if x.startswith("| DP FedAvg ε 8 beats the best silo alone without DP"))
     assert "| -0.100 ± 0.000 (n=2) |" in line and line.endswith("| yes |")  # 4.4 − 4.5, the same on both seeds
     assert "beats the best silo alone under DP" not in text  # dp_local not run
+    assert "| (context) silos that end lower in DP FedAvg ε 8 than alone without DP, over silos and seeds | 0 of 0 |" \
+        not in text  # local rows without per-silo results: no line
+    for s in seeds:
+        s["rows"]["local"]["per_silo"] = [_r(4.3), _r(4.9)]  # DP FedAvg 4.4: lower than one of the two
+    assert "| (context) silos that end lower in DP FedAvg ε 8 than alone without DP, over silos and seeds | 2 of 4 |" \
+        in table.build(seeds)
     assert "| centralized, no DP (all silos pooled) | not run (time) |" in text
     assert "| FedAvg, DP ε 2 | not run (time) |" in text
     assert "| FedAvg, DP ε 8 | 128/silo | 4.400 ± 0.000 |" in text
@@ -98,10 +104,6 @@ def test_table_rows_not_run_and_best_silo():
     assert "| Fed-CMP without the final flush of its residuals, no DP | 128/silo | 3.950 (n=1) |" in text
     assert "| (context) what the final flush is worth without DP: NLL(Fed-CMP) − NLL(Fed-CMP without the flush) " \
            "| -0.050 (n=1) | context |" in text
-
-
-if __name__ == "__main__":
-    pytest.main([__file__, "-q"])
 
 
 def test_table_shows_fedcmp_without_reliability_only_when_run():
@@ -142,3 +144,17 @@ def test_ceilings_projects_onto_the_top_left_singular_directions(tmp_path, capsy
     assert torch.allclose(U.double() @ U.double().T, u @ u.T, atol=1e-2)  # the same span as m's top 2
     assert ceilings.main(["--runs", str(tmp_path)]) == 2  # no run.py output there: one line, exit 2
     assert "run examples/clipart/run.py --out" in capsys.readouterr().err
+
+
+def test_the_committed_table_is_made_from_the_committed_seed_files():
+    # results/clipart.md must be table.py's output of results/clipart_runs: no figure typed by hand, and a
+    # table whose seed files were lost (runs/ is not committed) cannot come back
+    from pathlib import Path
+
+    table = _load("table")
+    results = Path(__file__).resolve().parents[2] / "results"
+    seeds = table.load(results / "clipart_runs")
+    assert [s["seed"] for s in seeds] == [0, 1, 2]
+    assert (results / "clipart.md").read_text() == table.build(seeds)
+    assert sorted(p.name for p in (results / "clipart_runs").iterdir() if not p.name.endswith(".safetensors")) == [
+        "captions.png", "seed0.json", "seed1.json", "seed2.json"]
