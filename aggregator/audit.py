@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from fedalign.compliance.software import software_versions
 from fedalign.host.audit_cli import Peer, make_audit_app
 from fedalign.protocol.config.policy import AggregatorSitePolicy, load_aggregator_policy
 from fedalign.compliance.ledger import Ledger
@@ -94,6 +95,7 @@ def record_run_start(ledger: Ledger, cfg: Any, policy: AggregatorSitePolicy | No
         "policy_file": str(cfg.resolve(cfg.policy)) if cfg.policy is not None else None,
         "resumed_round": resumed_round,
         "init": init,
+        "software": software_versions(),
         "settings": {"scheme": cfg.secure_sum.scheme, "min_silos": cfg.run.min_silos, "rounds": cfg.run.rounds,
                      "clip": cfg.secure_sum.clip, "neighbours": cfg.secure_sum.neighbours,
                      "strategy": cfg.strategy.name, "roster": sorted(roster.silos)},

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from fedalign.compliance.software import software_versions
 from fedalign.host.audit_cli import Peer, make_audit_app
 from fedalign.protocol.config.policy import SitePolicy, load_site_policy
 from fedalign.compliance.ledger import Ledger
@@ -96,6 +97,7 @@ class SiloAuditTrail:
             "policy": policy.model_dump(mode="json") if policy is not None else None,
             "policy_sha256": policy_digest(policy), "policy_file": str(path) if path else None,
             "config_sha256": "sha256:" + hashlib.sha256(cfg_json).hexdigest(),
+            "software": software_versions(),
             "settings": {
                 "scheme": cfg.federation.scheme if networked else None,
                 "min_silos": cfg.federation.min_silos if networked else None,

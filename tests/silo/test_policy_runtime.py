@@ -157,6 +157,8 @@ def test_a_local_run_starts_its_ledger_with_the_policy_and_the_report_agrees(tmp
     assert not (out / "mm_projector.safetensors").exists()  # release.export = false
     entries = read_entries(out / "state" / "ledger.jsonl")
     assert entries[0]["kind"] == "run_start" and entries[0]["policy_sha256"] == policy_digest(load_site_policy(pol))
+    from importlib.metadata import version  # the software its ε came from (Opacus' accountant), for an auditor
+    assert entries[0]["software"]["opacus"] == version("opacus") and entries[0]["software"]["torch"] == version("torch")
     assert [e["kind"] for e in entries] == ["run_start", "dp_plan", "privacy_charge", "round", "privacy_charge", "round",
                                             "run_end"]
     r = runner.invoke(app, ["audit", "report", "--config", str(cfg), "--json", str(tmp_path / "r.json"),
